@@ -1,0 +1,45 @@
+# Two commands do all set-up: `make demo` runs the mesh, `make test` runs the checks and tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
+
+.PHONY: demo test lint typecheck protos protos-check unit integration bench clean nats
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+nats:
+	@scripts/ensure_nats_server.sh
+
+## demo: start the whole mesh, show the pool, stop it
+demo: $(STAMP) nats
+	$(VENV)/bin/pocgrid demo
+
+## test: lint, type-check, generated-code drift check, then every test
+test: $(STAMP) nats lint typecheck protos-check
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+protos: $(STAMP)
+	$(PY) -m tools.gen_protos
+
+protos-check: $(STAMP)
+	$(PY) -m tools.gen_protos --check
+
+bench: $(STAMP) nats
+	$(PY) -m bench.gateway_overhead
+	$(PY) -m bench.registry_scale
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""pocgrid: evaluate and pool heterogeneous AI accelerators."""

@@ -1,0 +1,1 @@
+"""Shared runtime for every pocgrid service: config, logging, telemetry, gRPC, NATS, storage."""

@@ -1,0 +1,130 @@
+"""Typed service configuration loaded from ``POCGRID_*`` environment variables.
+
+Each config is a frozen dataclass. A field ``foo_bar`` is read from ``POCGRID_FOO_BAR``; field
+names are unique across the project's configs so one variable means one thing everywhere (the
+compose-file test relies on that). The env mapping is injected, never read from a global, so
+tests and the launcher build configs without touching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self, cast
+
+ENV_PREFIX = "POCGRID_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or breaks a rule; names the variable."""
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _convert(name: str, raw: str, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _convert(name, raw, args[0]) if raw else None
+    try:
+        if annotation is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if annotation is int:
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+        if annotation is Path:
+            return Path(raw)
+        if annotation is str:
+            return raw
+    except ValueError as exc:
+        raise ConfigError(f"{env_name(name)}={raw!r}: not a valid {annotation.__name__}") from exc
+    raise TypeError(f"unsupported config type for {name}: {annotation!r}")
+
+
+class EnvConfig:
+    """Mixin: ``from_env`` for frozen dataclasses whose fields are plain scalars."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Self:
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cast(Any, cls)):
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, hints[f.name])
+        return cls(**values)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [env_name(f.name) for f in dataclasses.fields(cast(Any, cls))]
+
+
+def parse_hostport(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{env_name(name)}={value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommonConfig(EnvConfig):
+    """Settings every service process shares."""
+
+    listen: str = "127.0.0.1:0"
+    """HOST:PORT the gRPC server binds; port 0 picks a free port (tests, launcher)."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server with JetStream enabled."""
+
+    data_dir: Path = Path(".pocgrid-data")
+    """Where a service keeps its SQLite database when database_url is not set."""
+
+    log_format: str = "auto"
+    """'json', 'console', or 'auto' (JSON unless stderr is a terminal)."""
+
+    log_level: str = "info"
+    """Minimum level logged: debug, info, warning, error."""
+
+    trace_file: str = ""
+    """Append finished spans as JSON lines here (a collector-less way to see traces)."""
+
+    shutdown_grace_s: float = 5.0
+    """How long in-flight RPCs may finish after SIGTERM before they are cancelled."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest gRPC message accepted or sent; larger requests fail RESOURCE_EXHAUSTED."""
+
+    downstream_timeout_cap_s: float = 10.0
+    """Upper bound on any call to another service, whatever the caller's deadline."""
+
+    def __post_init__(self) -> None:
+        parse_hostport("listen", self.listen)
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError(f"{env_name('log_format')}: must be auto, json or console")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"{env_name('log_level')}: must be debug, info, warning or error")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"{env_name('shutdown_grace_s')}: must be >= 0")
+        if not 1024 <= self.max_message_bytes <= 256 * 1024 * 1024:
+            raise ConfigError(f"{env_name('max_message_bytes')}: must be 1 KiB..256 MiB")
+        if not self.nats_url.startswith(("nats://", "tls://")):
+            raise ConfigError(f"{env_name('nats_url')}: must start with nats:// or tls://")
+        if self.downstream_timeout_cap_s <= 0:
+            raise ConfigError(f"{env_name('downstream_timeout_cap_s')}: must be > 0")
+
+    def sqlite_url(self, service: str) -> str:
+        return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"

@@ -1,0 +1,198 @@
+"""gRPC interceptors: tracing, logging, context and error mapping on the server; trace context,
+tenant and deadline propagation on the client.
+
+One server interceptor does all of it so each RPC is wrapped once (this is on the hot path of
+every call, the gateway's included).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.core import rpc_context, telemetry
+from services.core.errors import PocgridError
+from services.core.logging import get_logger
+
+log = get_logger()
+
+# Health checks and reflection are polled constantly and carry no request context worth a span.
+_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    service, _, method = full.lstrip("/").rpartition("/")
+    return service, method
+
+
+class _AbortedWithStatus(Exception):
+    """Marks that the servicer already set the RPC's status through ``context.abort``."""
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_QUIET_PREFIXES):
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, str]:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        tenant = metadata.get(rpc_context.TENANT_METADATA_KEY, "")
+        rpc_context.set_tenant(tenant)
+        rpc_context.set_deadline_from_remaining(context.time_remaining())
+        service, name = _split_method(method)
+        span_cm = self._tracer.start_as_current_span(
+            method.lstrip("/"),
+            context=telemetry.extract(metadata),
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": name,
+                "pocgrid.tenant": tenant,
+            },
+        )
+        return span_cm, tenant
+
+    async def _fail(
+        self, exc: BaseException, method: str, context: grpc.aio.ServicerContext, span: Any
+    ) -> NoReturn:
+        if isinstance(exc, PocgridError):
+            span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            log.info("rpc.rejected", method=method, code=exc.code.name, error=exc.message)
+            await context.abort(exc.code, exc.message)
+        trace_id = telemetry.current_trace_id()
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        log.exception("rpc.failed", method=method, trace_id=trace_id)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
+        raise AssertionError("context.abort returned")
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            span_cm, _ = self._enter(method, context)
+            with span_cm as span:
+                started = time.perf_counter()
+                try:
+                    response = await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._fail(exc, method, context, span)
+                log.debug("rpc", method=method, ms=round((time.perf_counter() - started) * 1e3, 2))
+                return response
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            span_cm, _ = self._enter(method, context)
+            with span_cm as span:
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._fail(exc, method, context, span)
+
+        return wrapped
+
+
+class ClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Injects traceparent and tenant, and caps the deadline at the caller's remaining time."""
+
+    def __init__(self, tracer: trace.Tracer, cap_s: float) -> None:
+        self._tracer = tracer
+        self._cap_s = cap_s
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        carrier: dict[str, str] = {}
+        telemetry.inject(carrier)
+        metadata.extend(carrier.items())
+        tenant = rpc_context.current_tenant()
+        if tenant and not any(k == rpc_context.TENANT_METADATA_KEY for k, _ in metadata):
+            metadata.append((rpc_context.TENANT_METADATA_KEY, tenant))
+        timeout = rpc_context.downstream_timeout(self._cap_s, details.timeout)
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=timeout,
+            metadata=grpc.aio.Metadata(*metadata),
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        with self._tracer.start_as_current_span(
+            method.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+        ) as span:
+            call = await continuation(self._details(details), request)
+            try:
+                return await call
+            except grpc.aio.AioRpcError as exc:
+                span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+                span.set_status(Status(StatusCode.ERROR, exc.code().name))
+                raise
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        with self._tracer.start_as_current_span(
+            method.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+        ):
+            return await continuation(self._details(details), request)
+
+
+def open_channel(
+    target: str, tracer: trace.Tracer, cap_s: float, max_message_bytes: int = 4 * 1024 * 1024
+) -> grpc.aio.Channel:
+    """An insecure channel to another service with the client interceptor installed."""
+    return grpc.aio.insecure_channel(
+        target,
+        interceptors=[ClientInterceptor(tracer, cap_s)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )

@@ -1,0 +1,45 @@
+"""Per-RPC context that outlives the servicer call: tenant and the caller's deadline.
+
+Set by the server interceptor, read by the client interceptor, so any downstream call made while
+serving a request carries the tenant and a deadline no later than the caller's.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+
+TENANT_METADATA_KEY = "x-pocgrid-tenant"
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_tenant", default="")
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pocgrid_deadline", default=None
+)
+
+
+def current_tenant() -> str:
+    return _tenant.get()
+
+
+def set_tenant(tenant: str) -> contextvars.Token[str]:
+    return _tenant.set(tenant)
+
+
+def set_deadline_from_remaining(remaining_s: float | None) -> None:
+    _deadline.set(None if remaining_s is None else time.monotonic() + remaining_s)
+
+
+def remaining_s() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def downstream_timeout(cap_s: float, requested_s: float | None = None) -> float:
+    """``min(caller's time remaining, requested, cap)``: never outlive the caller."""
+    candidates = [cap_s]
+    left = remaining_s()
+    if left is not None:
+        candidates.append(left)
+    if requested_s is not None:
+        candidates.append(requested_s)
+    return max(0.001, min(candidates))

@@ -1,0 +1,223 @@
+"""Service bootstrap and lifecycle: a gRPC aio server with health, reflection and interceptors.
+
+Every service subclasses ``Service``. It is ``async with``-able; ``stop()`` is idempotent and
+follows the shutdown order the mesh relies on: health NOT_SERVING (load balancers and the
+launcher stop sending) -> drain in-flight work -> ``server.stop(grace)`` -> close channels and
+the NATS connection (``drain``) -> flush telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from services.core.bus import EventBus
+from services.core.config import CommonConfig, parse_hostport
+from services.core.interceptors import ServerInterceptor, open_channel
+from services.core.logging import configure_logging, get_logger
+from services.core.telemetry import create_tracer_provider
+
+log = get_logger()
+
+
+class Service:
+    """Base for every pocgrid service process."""
+
+    #: Name used for logs, spans (``service.name``) and the default SQLite file.
+    name: str = "service"
+
+    def __init__(
+        self,
+        common: CommonConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        span_processors: Iterable[SpanProcessor] = (),
+    ) -> None:
+        self.common = common
+        self._env = dict(os.environ if env is None else env)
+        self.tracer_provider: TracerProvider = create_tracer_provider(
+            self.name,
+            trace_file=common.trace_file,
+            env=self._env,
+            extra_processors=span_processors,
+        )
+        self.tracer: trace.Tracer = self.tracer_provider.get_tracer(f"pocgrid.{self.name}")
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.bus: EventBus | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._service_names: list[str] = []
+        self._port = 0
+        self._started = False
+        self._stopped = False
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    async def on_start(self, server: grpc.aio.Server) -> None:
+        """Open storage and connections, add servicers; called before the port opens."""
+
+    async def on_serving(self) -> None:
+        """Start background work that needs the server up (e.g. registering with the registry)."""
+
+    async def on_drain(self) -> None:
+        """Finish or hand off in-flight work after health went NOT_SERVING."""
+
+    async def on_stop(self) -> None:
+        """Release what on_start opened (database engines, ...)."""
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def add_service(self, name: str) -> None:
+        """Record a full service name for health and reflection."""
+        self._service_names.append(name)
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A client channel to another service, closed with this service."""
+        ch = open_channel(
+            target, self.tracer, self.common.downstream_timeout_cap_s, self.common.max_message_bytes
+        )
+        self._channels.append(ch)
+        return ch
+
+    async def connect_bus(self) -> EventBus:
+        self.bus = EventBus(self.common.nats_url, self.tracer, self.name)
+        await self.bus.connect()
+        return self.bus
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run a background task that is cancelled on stop and whose crash is logged."""
+        task = asyncio.create_task(coro, name=f"{self.name}.{name}")
+        task.add_done_callback(self._report_task)
+        self._tasks.append(task)
+        return task
+
+    def _report_task(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task crashed", task=task.get_name(), error=repr(task.exception()))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host, _ = parse_hostport("listen", self.common.listen)
+        return f"{host}:{self._port}"
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        options = [
+            ("grpc.max_receive_message_length", self.common.max_message_bytes),
+            ("grpc.max_send_message_length", self.common.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.tracer)], options=options
+        )
+        await self.on_start(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        self._port = self.server.add_insecure_port(self.common.listen)
+        if self._port == 0:
+            raise RuntimeError(f"{self.name}: could not bind {self.common.listen}")
+        await self.server.start()
+        for svc in ["", *self._service_names]:
+            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        await self.on_serving()
+        log.info("service.started", address=self.address)
+
+    async def stop(self) -> None:
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        try:
+            await self.on_drain()
+        finally:
+            if self.server is not None:
+                await self.server.stop(self.common.shutdown_grace_s)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for ch in self._channels:
+                await ch.close()
+            if self.bus is not None:
+                await self.bus.close()
+            await self.on_stop()
+            self.tracer_provider.shutdown()
+            log.info("service.stopped")
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon()
+            raise
+        return self
+
+    async def _abandon(self) -> None:
+        # start() failed part-way: stop whatever did start so no port or connection leaks.
+        self._stopped = False
+        self._started = True
+        await self.stop()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def _write_address_file(path: str, address: str) -> None:
+    # Written atomically so a launcher polling for it never reads half a line.
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(address + "\n")
+    tmp.replace(target)
+
+
+async def serve(service: Service, env: Mapping[str, str]) -> None:
+    """Run a service until SIGTERM/SIGINT (or until the launching parent process goes away)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with service:
+        if env.get("POCGRID_ADDRESS_FILE"):
+            _write_address_file(env["POCGRID_ADDRESS_FILE"], service.address)
+        parent = int(env.get("POCGRID_PARENT_PID", "0") or 0)
+        watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
+        await stop.wait()
+        log.info("service.stopping", reason="signal")
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    # A child of `pocgrid up` must not outlive it even if the launcher is SIGKILLed.
+    # Polling is the only portable way to notice re-parenting; there is no event for it.
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
+    stop.set()
+
+
+def run(build: Callable[[Mapping[str, str]], Service]) -> None:
+    """Entry point for ``python -m services.<name>``."""
+    env = dict(os.environ)
+    common = CommonConfig.from_env(env)
+    service = build(env)
+    configure_logging(service.name, common.log_format, common.log_level)
+    asyncio.run(serve(service, env))
