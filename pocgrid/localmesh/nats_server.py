@@ -1,0 +1,123 @@
+"""A nats-server child process with JetStream on a random port (no port races: the server picks
+its port and reports it through ``--ports_file_dir``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+# Debian installs the binary in /usr/sbin, which a non-root PATH may lack.
+_EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin")
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    for d in _EXTRA_DIRS:
+        candidate = Path(d) / "nats-server"
+        if candidate.exists():
+            return str(candidate)
+    raise NatsServerError(
+        "nats-server not found: run scripts/ensure_nats_server.sh (Debian's nats-server package)"
+    )
+
+
+class NatsServer:
+    def __init__(self, data_dir: Path | None = None, host: str = "127.0.0.1") -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix="pocgrid-nats-")) if data_dir is None else data_dir
+        )
+        self.host = host
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0, **popen_kwargs: object) -> None:
+        store = self.data_dir / "jetstream"
+        ports_dir = self.data_dir / "ports"
+        store.mkdir(parents=True, exist_ok=True)
+        ports_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "nats-server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                find_nats_server(),
+                "-a",
+                self.host,
+                "-p",
+                "-1",
+                "-js",
+                "-sd",
+                str(store),
+                "--ports_file_dir",
+                str(ports_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **popen_kwargs,  # type: ignore[call-overload]
+        )
+        log.close()
+        ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self.proc.returncode}; see "
+                    f"{self.data_dir / 'nats-server.log'}"
+                )
+            if ports_file.exists():
+                try:
+                    nats_urls = json.loads(ports_file.read_text())["nats"]
+                except (ValueError, KeyError):
+                    nats_urls = []
+                if nats_urls:
+                    self.port = int(nats_urls[0].rsplit(":", 1)[1])
+                    if _accepts(self.host, self.port):
+                        return
+            time.sleep(0.02)
+        self.stop()
+        raise NatsServerError(f"nats-server not ready within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

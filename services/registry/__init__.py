@@ -1,0 +1,1 @@
+"""Registry: chip and model catalogues, nodes and their devices, agent leases."""

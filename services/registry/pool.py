@@ -1,0 +1,241 @@
+"""The pool of nodes: registration, leases, heartbeats, LOST detection.
+
+Liveness lives in memory: 1,000 agents heartbeating every 2 s must not mean 500 database commits
+a second. Heartbeat times are flushed in batches; registrations, state and health changes are
+written through at once. After a restart every READY node gets a fresh lease from the moment the
+registry came back, so a registry outage never marks a healthy fleet LOST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.message import Message
+
+from pocgrid.v1 import common_pb2, events_pb2, registry_pb2
+from services.core.errors import FailedPrecondition, NotFound
+from services.core.logging import get_logger
+from services.registry.config import RegistryConfig
+from services.registry.store import HeartbeatWrite, NodeStore
+
+log = get_logger()
+
+Publish = Callable[[str, Message, str], Awaitable[None]]
+
+READY = registry_pb2.NODE_STATE_READY
+LOST = registry_pb2.NODE_STATE_LOST
+DOWN = registry_pb2.NODE_STATE_DOWN
+
+
+@dataclass(slots=True)
+class NodeEntry:
+    node: registry_pb2.Node
+    generation: int
+    lease_deadline: float  # time.monotonic()
+    last_sequence: int = 0
+    dirty_memory: dict[int, int] = field(default_factory=dict)
+    dirty: bool = False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NodePool:
+    def __init__(self, config: RegistryConfig, store: NodeStore, publish: Publish) -> None:
+        self._config = config
+        self._store = store
+        self._publish = publish
+        self._ttl_s = config.lease_ttl_ms / 1000
+        self._entries: dict[str, NodeEntry] = {}
+        self._lock = asyncio.Lock()
+        self.epoch = uuid.uuid4().hex[:16]
+
+    async def load(self) -> None:
+        deadline = time.monotonic() + self._ttl_s
+        for node, generation in await self._store.load():
+            self._entries[node.node_id] = NodeEntry(node, generation, deadline)
+        log.info("registry.loaded", nodes=len(self._entries), epoch=self.epoch)
+
+    # -- queries ------------------------------------------------------------------------
+    def get(self, node_id: str) -> registry_pb2.Node:
+        entry = self._entries.get(node_id)
+        if entry is None:
+            raise NotFound("node", node_id)
+        return entry.node
+
+    def nodes(self) -> list[registry_pb2.Node]:
+        return [e.node for e in sorted(self._entries.values(), key=lambda e: e.node.node_id)]
+
+    # -- agent lifecycle ----------------------------------------------------------------
+    async def register(self, node: registry_pb2.Node) -> registry_pb2.Node:
+        async with self._lock:
+            now = _now()
+            previous = self._entries.get(node.node_id)
+            generation = previous.generation + 1 if previous else 1
+            node.state = READY
+            node.registered_at.FromDatetime(now)
+            node.last_heartbeat_at.FromDatetime(now)
+            node.lease_expires_at.FromDatetime(now + timedelta(seconds=self._ttl_s))
+            await self._store.upsert(node, generation)
+            self._entries[node.node_id] = NodeEntry(
+                node, generation, time.monotonic() + self._ttl_s
+            )
+        log.info(
+            "node.registered",
+            node_id=node.node_id,
+            chip=node.chip,
+            devices=len(node.devices),
+            generation=generation,
+        )
+        await self._emit(
+            "registry.node.registered",
+            events_pb2.NodeRegistered(
+                event_id=f"node-registered:{node.node_id}:{generation}:{self.epoch}",
+                node=node,
+            ),
+        )
+        return node
+
+    async def heartbeat(
+        self, node_id: str, sequence: int, statuses: list[registry_pb2.DeviceStatus]
+    ) -> registry_pb2.Node:
+        entry = self._entries.get(node_id)
+        if entry is None:
+            raise NotFound("node", node_id, "register it first")
+        if entry.node.state != READY:
+            state = registry_pb2.NodeState.Name(entry.node.state)
+            raise FailedPrecondition(f"node '{node_id}' is {state}: register it again")
+        if sequence <= entry.last_sequence:
+            return entry.node  # a delayed duplicate: the lease was already extended past it
+        for status in statuses:
+            if status.index >= len(entry.node.devices):
+                raise NotFound("device", f"{node_id}/{status.index}")
+        entry.last_sequence = sequence
+        now = _now()
+        entry.lease_deadline = time.monotonic() + self._ttl_s
+        entry.node.last_heartbeat_at.FromDatetime(now)
+        entry.node.lease_expires_at.FromDatetime(now + timedelta(seconds=self._ttl_s))
+        entry.dirty = True
+        for status in statuses:
+            device = entry.node.devices[status.index]
+            if device.memory_used_bytes != status.memory_used_bytes:
+                device.memory_used_bytes = status.memory_used_bytes
+                entry.dirty_memory[status.index] = status.memory_used_bytes
+            if status.health and (
+                device.health != status.health or device.health_reason != status.health_reason
+            ):
+                device.health = status.health
+                device.health_reason = status.health_reason
+                await self._store.save_device(node_id, device)
+                await self._emit(
+                    "registry.device.health",
+                    events_pb2.DeviceHealthChanged(
+                        event_id=f"device-health:{node_id}:{status.index}:{entry.generation}:"
+                        f"{sequence}",
+                        node_id=node_id,
+                        device=device,
+                    ),
+                )
+        return entry.node
+
+    async def deregister(self, node_id: str, reason: str) -> None:
+        entry = self._entries.get(node_id)
+        if entry is None:
+            raise NotFound("node", node_id)
+        async with self._lock:
+            entry.node.state = DOWN
+            await self._store.set_state(node_id, DOWN)
+        await self._emit(
+            "registry.node.deregistered",
+            events_pb2.NodeDeregistered(
+                event_id=f"node-down:{node_id}:{entry.generation}",
+                node_id=node_id,
+                reason=reason,
+            ),
+        )
+
+    # -- background work ----------------------------------------------------------------
+    async def reap_expired(self) -> list[str]:
+        """Mark READY nodes whose lease ran out LOST; returns their ids."""
+        now = time.monotonic()
+        lost = [
+            e for e in self._entries.values() if e.node.state == READY and e.lease_deadline < now
+        ]
+        for entry in lost:
+            async with self._lock:
+                if entry.node.state != READY or entry.lease_deadline >= time.monotonic():
+                    continue  # heartbeat or re-registration won the race
+                entry.node.state = LOST
+                await self._store.set_state(entry.node.node_id, LOST)
+            log.warning("node.lost", node_id=entry.node.node_id, chip=entry.node.chip)
+            await self._emit(
+                "registry.node.lost",
+                events_pb2.NodeLost(
+                    event_id=f"node-lost:{entry.node.node_id}:{entry.generation}",
+                    node_id=entry.node.node_id,
+                    chip=entry.node.chip,
+                    last_heartbeat_at=entry.node.last_heartbeat_at,
+                    lease_ttl_ms=self._config.lease_ttl_ms,
+                ),
+            )
+        return [e.node.node_id for e in lost]
+
+    async def flush_heartbeats(self) -> int:
+        writes = []
+        for entry in self._entries.values():
+            if entry.dirty:
+                writes.append(
+                    HeartbeatWrite(
+                        entry.node.node_id,
+                        entry.node.last_heartbeat_at.ToDatetime(tzinfo=UTC),
+                        entry.node.lease_expires_at.ToDatetime(tzinfo=UTC),
+                        entry.dirty_memory,
+                    )
+                )
+                entry.dirty = False
+                entry.dirty_memory = {}
+        if writes:
+            await self._store.save_heartbeats(writes)
+        return len(writes)
+
+    async def run_reaper(self) -> None:
+        interval = self._config.lease_check_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_expired()
+            except Exception:
+                log.exception("registry.reaper_failed")
+
+    async def run_flusher(self) -> None:
+        interval = self._config.heartbeat_flush_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_heartbeats()
+            except Exception:
+                log.exception("registry.flush_failed")
+
+    async def _emit(
+        self,
+        subject: str,
+        event: Message,
+    ) -> None:
+        event_id: str = getattr(event, "event_id")  # noqa: B009 - every event message has one
+        getattr(event, "occurred_at").FromDatetime(_now())  # noqa: B009
+        try:
+            await self._publish(subject, event, event_id)
+        except Exception:
+            # The registry's own state is already committed; a missing event is logged, and the
+            # state is still visible through ListNodes.
+            log.exception("event.publish_failed", subject=subject, event_id=event_id)
+
+
+def healthy_device_count(node: registry_pb2.Node) -> int:
+    return sum(1 for d in node.devices if d.health == common_pb2.DEVICE_HEALTH_HEALTHY)

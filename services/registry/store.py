@@ -1,0 +1,154 @@
+"""Persistence of nodes and devices (the registry's own database)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select, update
+
+from pocgrid.v1 import common_pb2, registry_pb2
+from services.core.storage import Database
+from services.registry.tables import Base, DeviceRow, NodeRow
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _aware(dt: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone=True columns.
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class HeartbeatWrite:
+    node_id: str
+    last_heartbeat_at: datetime
+    lease_expires_at: datetime
+    memory_used: dict[int, int]
+
+
+class NodeStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def init(self) -> None:
+        await self._db.create_schema(Base)
+
+    async def load(self) -> list[tuple[registry_pb2.Node, int]]:
+        async with self._db.session() as session:
+            rows = (await session.scalars(select(NodeRow))).all()
+            return [(_row_to_node(row), row.generation) for row in rows]
+
+    async def upsert(self, node: registry_pb2.Node, generation: int) -> None:
+        async with self._db.session() as session, session.begin():
+            existing = await session.get(NodeRow, node.node_id)
+            if existing is not None:
+                await session.delete(existing)
+                await session.flush()
+            session.add(_node_to_row(node, generation))
+
+    async def set_state(self, node_id: str, state: int) -> None:
+        async with self._db.session() as session, session.begin():
+            await session.execute(
+                update(NodeRow).where(NodeRow.node_id == node_id).values(state=state)
+            )
+
+    async def save_device(self, node_id: str, device: registry_pb2.Device) -> None:
+        async with self._db.session() as session, session.begin():
+            await session.execute(
+                update(DeviceRow)
+                .where(DeviceRow.node_id == node_id, DeviceRow.index == device.index)
+                .values(
+                    health=device.health,
+                    health_reason=device.health_reason,
+                    memory_used_bytes=device.memory_used_bytes,
+                )
+            )
+
+    async def save_heartbeats(self, writes: Iterable[HeartbeatWrite]) -> None:
+        async with self._db.session() as session, session.begin():
+            for w in writes:
+                await session.execute(
+                    update(NodeRow)
+                    .where(NodeRow.node_id == w.node_id)
+                    .values(
+                        last_heartbeat_at=w.last_heartbeat_at,
+                        lease_expires_at=w.lease_expires_at,
+                    )
+                )
+                for index, used in w.memory_used.items():
+                    await session.execute(
+                        update(DeviceRow)
+                        .where(DeviceRow.node_id == w.node_id, DeviceRow.index == index)
+                        .values(memory_used_bytes=used)
+                    )
+
+
+def _node_to_row(node: registry_pb2.Node, generation: int) -> NodeRow:
+    return NodeRow(
+        node_id=node.node_id,
+        chip=node.chip,
+        vendor_family=node.vendor_family,
+        agent_address=node.agent_address,
+        state=node.state,
+        labels=dict(node.labels),
+        runtime_name=node.runtime_name,
+        runtime_version=node.runtime_version,
+        collective_library=node.collective_library,
+        hostname=node.hostname,
+        generation=generation,
+        registered_at=to_datetime(node.registered_at),
+        last_heartbeat_at=to_datetime(node.last_heartbeat_at),
+        lease_expires_at=to_datetime(node.lease_expires_at),
+        devices=[
+            DeviceRow(
+                index=d.index,
+                device_id=d.device_id,
+                uuid=d.uuid,
+                chip=d.chip,
+                memory_total_bytes=d.memory_total_bytes,
+                memory_used_bytes=d.memory_used_bytes,
+                compute_units=d.compute_units,
+                precisions=list(d.precisions),
+                health=d.health,
+                health_reason=d.health_reason,
+            )
+            for d in node.devices
+        ],
+    )
+
+
+def _row_to_node(row: NodeRow) -> registry_pb2.Node:
+    node = registry_pb2.Node(
+        node_id=row.node_id,
+        chip=row.chip,
+        vendor_family=row.vendor_family,
+        agent_address=row.agent_address,
+        state=registry_pb2.NodeState.ValueType(row.state),
+        labels=row.labels or {},
+        runtime_name=row.runtime_name,
+        runtime_version=row.runtime_version,
+        collective_library=row.collective_library,
+        hostname=row.hostname,
+    )
+    node.registered_at.FromDatetime(_aware(row.registered_at))
+    node.last_heartbeat_at.FromDatetime(_aware(row.last_heartbeat_at))
+    node.lease_expires_at.FromDatetime(_aware(row.lease_expires_at))
+    for d in row.devices:
+        node.devices.add(
+            device_id=d.device_id,
+            uuid=d.uuid,
+            index=d.index,
+            chip=d.chip,
+            memory_total_bytes=d.memory_total_bytes,
+            memory_used_bytes=d.memory_used_bytes,
+            compute_units=d.compute_units,
+            precisions=d.precisions,
+            health=common_pb2.DeviceHealth.ValueType(d.health),
+            health_reason=d.health_reason,
+        )
+    return node

@@ -1,0 +1,81 @@
+"""Shared fixtures: a real nats-server per test on a random port, in-memory span capture."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from pocgrid.localmesh.nats_server import NatsServer
+from services.core.config import CommonConfig
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def common(tmp_path: Path, nats_server: NatsServer) -> CommonConfig:
+    return CommonConfig(
+        listen="127.0.0.1:0",
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "data",
+        log_format="console",
+        shutdown_grace_s=0.5,
+    )
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def span_processor(spans: InMemorySpanExporter) -> SimpleSpanProcessor:
+    return SimpleSpanProcessor(spans)
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    timeout: float = 10.0,
+    every: float = 0.02,
+    what: str = "condition",
+) -> None:
+    """Poll until ``predicate`` is true; fails the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+@pytest.fixture
+def waiter() -> Callable[..., Awaitable[None]]:
+    return wait_for
+
+
+async def aclose_all(items: list[Any]) -> None:
+    for item in reversed(items):
+        await item.stop()
+
+
+@pytest.fixture
+async def closer() -> AsyncIterator[list[Any]]:
+    items: list[Any] = []
+    yield items
+    await aclose_all(items)
