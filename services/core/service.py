@@ -36,6 +36,8 @@ class Service:
 
     #: Name used for logs, spans (``service.name``) and the default SQLite file.
     name: str = "service"
+    #: Wrap every RPC in the tracing/logging/error interceptor (the gateway does its own).
+    use_interceptor: bool = True
 
     def __init__(
         self,
@@ -89,6 +91,18 @@ class Service:
         self._channels.append(ch)
         return ch
 
+    def channel_raw(self, target: str) -> grpc.aio.Channel:
+        """A channel with no client interceptor, for callers that propagate context themselves."""
+        ch = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", self.common.max_message_bytes),
+                ("grpc.max_send_message_length", self.common.max_message_bytes),
+            ],
+        )
+        self._channels.append(ch)
+        return ch
+
     async def connect_bus(self) -> EventBus:
         self.bus = EventBus(self.common.nats_url, self.tracer, self.name)
         await self.bus.connect()
@@ -124,9 +138,8 @@ class Service:
             ("grpc.max_send_message_length", self.common.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.tracer)], options=options
-        )
+        interceptors = [ServerInterceptor(self.tracer)] if self.use_interceptor else []
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         await self.on_start(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]

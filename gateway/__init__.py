@@ -1,0 +1,1 @@
+"""The gateway: pocgrid's one public endpoint (auth, tenancy, rate limits, routing, tracing)."""

@@ -1,0 +1,4 @@
+from gateway.service import GatewayServer
+from services.core.service import run
+
+run(GatewayServer.from_env)

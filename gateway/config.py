@@ -1,0 +1,56 @@
+"""Gateway settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.core.config import ConfigError, EnvConfig, env_name, parse_hostport
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewayConfig(EnvConfig):
+    api_keys: str = ""
+    """Comma-separated KEY=TENANT pairs (development); prefer api_keys_file in production."""
+
+    api_keys_file: str = ""
+    """JSON file: {"keys": [{"key" or "key_sha256", "tenant", "rate_per_s"?, "burst"?}]}."""
+
+    rate_limit_per_s: float = 200.0
+    """Default sustained requests per second per tenant."""
+
+    rate_limit_burst: int = 400
+    """Default burst size per tenant (token bucket capacity)."""
+
+    registry_addr: str = ""
+    """HOST:PORT of the registry."""
+
+    scheduler_addr: str = ""
+    """HOST:PORT of the scheduler."""
+
+    metering_addr: str = ""
+    """HOST:PORT of metering."""
+
+    adapter_addr: str = ""
+    """HOST:PORT of the adapter."""
+
+    evaluator_addr: str = ""
+    """HOST:PORT of the evaluator."""
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1:
+            raise ConfigError("rate limits must be positive")
+        for name in (
+            "registry_addr",
+            "scheduler_addr",
+            "metering_addr",
+            "adapter_addr",
+            "evaluator_addr",
+        ):
+            value = getattr(self, name)
+            if value:
+                parse_hostport(name, value)
+        if not self.api_keys and not self.api_keys_file:
+            raise ConfigError(
+                f"{env_name('api_keys')} or {env_name('api_keys_file')} must be set: "
+                "the gateway serves no one without API keys"
+            )

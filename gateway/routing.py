@@ -1,0 +1,65 @@
+"""Which RPCs the gateway exposes, derived from the contract's descriptors.
+
+Only the public services are routed; internal ones (NodeLeaseService, AgentService) have no
+route, so the gateway answers UNIMPLEMENTED for them exactly as for a method that doesn't exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from pocgrid.v1 import (
+    adapter_pb2,
+    evaluator_pb2,
+    gateway_pb2,
+    metering_pb2,
+    registry_pb2,
+    scheduler_pb2,
+)
+
+#: Public service -> the GatewayConfig field holding its backend address.
+PUBLIC_BACKENDS: dict[ServiceDescriptor, str] = {
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]: "registry_addr",
+    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"]: "scheduler_addr",
+    metering_pb2.DESCRIPTOR.services_by_name["MeteringService"]: "metering_addr",
+    adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"]: "adapter_addr",
+    evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"]: "evaluator_addr",
+}
+GATEWAY_SERVICE: ServiceDescriptor = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+
+
+READ_ONLY_PREFIXES = ("Get", "List", "Check")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    path: str  # "/pocgrid.v1.RegistryService/ListChips"
+    backend_field: str
+    client_streaming: bool
+    server_streaming: bool
+    # Read-only methods may be retried once on UNAVAILABLE; anything that changes state may not.
+    idempotent: bool
+
+
+def _path(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def public_routes() -> dict[str, Route]:
+    routes = {}
+    for service, backend in PUBLIC_BACKENDS.items():
+        for method in service.methods:
+            routes[_path(method)] = Route(
+                _path(method),
+                backend,
+                method.client_streaming,
+                method.server_streaming,
+                method.name.startswith(READ_ONLY_PREFIXES),
+            )
+    return routes
+
+
+def public_service_names() -> list[str]:
+    return [s.full_name for s in (*PUBLIC_BACKENDS, GATEWAY_SERVICE)]

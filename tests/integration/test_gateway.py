@@ -1,0 +1,151 @@
+"""The gateway in front of a real registry: auth, rate limits, routing, reflection, tracing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway.config import GatewayConfig
+from gateway.service import GatewayServer
+from pocgrid.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
+from services.registry.config import RegistryConfig
+from services.registry.service import RegistryServer
+
+pytestmark = pytest.mark.integration
+
+KEY = "test-key-123"
+AUTH = (("authorization", f"Bearer {KEY}"),)
+
+
+async def _mesh(common, closer, span_processor=None, **gw_overrides):
+    procs = [span_processor] if span_processor else []
+    reg = RegistryServer(common, RegistryConfig(), span_processors=procs)
+    await reg.start()
+    closer.append(reg)
+    cfg = GatewayConfig(api_keys=f"{KEY}=acme", registry_addr=reg.address, **gw_overrides)
+    gw = GatewayServer(common, cfg, span_processors=procs)
+    await gw.start()
+    closer.append(gw)
+    return reg, gw
+
+
+async def test_routes_public_and_hides_internal(common, closer):
+    _, gw = await _mesh(common, closer)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        chips = await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
+            registry_pb2.ListChipsRequest(domestic_only=True), metadata=AUTH
+        )
+        assert chips.chips and all(c.domestic for c in chips.chips)
+        who = await gateway_pb2_grpc.GatewayServiceStub(ch).WhoAmI(
+            gateway_pb2.WhoAmIRequest(), metadata=AUTH
+        )
+        assert who.tenant == "acme"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await registry_pb2_grpc.NodeLeaseServiceStub(ch).Heartbeat(
+                registry_pb2.HeartbeatRequest(node_id="x", sequence=1), metadata=AUTH
+            )
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # Errors from the backend reach the client unchanged.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await registry_pb2_grpc.RegistryServiceStub(ch).GetChip(
+                registry_pb2.GetChipRequest(name="nope"), metadata=AUTH
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ((), "missing credentials"),
+        ((("authorization", "Bearer wrong"),), "unknown API key"),
+        ((("authorization", KEY),), "Bearer"),
+    ],
+)
+async def test_unauthenticated(common, closer, metadata, message):
+    _, gw = await _mesh(common, closer)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
+                registry_pb2.ListChipsRequest(), metadata=metadata
+            )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert message in err.value.details()
+
+
+async def test_rate_limited(common, closer):
+    _, gw = await _mesh(common, closer, rate_limit_per_s=1.0, rate_limit_burst=3)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        for _ in range(3):
+            await stub.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=AUTH)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "acme" in err.value.details() and "retry in" in err.value.details()
+
+
+async def test_reflection_only_client(common, closer):
+    """A generic client that knows nothing but the gateway's address and an API key."""
+    _, gw = await _mesh(common, closer)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+
+        async def ask(**kw):
+            async for resp in refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(**kw)])
+            ):
+                return resp
+
+        services = [s.name for s in (await ask(list_services="")).list_services_response.service]
+        assert "pocgrid.v1.RegistryService" in services
+        assert "pocgrid.v1.NodeLeaseService" not in services
+        files = (
+            await ask(file_containing_symbol="pocgrid.v1.RegistryService")
+        ).file_descriptor_response.file_descriptor_proto
+        pool = descriptor_pool.DescriptorPool()
+        protos = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in files]
+        pending = {p.name: p for p in protos}
+        while pending:  # add in dependency order
+            for name, proto in list(pending.items()):
+                if all(dep not in pending for dep in proto.dependency):
+                    pool.Add(proto)
+                    del pending[name]
+        method = pool.FindServiceByName("pocgrid.v1.RegistryService").FindMethodByName("GetChip")
+        req_cls = message_factory.GetMessageClass(method.input_type)
+        resp_cls = message_factory.GetMessageClass(method.output_type)
+        call = ch.unary_unary(
+            "/pocgrid.v1.RegistryService/GetChip",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=resp_cls.FromString,
+        )
+        resp = await call(req_cls(name="ascend-910b2"), metadata=AUTH)
+        assert resp.chip.vendor_family == "ascend"
+
+
+async def test_one_trace_across_gateway_and_registry(common, closer, spans, span_processor):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind
+
+    from services.core.interceptors import open_channel
+
+    _, gw = await _mesh(common, closer, span_processor)
+    client_provider = TracerProvider()
+    client_provider.add_span_processor(span_processor)
+    tracer = client_provider.get_tracer("client")
+    with tracer.start_as_current_span("client-call", kind=SpanKind.CLIENT) as root:
+        ch = open_channel(gw.address, tracer, cap_s=5)
+        await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
+            registry_pb2.ListChipsRequest(), metadata=AUTH
+        )
+        await ch.close()
+    trace_id = root.get_span_context().trace_id
+    finished = spans.get_finished_spans()
+    by_service = {
+        s.resource.attributes["service.name"]: s
+        for s in finished
+        if s.context.trace_id == trace_id and s.kind == SpanKind.SERVER
+    }
+    assert {"gateway", "registry"} <= set(by_service)
+    assert by_service["registry"].parent.span_id == by_service["gateway"].context.span_id
