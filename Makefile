@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 
-.PHONY: demo test lint typecheck protos protos-check unit integration bench clean nats
+.PHONY: demo test lint typecheck protos protos-check catalog-check unit integration bench clean nats
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 
 ## test: lint, type-check, generated-code drift check, then every test
-test: $(STAMP) nats lint typecheck protos-check
+test: $(STAMP) nats lint typecheck protos-check catalog-check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -36,6 +36,10 @@ protos: $(STAMP)
 
 protos-check: $(STAMP)
 	$(PY) -m tools.gen_protos --check
+
+## catalog-check: the committed catalogue matches ../shared/data/catalog
+catalog-check: $(STAMP)
+	$(PY) -m tools.build_catalog --check
 
 bench: $(STAMP) nats
 	$(PY) -m bench.gateway_overhead
