@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -26,6 +27,7 @@ from services.core.rpc_context import TENANT_METADATA_KEY
 log = get_logger()
 
 _RETRY_BACKOFF_S = 0.05
+_HEALTH_TIMEOUT_S = 2.0
 
 
 class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -46,11 +48,18 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         for path, route in routes.items():
             channel = channels.get(route.backend_field)
             self._handlers[path] = self._forwarding_handler(route, channel)
-        who = "/pocgrid.v1.GatewayService/WhoAmI"
-        self._handlers[who] = grpc.unary_unary_rpc_method_handler(
+        self._backends = {field.removesuffix("_addr"): ch for field, ch in channels.items()}
+        self._handlers["/pocgrid.v1.GatewayService/WhoAmI"] = grpc.unary_unary_rpc_method_handler(
             self._who_am_i,
             request_deserializer=gateway_pb2.WhoAmIRequest.FromString,
             response_serializer=gateway_pb2.WhoAmIResponse.SerializeToString,
+        )
+        self._handlers["/pocgrid.v1.GatewayService/CheckServices"] = (
+            grpc.unary_unary_rpc_method_handler(
+                self._check_services,
+                request_deserializer=gateway_pb2.CheckServicesRequest.FromString,
+                response_serializer=gateway_pb2.CheckServicesResponse.SerializeToString,
+            )
         )
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -180,3 +189,36 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             return gateway_pb2.WhoAmIResponse(
                 tenant=tenant.name, rate_limit_per_s=tenant.rate_per_s, burst=tenant.burst
             )
+
+    async def _check_services(
+        self, request: gateway_pb2.CheckServicesRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CheckServicesResponse:
+        path = "/pocgrid.v1.GatewayService/CheckServices"
+        metadata = dict(context.invocation_metadata() or ())
+        with self._span(path, metadata) as span:
+            try:
+                self._admit(metadata, span)
+            except PocgridError as exc:
+                await self._reject(exc, span, context, path)
+            results = await asyncio.gather(
+                *(_probe(name, ch) for name, ch in sorted(self._backends.items()))
+            )
+            return gateway_pb2.CheckServicesResponse(
+                services=[
+                    gateway_pb2.ServiceHealth(name="gateway", healthy=True, status="SERVING"),
+                    *results,
+                ]
+            )
+
+
+async def _probe(name: str, channel: grpc.aio.Channel) -> gateway_pb2.ServiceHealth:
+    try:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_TIMEOUT_S
+        )
+    except grpc.aio.AioRpcError as exc:
+        return gateway_pb2.ServiceHealth(name=name, healthy=False, status=exc.code().name)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return gateway_pb2.ServiceHealth(
+        name=name, healthy=resp.status == health_pb2.HealthCheckResponse.SERVING, status=status
+    )

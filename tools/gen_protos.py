@@ -31,7 +31,9 @@ def _protoc_plugin(name: str) -> str:
 
 
 def generate(out_dir: Path) -> None:
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "pocgrid").rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "pocgrid").rglob("*.proto")
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -45,7 +47,11 @@ def generate(out_dir: Path) -> None:
         f"--mypy_grpc_out={out_dir}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    # The mypy plugins narrate every file they write; show protoc's output only on failure.
+    result = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"protoc failed with exit code {result.returncode}")
     (out_dir / PACKAGE_DIR / "__init__.py").write_text(INIT_TEXT)
 
 

@@ -56,15 +56,22 @@ class CheckFitResponse(_message.Message):
     HEADROOM_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
     PRECISION_SUPPORTED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RESERVE_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
     fits: _builtins.bool
+    """The weights fit beside the reserve and the chip supports the precision."""
     weights_gb_per_device: _builtins.float
     """Weights per device, GB (10^9 bytes)."""
     memory_gb_per_device: _builtins.float
+    """Device memory from the catalogue; 0 when no source gives it."""
     headroom_gb_per_device: _builtins.float
-    """What is left per device for activations and KV cache (negative when it does not fit)."""
+    """What is left per device for activations and KV cache (negative when it does not fit):
+    memory - reserve - weights.
+    """
     precision_supported: _builtins.bool
     reason: _builtins.str
     """Why it does not fit or is not supported; empty when it fits."""
+    reserve_gb_per_device: _builtins.float
+    """Held back per device for the runtime context, workspace and fragmentation, GB."""
     def __init__(
         self,
         *,
@@ -74,10 +81,11 @@ class CheckFitResponse(_message.Message):
         headroom_gb_per_device: _builtins.float = ...,
         precision_supported: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        reserve_gb_per_device: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "headroom_gb_per_device", b"headroom_gb_per_device", "memory_gb_per_device", b"memory_gb_per_device", "precision_supported", b"precision_supported", "reason", b"reason", "weights_gb_per_device", b"weights_gb_per_device"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "headroom_gb_per_device", b"headroom_gb_per_device", "memory_gb_per_device", b"memory_gb_per_device", "precision_supported", b"precision_supported", "reason", b"reason", "reserve_gb_per_device", b"reserve_gb_per_device", "weights_gb_per_device", b"weights_gb_per_device"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

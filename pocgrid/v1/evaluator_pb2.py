@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\"c\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\"\xbd\x01\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04\x32\xb8\x01\n\x10\x45valuatorService\x12T\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\x12N\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\"s\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xbd\x01\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04\x32\xb8\x01\n\x10\x45valuatorService\x12T\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\x12N\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.evaluator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOADSCENARIO']._serialized_start=525
-  _globals['_LOADSCENARIO']._serialized_end=688
+  _globals['_LOADSCENARIO']._serialized_start=541
+  _globals['_LOADSCENARIO']._serialized_end=704
   _globals['_SLO']._serialized_start=42
-  _globals['_SLO']._serialized_end=141
-  _globals['_SCENARIO']._serialized_start=144
-  _globals['_SCENARIO']._serialized_end=333
-  _globals['_LISTSCENARIOSREQUEST']._serialized_start=335
-  _globals['_LISTSCENARIOSREQUEST']._serialized_end=357
-  _globals['_LISTSCENARIOSRESPONSE']._serialized_start=359
-  _globals['_LISTSCENARIOSRESPONSE']._serialized_end=423
-  _globals['_GETSCENARIOREQUEST']._serialized_start=425
-  _globals['_GETSCENARIOREQUEST']._serialized_end=459
-  _globals['_GETSCENARIORESPONSE']._serialized_start=461
-  _globals['_GETSCENARIORESPONSE']._serialized_end=522
-  _globals['_EVALUATORSERVICE']._serialized_start=691
-  _globals['_EVALUATORSERVICE']._serialized_end=875
+  _globals['_SLO']._serialized_end=157
+  _globals['_SCENARIO']._serialized_start=160
+  _globals['_SCENARIO']._serialized_end=349
+  _globals['_LISTSCENARIOSREQUEST']._serialized_start=351
+  _globals['_LISTSCENARIOSREQUEST']._serialized_end=373
+  _globals['_LISTSCENARIOSRESPONSE']._serialized_start=375
+  _globals['_LISTSCENARIOSRESPONSE']._serialized_end=439
+  _globals['_GETSCENARIOREQUEST']._serialized_start=441
+  _globals['_GETSCENARIOREQUEST']._serialized_end=475
+  _globals['_GETSCENARIORESPONSE']._serialized_start=477
+  _globals['_GETSCENARIORESPONSE']._serialized_end=538
+  _globals['_EVALUATORSERVICE']._serialized_start=707
+  _globals['_EVALUATORSERVICE']._serialized_end=891
 # @@protoc_insertion_point(module_scope)

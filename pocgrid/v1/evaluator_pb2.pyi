@@ -49,11 +49,14 @@ class Slo(_message.Message):
     P99_TTFT_MS_FIELD_NUMBER: _builtins.int
     P99_TPOT_MS_FIELD_NUMBER: _builtins.int
     MIN_ACCURACY_RATIO_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     p99_latency_ms: _builtins.float
     """0 means no bound."""
     p99_ttft_ms: _builtins.float
     p99_tpot_ms: _builtins.float
     min_accuracy_ratio: _builtins.float
+    source: _builtins.str
+    """Where the bounds come from (a benchmark's rules, a product requirement)."""
     def __init__(
         self,
         *,
@@ -61,10 +64,11 @@ class Slo(_message.Message):
         p99_ttft_ms: _builtins.float = ...,
         p99_tpot_ms: _builtins.float = ...,
         min_accuracy_ratio: _builtins.float = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_accuracy_ratio", b"min_accuracy_ratio", "p99_latency_ms", b"p99_latency_ms", "p99_tpot_ms", b"p99_tpot_ms", "p99_ttft_ms", b"p99_ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_accuracy_ratio", b"min_accuracy_ratio", "p99_latency_ms", b"p99_latency_ms", "p99_tpot_ms", b"p99_tpot_ms", "p99_ttft_ms", b"p99_ttft_ms", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

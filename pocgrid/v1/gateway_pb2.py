@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\x32Q\n\x0eGatewayService\x12?\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\"\x16\n\x14\x43heckServicesRequest\">\n\rServiceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\"D\n\x15\x43heckServicesResponse\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ServiceHealth2\xa7\x01\n\x0eGatewayService\x12?\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponse\x12T\n\rCheckServices\x12 .pocgrid.v1.CheckServicesRequest\x1a!.pocgrid.v1.CheckServicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIREQUEST']._serialized_end=55
   _globals['_WHOAMIRESPONSE']._serialized_start=57
   _globals['_WHOAMIRESPONSE']._serialized_end=130
-  _globals['_GATEWAYSERVICE']._serialized_start=132
-  _globals['_GATEWAYSERVICE']._serialized_end=213
+  _globals['_CHECKSERVICESREQUEST']._serialized_start=132
+  _globals['_CHECKSERVICESREQUEST']._serialized_end=154
+  _globals['_SERVICEHEALTH']._serialized_start=156
+  _globals['_SERVICEHEALTH']._serialized_end=218
+  _globals['_CHECKSERVICESRESPONSE']._serialized_start=220
+  _globals['_CHECKSERVICESRESPONSE']._serialized_end=288
+  _globals['_GATEWAYSERVICE']._serialized_start=291
+  _globals['_GATEWAYSERVICE']._serialized_end=458
 # @@protoc_insertion_point(module_scope)

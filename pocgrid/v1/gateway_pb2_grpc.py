@@ -40,6 +40,11 @@ class GatewayServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_gateway__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_gateway__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.CheckServices = channel.unary_unary(
+                '/pocgrid.v1.GatewayService/CheckServices',
+                request_serializer=pocgrid_dot_v1_dot_gateway__pb2.CheckServicesRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_gateway__pb2.CheckServicesResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -53,6 +58,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckServices(self, request, context):
+        """Health of every service behind the gateway (standard gRPC health checks, run now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=pocgrid_dot_v1_dot_gateway__pb2.WhoAmIRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_gateway__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'CheckServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckServices,
+                    request_deserializer=pocgrid_dot_v1_dot_gateway__pb2.CheckServicesRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_gateway__pb2.CheckServicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class GatewayService:
             '/pocgrid.v1.GatewayService/WhoAmI',
             pocgrid_dot_v1_dot_gateway__pb2.WhoAmIRequest.SerializeToString,
             pocgrid_dot_v1_dot_gateway__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.GatewayService/CheckServices',
+            pocgrid_dot_v1_dot_gateway__pb2.CheckServicesRequest.SerializeToString,
+            pocgrid_dot_v1_dot_gateway__pb2.CheckServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class GatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]
     """Who the presented API key belongs to, and its limits."""
+    CheckServices: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CheckServicesRequest, _gateway_pb2.CheckServicesResponse]
+    """Health of every service behind the gateway (standard gRPC health checks, run now)."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -43,6 +45,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the presented API key belongs to, and its limits."""
+    CheckServices: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CheckServicesRequest, _gateway_pb2.CheckServicesResponse]  # type: ignore[assignment]
+    """Health of every service behind the gateway (standard gRPC health checks, run now)."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Public: served by the gateway itself."""
@@ -54,5 +58,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.WhoAmIResponse, _abc.Awaitable[_gateway_pb2.WhoAmIResponse]]:
         """Who the presented API key belongs to, and its limits."""
+
+    @_abc_1.abstractmethod
+    def CheckServices(
+        self,
+        request: _gateway_pb2.CheckServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CheckServicesResponse, _abc.Awaitable[_gateway_pb2.CheckServicesResponse]]:
+        """Health of every service behind the gateway (standard gRPC health checks, run now)."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

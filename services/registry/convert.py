@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 from pocgrid.catalog import Chip, Model
-from pocgrid.v1 import common_pb2, registry_pb2
-
-PRECISION_BY_NAME: dict[str, int] = {
-    "fp32": common_pb2.PRECISION_FP32,
-    "tf32": common_pb2.PRECISION_TF32,
-    "fp16": common_pb2.PRECISION_FP16,
-    "bf16": common_pb2.PRECISION_BF16,
-    "fp8": common_pb2.PRECISION_FP8,
-    "int8": common_pb2.PRECISION_INT8,
-}
-PRECISION_NAME: dict[int, str] = {v: k for k, v in PRECISION_BY_NAME.items()}
+from pocgrid.v1 import registry_pb2
 
 
 def chip_to_proto(chip: Chip) -> registry_pb2.Chip:

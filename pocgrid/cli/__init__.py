@@ -1,0 +1,1 @@
+"""The ``pocgrid`` command line."""

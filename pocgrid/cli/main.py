@@ -1,0 +1,114 @@
+"""``pocgrid``: run a local mesh and talk to any mesh through its gateway."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from pocgrid.cli import lifecycle, queries
+from pocgrid.cli.output import fail
+from pocgrid.cli.target import NoMeshError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pocgrid", description=__doc__)
+    parser.add_argument(
+        "--gateway",
+        help="gateway HOST:PORT (env POCGRID_GATEWAY; default: "
+        "the local mesh started by `pocgrid up`)",
+    )
+    parser.add_argument("--api-key", help="API key (env POCGRID_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start the whole mesh on this machine")
+    p.add_argument("--detach", action="store_true", help="return once everything is healthy")
+    p.add_argument("--json", action="store_true", help='print {"gateway", "api_key"}')
+    p.add_argument("--chips", help="comma-separated chip slugs (default: every emulatable chip)")
+    p.add_argument("--devices", type=int, default=8, help="devices per agent (default 8)")
+    p.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=lifecycle.up)
+
+    p = sub.add_parser("down", help="stop the local mesh started with --detach")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lifecycle.down)
+
+    p = sub.add_parser("status", help="services' health and the pool's nodes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=queries.status)
+
+    p = sub.add_parser("chips", help="the chip catalogue")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--vendor", help="vendor family, e.g. ascend")
+    p.add_argument("--domestic", action="store_true", help="only domestic chips")
+    p.add_argument("--emulatable", action="store_true", help="only chips the pool can emulate")
+    p.set_defaults(func=queries.chips)
+
+    p = sub.add_parser("models", help="the model catalogue")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--kind", help="llm, vision, speech or nlp")
+    p.set_defaults(func=queries.models)
+
+    p = sub.add_parser("nodes", help="nodes in the pool")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--chip", help="only nodes of this chip")
+    p.set_defaults(func=queries.nodes)
+
+    p = sub.add_parser("whoami", help="the tenant behind the API key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=queries.whoami)
+
+    p = sub.add_parser("demo", help="start the mesh, show the pool, stop it")
+    p.add_argument("--chips", help=argparse.SUPPRESS)
+    p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
+    p.set_defaults(func=lifecycle.demo)
+
+    try:
+        from pocgrid.perf.cli import register as register_perf
+    except ImportError:  # the performance model ships with a later release of the package
+        pass
+    else:
+        register_perf(sub)
+    return parser
+
+
+@contextlib.contextmanager
+def _command_span(command: str) -> Iterator[None]:
+    """A client span around the command when tracing is configured (file or OTLP)."""
+    trace_file = os.environ.get("POCGRID_TRACE_FILE", "")
+    if not trace_file and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        yield
+        return
+    from opentelemetry.trace import SpanKind
+
+    from services.core.telemetry import create_tracer_provider
+
+    provider = create_tracer_provider("pocgrid-cli", trace_file=trace_file)
+    with provider.get_tracer("pocgrid.cli").start_as_current_span(
+        f"pocgrid {command}", kind=SpanKind.CLIENT
+    ):
+        yield
+    provider.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        with _command_span(args.command):
+            return func(args)
+    except NoMeshError as exc:
+        return fail(str(exc))
+    except grpc.RpcError as exc:
+        return fail(queries.rpc_error_message(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

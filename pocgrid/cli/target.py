@@ -1,0 +1,44 @@
+"""Which mesh a CLI command talks to: flags, then POCGRID_GATEWAY/POCGRID_API_KEY, then the
+local mesh that ``pocgrid up`` recorded."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from pocgrid.localmesh.state import MeshState, pid_alive, pocgrid_home, state_path
+
+
+class NoMeshError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    gateway: str
+    api_key: str
+
+
+def local_mesh() -> MeshState | None:
+    state = MeshState.load(state_path(pocgrid_home()))
+    if state is None or not pid_alive(state.supervisor_pid):
+        return None
+    return state
+
+
+def resolve(args: argparse.Namespace) -> Target:
+    gateway = args.gateway or os.environ.get("POCGRID_GATEWAY", "")
+    api_key = args.api_key or os.environ.get("POCGRID_API_KEY", "")
+    if not gateway or not api_key:
+        state = local_mesh()
+        if state is not None and state.status == "ready":
+            gateway = gateway or state.gateway
+            api_key = api_key or state.api_key
+    if not gateway:
+        raise NoMeshError(
+            "no mesh found: run `pocgrid up --detach`, or pass --gateway / set POCGRID_GATEWAY"
+        )
+    if not api_key:
+        raise NoMeshError("no API key: pass --api-key or set POCGRID_API_KEY")
+    return Target(gateway, api_key)

@@ -1,0 +1,101 @@
+"""Typed client SDK for the pocgrid gateway.
+
+    from pocgrid.client import Client
+    with Client("127.0.0.1:50051", api_key="...") as pg:
+        for chip in pg.registry.ListChips(registry_pb2.ListChipsRequest()).chips: ...
+
+Every call carries ``authorization: Bearer <key>`` and W3C trace context, so a client span (when
+the caller has a tracer) and the gateway's and services' spans share one trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from pocgrid.v1 import (
+    adapter_pb2_grpc,
+    evaluator_pb2_grpc,
+    gateway_pb2_grpc,
+    metering_pb2_grpc,
+    registry_pb2_grpc,
+    scheduler_pb2_grpc,
+)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+class _AuthInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, api_key: str, default_timeout_s: float) -> None:
+        self._auth = ("authorization", f"Bearer {api_key}")
+        self._timeout = default_timeout_s
+
+    def _details(self, details: Any) -> _CallDetails:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        metadata = [*(details.metadata or ()), self._auth, *carrier.items()]
+        return _CallDetails(
+            details.method,
+            details.timeout if details.timeout is not None else self._timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+
+class Client:
+    """Blocking client; one channel, one stub per public service."""
+
+    def __init__(self, gateway: str, api_key: str, *, timeout_s: float = 30.0) -> None:
+        self.gateway = gateway
+        self._raw = grpc.insecure_channel(gateway)
+        self.channel = grpc.intercept_channel(self._raw, _AuthInterceptor(api_key, timeout_s))
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+        self.metering = metering_pb2_grpc.MeteringServiceStub(self.channel)
+        self.adapter = adapter_pb2_grpc.AdapterServiceStub(self.channel)
+        self.evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(self.channel)
+        self.gateway_service = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def tracer(name: str = "pocgrid.client") -> trace.Tracer:
+    return trace.get_tracer(name)

@@ -1,0 +1,75 @@
+"""The agent process: one node of one chip type, an emulated vendor runtime behind gRPC."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping
+
+import grpc
+from opentelemetry.sdk.trace import SpanProcessor
+
+from pocgrid.catalog import Catalog, default_catalog
+from pocgrid.v1 import agent_pb2, agent_pb2_grpc, registry_pb2_grpc
+from services.agent.config import AgentConfig
+from services.agent.lease import LeaseKeeper
+from services.agent.runtime.runtime import VendorRuntime, create_runtime
+from services.agent.servicer import AgentServicer
+from services.core.config import CommonConfig, ConfigError
+from services.core.service import Service
+
+
+class AgentServer(Service):
+    name = "agent"
+
+    def __init__(
+        self,
+        common: CommonConfig,
+        config: AgentConfig,
+        *,
+        catalog: Catalog | None = None,
+        env: Mapping[str, str] | None = None,
+        span_processors: Iterable[SpanProcessor] = (),
+    ) -> None:
+        super().__init__(common, env=env, span_processors=span_processors)
+        catalog = catalog or default_catalog()
+        try:
+            self.chip = catalog.find_chip(config.chip)
+        except KeyError as exc:
+            raise ConfigError(f"POCGRID_CHIP: {exc.args[0] if exc.args else exc}") from None
+        if not self.chip.emulatable:
+            raise ConfigError(
+                f"POCGRID_CHIP: {self.chip.name} lacks public figures (memory, bandwidth or a "
+                "16-bit peak) needed to emulate it"
+            )
+        self.config = config
+        self.node_id = config.node_id or f"{self.chip.name}-{socket.gethostname().lower()}"
+        self.runtime: VendorRuntime = create_runtime(
+            self.chip, config.devices, node_seed=self.node_id
+        )
+        self.lease: LeaseKeeper | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AgentServer:
+        return cls(CommonConfig.from_env(env), AgentConfig.from_env(env), env=env)
+
+    async def on_start(self, server: grpc.aio.Server) -> None:
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.node_id, self.chip.name, self.runtime), server
+        )
+        self.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+        stub = registry_pb2_grpc.NodeLeaseServiceStub(self.channel(self.config.registry_addr))
+        self.lease = LeaseKeeper(
+            stub,
+            self.node_id,
+            self.chip.name,
+            self.runtime,
+            lambda: self.config.advertise_addr or self.address,
+        )
+
+    async def on_serving(self) -> None:
+        assert self.lease is not None
+        self.spawn(self.lease.run(), "lease")
+
+    async def on_drain(self) -> None:
+        if self.lease is not None and self.lease.registered.is_set():
+            await self.lease.deregister("agent shutting down")

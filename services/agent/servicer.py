@@ -1,0 +1,80 @@
+"""AgentService: the emulated vendor runtime of one node, over gRPC."""
+
+from __future__ import annotations
+
+import grpc
+
+from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
+from services.agent.runtime.memory import Allocation
+from services.agent.runtime.runtime import VendorRuntime
+from services.core import validation as v
+from services.core.errors import InvalidArgument, NotFound
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, node_id: str, chip: str, runtime: VendorRuntime) -> None:
+        self._node_id = node_id
+        self._chip = chip
+        self._runtime = runtime
+        self._allocations: dict[str, Allocation] = {}
+
+    def _check_index(self, field: str, index: int) -> None:
+        if not 0 <= index < self._runtime.device_count:
+            raise InvalidArgument(field, f"must be 0..{self._runtime.device_count - 1}")
+
+    async def GetNodeInfo(
+        self, request: agent_pb2.GetNodeInfoRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.GetNodeInfoResponse:
+        rt = self._runtime
+        return agent_pb2.GetNodeInfoResponse(
+            node_id=self._node_id,
+            chip=self._chip,
+            vendor_family=rt.family,
+            runtime_name=rt.profile.runtime.name,
+            runtime_version=rt.runtime_version,
+            collective_library=rt.collective_library,
+            smi_tool=rt.smi_tool,
+            devices=[device_to_proto(self._chip, d) for d in rt.devices],
+        )
+
+    async def AllocateMemory(
+        self, request: agent_pb2.AllocateMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AllocateMemoryResponse:
+        self._check_index("device_index", request.device_index)
+        if request.bytes <= 0:
+            raise InvalidArgument("bytes", "must be > 0")
+        v.optional_text("tag", request.tag, 128)
+        allocation = self._runtime.malloc(request.device_index, request.bytes, request.tag)
+        allocation_id = f"{self._node_id}/{request.device_index}/{allocation.handle}"
+        self._allocations[allocation_id] = allocation
+        free = self._runtime.memory_info(request.device_index).free_bytes
+        return agent_pb2.AllocateMemoryResponse(
+            allocation_id=allocation_id, bytes=allocation.charged_bytes, device_free_bytes=free
+        )
+
+    async def FreeMemory(
+        self, request: agent_pb2.FreeMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.FreeMemoryResponse:
+        v.require_text("allocation_id", request.allocation_id)
+        allocation = self._allocations.pop(request.allocation_id, None)
+        if allocation is None:
+            raise NotFound("allocation", request.allocation_id)
+        self._runtime.free(allocation)
+        free = self._runtime.memory_info(allocation.device_index).free_bytes
+        return agent_pb2.FreeMemoryResponse(device_free_bytes=free)
+
+    async def SetDeviceHealth(
+        self, request: agent_pb2.SetDeviceHealthRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.SetDeviceHealthResponse:
+        self._check_index("device_index", request.device_index)
+        if request.health == common_pb2.DEVICE_HEALTH_UNSPECIFIED:
+            raise InvalidArgument("health", "must be set")
+        if request.health not in HEALTH_FROM_PROTO:
+            raise InvalidArgument("health", "is not a DeviceHealth value")
+        v.optional_text("reason", request.reason, 512)
+        self._runtime.set_health(
+            request.device_index, HEALTH_FROM_PROTO[request.health], request.reason
+        )
+        info = self._runtime.device(request.device_index)
+        return agent_pb2.SetDeviceHealthResponse(device=device_to_proto(self._chip, info))
