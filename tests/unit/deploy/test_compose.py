@@ -123,3 +123,20 @@ def test_dockerfile_runs_as_non_root_with_health_check():
     assert users and users[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text and "services.core.healthcheck" in text
     assert "constraints.txt" in text
+
+
+def test_wheel_carries_package_data(tmp_path):
+    """The image installs a wheel, not the source tree: data files must be in it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("pocgrid-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data_files = {str(p.relative_to(ROOT)) for p in ROOT.glob("*/**/data/**/*.json")
+                  if ".venv" not in p.parts and "tests" not in p.parts}
+    assert data_files, "no package data found in the tree"
+    assert data_files <= names, sorted(data_files - names)
+    assert "pocgrid/v1/registry_pb2.pyi" in names

@@ -1,0 +1,126 @@
+"""Which ONNX operators each vendor runtime executes natively, from ``data/operators.json``.
+
+The file holds one base set (the ONNX ops pocgrid's scenario models use) and, per family and
+per chip, the ops missing from it, each with a reason and whether that gap is documented or
+an estimate. "Not native" means the adapter must supplement the op (decompose it or fall back
+to the host); it does not mean the model cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Literal
+
+from services.agent.runtime._json import JsonObject
+from services.agent.runtime.errors import ProfileDataError
+from services.agent.runtime.profiles import FAMILIES
+
+Basis = Literal["documented", "estimate"]
+_BASES: tuple[Basis, ...] = ("documented", "estimate")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorGap:
+    """Why one op is not native on a family or chip."""
+
+    op: str
+    reason: str
+    basis: Basis
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyOperators:
+    family: str
+    summary: str
+    """How this family's list was arrived at (which public list, or why it is an estimate)."""
+    missing: Mapping[str, OperatorGap]
+    chip_missing: Mapping[str, Mapping[str, OperatorGap]]
+    """Extra gaps for particular chips (catalogue slug), on top of the family's."""
+
+    def gaps_for(self, chip_slug: str) -> dict[str, OperatorGap]:
+        gaps = dict(self.missing)
+        gaps.update(self.chip_missing.get(chip_slug, {}))
+        return gaps
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCatalog:
+    base: frozenset[str]
+    base_summary: str
+    families: Mapping[str, FamilyOperators]
+
+    def gaps(self, family: str, chip_slug: str) -> dict[str, OperatorGap]:
+        return self.families[family].gaps_for(chip_slug)
+
+    def native(self, family: str, chip_slug: str) -> frozenset[str]:
+        return self.base.difference(self.gaps(family, chip_slug))
+
+
+def _gaps(entry: JsonObject, base: frozenset[str]) -> MappingProxyType[str, OperatorGap]:
+    gaps: dict[str, OperatorGap] = {}
+    for op in entry.names():
+        if op not in base:
+            # A gap for an op outside the base set would silently mean nothing; reject it.
+            raise ProfileDataError(f"{entry.where}.{op}: not in the base operator set")
+        item = entry.obj(op)
+        basis = item.string("basis")
+        if basis not in _BASES:
+            raise ProfileDataError(f"{item.where}.basis: '{basis}' is not one of {_BASES}")
+        sources = item.str_list("sources")
+        if basis == "documented" and not sources:
+            raise ProfileDataError(f"{item.where}: basis 'documented' needs a source")
+        gaps[op] = OperatorGap(
+            op=op,
+            reason=item.string("reason"),
+            basis="documented" if basis == "documented" else "estimate",
+            sources=sources,
+        )
+    return MappingProxyType(gaps)
+
+
+def parse_operators(data: object, where: str) -> OperatorCatalog:
+    root = JsonObject(data, where)
+    base_entry = root.obj("base")
+    ops = base_entry.str_list("ops")
+    if len(set(ops)) != len(ops):
+        raise ProfileDataError(f"{base_entry.where}.ops: duplicate operator names")
+    base = frozenset(ops)
+    families_entry = root.obj("families")
+    families: dict[str, FamilyOperators] = {}
+    for family in families_entry.names():
+        if family not in FAMILIES:
+            raise ProfileDataError(f"{families_entry.where}.{family}: unknown family")
+        entry = families_entry.obj(family)
+        chips_entry = entry.obj("chips")
+        families[family] = FamilyOperators(
+            family=family,
+            summary=entry.string("summary"),
+            missing=_gaps(entry.obj("missing"), base),
+            chip_missing=MappingProxyType(
+                {slug: _gaps(chips_entry.obj(slug), base) for slug in chips_entry.names()}
+            ),
+        )
+    absent = [f for f in FAMILIES if f not in families]
+    if absent:
+        raise ProfileDataError(f"{families_entry.where}: no operator entry for {absent}")
+    return OperatorCatalog(
+        base=base, base_summary=base_entry.string("summary"), families=MappingProxyType(families)
+    )
+
+
+@cache
+def load_operators() -> OperatorCatalog:
+    """The operator data shipped with the package, read once."""
+    where = "data/operators.json"
+    text = resources.files("services.agent.runtime").joinpath("data").joinpath("operators.json")
+    try:
+        data = json.loads(text.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ProfileDataError(f"{where}: not valid JSON ({exc})") from exc
+    return parse_operators(data, where)
