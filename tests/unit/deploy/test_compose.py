@@ -131,12 +131,38 @@ def test_wheel_carries_package_data(tmp_path):
     import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    import shutil
+
+    # Build from a copy: setuptools writes build/ next to the sources it builds.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("pocgrid", "services", "gateway"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("pocgrid-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    data_files = {str(p.relative_to(ROOT)) for p in ROOT.glob("*/**/data/**/*.json")
-                  if ".venv" not in p.parts and "tests" not in p.parts}
+    data_files = {
+        str(p.relative_to(ROOT))
+        for pkg in ("pocgrid", "services", "gateway")
+        for p in (ROOT / pkg).glob("**/data/**/*.json")
+    }
     assert data_files, "no package data found in the tree"
     assert data_files <= names, sorted(data_files - names)
     assert "pocgrid/v1/registry_pb2.pyi" in names
