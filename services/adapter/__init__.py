@@ -1,0 +1,1 @@
+"""Adapter: how a model fits a chip (weights against device memory, precision support)."""

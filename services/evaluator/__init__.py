@@ -1,0 +1,1 @@
+"""Evaluator: evaluation scenarios (and, later, load generation, metrics and reports)."""

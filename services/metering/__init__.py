@@ -1,0 +1,1 @@
+"""Metering: usage records consumed from JetStream, queried per tenant."""

@@ -1,0 +1,95 @@
+"""Turns ``UsageRecorded`` events from JetStream into stored usage records, idempotently.
+
+The event's ``event_id`` becomes the record's ``usage_id``: JetStream drops a retried publish
+inside its duplicate window, and the primary key drops a redelivery or a re-publish after it.
+An event that can never be stored (no tenant, negative counts) is logged and acknowledged, not
+redelivered: retrying will not fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from pocgrid.v1 import events_pb2, metering_pb2
+from services.core.bus import EventMeta
+from services.core.logging import get_logger
+from services.metering.store import UsageStore
+
+log = get_logger()
+
+MAX_ID = 160
+
+
+def problem(event: events_pb2.UsageRecorded, usage_id: str) -> str:
+    """Why the event cannot be stored; empty when it can."""
+    if not usage_id:
+        return "no event_id: the record could not be deduplicated"
+    if len(usage_id) > MAX_ID:
+        return f"event_id longer than {MAX_ID} characters"
+    if not event.tenant:
+        return "no tenant"
+    if not event.chip:
+        return "no chip"
+    for name in ("tokens_in", "tokens_out", "samples"):
+        if getattr(event, name) < 0:
+            return f"{name} < 0"
+    for name in ("busy_device_seconds", "memory_gib_seconds"):
+        value = getattr(event, name)
+        if not math.isfinite(value) or value < 0:
+            return f"{name} must be finite and >= 0"
+    if (
+        event.HasField("started_at")
+        and event.HasField("ended_at")
+        and event.ended_at.ToDatetime() < event.started_at.ToDatetime()
+    ):
+        return "ended_at is before started_at"
+    return ""
+
+
+def to_record(event: events_pb2.UsageRecorded, usage_id: str) -> metering_pb2.UsageRecord:
+    record = metering_pb2.UsageRecord(
+        usage_id=usage_id,
+        tenant=event.tenant,
+        node_id=event.node_id,
+        chip=event.chip,
+        job_id=event.job_id,
+        model=event.model,
+        tokens_in=event.tokens_in,
+        tokens_out=event.tokens_out,
+        samples=event.samples,
+        busy_device_seconds=event.busy_device_seconds,
+        memory_gib_seconds=event.memory_gib_seconds,
+    )
+    # Usage counts where it ended; an event that does not say when falls back to when it was
+    # emitted (then received), never to nothing.
+    if event.HasField("ended_at"):
+        record.ended_at.CopyFrom(event.ended_at)
+    elif event.HasField("occurred_at"):
+        record.ended_at.CopyFrom(event.occurred_at)
+    else:
+        record.ended_at.FromDatetime(datetime.now(UTC))
+    record.started_at.CopyFrom(
+        event.started_at if event.HasField("started_at") else record.ended_at
+    )
+    return record
+
+
+class UsageRecorder:
+    def __init__(self, store: UsageStore) -> None:
+        self._store = store
+
+    async def handle(self, event: events_pb2.UsageRecorded, meta: EventMeta) -> None:
+        usage_id = event.event_id or meta.event_id
+        why = problem(event, usage_id)
+        if why:
+            log.error("usage.rejected", event_id=usage_id, subject=meta.subject, error=why)
+            return
+        stored = await self._store.record(to_record(event, usage_id))
+        log.debug(
+            "usage.recorded" if stored else "usage.duplicate",
+            usage_id=usage_id,
+            tenant=event.tenant,
+            chip=event.chip,
+            delivery=meta.delivery,
+        )

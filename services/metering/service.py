@@ -1,0 +1,76 @@
+"""The metering process: servicer, usage storage and the durable JetStream consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+import grpc
+from opentelemetry.sdk.trace import SpanProcessor
+
+from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
+from services.core.config import CommonConfig
+from services.core.logging import get_logger
+from services.core.service import Service
+from services.core.storage import Database
+from services.metering.config import MeteringConfig
+from services.metering.recorder import UsageRecorder
+from services.metering.servicer import MeteringServicer
+from services.metering.store import UsageStore
+
+log = get_logger()
+
+USAGE_STREAM = "POCGRID_USAGE"
+USAGE_SUBJECTS = "usage.>"
+#: Durable consumer name: every replica shares it, so each event goes to one of them.
+DURABLE = "metering"
+
+
+class MeteringServer(Service):
+    name = "metering"
+
+    def __init__(
+        self,
+        common: CommonConfig,
+        config: MeteringConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        span_processors: Iterable[SpanProcessor] = (),
+    ) -> None:
+        super().__init__(common, env=env, span_processors=span_processors)
+        self.config = config
+        self.db = Database(config.metering_database_url or common.sqlite_url(self.name))
+        self.store = UsageStore(self.db)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> MeteringServer:
+        return cls(CommonConfig.from_env(env), MeteringConfig.from_env(env), env=env)
+
+    async def on_start(self, server: grpc.aio.Server) -> None:
+        await self.store.init()
+        await self.connect_bus()
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+            MeteringServicer(self.store), server
+        )
+        self.add_service(metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name)
+
+    async def on_serving(self) -> None:
+        assert self.bus is not None
+        consumer = self.bus.consume(
+            stream=USAGE_STREAM,
+            durable=DURABLE,
+            subject=USAGE_SUBJECTS,
+            message_type=events_pb2.UsageRecorded,
+            handler=UsageRecorder(self.store).handle,
+            batch=self.config.metering_consume_batch,
+        )
+        consumer.add_done_callback(_report_consumer)
+
+    async def on_stop(self) -> None:
+        await self.db.dispose()
+
+
+def _report_consumer(task: asyncio.Task[None]) -> None:
+    # The bus owns the task; without this a failed subscribe would end it silently.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("usage.consumer_crashed", error=repr(task.exception()))

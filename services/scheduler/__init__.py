@@ -1,0 +1,1 @@
+"""Scheduler: jobs on the virtual pool, their queue and their state events."""
