@@ -47,12 +47,12 @@ def span_processor(spans: InMemorySpanExporter) -> SimpleSpanProcessor:
 
 async def wait_for(
     predicate: Callable[[], Awaitable[bool] | bool],
-    timeout: float = 10.0,
+    within: float = 10.0,
     every: float = 0.02,
     what: str = "condition",
 ) -> None:
-    """Poll until ``predicate`` is true; fails the test with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll until ``predicate`` is true; fails the test with ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if isinstance(result, Awaitable):
@@ -60,7 +60,7 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(every)
 
 

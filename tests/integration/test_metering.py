@@ -105,7 +105,7 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
         )
     )
     await pub.publish(_usage("usage-4", tenant="globex", tokens_in=999))
-    await wait_for(pub.consumed, timeout=10, what="metering to consume every usage event")
+    await wait_for(pub.consumed, within=10, what="metering to consume every usage event")
 
     async with grpc.aio.insecure_channel(meter.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
@@ -145,7 +145,7 @@ async def test_filters_window_and_paging(common, closer, nats_server):
         await pub.publish(
             _usage(f"u-{i}", minute=i * 10, chip=chip, job_id=f"job-{i % 3}", tokens_out=i)
         )
-    await wait_for(pub.consumed, timeout=10, what="metering to consume every usage event")
+    await wait_for(pub.consumed, within=10, what="metering to consume every usage event")
     async with grpc.aio.insecure_channel(meter.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
 
@@ -210,14 +210,14 @@ async def test_bad_events_are_dropped_and_consumption_resumes_after_restart(
     )
     pub.last_seq = junk.seq
     await pub.publish(_usage("good-1", tokens_in=1))
-    await wait_for(pub.consumed, timeout=10, what="metering to consume every usage event")
+    await wait_for(pub.consumed, within=10, what="metering to consume every usage event")
     await meter.stop()
 
     # Published while metering is down: the durable consumer picks it up after the restart.
     await pub.publish(_usage("good-2", tokens_in=2))
     meter2 = await _metering(common)
     closer.append(meter2)
-    await wait_for(pub.consumed, timeout=10, what="metering to resume its durable consumer")
+    await wait_for(pub.consumed, within=10, what="metering to resume its durable consumer")
     async with grpc.aio.insecure_channel(meter2.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
         listed = await stub.ListUsage(metering_pb2.ListUsageRequest(), metadata=ACME)

@@ -74,7 +74,7 @@ async def test_missed_lease_marks_lost_and_publishes(common, closer, nats_server
         public = registry_pb2_grpc.RegistryServiceStub(ch)
         await lease.RegisterNode(_register_request())
         await lease.Heartbeat(registry_pb2.HeartbeatRequest(node_id="node-a", sequence=1))
-        await wait_for(lambda: bool(received), timeout=5, what="NodeLost event")
+        await wait_for(lambda: bool(received), within=5, what="NodeLost event")
         node = (await public.GetNode(registry_pb2.GetNodeRequest(node_id="node-a"))).node
         assert node.state == registry_pb2.NODE_STATE_LOST
         assert received[0].node_id == "node-a"

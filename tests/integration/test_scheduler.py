@@ -89,7 +89,7 @@ async def test_submit_get_list_cancel_publishes_events(common, closer, nats_serv
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "already JOB_STATE_CANCELLED" in err.value.details()
 
-    await wait_for(lambda: len(events) >= 2, timeout=5, what="two JobStateChanged events")
+    await wait_for(lambda: len(events) >= 2, within=5, what="two JobStateChanged events")
     assert [subject for subject, _ in events] == ["scheduler.job.queued", "scheduler.job.cancelled"]
     queued, cancelled_event = events[0][1], events[1][1]
     assert queued.event_id == f"job:{submitted.job_id}:queued"
@@ -301,7 +301,7 @@ async def test_outbox_publishes_after_a_failed_publish(tmp_path):
         async def swept() -> bool:
             return await outbox.sweep() > 0
 
-        await wait_for(swept, timeout=5, what="the outbox sweep")
+        await wait_for(swept, within=5, what="the outbox sweep")
         assert published == [("scheduler.job.queued", f"job:{job.job_id}:queued")]
         assert await outbox.sweep() == 0
     finally:

@@ -127,11 +127,10 @@ def test_dockerfile_runs_as_non_root_with_health_check():
 
 def test_wheel_carries_package_data(tmp_path):
     """The image installs a wheel, not the source tree: data files must be in it."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     # Build from a copy: setuptools writes build/ next to the sources it builds.
     src = tmp_path / "src"

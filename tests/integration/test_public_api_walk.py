@@ -1,0 +1,165 @@
+"""Every public RPC, called through the gateway against the real services, succeeds."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.routing import GATEWAY_SERVICE, PUBLIC_BACKENDS
+from gateway.service import GatewayServer
+from pocgrid.v1 import (
+    adapter_pb2,
+    adapter_pb2_grpc,
+    common_pb2,
+    evaluator_pb2,
+    evaluator_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    metering_pb2,
+    metering_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+from services.adapter.config import AdapterConfig
+from services.adapter.service import AdapterServer
+from services.agent.config import AgentConfig
+from services.agent.service import AgentServer
+from services.evaluator.config import EvaluatorConfig
+from services.evaluator.service import EvaluatorServer
+from services.metering.config import MeteringConfig
+from services.metering.service import MeteringServer
+from services.registry.config import RegistryConfig
+from services.registry.service import RegistryServer
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.service import SchedulerServer
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+AUTH = (("authorization", "Bearer walk-key"),)
+
+
+async def test_every_public_rpc_through_the_gateway(common, closer):
+    reg = RegistryServer(common, RegistryConfig())
+    backends = [
+        reg,
+        SchedulerServer(common, SchedulerConfig()),
+        MeteringServer(common, MeteringConfig()),
+        AdapterServer(common, AdapterConfig()),
+        EvaluatorServer(common, EvaluatorConfig()),
+    ]
+    for svc in backends:
+        await svc.start()
+        closer.append(svc)
+    sched, meter, adapter, evaluator = (b.address for b in backends[1:])
+    gw = GatewayServer(
+        common,
+        GatewayConfig(
+            api_keys="walk-key=walker",
+            registry_addr=reg.address,
+            scheduler_addr=sched,
+            metering_addr=meter,
+            adapter_addr=adapter,
+            evaluator_addr=evaluator,
+        ),
+    )
+    await gw.start()
+    closer.append(gw)
+    agent = AgentServer(
+        common,
+        AgentConfig(chip="mtt-s4000", devices=2, node_id="walk-node", registry_addr=reg.address),
+    )
+    await agent.start()
+    closer.append(agent)
+    await wait_for(lambda: agent.lease.registered.is_set(), what="agent registered")
+
+    ch = grpc.aio.insecure_channel(gw.address)
+    registry = registry_pb2_grpc.RegistryServiceStub(ch)
+    scheduler = scheduler_pb2_grpc.SchedulerServiceStub(ch)
+    metering = metering_pb2_grpc.MeteringServiceStub(ch)
+    adapt = adapter_pb2_grpc.AdapterServiceStub(ch)
+    evals = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
+    gateway = gateway_pb2_grpc.GatewayServiceStub(ch)
+    job: dict[str, str] = {}
+
+    async def submit() -> Any:
+        resp = await scheduler.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(
+                spec=scheduler_pb2.JobSpec(
+                    model="Qwen2.5-7B", devices=1, precision=common_pb2.PRECISION_BF16
+                )
+            ),
+            metadata=AUTH,
+        )
+        job["id"] = resp.job.job_id
+        return resp
+
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "RegistryService/ListChips": lambda: registry.ListChips(
+            registry_pb2.ListChipsRequest(), metadata=AUTH
+        ),
+        "RegistryService/GetChip": lambda: registry.GetChip(
+            registry_pb2.GetChipRequest(name="mtt-s4000"), metadata=AUTH
+        ),
+        "RegistryService/ListModels": lambda: registry.ListModels(
+            registry_pb2.ListModelsRequest(kind="llm"), metadata=AUTH
+        ),
+        "RegistryService/GetModel": lambda: registry.GetModel(
+            registry_pb2.GetModelRequest(name="Llama-3.1-8B"), metadata=AUTH
+        ),
+        "RegistryService/ListNodes": lambda: registry.ListNodes(
+            registry_pb2.ListNodesRequest(), metadata=AUTH
+        ),
+        "RegistryService/GetNode": lambda: registry.GetNode(
+            registry_pb2.GetNodeRequest(node_id="walk-node"), metadata=AUTH
+        ),
+        "SchedulerService/SubmitJob": submit,
+        "SchedulerService/GetJob": lambda: scheduler.GetJob(
+            scheduler_pb2.GetJobRequest(job_id=job["id"]), metadata=AUTH
+        ),
+        "SchedulerService/ListJobs": lambda: scheduler.ListJobs(
+            scheduler_pb2.ListJobsRequest(), metadata=AUTH
+        ),
+        "SchedulerService/CancelJob": lambda: scheduler.CancelJob(
+            scheduler_pb2.CancelJobRequest(job_id=job["id"], reason="walk"), metadata=AUTH
+        ),
+        "MeteringService/ListUsage": lambda: metering.ListUsage(
+            metering_pb2.ListUsageRequest(), metadata=AUTH
+        ),
+        "MeteringService/GetUsageSummary": lambda: metering.GetUsageSummary(
+            metering_pb2.GetUsageSummaryRequest(), metadata=AUTH
+        ),
+        "AdapterService/CheckFit": lambda: adapt.CheckFit(
+            adapter_pb2.CheckFitRequest(
+                model="Qwen2.5-7B", chip="mtt-s4000", precision=common_pb2.PRECISION_FP16, devices=1
+            ),
+            metadata=AUTH,
+        ),
+        "EvaluatorService/ListScenarios": lambda: evals.ListScenarios(
+            evaluator_pb2.ListScenariosRequest(), metadata=AUTH
+        ),
+        "EvaluatorService/GetScenario": lambda: evals.GetScenario(
+            evaluator_pb2.GetScenarioRequest(name="llm-chat"), metadata=AUTH
+        ),
+        "GatewayService/WhoAmI": lambda: gateway.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=AUTH),
+        "GatewayService/CheckServices": lambda: gateway.CheckServices(
+            gateway_pb2.CheckServicesRequest(), metadata=AUTH
+        ),
+    }
+    every = {f"{s.name}/{m.name}" for s in (*PUBLIC_BACKENDS, GATEWAY_SERVICE) for m in s.methods}
+    assert set(calls) == every, "a public RPC has no call in this walk"
+
+    results = {name: await call() for name, call in calls.items()}
+    await ch.close()
+    assert results["RegistryService/GetNode"].node.devices[0].device_id == "musa:0"
+    assert results["SchedulerService/GetJob"].job.tenant == "walker"
+    assert results["SchedulerService/CancelJob"].job.state == scheduler_pb2.JOB_STATE_CANCELLED
+    assert results["AdapterService/CheckFit"].fits
+    assert results["GatewayService/WhoAmI"].tenant == "walker"
+    assert all(s.healthy for s in results["GatewayService/CheckServices"].services)
+    assert len(results["GatewayService/CheckServices"].services) == 6
