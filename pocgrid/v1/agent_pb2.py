@@ -26,29 +26,47 @@ from pocgrid.v1 import common_pb2 as pocgrid_dot_v1_dot_common__pb2
 from pocgrid.v1 import registry_pb2 as pocgrid_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pocgrid/v1/agent.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\x1a\x19pocgrid/v1/registry.proto\"\x14\n\x12GetNodeInfoRequest\"\xcd\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12\x15\n\rvendor_family\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x1a\n\x12\x63ollective_library\x18\x06 \x01(\t\x12\x10\n\x08smi_tool\x18\x07 \x01(\t\x12#\n\x07\x64\x65vices\x18\x08 \x03(\x0b\x32\x12.pocgrid.v1.Device\"I\n\x15\x41llocateMemoryRequest\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\x05\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0b\n\x03tag\x18\x03 \x01(\t\"Y\n\x16\x41llocateMemoryResponse\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x19\n\x11\x64\x65vice_free_bytes\x18\x03 \x01(\x03\"*\n\x11\x46reeMemoryRequest\x12\x15\n\rallocation_id\x18\x01 \x01(\t\"/\n\x12\x46reeMemoryResponse\x12\x19\n\x11\x64\x65vice_free_bytes\x18\x01 \x01(\x03\"h\n\x16SetDeviceHealthRequest\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\x05\x12(\n\x06health\x18\x02 \x01(\x0e\x32\x18.pocgrid.v1.DeviceHealth\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x17SetDeviceHealthResponse\x12\"\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x12.pocgrid.v1.Device2\xe0\x02\n\x0c\x41gentService\x12N\n\x0bGetNodeInfo\x12\x1e.pocgrid.v1.GetNodeInfoRequest\x1a\x1f.pocgrid.v1.GetNodeInfoResponse\x12W\n\x0e\x41llocateMemory\x12!.pocgrid.v1.AllocateMemoryRequest\x1a\".pocgrid.v1.AllocateMemoryResponse\x12K\n\nFreeMemory\x12\x1d.pocgrid.v1.FreeMemoryRequest\x1a\x1e.pocgrid.v1.FreeMemoryResponse\x12Z\n\x0fSetDeviceHealth\x12\".pocgrid.v1.SetDeviceHealthRequest\x1a#.pocgrid.v1.SetDeviceHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pocgrid/v1/agent.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\x1a\x19pocgrid/v1/registry.proto\"[\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12&\n\x05\x64type\x18\x03 \x01(\x0e\x32\x17.pocgrid.v1.TensorDtype\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"=\n\x08OnnxWork\x12\r\n\x05model\x18\x01 \x01(\x0c\x12\"\n\x06inputs\x18\x02 \x03(\x0b\x32\x12.pocgrid.v1.Tensor\"S\n\x0cLlmBatchWork\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x05\x12\x11\n\tinput_len\x18\x03 \x01(\x05\x12\x12\n\noutput_len\x18\x04 \x01(\x05\"\xd0\x01\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\tprecision\x18\x03 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x16\n\x0e\x64\x65vice_indexes\x18\x04 \x03(\x05\x12$\n\x04onnx\x18\n \x01(\x0b\x32\x14.pocgrid.v1.OnnxWorkH\x00\x12-\n\tllm_batch\x18\x0b \x01(\x0b\x32\x18.pocgrid.v1.LlmBatchWorkH\x00\x42\x06\n\x04work\"a\n\x08WorkCost\x12\r\n\x05\x66lops\x18\x01 \x01(\x01\x12\x13\n\x0b\x62ytes_moved\x18\x02 \x01(\x01\x12\r\n\x05\x62ound\x18\x03 \x01(\t\x12\x0f\n\x07kernels\x18\x04 \x01(\x05\x12\x11\n\tfused_ops\x18\x05 \x01(\x05\"\xd2\x02\n\x0fRunTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x07outputs\x18\x02 \x03(\x0b\x32\x12.pocgrid.v1.Tensor\x12\x17\n\x0fvirtual_start_s\x18\x03 \x01(\x01\x12\x15\n\rvirtual_end_s\x18\x04 \x01(\x01\x12\x1b\n\x13\x62usy_device_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12memory_gib_seconds\x18\x06 \x01(\x01\x12\x11\n\ttokens_in\x18\x07 \x01(\x03\x12\x12\n\ntokens_out\x18\x08 \x01(\x03\x12\x0f\n\x07samples\x18\t \x01(\x03\x12\"\n\x04\x63ost\x18\n \x01(\x0b\x32\x14.pocgrid.v1.WorkCost\x12\x10\n\x08usage_id\x18\x0b \x01(\t\x12\x10\n\x08numerics\x18\x0c \x01(\t\x12\x0f\n\x07ttft_ms\x18\r \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x0e \x01(\x01\"\xaa\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12(\n\tprecision\x18\x04 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x11\n\tinput_len\x18\x05 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x0c\n\x04seed\x18\x07 \x01(\x03\"k\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x16\n\x0evirtual_time_s\x18\x03 \x01(\x01\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x10\n\x08usage_id\x18\x05 \x01(\t\"\x14\n\x12GetNodeInfoRequest\"\xcd\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12\x15\n\rvendor_family\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x1a\n\x12\x63ollective_library\x18\x06 \x01(\t\x12\x10\n\x08smi_tool\x18\x07 \x01(\t\x12#\n\x07\x64\x65vices\x18\x08 \x03(\x0b\x32\x12.pocgrid.v1.Device\"I\n\x15\x41llocateMemoryRequest\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\x05\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0b\n\x03tag\x18\x03 \x01(\t\"Y\n\x16\x41llocateMemoryResponse\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x19\n\x11\x64\x65vice_free_bytes\x18\x03 \x01(\x03\"*\n\x11\x46reeMemoryRequest\x12\x15\n\rallocation_id\x18\x01 \x01(\t\"/\n\x12\x46reeMemoryResponse\x12\x19\n\x11\x64\x65vice_free_bytes\x18\x01 \x01(\x03\"h\n\x16SetDeviceHealthRequest\x12\x14\n\x0c\x64\x65vice_index\x18\x01 \x01(\x05\x12(\n\x06health\x18\x02 \x01(\x0e\x32\x18.pocgrid.v1.DeviceHealth\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x17SetDeviceHealthResponse\x12\"\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x12.pocgrid.v1.Device*\x8f\x01\n\x0bTensorDtype\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14TENSOR_DTYPE_FLOAT32\x10\x01\x12\x18\n\x14TENSOR_DTYPE_FLOAT16\x10\x02\x12\x16\n\x12TENSOR_DTYPE_INT64\x10\x03\x12\x16\n\x12TENSOR_DTYPE_INT32\x10\x04\x32\xed\x03\n\x0c\x41gentService\x12N\n\x0bGetNodeInfo\x12\x1e.pocgrid.v1.GetNodeInfoRequest\x1a\x1f.pocgrid.v1.GetNodeInfoResponse\x12W\n\x0e\x41llocateMemory\x12!.pocgrid.v1.AllocateMemoryRequest\x1a\".pocgrid.v1.AllocateMemoryResponse\x12K\n\nFreeMemory\x12\x1d.pocgrid.v1.FreeMemoryRequest\x1a\x1e.pocgrid.v1.FreeMemoryResponse\x12Z\n\x0fSetDeviceHealth\x12\".pocgrid.v1.SetDeviceHealthRequest\x1a#.pocgrid.v1.SetDeviceHealthResponse\x12\x42\n\x07RunTask\x12\x1a.pocgrid.v1.RunTaskRequest\x1a\x1b.pocgrid.v1.RunTaskResponse\x12G\n\x08Generate\x12\x1b.pocgrid.v1.GenerateRequest\x1a\x1c.pocgrid.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETNODEINFOREQUEST']._serialized_start=90
-  _globals['_GETNODEINFOREQUEST']._serialized_end=110
-  _globals['_GETNODEINFORESPONSE']._serialized_start=113
-  _globals['_GETNODEINFORESPONSE']._serialized_end=318
-  _globals['_ALLOCATEMEMORYREQUEST']._serialized_start=320
-  _globals['_ALLOCATEMEMORYREQUEST']._serialized_end=393
-  _globals['_ALLOCATEMEMORYRESPONSE']._serialized_start=395
-  _globals['_ALLOCATEMEMORYRESPONSE']._serialized_end=484
-  _globals['_FREEMEMORYREQUEST']._serialized_start=486
-  _globals['_FREEMEMORYREQUEST']._serialized_end=528
-  _globals['_FREEMEMORYRESPONSE']._serialized_start=530
-  _globals['_FREEMEMORYRESPONSE']._serialized_end=577
-  _globals['_SETDEVICEHEALTHREQUEST']._serialized_start=579
-  _globals['_SETDEVICEHEALTHREQUEST']._serialized_end=683
-  _globals['_SETDEVICEHEALTHRESPONSE']._serialized_start=685
-  _globals['_SETDEVICEHEALTHRESPONSE']._serialized_end=746
-  _globals['_AGENTSERVICE']._serialized_start=749
-  _globals['_AGENTSERVICE']._serialized_end=1101
+  _globals['_TENSORDTYPE']._serialized_start=1923
+  _globals['_TENSORDTYPE']._serialized_end=2066
+  _globals['_TENSOR']._serialized_start=90
+  _globals['_TENSOR']._serialized_end=181
+  _globals['_ONNXWORK']._serialized_start=183
+  _globals['_ONNXWORK']._serialized_end=244
+  _globals['_LLMBATCHWORK']._serialized_start=246
+  _globals['_LLMBATCHWORK']._serialized_end=329
+  _globals['_RUNTASKREQUEST']._serialized_start=332
+  _globals['_RUNTASKREQUEST']._serialized_end=540
+  _globals['_WORKCOST']._serialized_start=542
+  _globals['_WORKCOST']._serialized_end=639
+  _globals['_RUNTASKRESPONSE']._serialized_start=642
+  _globals['_RUNTASKRESPONSE']._serialized_end=980
+  _globals['_GENERATEREQUEST']._serialized_start=983
+  _globals['_GENERATEREQUEST']._serialized_end=1153
+  _globals['_GENERATERESPONSE']._serialized_start=1155
+  _globals['_GENERATERESPONSE']._serialized_end=1262
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1264
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1284
+  _globals['_GETNODEINFORESPONSE']._serialized_start=1287
+  _globals['_GETNODEINFORESPONSE']._serialized_end=1492
+  _globals['_ALLOCATEMEMORYREQUEST']._serialized_start=1494
+  _globals['_ALLOCATEMEMORYREQUEST']._serialized_end=1567
+  _globals['_ALLOCATEMEMORYRESPONSE']._serialized_start=1569
+  _globals['_ALLOCATEMEMORYRESPONSE']._serialized_end=1658
+  _globals['_FREEMEMORYREQUEST']._serialized_start=1660
+  _globals['_FREEMEMORYREQUEST']._serialized_end=1702
+  _globals['_FREEMEMORYRESPONSE']._serialized_start=1704
+  _globals['_FREEMEMORYRESPONSE']._serialized_end=1751
+  _globals['_SETDEVICEHEALTHREQUEST']._serialized_start=1753
+  _globals['_SETDEVICEHEALTHREQUEST']._serialized_end=1857
+  _globals['_SETDEVICEHEALTHRESPONSE']._serialized_start=1859
+  _globals['_SETDEVICEHEALTHRESPONSE']._serialized_end=1920
+  _globals['_AGENTSERVICE']._serialized_start=2069
+  _globals['_AGENTSERVICE']._serialized_end=2562
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pocgrid.v1 import common_pb2 as _common_pb2
 from pocgrid.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
@@ -19,6 +20,325 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TensorDtype:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TensorDtypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TensorDtype.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TENSOR_DTYPE_UNSPECIFIED: _TensorDtype.ValueType  # 0
+    TENSOR_DTYPE_FLOAT32: _TensorDtype.ValueType  # 1
+    TENSOR_DTYPE_FLOAT16: _TensorDtype.ValueType  # 2
+    TENSOR_DTYPE_INT64: _TensorDtype.ValueType  # 3
+    TENSOR_DTYPE_INT32: _TensorDtype.ValueType  # 4
+
+class TensorDtype(_TensorDtype, metaclass=_TensorDtypeEnumTypeWrapper): ...
+
+TENSOR_DTYPE_UNSPECIFIED: TensorDtype.ValueType  # 0
+TENSOR_DTYPE_FLOAT32: TensorDtype.ValueType  # 1
+TENSOR_DTYPE_FLOAT16: TensorDtype.ValueType  # 2
+TENSOR_DTYPE_INT64: TensorDtype.ValueType  # 3
+TENSOR_DTYPE_INT32: TensorDtype.ValueType  # 4
+Global___TensorDtype: _TypeAlias = TensorDtype  # noqa: Y015
+
+@_typing.final
+class Tensor(_message.Message):
+    """A dense tensor, row-major, little-endian."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    dtype: Global___TensorDtype.ValueType
+    data: _builtins.bytes
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        dtype: Global___TensorDtype.ValueType = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
+
+@_typing.final
+class OnnxWork(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    model: _builtins.bytes
+    """A serialized ONNX ModelProto (weights included)."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tensor]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.bytes = ...,
+        inputs: _abc.Iterable[Global___Tensor] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OnnxWork: _TypeAlias = OnnxWork  # noqa: Y015
+
+@_typing.final
+class LlmBatchWork(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Catalogue model name, e.g. "Llama-2-7B"."""
+    batch: _builtins.int
+    input_len: _builtins.int
+    output_len: _builtins.int
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        batch: _builtins.int = ...,
+        input_len: _builtins.int = ...,
+        output_len: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "input_len", b"input_len", "model", b"model", "output_len", b"output_len"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LlmBatchWork: _TypeAlias = LlmBatchWork  # noqa: Y015
+
+@_typing.final
+class RunTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEXES_FIELD_NUMBER: _builtins.int
+    ONNX_FIELD_NUMBER: _builtins.int
+    LLM_BATCH_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Client-chosen, [a-z0-9][a-z0-9._-]{0,62}: a retried task returns the first result and is
+    metered once.
+    """
+    job_id: _builtins.str
+    precision: _common_pb2.Precision.ValueType
+    @_builtins.property
+    def device_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices the work runs on (tensor parallel for LLM work); empty means [0]."""
+
+    @_builtins.property
+    def onnx(self) -> Global___OnnxWork: ...
+    @_builtins.property
+    def llm_batch(self) -> Global___LlmBatchWork: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        precision: _common_pb2.Precision.ValueType = ...,
+        device_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        onnx: Global___OnnxWork | None = ...,
+        llm_batch: Global___LlmBatchWork | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["llm_batch", b"llm_batch", "onnx", b"onnx", "work", b"work"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_indexes", b"device_indexes", "job_id", b"job_id", "llm_batch", b"llm_batch", "onnx", b"onnx", "precision", b"precision", "task_id", b"task_id", "work", b"work"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["onnx", "llm_batch"]  # noqa: Y015
+    _WhichOneofArgType_work: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_work) -> _WhichOneofReturnType_work | None: ...
+
+Global___RunTaskRequest: _TypeAlias = RunTaskRequest  # noqa: Y015
+
+@_typing.final
+class WorkCost(_message.Message):
+    """What the performance model says the work cost on this chip."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOPS_FIELD_NUMBER: _builtins.int
+    BYTES_MOVED_FIELD_NUMBER: _builtins.int
+    BOUND_FIELD_NUMBER: _builtins.int
+    KERNELS_FIELD_NUMBER: _builtins.int
+    FUSED_OPS_FIELD_NUMBER: _builtins.int
+    flops: _builtins.float
+    bytes_moved: _builtins.float
+    bound: _builtins.str
+    """compute, memory, communication or overhead: the term that dominated."""
+    kernels: _builtins.int
+    """Kernels launched after fusion (ONNX), or forward steps (LLM)."""
+    fused_ops: _builtins.int
+    def __init__(
+        self,
+        *,
+        flops: _builtins.float = ...,
+        bytes_moved: _builtins.float = ...,
+        bound: _builtins.str = ...,
+        kernels: _builtins.int = ...,
+        fused_ops: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound", b"bound", "bytes_moved", b"bytes_moved", "flops", b"flops", "fused_ops", b"fused_ops", "kernels", b"kernels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkCost: _TypeAlias = WorkCost  # noqa: Y015
+
+@_typing.final
+class RunTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_START_S_FIELD_NUMBER: _builtins.int
+    VIRTUAL_END_S_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_SECONDS_FIELD_NUMBER: _builtins.int
+    TOKENS_IN_FIELD_NUMBER: _builtins.int
+    TOKENS_OUT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    USAGE_ID_FIELD_NUMBER: _builtins.int
+    NUMERICS_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
+    TPOT_MS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    virtual_start_s: _builtins.float
+    """Device virtual clock (seconds since the agent started) when the work began and ended."""
+    virtual_end_s: _builtins.float
+    busy_device_seconds: _builtins.float
+    memory_gib_seconds: _builtins.float
+    tokens_in: _builtins.int
+    tokens_out: _builtins.int
+    samples: _builtins.int
+    usage_id: _builtins.str
+    """The usage event's id (also its Nats-Msg-Id)."""
+    numerics: _builtins.str
+    """How the outputs were produced, e.g. "onnxruntime CPU, fp16 emulated by rounding ..."."""
+    ttft_ms: _builtins.float
+    """LLM work: first-token latency and time per output token, milliseconds."""
+    tpot_ms: _builtins.float
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tensor]: ...
+    @_builtins.property
+    def cost(self) -> Global___WorkCost: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___Tensor] | None = ...,
+        virtual_start_s: _builtins.float = ...,
+        virtual_end_s: _builtins.float = ...,
+        busy_device_seconds: _builtins.float = ...,
+        memory_gib_seconds: _builtins.float = ...,
+        tokens_in: _builtins.int = ...,
+        tokens_out: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        cost: Global___WorkCost | None = ...,
+        usage_id: _builtins.str = ...,
+        numerics: _builtins.str = ...,
+        ttft_ms: _builtins.float = ...,
+        tpot_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_seconds", b"busy_device_seconds", "cost", b"cost", "memory_gib_seconds", b"memory_gib_seconds", "numerics", b"numerics", "outputs", b"outputs", "samples", b"samples", "task_id", b"task_id", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms", "usage_id", b"usage_id", "virtual_end_s", b"virtual_end_s", "virtual_start_s", b"virtual_start_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskResponse: _TypeAlias = RunTaskResponse  # noqa: Y015
+
+@_typing.final
+class GenerateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    job_id: _builtins.str
+    model: _builtins.str
+    precision: _common_pb2.Precision.ValueType
+    input_len: _builtins.int
+    max_output_tokens: _builtins.int
+    seed: _builtins.int
+    """Token ids are synthetic (no weights are loaded); the seed makes them reproducible."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        precision: _common_pb2.Precision.ValueType = ...,
+        input_len: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_len", b"input_len", "job_id", b"job_id", "max_output_tokens", b"max_output_tokens", "model", b"model", "precision", b"precision", "request_id", b"request_id", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class GenerateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    VIRTUAL_TIME_S_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    USAGE_ID_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    token_id: _builtins.int
+    virtual_time_s: _builtins.float
+    """Virtual time the token leaves the chip, seconds since the request was admitted."""
+    last: _builtins.bool
+    usage_id: _builtins.str
+    """Set on the last message."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        token_id: _builtins.int = ...,
+        virtual_time_s: _builtins.float = ...,
+        last: _builtins.bool = ...,
+        usage_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "last", b"last", "token_id", b"token_id", "usage_id", b"usage_id", "virtual_time_s", b"virtual_time_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
 
 @_typing.final
 class GetNodeInfoRequest(_message.Message):

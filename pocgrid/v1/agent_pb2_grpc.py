@@ -56,6 +56,16 @@ class AgentServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthResponse.FromString,
                 _registered_method=True)
+        self.RunTask = channel.unary_unary(
+                '/pocgrid.v1.AgentService/RunTask',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.FromString,
+                _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/pocgrid.v1.AgentService/Generate',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -88,6 +98,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunTask(self, request, context):
+        """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
+        emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Serving: one LLM request; each token arrives with the virtual time it would leave the chip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +135,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.SetDeviceHealth,
                     request_deserializer=pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthResponse.SerializeToString,
+            ),
+            'RunTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +257,60 @@ class AgentService:
             '/pocgrid.v1.AgentService/SetDeviceHealth',
             pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthRequest.SerializeToString,
             pocgrid_dot_v1_dot_agent__pb2.SetDeviceHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/RunTask',
+            pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/Generate',
+            pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class AgentServiceStub:
     FreeMemory: _grpc.UnaryUnaryMultiCallable[_agent_pb2.FreeMemoryRequest, _agent_pb2.FreeMemoryResponse]
     SetDeviceHealth: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetDeviceHealthRequest, _agent_pb2.SetDeviceHealthResponse]
     """Fault injection: mark a device degraded or failed, as a vendor SMI would report it."""
+    RunTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]
+    """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
+    emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+    """
+    Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
+    """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -53,6 +59,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     FreeMemory: _aio.UnaryUnaryMultiCallable[_agent_pb2.FreeMemoryRequest, _agent_pb2.FreeMemoryResponse]  # type: ignore[assignment]
     SetDeviceHealth: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetDeviceHealthRequest, _agent_pb2.SetDeviceHealthResponse]  # type: ignore[assignment]
     """Fault injection: mark a device degraded or failed, as a vendor SMI would report it."""
+    RunTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]  # type: ignore[assignment]
+    """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
+    emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+    """
+    Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: one node of one chip type, an emulated vendor runtime. Called by scheduler and
@@ -87,5 +99,23 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.SetDeviceHealthResponse, _abc.Awaitable[_agent_pb2.SetDeviceHealthResponse]]:
         """Fault injection: mark a device degraded or failed, as a vendor SMI would report it."""
+
+    @_abc_1.abstractmethod
+    def RunTask(
+        self,
+        request: _agent_pb2.RunTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RunTaskResponse, _abc.Awaitable[_agent_pb2.RunTaskResponse]]:
+        """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
+        emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+        """
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _agent_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GenerateResponse], _abc.AsyncIterator[_agent_pb2.GenerateResponse]]:
+        """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,12 @@ class AgentConfig(EnvConfig):
     advertise_addr: str = ""
     """HOST:PORT others use to reach this agent; defaults to the bound listen address."""
 
+    speed_factor: float = 0.0
+    """Pace work in real time at this many virtual seconds per second; 0 = as fast as possible."""
+
     def __post_init__(self) -> None:
+        if self.speed_factor < 0:
+            raise ConfigError(f"{env_name('speed_factor')}: must be >= 0")
         if not self.chip:
             raise ConfigError(f"{env_name('chip')} (or --chip) must be set")
         if not 1 <= self.devices <= 64:

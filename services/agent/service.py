@@ -14,6 +14,7 @@ from services.agent.config import AgentConfig
 from services.agent.lease import LeaseKeeper
 from services.agent.runtime.runtime import VendorRuntime, create_runtime
 from services.agent.servicer import AgentServicer
+from services.agent.work.executor import TaskExecutor
 from services.core.config import CommonConfig, ConfigError
 from services.core.service import Service
 
@@ -47,14 +48,19 @@ class AgentServer(Service):
             self.chip, config.devices, node_seed=self.node_id
         )
         self.lease: LeaseKeeper | None = None
+        self.executor: TaskExecutor | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentServer:
         return cls(CommonConfig.from_env(env), AgentConfig.from_env(env), env=env)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
+        bus = await self.connect_bus()
+        self.executor = TaskExecutor(
+            self.node_id, self.chip, self.runtime, bus.publish, self.config.speed_factor
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.node_id, self.chip.name, self.runtime), server
+            AgentServicer(self.node_id, self.chip.name, self.runtime, self.executor), server
         )
         self.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
         stub = registry_pb2_grpc.NodeLeaseServiceStub(self.channel(self.config.registry_addr))

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
+from services.agent.work.executor import TaskExecutor
 from services.core import validation as v
 from services.core.errors import InvalidArgument, NotFound
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, node_id: str, chip: str, runtime: VendorRuntime) -> None:
+    def __init__(
+        self, node_id: str, chip: str, runtime: VendorRuntime, executor: TaskExecutor
+    ) -> None:
         self._node_id = node_id
         self._chip = chip
         self._runtime = runtime
+        self._executor = executor
         self._allocations: dict[str, Allocation] = {}
 
     def _check_index(self, field: str, index: int) -> None:
@@ -78,3 +84,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         info = self._runtime.device(request.device_index)
         return agent_pb2.SetDeviceHealthResponse(device=device_to_proto(self._chip, info))
+
+    async def RunTask(
+        self, request: agent_pb2.RunTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RunTaskResponse:
+        return await self._executor.run_task(request)
+
+    async def Generate(
+        self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        async for token in self._executor.generate(request):
+            yield token

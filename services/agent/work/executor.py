@@ -1,0 +1,392 @@
+"""Runs tasks on an emulated node: memory from the vendor runtime, time from the performance
+model on the devices' virtual streams, numerics from onnxruntime, usage as events.
+
+Each finished unit of work (a task, a generated stream) publishes one ``UsageRecorded`` whose
+id is derived from the node and the client's task/request id, so a retried call or publish is
+stored once downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError, Message
+
+from pocgrid.catalog import Chip
+from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInput
+from pocgrid.perf.onnx_cost import graph_cost
+from pocgrid.perf.predict import Prediction, predict
+from pocgrid.precision import to_name
+from pocgrid.v1 import agent_pb2, events_pb2
+from services.agent.runtime.memory import Allocation
+from services.agent.runtime.runtime import VendorRuntime
+from services.agent.work.numerics import OnnxRunner, describe
+from services.agent.work.tensors import from_array, to_array
+from services.core import rpc_context
+from services.core import validation as v
+from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
+
+Publish = Callable[[str, Message, str], Awaitable[None]]
+GIB = float(1 << 30)
+_RESULT_CACHE = 1024
+MAX_LLM_LEN = 1 << 20
+
+
+def _perf_error(exc: PerfInputError) -> PocgridError:
+    if isinstance(exc, UnknownNameInput):
+        return NotFound(exc.field, str(exc))
+    if isinstance(exc, UnsupportedInput):
+        return FailedPrecondition(str(exc))
+    return InvalidArgument(exc.field, exc.rule)
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    start: float
+    end: float
+
+
+class TaskExecutor:
+    def __init__(
+        self,
+        node_id: str,
+        chip: Chip,
+        runtime: VendorRuntime,
+        publish: Publish,
+        speed_factor: float = 0.0,
+    ) -> None:
+        self._node_id = node_id
+        self._chip = chip
+        self._runtime = runtime
+        self._publish = publish
+        self._speed = speed_factor
+        self._onnx = OnnxRunner()
+        self._results: OrderedDict[str, agent_pb2.RunTaskResponse] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[agent_pb2.RunTaskResponse]] = {}
+
+    # -- shared steps ---------------------------------------------------------------------
+    def _precision(self, field: str, value: int) -> str:
+        name = to_name(value)
+        if name == "unspecified":
+            raise InvalidArgument(field, "must be set")
+        if not self._runtime.supports_precision(name):
+            supported = ", ".join(self._runtime.precisions)
+            raise InvalidArgument(
+                field, f"{name} is not supported by {self._chip.name} (supported: {supported})"
+            )
+        return name
+
+    def _devices(self, indexes: Sequence[int]) -> list[int]:
+        chosen = list(indexes) or [0]
+        if len(set(chosen)) != len(chosen):
+            raise InvalidArgument("device_indexes", "must not repeat a device")
+        for i in chosen:
+            if not 0 <= i < self._runtime.device_count:
+                raise InvalidArgument(
+                    "device_indexes", f"must be 0..{self._runtime.device_count - 1} (got {i})"
+                )
+        return chosen
+
+    def _allocate(self, devices: list[int], nbytes: int, tag: str) -> list[Allocation]:
+        allocations: list[Allocation] = []
+        try:
+            for d in devices:
+                allocations.append(self._runtime.malloc(d, max(nbytes, 1), tag))
+        except BaseException:
+            self._free(allocations)
+            raise
+        return allocations
+
+    def _free(self, allocations: list[Allocation]) -> None:
+        for a in allocations:
+            self._runtime.free(a)
+
+    def _occupy(self, devices: list[int], seconds: float, label: str) -> _Span:
+        """Queue ``seconds`` of work on every device's stream, all starting together."""
+        streams = [self._runtime.streams[d] for d in devices]
+        for s in streams:
+            for other in streams:
+                s.wait_for(other)
+        start = max(s.busy_until for s in streams)
+        end = start
+        for s in streams:
+            end = s.submit(seconds, label)
+        return _Span(start, end)
+
+    async def _pace(self, virtual_seconds: float) -> None:
+        if self._speed > 0:
+            await asyncio.sleep(virtual_seconds / self._speed)
+
+    async def _record(
+        self,
+        unit_id: str,
+        job_id: str,
+        model: str,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        samples: int = 0,
+        busy: float,
+        mem_gib_s: float,
+        span: _Span,
+    ) -> str:
+        usage_id = f"usage:{self._node_id}:{unit_id}"
+        event = events_pb2.UsageRecorded(
+            event_id=usage_id,
+            tenant=rpc_context.current_tenant(),
+            node_id=self._node_id,
+            chip=self._chip.name,
+            job_id=job_id,
+            model=model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            samples=samples,
+            busy_device_seconds=busy,
+            memory_gib_seconds=mem_gib_s,
+        )
+        event.occurred_at.GetCurrentTime()
+        event.started_at.FromNanoseconds(int(span.start * 1e9))
+        event.ended_at.FromNanoseconds(int(span.end * 1e9))
+        await self._publish("usage.recorded", event, usage_id)
+        return usage_id
+
+    # -- RunTask --------------------------------------------------------------------------
+    async def run_task(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+        v.require_id("task_id", request.task_id)
+        v.optional_text("job_id", request.job_id, 128)
+        done = self._results.get(request.task_id)
+        if done is not None:
+            return done
+        pending = self._inflight.get(request.task_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[agent_pb2.RunTaskResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._inflight[request.task_id] = future
+        try:
+            kind = request.WhichOneof("work")
+            if kind == "onnx":
+                response = await self._run_onnx(request)
+            elif kind == "llm_batch":
+                response = await self._run_llm_batch(request)
+            else:
+                raise InvalidArgument("work", "must be onnx or llm_batch")
+            future.set_result(response)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here so an unawaited duplicate doesn't warn
+            raise
+        finally:
+            del self._inflight[request.task_id]
+        self._results[request.task_id] = response
+        if len(self._results) > _RESULT_CACHE:
+            self._results.popitem(last=False)
+        return response
+
+    async def _run_onnx(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+        precision = self._precision("precision", request.precision)
+        devices = self._devices(request.device_indexes)
+        if len(devices) != 1:
+            raise InvalidArgument("device_indexes", "ONNX work runs on one device")
+        work = request.onnx
+        if not work.model:
+            raise InvalidArgument("onnx.model", "must not be empty")
+        try:
+            model = onnx.load_model_from_string(work.model)
+        except (DecodeError, ValueError) as exc:
+            raise InvalidArgument("onnx.model", f"is not an ONNX model: {exc}") from None
+        graph_inputs = {i.name for i in model.graph.input} - {
+            init.name for init in model.graph.initializer
+        }
+        inputs = {t.name: to_array(f"onnx.inputs[{i}]", t) for i, t in enumerate(work.inputs)}
+        if set(inputs) != graph_inputs:
+            raise InvalidArgument(
+                "onnx.inputs",
+                f"must name exactly the graph inputs {sorted(graph_inputs)} (got {sorted(inputs)})",
+            )
+        missing = self._runtime.unsupported_operators(n.op_type for n in model.graph.node)
+        if missing:
+            raise FailedPrecondition(
+                f"operators not supported natively by {self._runtime.profile.runtime.name} on "
+                f"{self._chip.name}: {', '.join(missing)}; adapt the model (operator "
+                "supplementation) before running it here"
+            )
+        cost = graph_cost(model, {n: a.shape for n, a in inputs.items()}, self._chip, precision)
+        # Weights, the largest activation twice (in and out), and the inputs stay resident.
+        resident = int(
+            cost.weight_bytes
+            + 2 * cost.activation_peak_bytes
+            + sum(a.nbytes for a in inputs.values())
+        )
+        allocations = self._allocate(devices, resident, f"task:{request.task_id}")
+        try:
+            try:
+                session = self._onnx.session(model, work.model, precision)
+                outputs = await asyncio.to_thread(self._onnx.run, session, inputs, precision)
+            except Exception as exc:  # onnxruntime rejects a malformed graph at load or run
+                raise InvalidArgument("onnx", f"onnxruntime could not run it: {exc}") from None
+            span = self._occupy(devices, cost.seconds, f"onnx:{request.task_id}")
+            await self._pace(cost.seconds)
+        finally:
+            self._free(allocations)
+        batch = (
+            int(next(iter(inputs.values())).shape[0])
+            if inputs and next(iter(inputs.values())).ndim
+            else 1
+        )
+        busy = cost.seconds * len(devices)
+        mem = resident * len(devices) / GIB * cost.seconds
+        usage_id = await self._record(
+            request.task_id,
+            request.job_id,
+            "onnx",
+            samples=batch,
+            busy=busy,
+            mem_gib_s=mem,
+            span=span,
+        )
+        return agent_pb2.RunTaskResponse(
+            task_id=request.task_id,
+            outputs=[from_array(n, np.asarray(a)) for n, a in outputs.items()],
+            virtual_start_s=span.start,
+            virtual_end_s=span.end,
+            busy_device_seconds=busy,
+            memory_gib_seconds=mem,
+            samples=batch,
+            usage_id=usage_id,
+            numerics=describe(precision),
+            cost=agent_pb2.WorkCost(
+                flops=cost.flops,
+                bytes_moved=cost.bytes_moved,
+                bound=str(cost.bound),
+                kernels=len(cost.kernels),
+                fused_ops=cost.fused_ops,
+            ),
+        )
+
+    def _llm_prediction(
+        self, model: str, precision: str, devices: int, batch: int, input_len: int, output_len: int
+    ) -> Prediction:
+        try:
+            return predict(self._chip.name, devices, model, precision, batch, input_len, output_len)
+        except PerfInputError as exc:
+            raise _perf_error(exc) from None
+
+    async def _run_llm_batch(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+        precision = self._precision("precision", request.precision)
+        devices = self._devices(request.device_indexes)
+        work = request.llm_batch
+        v.require_text("llm_batch.model", work.model, 128)
+        v.require_range("llm_batch.batch", work.batch, 1, 65536)
+        v.require_range("llm_batch.input_len", work.input_len, 1, MAX_LLM_LEN)
+        v.require_range("llm_batch.output_len", work.output_len, 1, MAX_LLM_LEN)
+        p = self._llm_prediction(
+            work.model, precision, len(devices), work.batch, work.input_len, work.output_len
+        )
+        # Allocating what the model needs makes a deployment that doesn't fit fail the way the
+        # vendor's runtime fails (its out-of-memory error), not with a made-up one.
+        allocations = self._allocate(devices, int(p.memory_gb * GIB), f"task:{request.task_id}")
+        try:
+            if not p.fits or p.ttft_ms is None or p.tpot_ms is None:
+                raise FailedPrecondition(p.why_not_fits or "the deployment does not fit")
+            seconds = (p.ttft_ms + p.tpot_ms * (work.output_len - 1)) / 1000
+            span = self._occupy(devices, seconds, f"llm:{request.task_id}")
+            await self._pace(seconds)
+        finally:
+            self._free(allocations)
+        tokens_in = work.batch * work.input_len
+        tokens_out = work.batch * work.output_len
+        busy = seconds * len(devices)
+        mem = p.memory_gb * len(devices) * seconds
+        usage_id = await self._record(
+            request.task_id,
+            request.job_id,
+            work.model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            busy=busy,
+            mem_gib_s=mem,
+            span=span,
+        )
+        return agent_pb2.RunTaskResponse(
+            task_id=request.task_id,
+            virtual_start_s=span.start,
+            virtual_end_s=span.end,
+            busy_device_seconds=busy,
+            memory_gib_seconds=mem,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            usage_id=usage_id,
+            ttft_ms=p.ttft_ms,
+            tpot_ms=p.tpot_ms,
+            numerics="not computed: LLM weights are not loaded; timing from the performance "
+            "model, accuracy not measured",
+            cost=agent_pb2.WorkCost(bound=str(p.decode_bound), kernels=work.output_len),
+        )
+
+    # -- Generate -------------------------------------------------------------------------
+    async def generate(
+        self, request: agent_pb2.GenerateRequest
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        v.require_id("request_id", request.request_id)
+        v.require_text("model", request.model, 128)
+        v.require_range("input_len", request.input_len, 1, MAX_LLM_LEN)
+        v.require_range("max_output_tokens", request.max_output_tokens, 1, MAX_LLM_LEN)
+        precision = self._precision("precision", request.precision)
+        # One request served alone on device 0: a batch of one. Concurrent requests queue on
+        # the device stream; throughput under batching is the evaluator's serving simulation.
+        p = self._llm_prediction(
+            request.model, precision, 1, 1, request.input_len, request.max_output_tokens
+        )
+        allocations = self._allocate([0], int(p.memory_gb * GIB), f"gen:{request.request_id}")
+        try:
+            if not p.fits or p.ttft_ms is None or p.tpot_ms is None:
+                raise FailedPrecondition(p.why_not_fits or "the model does not fit one device")
+            ttft, tpot = p.ttft_ms / 1000, p.tpot_ms / 1000
+            n = request.max_output_tokens
+            seconds = ttft + tpot * (n - 1)
+            span = self._occupy([0], seconds, f"gen:{request.request_id}")
+            rng = np.random.default_rng(request.seed)
+            vocab = max(2, self._vocab(request.model))
+            tokens = rng.integers(0, vocab, size=n)
+            queued = span.start - self._runtime.streams[0].now
+            previous = 0.0
+            for i in range(n):
+                at = queued + ttft + tpot * i
+                await self._pace(at - previous)
+                previous = at
+                last = i == n - 1
+                usage_id = ""
+                if last:
+                    usage_id = await self._record(
+                        request.request_id,
+                        request.job_id,
+                        request.model,
+                        tokens_in=request.input_len,
+                        tokens_out=n,
+                        busy=seconds,
+                        mem_gib_s=p.memory_gb * seconds,
+                        span=span,
+                    )
+                yield agent_pb2.GenerateResponse(
+                    index=i,
+                    token_id=int(tokens[i]),
+                    virtual_time_s=at,
+                    last=last,
+                    usage_id=usage_id,
+                )
+        finally:
+            self._free(allocations)
+
+    @staticmethod
+    def _vocab(model: str) -> int:
+        from pocgrid.perf.predict import resolve_model
+
+        arch = resolve_model(model).arch
+        return arch.vocab_size if arch is not None else 32000

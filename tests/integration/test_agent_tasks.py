@@ -1,0 +1,224 @@
+"""Work on agents: real ONNX numerics, vendor OOM, usage exactly once, token streaming."""
+
+from __future__ import annotations
+
+import itertools
+
+import grpc
+import nats
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.api import ConsumerConfig
+
+from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2, events_pb2
+from services.agent.config import AgentConfig
+from services.agent.service import AgentServer
+from services.agent.work.tensors import from_array, to_array
+from services.registry.config import RegistryConfig
+from services.registry.service import RegistryServer
+from tests.onnx_models import cnn, einsum, mlp
+
+pytestmark = pytest.mark.integration
+TENANT = (("x-pocgrid-tenant", "acme"),)
+
+
+async def _agent(common, closer, chip: str, devices: int = 2) -> AgentServer:
+    reg = RegistryServer(common, RegistryConfig())
+    await reg.start()
+    closer.append(reg)
+    agent = AgentServer(
+        common,
+        AgentConfig(chip=chip, devices=devices, node_id=f"{chip}-t", registry_addr=reg.address),
+    )
+    await agent.start()
+    closer.append(agent)
+    return agent
+
+
+def _reference(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize(
+    ("chip", "precision", "rtol"),
+    [
+        ("ascend-910b2", common_pb2.PRECISION_FP16, 2e-2),
+        ("bi-v100", common_pb2.PRECISION_BF16, 6e-2),
+        ("dcu-k100-ai", common_pb2.PRECISION_FP32, 1e-6),
+    ],
+)
+async def test_onnx_outputs_match_fp32_reference(common, closer, chip, precision, rtol):
+    agent = await _agent(common, closer, chip)
+    model = cnn()
+    x = np.random.default_rng(7).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    async with grpc.aio.insecure_channel(agent.address) as ch:
+        resp = await agent_pb2_grpc.AgentServiceStub(ch).RunTask(
+            agent_pb2.RunTaskRequest(
+                task_id="cnn-1",
+                precision=precision,
+                onnx=agent_pb2.OnnxWork(
+                    model=model.SerializeToString(), inputs=[from_array("img", x)]
+                ),
+            ),
+            metadata=TENANT,
+        )
+    out = to_array("out", resp.outputs[0])
+    ref = _reference(model, {"img": x})
+    scale = float(np.max(np.abs(ref)))
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * scale)
+    if precision != common_pb2.PRECISION_FP32:
+        assert not np.array_equal(out, ref), "precision emulation changed nothing"
+    assert resp.virtual_end_s > resp.virtual_start_s
+    assert resp.samples == 4 and resp.cost.flops > 0 and resp.cost.fused_ops >= 1
+    assert "onnxruntime" in resp.numerics
+
+
+async def test_over_allocation_is_a_vendor_error_and_agent_stays_healthy(common, closer):
+    agent = await _agent(common, closer, "kunlun-r200", devices=1)
+    free_before = agent.runtime.memory_info(0).free_bytes
+    async with grpc.aio.insecure_channel(agent.address) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RunTask(
+                agent_pb2.RunTaskRequest(
+                    task_id="big",
+                    precision=common_pb2.PRECISION_FP16,
+                    llm_batch=agent_pb2.LlmBatchWork(
+                        model="Llama-3.1-70B", batch=1, input_len=128, output_len=16
+                    ),
+                ),
+                metadata=TENANT,
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "XPUERR_NOMEM" in err.value.details()
+        assert agent.runtime.memory_info(0).free_bytes == free_before
+        health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        ok = await stub.RunTask(
+            agent_pb2.RunTaskRequest(
+                task_id="small",
+                precision=common_pb2.PRECISION_FP16,
+                llm_batch=agent_pb2.LlmBatchWork(
+                    model="Qwen2.5-7B", batch=4, input_len=128, output_len=16
+                ),
+            ),
+            metadata=TENANT,
+        )
+        assert ok.tokens_out == 64 and ok.ttft_ms > 0 and ok.tpot_ms > 0
+        assert agent.runtime.memory_info(0).free_bytes == free_before
+
+
+async def test_unsupported_operator_and_precision_are_refused(common, closer):
+    agent = await _agent(common, closer, "kunlun-r200", devices=1)
+    a = np.ones((2, 3), np.float32)
+    b = np.ones((3, 4), np.float32)
+    async with grpc.aio.insecure_channel(agent.address) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RunTask(
+                agent_pb2.RunTaskRequest(
+                    task_id="ein",
+                    precision=common_pb2.PRECISION_FP16,
+                    onnx=agent_pb2.OnnxWork(
+                        model=einsum().SerializeToString(),
+                        inputs=[from_array("a", a), from_array("b", b)],
+                    ),
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Einsum" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RunTask(
+                agent_pb2.RunTaskRequest(
+                    task_id="bf",
+                    precision=common_pb2.PRECISION_BF16,
+                    onnx=agent_pb2.OnnxWork(
+                        model=mlp().SerializeToString(),
+                        inputs=[from_array("x", np.ones((1, 64), np.float32))],
+                    ),
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("precision")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RunTask(
+                agent_pb2.RunTaskRequest(
+                    task_id="badx",
+                    precision=common_pb2.PRECISION_FP16,
+                    onnx=agent_pb2.OnnxWork(
+                        model=mlp().SerializeToString(),
+                        inputs=[agent_pb2.Tensor(name="x", shape=[1, 64], dtype=1, data=b"123")],
+                    ),
+                )
+            )
+        assert err.value.details().startswith("onnx.inputs[0].data")
+
+
+async def test_usage_events_exactly_once_per_unit_of_work(common, closer, nats_server):
+    agent = await _agent(common, closer, "mtt-s4000")
+    x = np.random.default_rng(3).standard_normal((8, 64)).astype(np.float32)
+    onnx_task = agent_pb2.RunTaskRequest(
+        task_id="t-onnx",
+        job_id="job-1",
+        precision=common_pb2.PRECISION_FP16,
+        onnx=agent_pb2.OnnxWork(model=mlp().SerializeToString(), inputs=[from_array("x", x)]),
+    )
+    llm_task = agent_pb2.RunTaskRequest(
+        task_id="t-llm",
+        job_id="job-1",
+        precision=common_pb2.PRECISION_BF16,
+        device_indexes=[0, 1],
+        llm_batch=agent_pb2.LlmBatchWork(
+            model="Llama-3.1-8B", batch=8, input_len=256, output_len=32
+        ),
+    )
+    async with grpc.aio.insecure_channel(agent.address) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        first = await stub.RunTask(onnx_task, metadata=TENANT)
+        retried = await stub.RunTask(onnx_task, metadata=TENANT)  # a client retry
+        assert retried == first
+        llm = await stub.RunTask(llm_task, metadata=TENANT)
+        tokens = [
+            t
+            async for t in stub.Generate(
+                agent_pb2.GenerateRequest(
+                    request_id="g-1",
+                    model="Qwen2.5-7B",
+                    precision=common_pb2.PRECISION_BF16,
+                    input_len=64,
+                    max_output_tokens=12,
+                    seed=5,
+                ),
+                metadata=TENANT,
+            )
+        ]
+    assert [t.index for t in tokens] == list(range(12))
+    times = [t.virtual_time_s for t in tokens]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    assert tokens[-1].last and tokens[-1].usage_id
+
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        "usage.>", durable="test-usage", stream="POCGRID_USAGE", config=ConsumerConfig(ack_wait=5)
+    )
+    events = []
+    try:
+        while True:
+            msgs = await sub.fetch(10, timeout=1)
+            for msg in msgs:
+                events.append(events_pb2.UsageRecorded.FromString(msg.data))
+                await msg.ack()
+    except nats.errors.TimeoutError:
+        pass
+    await nc.close()
+    ids = sorted(e.event_id for e in events)
+    assert ids == sorted([first.usage_id, llm.usage_id, tokens[-1].usage_id])
+    by_id = {e.event_id: e for e in events}
+    assert by_id[first.usage_id].samples == 8 and by_id[first.usage_id].tenant == "acme"
+    assert by_id[llm.usage_id].tokens_out == 8 * 32
+    assert by_id[llm.usage_id].busy_device_seconds == pytest.approx(llm.busy_device_seconds)
+    assert by_id[tokens[-1].usage_id].tokens_out == 12
