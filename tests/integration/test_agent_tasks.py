@@ -65,7 +65,7 @@ async def test_onnx_outputs_match_fp32_reference(common, closer, chip, precision
             ),
             metadata=TENANT,
         )
-    out = to_array("out", resp.outputs[0])
+    out = np.asarray(to_array("out", resp.outputs[0]), dtype=np.float32)
     ref = _reference(model, {"img": x})
     scale = float(np.max(np.abs(ref)))
     np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * scale)
@@ -150,7 +150,14 @@ async def test_unsupported_operator_and_precision_are_refused(common, closer):
                     precision=common_pb2.PRECISION_FP16,
                     onnx=agent_pb2.OnnxWork(
                         model=mlp().SerializeToString(),
-                        inputs=[agent_pb2.Tensor(name="x", shape=[1, 64], dtype=1, data=b"123")],
+                        inputs=[
+                            agent_pb2.Tensor(
+                                name="x",
+                                shape=[1, 64],
+                                dtype=agent_pb2.TENSOR_DTYPE_FLOAT32,
+                                data=b"123",
+                            )
+                        ],
                     ),
                 )
             )
