@@ -13,6 +13,7 @@ import grpc
 from pocgrid.cli import lifecycle, queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
+from pocgrid.perf.cli import register as register_perf
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -68,12 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
     p.set_defaults(func=lifecycle.demo)
 
-    try:
-        from pocgrid.perf.cli import register as register_perf
-    except ImportError:  # the performance model ships with a later release of the package
-        pass
-    else:
-        register_perf(sub)
+    register_perf(sub)
     return parser
 
 

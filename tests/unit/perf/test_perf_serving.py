@@ -65,12 +65,25 @@ def test_every_request_streams_its_tokens_in_order(a100_8b: LlmDeployment) -> No
         assert np.all(np.diff(times) > 0)
         assert times[0] == r.first_token_s[i] and times[-1] == r.finish_s[i]
         assert times[0] > r.workload.arrival_s[i]
+        assert r.ttft_s[i] == times[0] - r.workload.arrival_s[i]
+        assert r.latency_s[i] == times[-1] - r.workload.arrival_s[i]
+        assert r.tpot_s[i] == pytest.approx(float(np.diff(times).mean()))
 
 
 @pytest.mark.parametrize("chunked", [True, False])
-def test_lone_request_matches_the_static_model(a100_8b: LlmDeployment, chunked: bool) -> None:
-    r = simulate(a100_8b, Workload.offline(1, 1000, 50), ServingConfig(chunked_prefill=chunked))
-    static = predict_static(a100_8b, 1, 1000, 50)
+@pytest.mark.parametrize(
+    ("model", "input_len", "output_len"),
+    [("Llama-3.1-8B", 1000, 50), ("Gemma-2-9B", 4000, 300), ("Mistral-7B-v0.1", 4090, 40)],
+)
+def test_lone_request_matches_the_static_model(
+    model: str, input_len: int, output_len: int, chunked: bool
+) -> None:
+    # Same operator table, so one request alone must cost what the static model says, including
+    # decode steps that cross the sliding window.
+    d = deploy("a100-80gb-sxm", model, "bf16", 1)
+    config = ServingConfig(chunked_prefill=chunked)
+    r = simulate(d, Workload.offline(1, input_len, output_len), config)
+    static = predict_static(d, 1, input_len, output_len)
     assert static.ttft_s is not None and static.tpot_s is not None
     assert r.ttft_s[0] == pytest.approx(static.ttft_s, rel=1e-9)
     assert r.tpot_s[0] == pytest.approx(static.tpot_s, rel=1e-9)
@@ -86,6 +99,16 @@ def test_full_cache_preempts_and_recomputes_without_losing_tokens() -> None:
         assert r.kv_cache_blocks * 16 < 300 * 1024
         assert all(r.token_times(i).shape == (512,) for i in range(w.size))
         assert np.all(np.isfinite(r.finish_s))
+
+
+def test_long_prompts_in_small_chunks_under_memory_pressure() -> None:
+    d = deploy("rtx-4090", "Llama-2-7B", "fp16", 1)
+    w = Workload.poisson(200, 50.0, 3000, 300, 0)
+    r = simulate(d, w, ServingConfig(max_num_batched_tokens=1024, max_num_seqs=64))
+    assert r.summary().preemptions > 0
+    assert all(r.token_times(i).shape == (300,) for i in range(w.size))
+    # Chunks of at most 1024 tokens: a 3000-token prompt needs at least 3 steps to prefill.
+    assert float(r.ttft_s.min()) >= 3 * float(np.diff(r.step_end_s).min())
 
 
 def test_offline_throughput_is_capped_by_max_num_seqs(a100_8b: LlmDeployment) -> None:
