@@ -11,9 +11,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pocgrid.cli.output import emit_json, fail, say
+from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import local_mesh
+from pocgrid.client import Client
 from pocgrid.localmesh.launcher import LocalMesh, MeshStartError
+from pocgrid.localmesh.showcase import run_showcase
 from pocgrid.localmesh.state import MeshState, pid_alive, pocgrid_home, state_path
 
 _START_TIMEOUT_S = 180.0
@@ -201,6 +203,13 @@ def demo(args: argparse.Namespace) -> int:
         say("\nLLMs in the model catalogue:\n")
         view.kind = "llm"
         queries.models(view)
+        say(
+            "\nA small CNN (real numerics, fp16 emulated) on emulated chips, then the usage "
+            "metering recorded, read back through the gateway:\n"
+        )
+        with Client(mesh.gateway, mesh.api_key) as pg:
+            rows = run_showcase(pg, "dev", say)
+        say(table(["chip", "runtime", "virtual us", "bound", "kernels", "max |err| vs fp32"], rows))
     except MeshStartError as exc:
         return fail(f"mesh did not start: {exc}")
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,9 @@ class LocalMesh:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
+        # A run's streams and databases are scratch (each `up` starts afresh); its logs stay.
+        shutil.rmtree(self.run_dir / "nats" / "jetstream", ignore_errors=True)
+        shutil.rmtree(self.run_dir / "data", ignore_errors=True)
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:

@@ -18,7 +18,7 @@ from services.agent.service import AgentServer
 from services.agent.work.tensors import from_array, to_array
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.onnx_models import cnn, einsum, mlp
+from pocgrid.samples import cnn, einsum, mlp
 
 pytestmark = pytest.mark.integration
 TENANT = (("x-pocgrid-tenant", "acme"),)

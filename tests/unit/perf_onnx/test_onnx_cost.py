@@ -7,7 +7,7 @@ import pytest
 from pocgrid.catalog import default_catalog
 from pocgrid.perf.onnx_cost import BYTES_PER_ELEMENT, KERNEL_LAUNCH_S, graph_cost
 from pocgrid.perf.roofline import Bound
-from tests.onnx_models import cnn, mlp
+from pocgrid.samples import cnn, mlp
 
 
 def test_mlp_flops_and_fusion():

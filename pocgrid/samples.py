@@ -1,4 +1,5 @@
-"""Small ONNX models built in code (no downloads): an MLP classifier, a CNN, an Einsum graph."""
+"""Small ONNX models built in code (no downloads, no weights files): an MLP classifier, a CNN and
+an Einsum graph. Used by the demo and the tests to run real numerics on emulated chips."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto],
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
