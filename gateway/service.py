@@ -54,7 +54,7 @@ class GatewayServer(Service):
                     channels,
                     self.keys,
                     RateLimiter(),
-                    self.tracer,
+                    self.tracer_provider,
                     self.common.downstream_timeout_cap_s,
                 ),
             )

@@ -35,8 +35,9 @@ class _AbortedWithStatus(Exception):
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self._tracer = tracer
+    def __init__(self, provider: telemetry.PocgridTracerProvider, tracer_name: str) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer(tracer_name)
 
     async def intercept_service(
         self,
@@ -76,10 +77,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         tenant = metadata.get(rpc_context.TENANT_METADATA_KEY, "")
         rpc_context.set_tenant(tenant)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
+        parent = telemetry.extract(metadata)
+        if not self._provider.exporting:
+            # Nothing would read a recorded span: keep the trace (logs, downstream calls and
+            # events still carry its ids) without building one.
+            span_cm = trace.use_span(telemetry.unrecorded_span(parent), end_on_exit=True)
+            return span_cm, tenant
         service, name = _split_method(method)
         span_cm = self._tracer.start_as_current_span(
             method.lstrip("/"),
-            context=telemetry.extract(metadata),
+            context=parent,
             kind=SpanKind.SERVER,
             attributes={
                 "rpc.system": "grpc",

@@ -20,13 +20,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from services.core.bus import EventBus
 from services.core.config import CommonConfig, parse_hostport
 from services.core.interceptors import ServerInterceptor, open_channel
 from services.core.logging import configure_logging, get_logger
-from services.core.telemetry import create_tracer_provider
+from services.core.telemetry import PocgridTracerProvider, create_tracer_provider
 
 log = get_logger()
 
@@ -48,7 +48,7 @@ class Service:
     ) -> None:
         self.common = common
         self._env = dict(os.environ if env is None else env)
-        self.tracer_provider: TracerProvider = create_tracer_provider(
+        self.tracer_provider: PocgridTracerProvider = create_tracer_provider(
             self.name,
             trace_file=common.trace_file,
             env=self._env,
@@ -138,7 +138,11 @@ class Service:
             ("grpc.max_send_message_length", self.common.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        interceptors = [ServerInterceptor(self.tracer)] if self.use_interceptor else []
+        interceptors = (
+            [ServerInterceptor(self.tracer_provider, f"pocgrid.{self.name}")]
+            if self.use_interceptor
+            else []
+        )
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         await self.on_start(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine.url import make_url
@@ -14,6 +17,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Database:
@@ -26,6 +32,20 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def complete(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` to the end even if the caller is cancelled.
+
+        A client hanging up mid-RPC, or a service cancelling its loops at stop, would otherwise
+        interrupt a transaction half-way; SQLAlchemy then cleans the connection up in a task of
+        its own, and disposing the engine under that task leaves it waiting forever. The caller
+        still sees its cancellation at once; ``dispose`` waits for what is in flight.
+        """
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
 
     async def create_schema(self, base: type[DeclarativeBase]) -> None:
         async with self.engine.begin() as conn:
@@ -34,8 +54,32 @@ class Database:
     def session(self) -> AsyncSession:
         return self.sessions()
 
-    async def dispose(self) -> None:
+    async def dispose(self, timeout_s: float = 10.0) -> None:
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=timeout_s)
         await self.engine.dispose()
+
+
+class _HasDatabase(Protocol):
+    _db: Database
+
+
+S = TypeVar("S", bound=_HasDatabase)
+
+
+def db_operation(
+    method: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Marks a store method that uses the database: it runs under ``Database.complete``."""
+
+    async def run(store: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async def work() -> T:
+            return await method(store, *args, **kwargs)
+
+        return await store._db.complete(work())
+
+    functools.update_wrapper(run, method)
+    return run
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

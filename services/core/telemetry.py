@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -70,15 +71,29 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+class PocgridTracerProvider(TracerProvider):
+    """An SDK provider that knows whether anything reads its spans.
+
+    With no span processor a recorded span is built and thrown away unseen; the gateway uses
+    ``exporting`` to skip that work on its hot path (see ``unrecorded_span``).
+    """
+
+    exporting: bool = False
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self.exporting = True
+
+
 def create_tracer_provider(
     service: str,
     *,
     trace_file: str = "",
     env: Mapping[str, str] | None = None,
     extra_processors: Iterable[SpanProcessor] = (),
-) -> TracerProvider:
+) -> PocgridTracerProvider:
     env = os.environ if env is None else env
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = PocgridTracerProvider(resource=Resource.create({"service.name": service}))
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     if endpoint:
         # Imported lazily: the OTLP exporter pulls in a second gRPC stack most runs never use.
@@ -98,6 +113,45 @@ def inject(carrier: MutableMapping[str, str], ctx: otel_context.Context | None =
 
 def extract(carrier: Mapping[str, str]) -> otel_context.Context:
     return PROPAGATOR.extract(carrier)
+
+
+def unrecorded_span(parent: otel_context.Context | None) -> trace.Span:
+    """A span that joins (or starts) a trace and is passed on, but records nothing.
+
+    For a service that exports no spans: its children in other services still share one trace
+    id. A new trace is marked sampled, as the SDK's default parent-based always-on sampler
+    would, so downstream services that do export keep their spans.
+    """
+    parent_ctx = trace.get_current_span(parent).get_span_context()
+    if parent_ctx.is_valid:
+        trace_id, flags, state = parent_ctx.trace_id, parent_ctx.trace_flags, parent_ctx.trace_state
+    else:
+        trace_id = random.getrandbits(128) or 1
+        flags, state = trace.TraceFlags(trace.TraceFlags.SAMPLED), None
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id,
+            random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=state,
+        )
+    )
+
+
+def trace_headers(span: trace.Span) -> tuple[tuple[str, str], ...]:
+    """W3C trace-context headers naming ``span`` as the parent, as gRPC metadata pairs.
+
+    The same headers ``inject`` writes for a context holding ``span``, without building that
+    context: the gateway calls this on every request, where each avoided call counts.
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return ()
+    traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    if ctx.trace_state:
+        return (("traceparent", traceparent), ("tracestate", ctx.trace_state.to_header()))
+    return (("traceparent", traceparent),)
 
 
 def current_trace_id() -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pocgrid.v1 import metering_pb2
-from services.core.storage import Database
+from services.core.storage import Database, db_operation
 from services.metering.tables import Base, UsageRow
 
 
@@ -49,6 +49,7 @@ class UsageStore:
     async def init(self) -> None:
         await self._db.create_schema(Base)
 
+    @db_operation
     async def record(self, record: metering_pb2.UsageRecord) -> bool:
         """Store a record once; False when its usage_id is already stored (a redelivery)."""
         values = {
@@ -79,6 +80,7 @@ class UsageStore:
             result = await session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
+    @db_operation
     async def query(
         self, where: UsageFilter, offset: int, limit: int
     ) -> tuple[list[metering_pb2.UsageRecord], int]:
@@ -94,6 +96,7 @@ class UsageStore:
             )
             return [_row_to_record(r) for r in rows], int(total or 0)
 
+    @db_operation
     async def summary(self, where: UsageFilter) -> list[metering_pb2.ChipUsage]:
         query = (
             select(

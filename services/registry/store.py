@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select, update
 
 from pocgrid.v1 import common_pb2, registry_pb2
-from services.core.storage import Database
+from services.core.storage import Database, db_operation
 from services.registry.tables import Base, DeviceRow, NodeRow
 
 
@@ -38,11 +38,13 @@ class NodeStore:
     async def init(self) -> None:
         await self._db.create_schema(Base)
 
+    @db_operation
     async def load(self) -> list[tuple[registry_pb2.Node, int]]:
         async with self._db.session() as session:
             rows = (await session.scalars(select(NodeRow))).all()
             return [(_row_to_node(row), row.generation) for row in rows]
 
+    @db_operation
     async def upsert(self, node: registry_pb2.Node, generation: int) -> None:
         async with self._db.session() as session, session.begin():
             existing = await session.get(NodeRow, node.node_id)
@@ -51,12 +53,14 @@ class NodeStore:
                 await session.flush()
             session.add(_node_to_row(node, generation))
 
+    @db_operation
     async def set_state(self, node_id: str, state: int) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
                 update(NodeRow).where(NodeRow.node_id == node_id).values(state=state)
             )
 
+    @db_operation
     async def save_device(self, node_id: str, device: registry_pb2.Device) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
@@ -69,6 +73,7 @@ class NodeStore:
                 )
             )
 
+    @db_operation
     async def save_heartbeats(self, writes: Iterable[HeartbeatWrite]) -> None:
         async with self._db.session() as session, session.begin():
             for w in writes:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pocgrid.v1 import common_pb2, scheduler_pb2
-from services.core.storage import Database
+from services.core.storage import Database, db_operation
 from services.scheduler.tables import Base, JobRow, OutboxRow
 
 
@@ -39,6 +39,7 @@ class JobStore:
     async def init(self) -> None:
         await self._db.create_schema(Base)
 
+    @db_operation
     async def find_by_key(self, tenant: str, key: str) -> scheduler_pb2.Job | None:
         async with self._db.session() as session:
             row = await session.scalar(
@@ -46,6 +47,7 @@ class JobStore:
             )
             return None if row is None else _row_to_job(row)
 
+    @db_operation
     async def insert(
         self, job: scheduler_pb2.Job, idempotency_key: str, entry: OutboxEntry
     ) -> bool:
@@ -63,6 +65,7 @@ class JobStore:
             return False
         return True
 
+    @db_operation
     async def get(self, tenant: str, job_id: str) -> scheduler_pb2.Job | None:
         async with self._db.session() as session:
             row = await session.scalar(
@@ -70,6 +73,7 @@ class JobStore:
             )
             return None if row is None else _row_to_job(row)
 
+    @db_operation
     async def query(
         self, tenant: str, state: int, offset: int, limit: int
     ) -> tuple[list[scheduler_pb2.Job], int]:
@@ -83,6 +87,7 @@ class JobStore:
             )
             return [_row_to_job(r) for r in rows], int(total or 0)
 
+    @db_operation
     async def transition(
         self,
         tenant: str,
@@ -119,6 +124,7 @@ class JobStore:
             return _row_to_job(job_row)
 
     # -- outbox ---------------------------------------------------------------------------
+    @db_operation
     async def unpublished(self, older_than: datetime, limit: int = 500) -> list[OutboxEntry]:
         async with self._db.session() as session:
             rows = await session.scalars(
@@ -132,6 +138,7 @@ class JobStore:
                 for r in rows
             ]
 
+    @db_operation
     async def mark_published(self, seqs: Sequence[int], at: datetime) -> None:
         if not seqs:
             return

@@ -12,13 +12,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.api import ConsumerConfig
 
+from pocgrid.samples import cnn, einsum, mlp
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2, events_pb2
 from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.agent.work.tensors import from_array, to_array
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from pocgrid.samples import cnn, einsum, mlp
 
 pytestmark = pytest.mark.integration
 TENANT = (("x-pocgrid-tenant", "acme"),)

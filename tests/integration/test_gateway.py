@@ -19,13 +19,13 @@ KEY = "test-key-123"
 AUTH = (("authorization", f"Bearer {KEY}"),)
 
 
-async def _mesh(common, closer, span_processor=None, **gw_overrides):
+async def _mesh(common, closer, span_processor=None, gateway_exports=True, **gw_overrides):
     procs = [span_processor] if span_processor else []
     reg = RegistryServer(common, RegistryConfig(), span_processors=procs)
     await reg.start()
     closer.append(reg)
     cfg = GatewayConfig(api_keys=f"{KEY}=acme", registry_addr=reg.address, **gw_overrides)
-    gw = GatewayServer(common, cfg, span_processors=procs)
+    gw = GatewayServer(common, cfg, span_processors=procs if gateway_exports else [])
     await gw.start()
     closer.append(gw)
     return reg, gw
@@ -149,3 +149,36 @@ async def test_one_trace_across_gateway_and_registry(common, closer, spans, span
     }
     assert {"gateway", "registry"} <= set(by_service)
     assert by_service["registry"].parent.span_id == by_service["gateway"].context.span_id
+
+
+async def test_gateway_exporting_nothing_still_starts_and_passes_the_trace(
+    common, closer, spans, span_processor
+):
+    """A gateway with no span exporter builds no spans, but downstream spans still join one
+    trace: the caller's when it sent a traceparent, a new sampled one when it did not."""
+    from opentelemetry.trace import SpanKind
+
+    from services.core import telemetry
+
+    _, gw = await _mesh(common, closer, span_processor, gateway_exports=False)
+    caller = telemetry.unrecorded_span(None).get_span_context()
+    traced = (*AUTH, *telemetry.trace_headers(telemetry.unrecorded_span(None)))
+    caller_trace = int(dict(traced)["traceparent"].split("-")[1], 16)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        await stub.ListChips(registry_pb2.ListChipsRequest(), metadata=traced)
+        await stub.ListChips(registry_pb2.ListChipsRequest(), metadata=AUTH)
+    finished = spans.get_finished_spans()
+    assert not [s for s in finished if s.resource.attributes["service.name"] == "gateway"]
+    registry_spans = [
+        s
+        for s in finished
+        if s.kind == SpanKind.SERVER and s.name.endswith("RegistryService/ListChips")
+    ]
+    assert len(registry_spans) == 2
+    joined, started = registry_spans
+    assert joined.context.trace_id == caller_trace != caller.trace_id
+    for span in (joined, started):
+        assert span.parent is not None and span.parent.is_valid and span.parent.is_remote
+        assert span.context.trace_flags.sampled
+    assert started.context.trace_id != caller_trace

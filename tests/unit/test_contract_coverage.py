@@ -81,13 +81,13 @@ def test_every_public_rpc_is_routed_and_no_internal_one():
 
 
 def test_gateway_serves_every_gateway_rpc():
-    from opentelemetry.trace import NoOpTracer
-
     from gateway.auth import ApiKeys
     from gateway.forwarder import GatewayHandler
     from gateway.ratelimit import RateLimiter
+    from services.core.telemetry import create_tracer_provider
 
-    handler = GatewayHandler({}, {}, ApiKeys({}), RateLimiter(), NoOpTracer(), 1.0)
+    provider = create_tracer_provider("gateway", env={})
+    handler = GatewayHandler({}, {}, ApiKeys({}), RateLimiter(), provider, 1.0)
 
     class Details:
         def __init__(self, method: str) -> None:
