@@ -33,6 +33,10 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # SQLite has one writer at a time; transactions from several pooled connections would
+        # wait on its file lock (busy_timeout) and fail with "database is locked" under load.
+        # Taking turns here keeps the waiting in the event loop. PostgreSQL needs no gate.
+        self._gate: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
 
     async def complete(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` to the end even if the caller is cancelled.
@@ -42,7 +46,7 @@ class Database:
         its own, and disposing the engine under that task leaves it waiting forever. The caller
         still sees its cancellation at once; ``dispose`` waits for what is in flight.
         """
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(self._take_turn(work) if self._gate else work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
@@ -53,6 +57,11 @@ class Database:
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    async def _take_turn(self, work: Coroutine[Any, Any, T]) -> T:
+        assert self._gate is not None
+        async with self._gate:
+            return await work
 
     async def dispose(self, timeout_s: float = 10.0) -> None:
         if self._in_flight:

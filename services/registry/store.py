@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from pocgrid.v1 import common_pb2, registry_pb2
 from services.core.storage import Database, db_operation
@@ -29,6 +30,20 @@ class HeartbeatWrite:
     last_heartbeat_at: datetime
     lease_expires_at: datetime
     memory_used: dict[int, int]
+
+
+_NODES = cast(Table, NodeRow.__table__)
+_DEVICES = cast(Table, DeviceRow.__table__)
+_UPDATE_NODE_LEASE = (
+    update(_NODES)
+    .where(_NODES.c.node_id == bindparam("b_node"))
+    .values(last_heartbeat_at=bindparam("b_seen"), lease_expires_at=bindparam("b_until"))
+)
+_UPDATE_DEVICE_MEMORY = (
+    update(_DEVICES)
+    .where(_DEVICES.c.node_id == bindparam("b_node"), _DEVICES.c.index == bindparam("b_index"))
+    .values(memory_used_bytes=bindparam("b_used"))
+)
 
 
 class NodeStore:
@@ -75,22 +90,25 @@ class NodeStore:
 
     @db_operation
     async def save_heartbeats(self, writes: Iterable[HeartbeatWrite]) -> None:
+        # One executemany per table rather than a statement per row (1,000 nodes x 8 devices
+        # flush every second at fleet scale). Core statements on the tables: a node removed
+        # meanwhile simply matches no row.
+        nodes: list[dict[str, Any]] = []
+        devices: list[dict[str, Any]] = []
+        for w in writes:
+            nodes.append(
+                {"b_node": w.node_id, "b_seen": w.last_heartbeat_at, "b_until": w.lease_expires_at}
+            )
+            devices.extend(
+                {"b_node": w.node_id, "b_index": index, "b_used": used}
+                for index, used in w.memory_used.items()
+            )
+        if not nodes:
+            return
         async with self._db.session() as session, session.begin():
-            for w in writes:
-                await session.execute(
-                    update(NodeRow)
-                    .where(NodeRow.node_id == w.node_id)
-                    .values(
-                        last_heartbeat_at=w.last_heartbeat_at,
-                        lease_expires_at=w.lease_expires_at,
-                    )
-                )
-                for index, used in w.memory_used.items():
-                    await session.execute(
-                        update(DeviceRow)
-                        .where(DeviceRow.node_id == w.node_id, DeviceRow.index == index)
-                        .values(memory_used_bytes=used)
-                    )
+            await session.execute(_UPDATE_NODE_LEASE, nodes)
+            if devices:
+                await session.execute(_UPDATE_DEVICE_MEMORY, devices)
 
 
 def _node_to_row(node: registry_pb2.Node, generation: int) -> NodeRow:

@@ -87,9 +87,23 @@ async def test_missed_lease_marks_lost_and_publishes(common, closer, nats_server
 async def test_state_survives_restart(common, closer):
     reg = await _registry(common)
     async with grpc.aio.insecure_channel(reg.address) as ch:
-        await registry_pb2_grpc.NodeLeaseServiceStub(ch).RegisterNode(_register_request())
+        lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
+        await lease.RegisterNode(_register_request())
+        await lease.Heartbeat(
+            registry_pb2.HeartbeatRequest(
+                node_id="node-a",
+                sequence=1,
+                devices=[
+                    registry_pb2.DeviceStatus(
+                        index=1,
+                        health=common_pb2.DEVICE_HEALTH_HEALTHY,
+                        memory_used_bytes=123 << 20,
+                    )
+                ],
+            )
+        )
     first_epoch = reg.pool.epoch
-    await reg.stop()
+    await reg.stop()  # flushes the batched heartbeat
     reg2 = await _registry(common)
     closer.append(reg2)
     assert reg2.pool.epoch != first_epoch
@@ -100,6 +114,8 @@ async def test_state_survives_restart(common, closer):
             )
         ).node
     assert node.chip == "ascend-910b2" and len(node.devices) == 2
+    assert [d.memory_used_bytes for d in node.devices] == [0, 123 << 20]
+    assert node.last_heartbeat_at.ToDatetime() >= node.registered_at.ToDatetime()
 
 
 @pytest.mark.parametrize(
