@@ -74,8 +74,8 @@ def _jsonable(value: Any) -> Any:
 class PocgridTracerProvider(TracerProvider):
     """An SDK provider that knows whether anything reads its spans.
 
-    With no span processor a recorded span is built and thrown away unseen; the gateway uses
-    ``exporting`` to skip that work on its hot path (see ``unrecorded_span``).
+    With no span processor a recorded span is built and thrown away unseen; the gateway and the
+    server interceptor read ``exporting`` to skip that work on every call (``unrecorded_span``).
     """
 
     exporting: bool = False
