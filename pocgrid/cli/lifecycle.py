@@ -17,6 +17,7 @@ from pocgrid.client import Client
 from pocgrid.localmesh.launcher import LocalMesh, MeshStartError
 from pocgrid.localmesh.showcase import run_showcase
 from pocgrid.localmesh.state import MeshState, pid_alive, pocgrid_home, state_path
+from pocgrid.localmesh.stop_signal import wait_for_stop_signal
 
 _START_TIMEOUT_S = 180.0
 
@@ -67,7 +68,7 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
                 say(f"\npocgrid mesh is up: {len(mesh.fleet())} agents, logs in {mesh.run_dir}")
                 say(f"  gateway  {mesh.gateway}\n  api key  {mesh.api_key}")
                 say("Press Ctrl-C to stop.")
-        _wait_for_stop_signal()
+        wait_for_stop_signal()
     except KeyboardInterrupt:
         pass
     finally:
@@ -78,12 +79,6 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
         if foreground and not args.json:
             say("pocgrid mesh stopped")
     return 0
-
-
-def _wait_for_stop_signal() -> None:
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    signal.sigwait(signals)
 
 
 def up(args: argparse.Namespace) -> int:
