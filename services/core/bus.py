@@ -45,6 +45,10 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 DUPLICATE_WINDOW_S = 120.0
 MAX_AGE_S = 7 * 24 * 3600.0
+#: How long one pull waits for messages; also how soon a consumer notices ``close()``.
+FETCH_WAIT_S = 1.0
+#: Bound on ``close()``: the consumers' last fetch, then the connection's drain.
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class EventBus:
         self._nc: Any = None
         self._js: Any = None
         self._consumers: list[asyncio.Task[None]] = []
+        self._closing = asyncio.Event()
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         self._nc = await nats.connect(
@@ -73,6 +78,7 @@ class EventBus:
             connect_timeout=timeout_s,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            drain_timeout=int(CLOSE_TIMEOUT_S),
             error_cb=self._on_error,
         )
         self._js = self._nc.jetstream()
@@ -144,15 +150,23 @@ class EventBus:
             filter_subject=subject,
         )
         sub = await self._js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
-        while True:
-            try:
-                msgs = await sub.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                return
-            for msg in msgs:
-                await self._deliver(msg, message_type, handler)
+        try:
+            while not self._closing.is_set():
+                try:
+                    msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                    return
+                for msg in msgs:
+                    await self._deliver(msg, message_type, handler)
+        finally:
+            # Unsubscribe, not drain: a pull inbox can still hold a status reply (the server's
+            # "request timeout" for the last pull) that nobody will read, and a connection drain
+            # waits for every subscription's queue to empty, for its whole drain_timeout.
+            if not self._nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _deliver(self, msg: Any, message_type: type[M], handler: Handler[M]) -> None:
         headers = dict(msg.headers or {})
@@ -186,9 +200,14 @@ class EventBus:
             await msg.ack()
 
     async def close(self) -> None:
-        for task in self._consumers:
-            task.cancel()
-        await asyncio.gather(*self._consumers, return_exceptions=True)
+        # Consumers finish the batch in hand and stop before their next fetch, so no handler is
+        # cut off half-way; one stuck past the bound is cancelled (its message is redelivered).
+        self._closing.set()
+        if self._consumers:
+            _, stuck = await asyncio.wait(self._consumers, timeout=FETCH_WAIT_S + CLOSE_TIMEOUT_S)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*self._consumers, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
