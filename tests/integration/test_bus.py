@@ -92,7 +92,7 @@ async def test_close_lets_a_running_handler_finish_and_ack(nats_server: NatsServ
     try:
         await bus2.publish("usage.recorded", _usage("u-next"), "u-next")
         bus2.consume("POCGRID_USAGE", "busy-test", "usage.>", events_pb2.UsageRecorded, record)
-        await wait_for(lambda: again, what="the next event")
+        await wait_for(lambda: bool(again), what="the next event")
     finally:
         await bus2.close()
     assert again == ["u-next"]
