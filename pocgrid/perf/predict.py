@@ -216,8 +216,9 @@ def predict(
             output_tokens_per_s=None if tokens_per_s is None else tokens_per_s * replicas,
             ttft_ms=None if static.ttft_s is None else static.ttft_s * 1e3,
             tpot_ms=None if static.tpot_s is None else static.tpot_s * 1e3,
-            prefill_bound=static.prefill_bound,
-            decode_bound=static.decode_bound,
+            # Like the server scenario: a deployment that cannot run has no bound either.
+            prefill_bound=static.prefill_bound if static.fits else None,
+            decode_bound=static.decode_bound if static.fits else None,
         )
     return _predict_server(deployment, template, float(qps or 0.0), replicas, requests, serving)
 

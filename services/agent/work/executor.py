@@ -327,7 +327,10 @@ class TaskExecutor:
             tpot_ms=p.tpot_ms,
             numerics="not computed: LLM weights are not loaded; timing from the performance "
             "model, accuracy not measured",
-            cost=agent_pb2.WorkCost(bound=str(p.decode_bound), kernels=work.output_len),
+            # One output token means no decode step: the prefill is the whole batch.
+            cost=agent_pb2.WorkCost(
+                bound=str(p.decode_bound or p.prefill_bound or ""), kernels=work.output_len
+            ),
         )
 
     # -- Generate -------------------------------------------------------------------------

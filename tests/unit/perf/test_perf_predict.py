@@ -29,6 +29,7 @@ def test_70b_on_one_32gb_device_does_not_fit_and_says_by_how_much() -> None:
     p = predict("bi-v100", 1, "Llama-3.1-70B", "fp16", 1, 128, 128)
     assert p.fits is False
     assert p.output_tokens_per_s is None and p.ttft_ms is None and p.tpot_ms is None
+    assert p.prefill_bound is None and p.decode_bound is None
     assert p.memory_available_gb == 32
     assert p.memory_gb > 131  # 70.55 B parameters x 2 bytes = 131.4 binary GB, before KV
     assert p.why_not_fits is not None
