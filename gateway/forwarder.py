@@ -90,17 +90,19 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             if tracestate is not None:
                 carrier["tracestate"] = tracestate
             parent = telemetry.extract(carrier)
-        attributes = {"rpc.system": "grpc", "rpc.method": path}
         admitted: Tenant | PocgridError
+        tenant: Tenant | None = None
         try:
             tenant = self._keys.authenticate(authorization)
-            attributes["pocgrid.tenant"] = tenant.name
             self._limiter.acquire(tenant)
             admitted = tenant
         except PocgridError as exc:
             admitted = exc
         if not self._provider.exporting:
             return telemetry.unrecorded_span(parent), admitted
+        attributes = {"rpc.system": "grpc", "rpc.method": path}
+        if tenant is not None:  # rate-limited calls keep their tenant on the span
+            attributes["pocgrid.tenant"] = tenant.name
         span = self._tracer.start_span(
             path[1:], context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
