@@ -1,6 +1,6 @@
 """Fitting the model's global parameters to the reference rows.
 
-Only four global parameters are fitted (``CALIBRATED``); every per-chip factor comes from
+Only six global parameters are fitted (``CALIBRATED``); every per-chip factor comes from
 FlagPerf measurements or fleet defaults and is never fitted to a reference row. The fit
 minimises the mean squared log error of the predictions with a deterministic Nelder-Mead
 search that starts from the middle of each parameter's plausible range, so a parameter the
@@ -41,6 +41,8 @@ CALIBRATED: Final[dict[str, ParamRange]] = {
     "collective_latency_s": ParamRange(1e-6, 1e-3, log_scale=True),
     "low_precision_compute_factor": ParamRange(0.3, 1.0, log_scale=False),
     "default_memory_efficiency": ParamRange(0.5, 0.95, log_scale=False),
+    "overlap_exponent": ParamRange(1.0, 16.0, log_scale=True),
+    "gqa_kv_reread": ParamRange(0.0, 1.0, log_scale=False),
 }
 """Fitted parameters and the ranges a physically plausible value lies in."""
 

@@ -57,6 +57,13 @@ class PerfParams:
     """Memory per device the runtime keeps for itself (binary GB)."""
     elementwise_hidden_passes: float
     """Hidden-width activation reads+writes per token per layer outside GEMMs and attention."""
+    overlap_exponent: float
+    """k of the p-norm that combines an operator's compute, memory and link times (1: no
+    overlap, the sum; infinity: perfect overlap, the plain roofline max)."""
+    gqa_kv_reread: float
+    """Share of the extra query heads of a grouped-query attention group that read their KV
+    head from memory again in decode: 0 when the kernel loads each KV head once per group,
+    1 when it loads it once per query head."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -168,6 +175,10 @@ class EfficiencyData:
             raise ValueError(f"{DATA_FILE}: measurements must be a list")
         measurements = tuple(_obj(m, "measurements[]") for m in raw_measurements)
         return cls(PerfParams(**values), provenance, chips, measurements)
+
+    def with_params(self, params: PerfParams) -> EfficiencyData:
+        """The same per-chip factors and measurements under other global parameters."""
+        return EfficiencyData(params, self.provenance, self._chips, self.measurements)
 
     def listed_chips(self) -> tuple[str, ...]:
         """Chips with at least one non-default factor."""

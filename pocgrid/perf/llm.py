@@ -345,6 +345,22 @@ class LlmDeployment:
         kv_heads_dev = math.ceil(s.kv_heads / self.tp)
         return float(s.kv_elems_per_layer * kv_heads_dev / s.kv_heads)
 
+    @property
+    def decode_kv_read_factor(self) -> float:
+        """How many times decode attention reads each cached KV byte from memory.
+
+        A grouped-query group of ``g`` query heads shares one KV head. A decode kernel that
+        runs one query head per thread block reads that KV head once per query head unless the
+        cache catches the re-reads; ``gqa_kv_reread`` is the share that misses, so the factor
+        is ``1 + gqa_kv_reread * (g - 1)``. MHA (g = 1) reads once. MLA decodes over one latent
+        shared by every head, which its kernels load once.
+        """
+        s = self.shape
+        if not s.kv_shards_with_tp:
+            return 1.0
+        group = self.heads_per_device / math.ceil(s.kv_heads / self.tp)
+        return 1.0 + self.params.gqa_kv_reread * max(0.0, group - 1.0)
+
     def kv_bytes_per_token_device(self) -> float:
         """KV bytes one cached token takes per device over all layers (no window cap)."""
         return self.shape.num_layers * self.kv_elems_per_layer_device * self.kv_bytes
@@ -435,8 +451,9 @@ class LlmDeployment:
         dec_flops = 2 * heads_dev * (s.decode_qk_dim + s.decode_v_dim)
         f[F_DEC_CTX] = s.global_layers * dec_flops
         f[F_DEC_CTX_WIN] = s.window_layers * dec_flops
-        b[F_DEC_CTX] = s.global_layers * kv_layer_bytes
-        b[F_DEC_CTX_WIN] = s.window_layers * kv_layer_bytes
+        kv_read = kv_layer_bytes * self.decode_kv_read_factor
+        b[F_DEC_CTX] = s.global_layers * kv_read
+        b[F_DEC_CTX_WIN] = s.window_layers * kv_read
         f, b, _ = add("attention (prefill)", attn_rate)
         pre_flops = 2 * heads_dev * (s.prefill_qk_dim + s.prefill_v_dim)
         f[F_PRE_PAIRS] = s.global_layers * pre_flops
@@ -479,6 +496,7 @@ class LlmDeployment:
             link_bytes_per_s=np.full(n_ops, self.ceilings.link.rate),
             op_overhead_s=np.array(overhead),
             fixed_overhead_s=layers * self.params.layer_overhead_s,
+            overlap_exponent=self.params.overlap_exponent,
         )
 
     # -- step features --------------------------------------------------------------------

@@ -6,7 +6,8 @@ element) and bytes (its inputs and outputs at the chip's precision). Chains of e
 that feed only each other are fused into their producer, as vendor graph compilers do (CANN's
 graph engine, Neuware's CNNL fusion, TensorRT-style backends), so their intermediate tensors
 never touch device memory. Each fused group is one kernel: its time is the roofline term that
-dominates, plus a per-kernel launch overhead.
+dominates (combined with the others as in the LLM model, see roofline.py), plus a per-kernel
+launch overhead.
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ def graph_cost(
     ceilings: ChipCeilings | None = None,
 ) -> GraphCost:
     element_bytes = BYTES_PER_ELEMENT[precision]
-    ceilings = ceilings or default_efficiency().ceilings(chip, precision)
+    efficiency = default_efficiency()
+    ceilings = ceilings or efficiency.ceilings(chip, precision)
     shaped = with_input_shapes(model, input_shapes)
     costs = node_costs(shaped, element_bytes)
     groups, fused = _fuse(shaped)
@@ -290,6 +292,7 @@ def graph_cost(
             memory_bytes_per_s=ceilings.memory.rate,
             link_bytes_per_s=ceilings.link.rate,
             overhead_s=KERNEL_LAUNCH_S,
+            overlap_exponent=efficiency.params.overlap_exponent,
         )
         ops = tuple(shaped.graph.node[i].op_type for i in group)
         kernels.append(KernelCost(ops, flops, moved, t.seconds, t.bound))

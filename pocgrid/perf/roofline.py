@@ -1,14 +1,24 @@
-"""Per-operator roofline: ``t = max(flops/C, bytes/M, comm/N) + overhead``.
+"""Per-operator roofline: ``t = ||(flops/C, bytes/M, comm/N)||_k + overhead``.
+
+The three terms are combined by a p-norm with exponent ``k`` (``overlap_exponent``). As
+``k -> inf`` it is the classic roofline ``max(...)``: compute, memory traffic and communication
+overlap perfectly and the slowest alone sets the time. Real kernels overlap them imperfectly,
+worst near the ridge point where the terms are equal (a 128-row GEMM is neither compute- nor
+bandwidth-saturated); a finite ``k`` charges for that and changes nothing where one term
+dominates. ``k = 1`` would be no overlap at all (the sum). ``k`` is a calibrated global
+parameter (docs/perf_model.md).
 
 An :class:`OpTable` holds, for a fixed deployment, every operator's FLOPs, memory bytes and
 communication bytes as *linear* functions of a small work-feature vector (tokens in the step,
-attended context, ...). Evaluating a step is then three small matrix products and a max, so
+attended context, ...). Evaluating a step is then one small matrix product and a p-norm, so
 the static predictor and the serving simulator can price thousands of steps without a Python
-loop over operators. The same table answers "which term bound it" for reporting.
+loop over operators. The same table answers "which term bound it" (the largest term) for
+reporting.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +42,29 @@ class Bound(StrEnum):
 _BOUND_ORDER: tuple[Bound, ...] = (Bound.COMPUTE, Bound.MEMORY, Bound.COMMUNICATION)
 
 
+MAX_FINITE_OVERLAP_EXPONENT = 32.0
+"""Above this use ``inf``: seconds to the 32nd power stay inside float64 for any step time
+between 1e-9 s and 1e9 s, so the p-norm needs no rescaling on the simulator's hot path."""
+
+
+def check_overlap_exponent(k: float) -> None:
+    if not (k == math.inf or 1.0 <= k <= MAX_FINITE_OVERLAP_EXPONENT):
+        raise ValueError(
+            f"overlap_exponent must be in [1, {MAX_FINITE_OVERLAP_EXPONENT:g}] or inf, got {k}"
+        )
+
+
+def combine_terms(
+    compute: FloatArray, memory: FloatArray, comm: FloatArray, overlap_exponent: float
+) -> FloatArray:
+    """An operator's time from its three roofline terms (arrays of one shape)."""
+    if math.isinf(overlap_exponent):
+        return np.maximum(np.maximum(compute, memory), comm)
+    k = overlap_exponent
+    total: FloatArray = (compute**k + memory**k + comm**k) ** (1.0 / k)
+    return total
+
+
 @dataclass(frozen=True, slots=True)
 class OpTime:
     """One operator's time and the term that bound it."""
@@ -50,6 +83,7 @@ def op_time(
     memory_bytes_per_s: float,
     link_bytes_per_s: float,
     overhead_s: float = 0.0,
+    overlap_exponent: float = math.inf,
     name: str = "op",
 ) -> OpTime:
     """The roofline time of a single operator (scalar form of :meth:`OpTable.evaluate`)."""
@@ -60,7 +94,10 @@ def op_time(
     )
     worst = max(range(3), key=lambda i: terms[i])
     bound = _BOUND_ORDER[worst] if terms[worst] > 0.0 else Bound.OVERHEAD
-    return OpTime(name, terms[worst] + overhead_s, bound)
+    check_overlap_exponent(overlap_exponent)
+    c, m, n = (np.array([t], dtype=np.float64) for t in terms)
+    seconds = float(combine_terms(c, m, n, overlap_exponent)[0])
+    return OpTime(name, seconds + overhead_s, bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +126,8 @@ class OpTable:
     """
 
     __slots__ = (
-        "_inv_compute",
-        "_inv_link",
-        "_inv_memory",
+        "_inv_terms",
+        "_total_overhead_s",
         "bytes_moved",
         "comm_bytes",
         "compute_flops_per_s",
@@ -102,6 +138,7 @@ class OpTable:
         "memory_bytes_per_s",
         "names",
         "op_overhead_s",
+        "overlap_exponent",
     )
 
     def __init__(
@@ -117,6 +154,7 @@ class OpTable:
         link_bytes_per_s: FloatArray,
         op_overhead_s: FloatArray,
         fixed_overhead_s: float,
+        overlap_exponent: float = math.inf,
     ) -> None:
         shape = (len(names), len(features))
         for label, matrix in (("flops", flops), ("bytes", bytes_moved), ("comm", comm_bytes)):
@@ -139,42 +177,62 @@ class OpTable:
         self.link_bytes_per_s = link_bytes_per_s
         self.op_overhead_s = op_overhead_s
         self.fixed_overhead_s = fixed_overhead_s
-        # Pre-divided so evaluation is matmul + max only (the simulator's inner loop).
-        self._inv_compute = (flops.T / compute_flops_per_s).T
-        self._inv_memory = (bytes_moved.T / memory_bytes_per_s).T
-        self._inv_link = (comm_bytes.T / link_bytes_per_s).T
+        check_overlap_exponent(overlap_exponent)
+        self.overlap_exponent = overlap_exponent
+        # Pre-divided and stacked (compute rows, then memory, then link) so a step is one
+        # matrix product and the combine: this is the serving simulator's inner loop.
+        self._inv_terms = np.vstack(
+            [
+                (flops.T / compute_flops_per_s).T,
+                (bytes_moved.T / memory_bytes_per_s).T,
+                (comm_bytes.T / link_bytes_per_s).T,
+            ]
+        )
+        self._total_overhead_s = float(op_overhead_s.sum()) + fixed_overhead_s
 
     def op_seconds(self, x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Compute, memory and communication time per operator: arrays (ops,) or (ops, steps)."""
-        return self._inv_compute @ x, self._inv_memory @ x, self._inv_link @ x
+        terms = self._inv_terms @ x
+        ops = len(self.names)
+        return terms[:ops], terms[ops : 2 * ops], terms[2 * ops :]
 
     def seconds(self, x: FloatArray) -> float:
-        """Time of one step with feature vector ``x`` (the fast path)."""
-        c, m, n = self.op_seconds(x)
-        return float(np.maximum(np.maximum(c, m), n).sum()) + self.total_overhead_s
+        """Time of one step with feature vector ``x`` (the fast path: the same sum as
+        :meth:`evaluate`, without attributing it to bounds)."""
+        terms = self._inv_terms @ x
+        ops = len(self.names)
+        k = self.overlap_exponent
+        if math.isinf(k):
+            worst = np.maximum(np.maximum(terms[:ops], terms[ops : 2 * ops]), terms[2 * ops :])
+            return float(worst.sum()) + self._total_overhead_s
+        np.power(terms, k, out=terms)
+        per_op = terms[:ops] + terms[ops : 2 * ops] + terms[2 * ops :]
+        return float(np.power(per_op, 1.0 / k, out=per_op).sum()) + self._total_overhead_s
 
     @property
     def total_overhead_s(self) -> float:
-        return float(self.op_overhead_s.sum()) + self.fixed_overhead_s
+        return self._total_overhead_s
 
     def evaluate(self, x: FloatArray) -> StepTimes:
         """Times of many steps at once; ``x`` has shape (features, steps)."""
         if x.ndim != 2 or x.shape[0] != len(self.features):
             raise ValueError(f"features must have shape ({len(self.features)}, steps)")
         c, m, n = self.op_seconds(x)
-        best = np.maximum(np.maximum(c, m), n)
-        # Ties go to compute, then memory (the order of _BOUND_ORDER).
-        is_compute = c >= best
-        is_memory = ~is_compute & (m >= best)
+        worst = np.maximum(np.maximum(c, m), n)
+        op = combine_terms(c, m, n, self.overlap_exponent)
+        # An operator's whole time goes to its largest term; ties go to compute, then memory
+        # (the order of _BOUND_ORDER).
+        is_compute = c >= worst
+        is_memory = ~is_compute & (m >= worst)
         is_comm = ~is_compute & ~is_memory
         overhead = np.full(x.shape[1], self.total_overhead_s)
         by_bound: dict[Bound, FloatArray] = {
-            Bound.COMPUTE: (best * is_compute).sum(axis=0),
-            Bound.MEMORY: (best * is_memory).sum(axis=0),
-            Bound.COMMUNICATION: (best * is_comm).sum(axis=0),
+            Bound.COMPUTE: (op * is_compute).sum(axis=0),
+            Bound.MEMORY: (op * is_memory).sum(axis=0),
+            Bound.COMMUNICATION: (op * is_comm).sum(axis=0),
             Bound.OVERHEAD: overhead,
         }
-        return StepTimes(seconds=best.sum(axis=0) + overhead, by_bound=by_bound)
+        return StepTimes(seconds=op.sum(axis=0) + overhead, by_bound=by_bound)
 
     def breakdown(self, x: FloatArray) -> list[OpTime]:
         """Per-operator times for one step, for reports and tests."""
@@ -189,6 +247,7 @@ class OpTable:
                 memory_bytes_per_s=1.0,
                 link_bytes_per_s=1.0,
                 overhead_s=float(self.op_overhead_s[i]),
+                overlap_exponent=self.overlap_exponent,
                 name=name,
             )
             out.append(t)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pocgrid.catalog import default_catalog
+from pocgrid.perf.efficiency import default_efficiency
 from pocgrid.perf.llm import (
     F_TOKENS,
     LlmDeployment,
@@ -103,3 +104,30 @@ def test_decode_costs_grow_with_context_and_batch() -> None:
     small = d.op_table.seconds(d.decode_features(1, np.array([1024.0]))[:, 0])
     big = d.op_table.seconds(d.decode_features(256, np.array([1024.0]))[:, 0])
     assert small < big < 256 * small
+
+
+def test_decode_kv_read_factor_charges_grouped_query_rereads() -> None:
+    cat = default_catalog()
+    chip = cat.chip("h100-80gb-sxm")
+    reread = default_efficiency().params.gqa_kv_reread
+    mha = LlmDeployment(chip, cat.model("Llama-2-7B"), "fp16", 1)
+    assert mha.decode_kv_read_factor == 1.0
+    gqa = LlmDeployment(chip, cat.model("Llama-2-70B"), "fp16", 4)  # 64 query, 8 KV heads
+    assert gqa.decode_kv_read_factor == pytest.approx(1 + reread * 7)
+    # Past 8 ranks each keeps one whole KV head for its 4 query heads.
+    wide = LlmDeployment(chip, cat.model("Llama-2-70B"), "fp16", 16)
+    assert wide.decode_kv_read_factor == pytest.approx(1 + reread * 3)
+    mla = LlmDeployment(cat.chip("h200-141gb-sxm"), cat.model("DeepSeek-V3"), "fp8", 8)
+    assert mla.decode_kv_read_factor == 1.0
+    none = LlmDeployment(
+        chip,
+        cat.model("Llama-2-70B"),
+        "fp16",
+        4,
+        params=default_efficiency().params.with_values(gqa_kv_reread=0.0),
+    )
+    assert none.decode_kv_read_factor == 1.0
+    step = np.array([2048.0])
+    slower = gqa.op_table.seconds(gqa.decode_features(64, step)[:, 0])
+    faster = none.op_table.seconds(none.decode_features(64, step)[:, 0])
+    assert slower > faster

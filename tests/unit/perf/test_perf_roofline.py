@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,40 @@ def test_op_time_picks_the_slowest_term_and_adds_overhead() -> None:
     assert comm.bound is Bound.COMMUNICATION and comm.seconds == pytest.approx(7.0)
     idle = time(0.0, 0.0, 0.0, overhead=1e-3)
     assert idle.bound is Bound.OVERHEAD and idle.seconds == pytest.approx(1e-3)
+
+
+def test_overlap_exponent_spans_sum_to_max() -> None:
+    def seconds(k: float) -> float:
+        return op_time(
+            flops=300.0,
+            bytes_moved=40.0,
+            comm_bytes=0.0,
+            compute_flops_per_s=100.0,
+            memory_bytes_per_s=10.0,
+            link_bytes_per_s=1.0,
+            overlap_exponent=k,
+        ).seconds
+
+    assert seconds(math.inf) == pytest.approx(4.0)  # the plain roofline: max(3, 4)
+    assert seconds(1.0) == pytest.approx(7.0)  # no overlap: 3 + 4
+    assert seconds(2.0) == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
+    assert 4.0 < seconds(8.0) < seconds(2.0)
+    # The bound is still the largest term, whatever the overlap.
+    assert (
+        op_time(
+            flops=300.0,
+            bytes_moved=40.0,
+            comm_bytes=0.0,
+            compute_flops_per_s=100.0,
+            memory_bytes_per_s=10.0,
+            link_bytes_per_s=1.0,
+            overlap_exponent=1.0,
+        ).bound
+        is Bound.MEMORY
+    )
+    for bad in (0.5, 100.0, math.nan):
+        with pytest.raises(ValueError, match="overlap_exponent"):
+            seconds(bad)
 
 
 @pytest.fixture(scope="module")
