@@ -22,6 +22,7 @@ from services.core import telemetry
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
 from services.core.rpc_context import TENANT_METADATA_KEY
+from services.core.validation import decode_request
 
 log = get_logger()
 
@@ -49,15 +50,15 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             channel = channels.get(route.backend_field)
             self._handlers[path] = self._forwarding_handler(route, channel)
         self._backends = {field.removesuffix("_addr"): ch for field, ch in channels.items()}
+        # The gateway's own methods take raw bytes and decode them after admission, so that a
+        # corrupt request is INVALID_ARGUMENT like on every service (grpc would say UNKNOWN).
         self._handlers["/pocgrid.v1.GatewayService/WhoAmI"] = grpc.unary_unary_rpc_method_handler(
             self._who_am_i,
-            request_deserializer=gateway_pb2.WhoAmIRequest.FromString,
             response_serializer=gateway_pb2.WhoAmIResponse.SerializeToString,
         )
         self._handlers["/pocgrid.v1.GatewayService/CheckServices"] = (
             grpc.unary_unary_rpc_method_handler(
                 self._check_services,
-                request_deserializer=gateway_pb2.CheckServicesRequest.FromString,
                 response_serializer=gateway_pb2.CheckServicesResponse.SerializeToString,
             )
         )
@@ -213,28 +214,43 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
 
         return forward
 
-    async def _who_am_i(
-        self, request: gateway_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
-    ) -> gateway_pb2.WhoAmIResponse:
-        path = "/pocgrid.v1.GatewayService/WhoAmI"
+    async def _admit_own(
+        self, path: str, raw: bytes, decode: Callable[[bytes], Any], context: Any
+    ) -> tuple[Span, Tenant]:
+        """Admission, then decoding, for the gateway's own methods; rejects with a status."""
         span, admitted = self._begin(path, context)
         try:
             if isinstance(admitted, PocgridError):
                 await self._reject(admitted, span, context, path)
-        finally:
+            try:
+                decode_request(decode, raw, path)
+            except PocgridError as exc:
+                await self._reject(exc, span, context, path)
+        except BaseException:
             span.end()
+            raise
+        return span, admitted
+
+    async def _who_am_i(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.WhoAmIResponse:
+        path = "/pocgrid.v1.GatewayService/WhoAmI"
+        span, admitted = await self._admit_own(
+            path, request, gateway_pb2.WhoAmIRequest.FromString, context
+        )
+        span.end()
         return gateway_pb2.WhoAmIResponse(
             tenant=admitted.name, rate_limit_per_s=admitted.rate_per_s, burst=admitted.burst
         )
 
     async def _check_services(
-        self, request: gateway_pb2.CheckServicesRequest, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CheckServicesResponse:
         path = "/pocgrid.v1.GatewayService/CheckServices"
-        span, admitted = self._begin(path, context)
+        span, _ = await self._admit_own(
+            path, request, gateway_pb2.CheckServicesRequest.FromString, context
+        )
         try:
-            if isinstance(admitted, PocgridError):
-                await self._reject(admitted, span, context, path)
             results = await asyncio.gather(
                 *(_probe(name, ch) for name, ch in sorted(self._backends.items()))
             )

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.core import rpc_context, telemetry
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
+from services.core.validation import decode_request
 
 log = get_logger()
 
@@ -30,8 +31,7 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
-class _AbortedWithStatus(Exception):
-    """Marks that the servicer already set the RPC's status through ``context.abort``."""
+Decoder = Callable[[bytes], Any]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -48,27 +48,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or details.method.startswith(_QUIET_PREFIXES):
             return handler
         method = details.method
+        # A unary request is decoded inside the wrapper, not by grpc: a corrupt message then
+        # gets INVALID_ARGUMENT naming the request, where grpc's own decoding answers UNKNOWN.
+        decode = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.unary_unary, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, decode),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.stream_unary, None),
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(method, handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_stream(method, handler.stream_stream, None),
+            request_deserializer=decode,
             response_serializer=handler.response_serializer,
         )
 
@@ -112,12 +113,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
         raise AssertionError("context.abort returned")
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, method: str, behavior: Callable[..., Any], decode: Decoder | None
+    ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             span_cm, _ = self._enter(method, context)
             with span_cm as span:
                 started = time.perf_counter()
                 try:
+                    if decode is not None:
+                        request = decode_request(decode, request, method)
                     response = await behavior(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -128,11 +133,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, method: str, behavior: Callable[..., Any], decode: Decoder | None
+    ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span_cm, _ = self._enter(method, context)
             with span_cm as span:
                 try:
+                    if decode is not None:
+                        request = decode_request(decode, request, method)
                     async for item in behavior(request, context):
                         yield item
                 except grpc.aio.AbortError:

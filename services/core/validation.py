@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
 
 from services.core.errors import InvalidArgument
+
+T = TypeVar("T")
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_TEXT = 1024
 MAX_LABELS = 64
+
+
+def decode_request(decode: Callable[[bytes], T], raw: bytes, method: str) -> T:
+    """The request message of ``method`` from its wire bytes; corrupt bytes are bad input."""
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(
+            "request", f"is not a valid request message for {method} ({exc})"
+        ) from None
 
 
 def require_text(field: str, value: str, max_len: int = 256) -> str:

@@ -55,6 +55,40 @@ async def test_routes_public_and_hides_internal(common, closer):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+CORRUPT = b"\xff\xff\xff\xff not a protobuf message"
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/pocgrid.v1.RegistryService/GetChip",  # forwarded: the registry decodes it
+        "/pocgrid.v1.GatewayService/WhoAmI",  # the gateway's own
+    ],
+)
+async def test_corrupt_request_bytes_are_invalid_argument(common, closer, method):
+    reg, gw = await _mesh(common, closer)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        call = ch.unary_unary(method)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(CORRUPT, metadata=AUTH)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("request: is not a valid request message for")
+        assert method in err.value.details()
+        # Admission comes first: without a key the same bytes are UNAUTHENTICATED.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(CORRUPT)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A service reached directly answers the same way, and keeps serving.
+    async with grpc.aio.insecure_channel(reg.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary("/pocgrid.v1.RegistryService/ListChips")(CORRUPT)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        chips = await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
+            registry_pb2.ListChipsRequest()
+        )
+        assert chips.chips
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
