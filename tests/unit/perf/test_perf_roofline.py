@@ -35,7 +35,7 @@ def test_op_time_picks_the_slowest_term_and_adds_overhead() -> None:
 
 
 def test_overlap_exponent_spans_sum_to_max() -> None:
-    def seconds(k: float) -> float:
+    def op(k: float) -> OpTime:
         return op_time(
             flops=300.0,
             bytes_moved=40.0,
@@ -44,28 +44,17 @@ def test_overlap_exponent_spans_sum_to_max() -> None:
             memory_bytes_per_s=10.0,
             link_bytes_per_s=1.0,
             overlap_exponent=k,
-        ).seconds
+        )
 
-    assert seconds(math.inf) == pytest.approx(4.0)  # the plain roofline: max(3, 4)
-    assert seconds(1.0) == pytest.approx(7.0)  # no overlap: 3 + 4
-    assert seconds(2.0) == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
-    assert 4.0 < seconds(8.0) < seconds(2.0)
+    assert op(math.inf).seconds == pytest.approx(4.0)  # the plain roofline: max(3, 4)
+    assert op(1.0).seconds == pytest.approx(7.0)  # no overlap: 3 + 4
+    assert op(2.0).seconds == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
+    assert 4.0 < op(8.0).seconds < op(2.0).seconds
     # The bound is still the largest term, whatever the overlap.
-    assert (
-        op_time(
-            flops=300.0,
-            bytes_moved=40.0,
-            comm_bytes=0.0,
-            compute_flops_per_s=100.0,
-            memory_bytes_per_s=10.0,
-            link_bytes_per_s=1.0,
-            overlap_exponent=1.0,
-        ).bound
-        is Bound.MEMORY
-    )
+    assert op(1.0).bound is Bound.MEMORY
     for bad in (0.5, 100.0, math.nan):
         with pytest.raises(ValueError, match="overlap_exponent"):
-            seconds(bad)
+            op(bad)
 
 
 @pytest.fixture(scope="module")
