@@ -25,7 +25,7 @@ import numpy as np
 
 from pocgrid.catalog import default_catalog
 from pocgrid.perf.calibrate import CALIBRATED, fit
-from pocgrid.perf.efficiency import EfficiencyData, PerfParams, default_efficiency
+from pocgrid.perf.efficiency import EfficiencyData, default_efficiency
 from pocgrid.perf.llm import LlmDeployment
 from pocgrid.perf.reference import (
     METRIC_THROUGHPUT,
@@ -33,6 +33,7 @@ from pocgrid.perf.reference import (
     load_static_rows,
     predict_row,
     reference_dir,
+    relative_errors,
 )
 from pocgrid.perf.static_batch import predict_static
 
@@ -107,17 +108,11 @@ def without_structure(eff: EfficiencyData) -> EfficiencyData:
     return eff.with_params(eff.params.with_values(**STRUCTURAL_OFF))
 
 
-def errors_of(
-    rows: Sequence[ReferenceRow], params: PerfParams, eff: EfficiencyData | None = None
-) -> list[float]:
-    return [(predict_row(r, params=params, efficiency=eff) - r.value) / r.value for r in rows]
-
-
 def held_out(
     rows: Sequence[ReferenceRow], train: Sequence[int], test: Sequence[int]
 ) -> list[float]:
     fitted = fit([rows[i] for i in train]).params
-    return errors_of([rows[i] for i in test], fitted)
+    return relative_errors([rows[i] for i in test], params=fitted)
 
 
 def report_generalisation(rows: Sequence[ReferenceRow], unseen: Sequence[ReferenceRow]) -> None:
@@ -141,8 +136,8 @@ def report_generalisation(rows: Sequence[ReferenceRow], unseen: Sequence[Referen
     for name, train in splits:
         test = [i for i in range(n) if i not in train]
         fitted = fit([rows[i] for i in train]).params
-        errs = errors_of([rows[i] for i in test], fitted)
-        far = errors_of(unseen, fitted)
+        errs = relative_errors([rows[i] for i in test], params=fitted)
+        far = relative_errors(unseen, params=fitted)
         pooled.extend(errs)
         rows_txt = ",".join(str(rows[i].index) for i in train)
         worst = max(range(len(test)), key=lambda k: abs(errs[k]))
@@ -177,8 +172,10 @@ def report_previous_model(rows: Sequence[ReferenceRow], unseen: Sequence[Referen
         "\nThe model before the overlap exponent and the grouped-query re-read factor "
         f"(fitted the same way: {values}):"
     )
-    print(f"  14 fitted rows: {_summary(errors_of(rows, fitted.params, old))}")
-    print(f"  21 unseen rows: {_summary(errors_of(unseen, fitted.params, old))}")
+    fitted_errors = relative_errors(rows, params=fitted.params, efficiency=old)
+    unseen_errors = relative_errors(unseen, params=fitted.params, efficiency=old)
+    print(f"  14 fitted rows: {_summary(fitted_errors)}")
+    print(f"  21 unseen rows: {_summary(unseen_errors)}")
 
 
 def report_chips() -> None:
@@ -236,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = plain_roofline(eff)
     print(
         "Baseline, plain roofline (max(), no fixed costs, one 0.8 efficiency): "
-        f"fitted rows {_summary(errors_of(rows, base.params, base))}; "
-        f"unseen rows {_summary(errors_of(unseen, base.params, base))}"
+        f"fitted rows {_summary(relative_errors(rows, params=base.params, efficiency=base))}; "
+        f"unseen rows {_summary(relative_errors(unseen, params=base.params, efficiency=base))}"
     )
     if args.quick:
         return 0
@@ -247,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nRefit on the 14 rows ({refit.evaluations} evaluations, loss {refit.loss:.5f}): {values}"
     )
     print(
-        f"  refit: 14 rows {_summary(errors_of(rows, refit.params))}; "
-        f"unseen {_summary(errors_of(unseen, refit.params))}"
+        f"  refit: 14 rows {_summary(relative_errors(rows, params=refit.params))}; "
+        f"unseen {_summary(relative_errors(unseen, params=refit.params))}"
     )
     report_previous_model(rows, unseen)
     report_generalisation(rows, unseen)
