@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 
-.PHONY: demo test lint typecheck protos protos-check catalog-check unit integration bench clean nats
+.PHONY: demo test lint layers typecheck protos protos-check catalog-check unit integration bench clean nats
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,16 @@ demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 
 ## test: lint, type-check, generated-code drift check, then every test
-test: $(STAMP) nats lint typecheck protos-check catalog-check
+test: $(STAMP) nats lint layers typecheck protos-check catalog-check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+## layers: imports point one way (contracts in pyproject.toml, [tool.importlinter])
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

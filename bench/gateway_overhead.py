@@ -64,10 +64,10 @@ from bench._util import (
     table,
     wait_ready,
 )
-from pocgrid.localmesh.nats_server import NatsServer
+from devmesh.nats_server import NatsServer
+from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import registry_pb2
 from services.core.config import CommonConfig
-from services.core.rpc_context import TENANT_METADATA_KEY
 
 METHOD = "/pocgrid.v1.RegistryService/GetChip"
 CHIP = "ascend-910b2"

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from pocgrid.catalog import default_catalog
-from pocgrid.perf.calibrate import CALIBRATED, fit
 from pocgrid.perf.efficiency import EfficiencyData, default_efficiency
 from pocgrid.perf.llm import LlmDeployment
-from pocgrid.perf.reference import (
+from pocgrid.perf.static_batch import predict_static
+from tools.perf.calibrate import CALIBRATED, fit
+from tools.perf.reference import (
     METRIC_THROUGHPUT,
     ReferenceRow,
     load_static_rows,
@@ -35,7 +36,6 @@ from pocgrid.perf.reference import (
     reference_dir,
     relative_errors,
 )
-from pocgrid.perf.static_batch import predict_static
 
 RANDOM_SPLITS = 10
 SPLIT_SEED = 0

@@ -48,7 +48,7 @@ from bench._util import (
     table,
     wait_ready,
 )
-from pocgrid.localmesh.nats_server import NatsServer
+from devmesh.nats_server import NatsServer
 from pocgrid.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 GOAL_P99_MS = 50.0

@@ -17,11 +17,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Route
+from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
-from services.core.rpc_context import TENANT_METADATA_KEY
 from services.core.validation import decode_request
 
 log = get_logger()

@@ -12,7 +12,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pocgrid.localmesh.nats_server import NatsServer
+from devmesh.nats_server import NatsServer
 from services.core.config import CommonConfig
 
 

@@ -10,10 +10,23 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from pocgrid.cli import lifecycle, queries
+from pocgrid.cli import queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
 from pocgrid.perf.cli import register as register_perf
+
+
+def _local_mesh_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """``up``/``down``/``demo`` live in ``devmesh`` (which starts services): loaded only when run,
+    so the SDK's other commands never import it."""
+
+    def run(args: argparse.Namespace) -> int:
+        from devmesh import lifecycle
+
+        func: Callable[[argparse.Namespace], int] = getattr(lifecycle, name)
+        return func(args)
+
+    return run
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -33,11 +46,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chips", help="comma-separated chip slugs (default: every emulatable chip)")
     p.add_argument("--devices", type=int, default=8, help="devices per agent (default 8)")
     p.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=lifecycle.up)
+    p.set_defaults(func=_local_mesh_command("up"))
 
     p = sub.add_parser("down", help="stop the local mesh started with --detach")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lifecycle.down)
+    p.set_defaults(func=_local_mesh_command("down"))
 
     p = sub.add_parser("status", help="services' health and the pool's nodes")
     p.add_argument("--json", action="store_true")
@@ -67,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start the mesh, show the pool, stop it")
     p.add_argument("--chips", help=argparse.SUPPRESS)
     p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
-    p.set_defaults(func=lifecycle.demo)
+    p.set_defaults(func=_local_mesh_command("demo"))
 
     register_perf(sub)
     return parser
@@ -82,7 +95,7 @@ def _command_span(command: str) -> Iterator[None]:
         return
     from opentelemetry.trace import SpanKind
 
-    from services.core.telemetry import create_tracer_provider
+    from pocgrid.tracing import create_tracer_provider
 
     provider = create_tracer_provider("pocgrid-cli", trace_file=trace_file)
     with provider.get_tracer("pocgrid.cli").start_as_current_span(

@@ -7,7 +7,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from pocgrid.localmesh.state import MeshState, pid_alive, pocgrid_home, state_path
+from pocgrid.meshstate import MeshState, pid_alive, pocgrid_home, state_path
 
 
 class NoMeshError(RuntimeError):

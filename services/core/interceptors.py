@@ -15,6 +15,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from pocgrid.metadata import TENANT_METADATA_KEY
 from services.core import rpc_context, telemetry
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
@@ -75,7 +76,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _enter(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, str]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        tenant = metadata.get(rpc_context.TENANT_METADATA_KEY, "")
+        tenant = metadata.get(TENANT_METADATA_KEY, "")
         rpc_context.set_tenant(tenant)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
         parent = telemetry.extract(metadata)
@@ -168,8 +169,8 @@ class ClientInterceptor(
         telemetry.inject(carrier)
         metadata.extend(carrier.items())
         tenant = rpc_context.current_tenant()
-        if tenant and not any(k == rpc_context.TENANT_METADATA_KEY for k, _ in metadata):
-            metadata.append((rpc_context.TENANT_METADATA_KEY, tenant))
+        if tenant and not any(k == TENANT_METADATA_KEY for k, _ in metadata):
+            metadata.append((TENANT_METADATA_KEY, tenant))
         timeout = rpc_context.downstream_timeout(self._cap_s, details.timeout)
         return grpc.aio.ClientCallDetails(
             method=details.method,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextvars
 import time
 
-TENANT_METADATA_KEY = "x-pocgrid-tenant"
-
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_tenant", default="")
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pocgrid_deadline", default=None

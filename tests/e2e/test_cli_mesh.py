@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pocgrid.catalog import default_catalog
-from pocgrid.localmesh.state import MeshState, pid_alive
+from pocgrid.meshstate import MeshState, pid_alive
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.api import ConsumerConfig
 
 from pocgrid.samples import cnn, einsum, mlp
+from pocgrid.tensors import from_array, to_array
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2, events_pb2
 from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
-from services.agent.work.tensors import from_array, to_array
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from pocgrid.localmesh.nats_server import NatsServer
+from devmesh.nats_server import NatsServer
 from pocgrid.v1 import events_pb2
 from services.core.bus import CLOSE_TIMEOUT_S, FETCH_WAIT_S, EventBus, EventMeta
 from tests.conftest import wait_for

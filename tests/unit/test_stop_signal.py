@@ -9,7 +9,7 @@ import textwrap
 _CHILD = textwrap.dedent(
     """
     import os, signal, threading, time
-    from pocgrid.localmesh.stop_signal import wait_for_stop_signal
+    from devmesh.stop_signal import wait_for_stop_signal
 
     def send():
         time.sleep(0.5)  # the main thread is waiting by then

@@ -22,11 +22,11 @@ from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInp
 from pocgrid.perf.onnx_cost import graph_cost
 from pocgrid.perf.predict import Prediction, predict
 from pocgrid.precision import to_name
+from pocgrid.tensors import TensorError, from_array, to_array
 from pocgrid.v1 import agent_pb2, events_pb2
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
 from services.agent.work.numerics import OnnxRunner, describe
-from services.agent.work.tensors import from_array, to_array
 from services.core import rpc_context
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
@@ -204,7 +204,10 @@ class TaskExecutor:
         graph_inputs = {i.name for i in model.graph.input} - {
             init.name for init in model.graph.initializer
         }
-        inputs = {t.name: to_array(f"onnx.inputs[{i}]", t) for i, t in enumerate(work.inputs)}
+        try:
+            inputs = {t.name: to_array(f"onnx.inputs[{i}]", t) for i, t in enumerate(work.inputs)}
+        except TensorError as exc:
+            raise InvalidArgument(exc.field, exc.rule) from None
         if set(inputs) != graph_inputs:
             raise InvalidArgument(
                 "onnx.inputs",

@@ -66,7 +66,7 @@ def test_commands_are_real_modules_with_health_checks(compose):
         command = svc["command"]
         assert command[:2] == ["python", "-m"], name
         assert importlib.util.find_spec(command[2]) is not None, f"{name}: {command[2]}"
-        assert svc["healthcheck"]["test"][-1] == "services.core.healthcheck", name
+        assert svc["healthcheck"]["test"][-1] == "pocgrid.healthcheck", name
 
 
 def test_env_names_are_read_by_that_service(compose):
@@ -121,7 +121,7 @@ def test_dockerfile_runs_as_non_root_with_health_check():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert "HEALTHCHECK" in text and "services.core.healthcheck" in text
+    assert "HEALTHCHECK" in text and "pocgrid.healthcheck" in text
     assert "constraints.txt" in text
 
 

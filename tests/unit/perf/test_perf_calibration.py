@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from bench.perf_model_validation import UNSEEN_ROWS_FILE
-from pocgrid.perf.calibrate import CALIBRATED, fit, nelder_mead
 from pocgrid.perf.efficiency import default_efficiency
-from pocgrid.perf.reference import (
+from tools.perf.calibrate import CALIBRATED, fit, nelder_mead
+from tools.perf.reference import (
     ReferenceRow,
     load_static_rows,
     predict_row,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import grpc
 
+from devmesh.nats_server import NatsServer
 from pocgrid.catalog import default_catalog
-from pocgrid.localmesh.nats_server import NatsServer
-from pocgrid.localmesh.state import MeshState, ProcessInfo
-from services.core.healthcheck import probe as health_ok
+from pocgrid.healthcheck import probe as health_ok
+from pocgrid.meshstate import MeshState, ProcessInfo
 
 BACKENDS = ("scheduler", "metering", "adapter", "evaluator")
 _PR_SET_PDEATHSIG = 1

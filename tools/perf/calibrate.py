@@ -17,8 +17,8 @@ from typing import Final
 import numpy as np
 
 from pocgrid.perf.efficiency import EfficiencyData, PerfParams, default_efficiency
-from pocgrid.perf.reference import ReferenceRow, predict_row
 from pocgrid.perf.roofline import FloatArray
+from tools.perf.reference import ReferenceRow, predict_row
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Container health probe: ``python -m services.core.healthcheck [HOST:PORT]``.
+"""Container health probe: ``python -m pocgrid.healthcheck [HOST:PORT]``.
 
 Exits 0 when the server answers SERVING on the standard gRPC health service. Without an
 argument it probes this container's own POCGRID_LISTEN port on loopback. Written in Python so

@@ -14,10 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from pocgrid.client import Client
+from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.samples import cnn
+from pocgrid.tensors import from_array, to_array
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2, metering_pb2, registry_pb2
-from services.agent.work.tensors import from_array, to_array
-from services.core.rpc_context import TENANT_METADATA_KEY
 
 SHOWCASE_CHIPS = ("ascend-910b2", "mlu370-x8", "kunlun-r200", "a100-80gb-sxm")
 

@@ -11,13 +11,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devmesh.launcher import LocalMesh, MeshStartError
+from devmesh.showcase import run_showcase
+from devmesh.stop_signal import wait_for_stop_signal
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import local_mesh
 from pocgrid.client import Client
-from pocgrid.localmesh.launcher import LocalMesh, MeshStartError
-from pocgrid.localmesh.showcase import run_showcase
-from pocgrid.localmesh.state import MeshState, pid_alive, pocgrid_home, state_path
-from pocgrid.localmesh.stop_signal import wait_for_stop_signal
+from pocgrid.meshstate import MeshState, pid_alive, pocgrid_home, state_path
 
 _START_TIMEOUT_S = 180.0
 

@@ -1,0 +1,1 @@
+"""Tooling for the performance model that no prediction path runs: calibration, reference data."""
