@@ -14,6 +14,27 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from devmesh.nats_server import NatsServer
 from services.core.config import CommonConfig
+from tools.shared_data import SharedDataMissing, shared_path
+
+
+def require_shared(*parts: str) -> Path:
+    """``shared/<parts>``; a test that needs it fails (never skips) when it is missing."""
+    try:
+        return shared_path(*parts)
+    except SharedDataMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def shared_catalog() -> Path:
+    """shared/data/catalog: the public chip and model CSVs the catalogue is built from."""
+    return require_shared("data", "catalog", "chips.csv").parent
+
+
+@pytest.fixture
+def shared_reference() -> Path:
+    """shared/data/reference: the public measurements the performance model is checked on."""
+    return require_shared("data", "reference")
 
 
 @pytest.fixture

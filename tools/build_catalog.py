@@ -33,9 +33,10 @@ from pocgrid.catalog import (
     VendorFamily,
 )
 from pocgrid.catalog.loader import CHIPS_FILE, MODELS_FILE, SCHEMA_VERSION
+from tools.shared_data import shared_dir
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE: Final = REPO_ROOT.parent / "shared" / "data" / "catalog"
+DEFAULT_SOURCE: Final = (shared_dir() or REPO_ROOT.parent / "shared") / "data" / "catalog"
 DEFAULT_OUT: Final = REPO_ROOT / "pocgrid" / "catalog" / "data"
 GENERATED_BY: Final = "tools/build_catalog.py"
 
@@ -594,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for file_name in stale:
             print(f"build_catalog: {out / file_name} is out of date", file=sys.stderr)
         if stale:
-            print("build_catalog: run `python tools/build_catalog.py` to refresh", file=sys.stderr)
+            print("build_catalog: run `python -m tools.build_catalog` to refresh", file=sys.stderr)
         return 1 if stale else 0
 
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.perf.efficiency import EfficiencyData, PerfParams
 from pocgrid.perf.llm import LlmDeployment
 from pocgrid.perf.static_batch import predict_static
+from tools.shared_data import shared_path
 
 ENV_REFERENCE_DIR: Final = "POCGRID_REFERENCE_DIR"
 STATIC_BATCH_FILE: Final = "llm_static_batch.csv"
@@ -48,19 +49,11 @@ class ReferenceRow:
 
 
 def reference_dir() -> Path:
-    """``$POCGRID_REFERENCE_DIR`` or ``shared/data/reference`` next to the repository."""
+    """``$POCGRID_REFERENCE_DIR`` or ``shared/data/reference`` (``tools.shared_data``)."""
     env = os.environ.get(ENV_REFERENCE_DIR)
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        for candidate in (parent / "shared", parent.parent / "shared"):
-            path = candidate / "data" / "reference"
-            if path.is_dir():
-                return path
-    raise FileNotFoundError(
-        f"reference data not found; set {ENV_REFERENCE_DIR} to shared/data/reference"
-    )
+    return shared_path("data", "reference")
 
 
 def load_static_rows(path: Path | None = None) -> list[ReferenceRow]:

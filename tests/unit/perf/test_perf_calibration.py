@@ -21,13 +21,14 @@ from tools.perf.reference import (
     reference_dir,
     relative_errors,
 )
+from tools.shared_data import SharedDataMissing
 
 
 def _reference_rows() -> list[ReferenceRow]:
     try:
         return load_static_rows()
-    except FileNotFoundError:
-        pytest.skip("shared reference data absent")
+    except SharedDataMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def test_nelder_mead_finds_a_quadratic_minimum() -> None:

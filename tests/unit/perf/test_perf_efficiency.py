@@ -13,11 +13,6 @@ from pocgrid.catalog import default_catalog
 from pocgrid.perf.efficiency import STATUSES, EfficiencyData, default_efficiency
 from pocgrid.perf.errors import UnsupportedInput
 
-REFERENCE = Path(__file__).resolve().parents[4] / "shared" / "data" / "reference"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "measured_efficiency.csv").is_file(), reason="shared reference data absent"
-)
-
 
 def test_every_modelled_ceiling_has_a_status_and_a_reason() -> None:
     eff = default_efficiency()
@@ -70,9 +65,8 @@ def test_data_file_lists_only_catalogue_chips() -> None:
         assert m["applies_to"] in names
 
 
-@needs_reference
-def test_measurements_copy_the_reference_csv() -> None:
-    with (REFERENCE / "measured_efficiency.csv").open(newline="") as handle:
+def test_measurements_copy_the_reference_csv(shared_reference: Path) -> None:
+    with (shared_reference / "measured_efficiency.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     recorded = default_efficiency().measurements
     for row in rows:
