@@ -1,7 +1,13 @@
-"""AgentService: the emulated vendor runtime of one node, over gRPC."""
+"""AgentService: the emulated vendor runtime of one node, over gRPC.
+
+Work (``RunTask``, ``Generate``) is done for a tenant: the caller (the gateway's tenant, passed
+on by the scheduler or evaluator) names it in the ``x-pocgrid-tenant`` metadata. Work without
+one is refused with UNAUTHENTICATED, before anything runs: its usage could be billed to nobody.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,8 +17,20 @@ from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
 from services.agent.work.executor import TaskExecutor
+from services.core import rpc_context
 from services.core import validation as v
-from services.core.errors import InvalidArgument, NotFound
+from services.core.errors import InvalidArgument, NotFound, Unauthenticated
+
+
+def require_tenant() -> str:
+    """The tenant the work is for; refuses work that names none."""
+    tenant = rpc_context.current_tenant()
+    if not tenant:
+        raise Unauthenticated(
+            f"no tenant: work on an agent is done for a tenant, named in the "
+            f"'{rpc_context.TENANT_METADATA_KEY}' metadata (the gateway sets it for its callers)"
+        )
+    return tenant
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -88,10 +106,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def RunTask(
         self, request: agent_pb2.RunTaskRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunTaskResponse:
-        return await self._executor.run_task(request)
+        return await self._executor.run_task(require_tenant(), request)
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
-        async for token in self._executor.generate(request):
-            yield token
+        tenant = require_tenant()
+        # Closed here, not left to the garbage collector: an abandoned stream records its usage
+        # as it closes.
+        async with contextlib.aclosing(self._executor.generate(tenant, request)) as tokens:
+            async for token in tokens:
+                yield token

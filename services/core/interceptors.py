@@ -7,6 +7,7 @@ every call, the gateway's included).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -143,8 +144,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     if decode is not None:
                         request = decode_request(decode, request, method)
-                    async for item in behavior(request, context):
-                        yield item
+                    # Closed here when the client goes away, not whenever the garbage
+                    # collector gets to it: handlers finish their work (usage) as they close.
+                    async with contextlib.aclosing(behavior(request, context)) as stream:
+                        async for item in stream:
+                            yield item
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:

@@ -1,17 +1,23 @@
 """Runs tasks on an emulated node: memory from the vendor runtime, time from the performance
 model on the devices' virtual streams, numerics from onnxruntime, usage as events.
 
-Each finished unit of work (a task, a generated stream) publishes one ``UsageRecorded`` whose
-id is derived from the node and the client's task/request id, so a retried call or publish is
-stored once downstream.
+Each finished unit of work (a task, a generated stream, or the part of a stream produced before
+its client went away) publishes one ``UsageRecorded`` whose id is derived from the node, the
+tenant and the client's task/request id, so a retried call or publish is stored once downstream
+while two tenants that pick the same task id stay two units of work.
+
+Every entry point takes the tenant explicitly: the servicer refuses work without one, and the
+result cache is keyed by (tenant, task id), so a tenant never sees another's result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,14 +33,28 @@ from pocgrid.v1 import agent_pb2, events_pb2
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
 from services.agent.work.numerics import OnnxRunner, describe
-from services.core import rpc_context
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
+from services.core.logging import get_logger
+
+log = get_logger()
 
 Publish = Callable[[str, Message, str], Awaitable[None]]
 GIB = float(1 << 30)
 _RESULT_CACHE = 1024
 MAX_LLM_LEN = 1 << 20
+#: Metering stores usage ids of at most this many characters.
+MAX_USAGE_ID = 160
+
+
+def usage_event_id(node_id: str, tenant: str, kind: str, unit_id: str) -> str:
+    """The stable id of one unit of work's usage: readable when it fits the metering column,
+    else the same parts digested (still stable, still distinct per tenant)."""
+    readable = f"usage:{node_id}:{tenant}:{kind}:{unit_id}"
+    if len(readable) <= MAX_USAGE_ID:
+        return readable
+    digest = hashlib.sha256(readable.encode()).hexdigest()
+    return f"usage:{node_id[:63]}:{digest}"
 
 
 def _perf_error(exc: PerfInputError) -> PocgridError:
@@ -66,8 +86,10 @@ class TaskExecutor:
         self._publish = publish
         self._speed = speed_factor
         self._onnx = OnnxRunner()
-        self._results: OrderedDict[str, agent_pb2.RunTaskResponse] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[agent_pb2.RunTaskResponse]] = {}
+        # Keyed by (tenant, task id): task ids are the client's, unique only within a tenant.
+        self._results: OrderedDict[tuple[str, str], agent_pb2.RunTaskResponse] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Future[agent_pb2.RunTaskResponse]] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- shared steps ---------------------------------------------------------------------
     def _precision(self, field: str, value: int) -> str:
@@ -124,6 +146,8 @@ class TaskExecutor:
 
     async def _record(
         self,
+        tenant: str,
+        kind: str,
         unit_id: str,
         job_id: str,
         model: str,
@@ -135,10 +159,10 @@ class TaskExecutor:
         mem_gib_s: float,
         span: _Span,
     ) -> str:
-        usage_id = f"usage:{self._node_id}:{unit_id}"
+        usage_id = usage_event_id(self._node_id, tenant, kind, unit_id)
         event = events_pb2.UsageRecorded(
             event_id=usage_id,
-            tenant=rpc_context.current_tenant(),
+            tenant=tenant,
             node_id=self._node_id,
             chip=self._chip.name,
             job_id=job_id,
@@ -156,25 +180,28 @@ class TaskExecutor:
         return usage_id
 
     # -- RunTask --------------------------------------------------------------------------
-    async def run_task(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+    async def run_task(
+        self, tenant: str, request: agent_pb2.RunTaskRequest
+    ) -> agent_pb2.RunTaskResponse:
         v.require_id("task_id", request.task_id)
         v.optional_text("job_id", request.job_id, 128)
-        done = self._results.get(request.task_id)
+        key = (tenant, request.task_id)
+        done = self._results.get(key)
         if done is not None:
             return done
-        pending = self._inflight.get(request.task_id)
+        pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[agent_pb2.RunTaskResponse] = (
             asyncio.get_running_loop().create_future()
         )
-        self._inflight[request.task_id] = future
+        self._inflight[key] = future
         try:
             kind = request.WhichOneof("work")
             if kind == "onnx":
-                response = await self._run_onnx(request)
+                response = await self._run_onnx(tenant, request)
             elif kind == "llm_batch":
-                response = await self._run_llm_batch(request)
+                response = await self._run_llm_batch(tenant, request)
             else:
                 raise InvalidArgument("work", "must be onnx or llm_batch")
             future.set_result(response)
@@ -183,13 +210,15 @@ class TaskExecutor:
             future.exception()  # retrieved here so an unawaited duplicate doesn't warn
             raise
         finally:
-            del self._inflight[request.task_id]
-        self._results[request.task_id] = response
+            del self._inflight[key]
+        self._results[key] = response
         if len(self._results) > _RESULT_CACHE:
             self._results.popitem(last=False)
         return response
 
-    async def _run_onnx(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+    async def _run_onnx(
+        self, tenant: str, request: agent_pb2.RunTaskRequest
+    ) -> agent_pb2.RunTaskResponse:
         precision = self._precision("precision", request.precision)
         devices = self._devices(request.device_indexes)
         if len(devices) != 1:
@@ -246,6 +275,8 @@ class TaskExecutor:
         busy = cost.seconds * len(devices)
         mem = resident * len(devices) / GIB * cost.seconds
         usage_id = await self._record(
+            tenant,
+            "task",
             request.task_id,
             request.job_id,
             "onnx",
@@ -281,7 +312,9 @@ class TaskExecutor:
         except PerfInputError as exc:
             raise _perf_error(exc) from None
 
-    async def _run_llm_batch(self, request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:
+    async def _run_llm_batch(
+        self, tenant: str, request: agent_pb2.RunTaskRequest
+    ) -> agent_pb2.RunTaskResponse:
         precision = self._precision("precision", request.precision)
         devices = self._devices(request.device_indexes)
         work = request.llm_batch
@@ -308,6 +341,8 @@ class TaskExecutor:
         busy = seconds * len(devices)
         mem = p.memory_gb * len(devices) * seconds
         usage_id = await self._record(
+            tenant,
+            "task",
             request.task_id,
             request.job_id,
             work.model,
@@ -338,8 +373,12 @@ class TaskExecutor:
 
     # -- Generate -------------------------------------------------------------------------
     async def generate(
-        self, request: agent_pb2.GenerateRequest
-    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        self, tenant: str, request: agent_pb2.GenerateRequest
+    ) -> AsyncGenerator[agent_pb2.GenerateResponse, None]:
+        """Token stream on the virtual clock. A stream its client abandons (cancelled, or
+        closed by the caller) records the usage of the tokens produced until then, under an id
+        of its own; one abandoned before its first token finished no unit of work and records
+        nothing."""
         v.require_id("request_id", request.request_id)
         v.require_text("model", request.model, 128)
         v.require_range("input_len", request.input_len, 1, MAX_LLM_LEN)
@@ -351,6 +390,8 @@ class TaskExecutor:
             request.model, precision, 1, 1, request.input_len, request.max_output_tokens
         )
         allocations = self._allocate([0], int(p.memory_gb * GIB), f"gen:{request.request_id}")
+        produced = 0
+        finished = False
         try:
             if not p.fits or p.ttft_ms is None or p.tpot_ms is None:
                 raise FailedPrecondition(p.why_not_fits or "the model does not fit one device")
@@ -371,6 +412,8 @@ class TaskExecutor:
                 usage_id = ""
                 if last:
                     usage_id = await self._record(
+                        tenant,
+                        "gen",
                         request.request_id,
                         request.job_id,
                         request.model,
@@ -380,6 +423,8 @@ class TaskExecutor:
                         mem_gib_s=p.memory_gb * seconds,
                         span=span,
                     )
+                    finished = True
+                produced = i + 1
                 yield agent_pb2.GenerateResponse(
                     index=i,
                     token_id=int(tokens[i]),
@@ -389,6 +434,49 @@ class TaskExecutor:
                 )
         finally:
             self._free(allocations)
+            if produced and not finished:
+                # Shielded: this runs while the stream is being cancelled or closed, and a
+                # second cancellation must not lose work that was done.
+                await self._shielded(
+                    self._record_partial(tenant, request, p.memory_gb, ttft, tpot, span, produced)
+                )
+
+    async def _record_partial(
+        self,
+        tenant: str,
+        request: agent_pb2.GenerateRequest,
+        memory_gib: float,
+        ttft: float,
+        tpot: float,
+        span: _Span,
+        produced: int,
+    ) -> None:
+        seconds = ttft + tpot * (produced - 1)
+        try:
+            await self._record(
+                tenant,
+                "gen-partial",
+                # The count is in the id: an abandoned retry that got further is its own work.
+                f"{request.request_id}:{produced}",
+                request.job_id,
+                request.model,
+                tokens_in=request.input_len,
+                tokens_out=produced,
+                busy=seconds,
+                mem_gib_s=memory_gib * seconds,
+                span=_Span(span.start, span.start + seconds),
+            )
+        except Exception:
+            log.exception(
+                "usage.partial_unrecorded", request_id=request.request_id, produced=produced
+            )
+
+    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        # Held until done: a task nobody references can be collected mid-flight.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
 
     @staticmethod
     def _vocab(model: str) -> int:
