@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
 from services.agent.runtime.memory import Allocation
@@ -28,7 +29,7 @@ def require_tenant() -> str:
     if not tenant:
         raise Unauthenticated(
             f"no tenant: work on an agent is done for a tenant, named in the "
-            f"'{rpc_context.TENANT_METADATA_KEY}' metadata (the gateway sets it for its callers)"
+            f"'{TENANT_METADATA_KEY}' metadata (the gateway sets it for its callers)"
         )
     return tenant
 
