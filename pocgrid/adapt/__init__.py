@@ -1,0 +1,1 @@
+"""Model x chip adaptation: operator supplementation, coverage, plans (a library, no gRPC)."""
