@@ -106,6 +106,10 @@ class Builder:
         tensor = onnx.numpy_helper.from_array(np.array(values, dtype=np.int64), self.fresh("i"))
         return self.op("Constant", value=tensor)
 
+    def scalar_int(self, value: int) -> str:
+        tensor = onnx.numpy_helper.from_array(np.array(value, dtype=np.int64), self.fresh("i"))
+        return self.op("Constant", value=tensor)
+
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         """A Reduce* over ``axes``: axes are an input from opset 18 (13 for ReduceSum)."""
         as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
@@ -423,18 +427,22 @@ def _split_heads(b: Builder, x: str, heads: int) -> str:
 
 
 def _attention(b: Builder) -> bool:
-    """Y = softmax(softcap(Q K^T * scale) + mask) V without a KV cache.
+    """Y = softmax(softcap(Q K^T * scale) + mask) V, with or without a KV cache.
 
     Handles 3-D (packed heads) and 4-D inputs, grouped-query heads, a boolean or additive mask
-    as long as the key length, causal masking, scale and softcap. Declines the cache
-    inputs/outputs, the qk output, a softmax precision other than the input's, and masks that
-    need padding; those fall back to the host.
+    as long as the keys, causal masking (bottom-right aligned after a cache), scale, softcap,
+    and the past/present key and value cache of a decoder. Declines the qk output, the padded
+    cache of later opsets, a softmax precision other than the input's, and masks that need
+    padding; those fall back to the host.
     """
     q, k, v, mask = b.input(0), b.input(1), b.input(2), b.input(3)
+    past_k, past_v = b.input(4), b.input(5)
     assert q is not None and k is not None and v is not None
-    if any(b.input(i) is not None for i in range(4, len(b.node.input))):
+    if (past_k is None) != (past_v is None):
         return False
-    if any(b.output_used(i) for i in range(1, len(b.node.output))):
+    if any(b.input(i) is not None for i in range(6, len(b.node.input))):
+        return False
+    if b.output_used(3):
         return False
     precision = int(b.attr("softmax_precision", 0))  # type: ignore[call-overload]
     if precision not in (0, b.elem_type(q)):
@@ -461,6 +469,10 @@ def _attention(b: Builder) -> bool:
         return False
     if head_dim is None or q_heads % kv_heads:
         return False
+    if past_k is not None:
+        p_dims = _static_dims(b, past_k)
+        past_len = None if p_dims is None or len(p_dims) != 4 else p_dims[2]
+        kv_len = None if past_len is None or kv_len is None else past_len + kv_len
     if mask is not None:
         m_dims = _static_dims(b, mask)
         if m_dims is None or not m_dims or m_dims[-1] is None or m_dims[-1] != kv_len:
@@ -471,6 +483,15 @@ def _attention(b: Builder) -> bool:
             _split_heads(b, k, kv_heads),
             _split_heads(b, v, kv_heads),
         )
+    offset: str | None = None
+    if past_k is not None and past_v is not None:
+        offset = b.op("Gather", b.op("Shape", past_k), b.scalar_int(2), axis=0)
+        k = b.op("Concat", past_k, k, axis=2)
+        v = b.op("Concat", past_v, v, axis=2)
+    if b.output_used(1):
+        b.op("Identity", k, outputs=[b.out(1)])
+    if b.output_used(2):
+        b.op("Identity", v, outputs=[b.out(2)])
     scale_attr = b.attr("scale", None)
     scale = 1.0 / math.sqrt(head_dim) if scale_attr is None else float(scale_attr)  # type: ignore[arg-type]
     if kv_heads != q_heads:
@@ -494,7 +515,7 @@ def _attention(b: Builder) -> bool:
         else:
             bias = mask
     if int(b.attr("is_causal", 0)):  # type: ignore[call-overload]
-        causal = _causal_bias(b, scores, like)
+        causal = _causal_bias(b, scores, like, offset)
         bias = causal if bias is None else b.op("Add", bias, causal)
     if bias is not None:
         scores = b.op("Add", scores, bias)
@@ -520,8 +541,12 @@ def _repeat_heads(b: Builder, x: str, group: int) -> str:
     return b.op("Reshape", tiled, b.op("Concat", dims[0], heads, dims[2], dims[3], axis=0))
 
 
-def _causal_bias(b: Builder, scores: str, like: str) -> str:
-    """0 where key j <= query i, -inf above the diagonal: shape (S_q, S_kv), top-left aligned."""
+def _causal_bias(b: Builder, scores: str, like: str, offset: str | None) -> str:
+    """0 where key j <= query i + offset, -inf above: shape (S_q, S_kv).
+
+    ``offset`` is the cached length (a 0-D int64): the new queries sit after the cache, so the
+    mask is aligned bottom-right; without a cache it is the plain top-left lower triangle.
+    """
     shape = b.op("Shape", scores)
     sq = b.op("Gather", shape, b.ints([2]), axis=0)
     skv = b.op("Gather", shape, b.ints([3]), axis=0)
@@ -530,7 +555,8 @@ def _causal_bias(b: Builder, scores: str, like: str) -> str:
         b.op("Concat", sq, skv, axis=0),
         value=onnx.numpy_helper.from_array(np.array([1.0], np.float32), b.fresh("one")),
     )
-    allowed = b.op("Cast", b.op("Trilu", ones, upper=0), to=TensorProto.BOOL)
+    tri = b.op("Trilu", ones, upper=0) if offset is None else b.op("Trilu", ones, offset, upper=0)
+    allowed = b.op("Cast", tri, to=TensorProto.BOOL)
     return b.op("Where", allowed, b.const(0.0, like), b.const(-np.inf, like))
 
 
@@ -700,10 +726,12 @@ REWRITES: Mapping[str, Rewrite] = _reg(
     Rewrite(
         "Attention",
         "softmax(softcap(Q K^T * scale) + mask) V in MatMul and reductions; grouped-query heads"
-        " repeated; causal mask from Trilu; 3-D inputs split into heads (no KV cache)",
+        " repeated; causal mask from Trilu; 3-D inputs split into heads; past/present KV cache"
+        " by Concat",
         frozenset(
             {
                 "Mul",
+                "Identity",
                 "Transpose",
                 "MatMul",
                 "Add",

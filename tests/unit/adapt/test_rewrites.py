@@ -10,7 +10,6 @@ outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -40,8 +39,11 @@ class Case:
     opset: int
     attrs: dict[str, Any] = field(default_factory=dict)
     n_outputs: int = 1
-    extra_inputs: Sequence[str] = ()
-    """Empty-named optional inputs placed before the named ones (by position)."""
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The inputs but those named ``_...``: optional inputs left out (empty name)."""
+        return {n: a for n, a in self.inputs.items() if not n.startswith("_")}
 
 
 def _np_type(a: np.ndarray) -> int:
@@ -49,13 +51,13 @@ def _np_type(a: np.ndarray) -> int:
 
 
 def build(case: Case) -> onnx.ModelProto:
-    names = list(case.inputs)
+    names = ["" if n.startswith("_") else n for n in case.inputs]
     outs = [f"y{i}" for i in range(case.n_outputs)]
     node = helper.make_node(case.op, names, outs, **case.attrs)
     graph = helper.make_graph(
         [node],
         case.name,
-        [helper.make_tensor_value_info(n, _np_type(a), a.shape) for n, a in case.inputs.items()],
+        [helper.make_tensor_value_info(n, _np_type(a), a.shape) for n, a in case.feeds.items()],
         [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
@@ -145,6 +147,21 @@ def _cases() -> list[Case]:
             23,
             {"q_num_heads": 4, "kv_num_heads": 2, "softcap": 2.0, "scale": 0.3},
         ),
+        Case(
+            "Attention",
+            "attention_4d_kv_cache_causal",
+            {
+                "q": f32(2, 4, 3, 8, scale=1),
+                "k": f32(2, 2, 3, 8, scale=1),
+                "v": f32(2, 2, 3, 8),
+                "_mask": np.empty(0, np.float32),
+                "pk": f32(2, 2, 5, 8, scale=1),
+                "pv": f32(2, 2, 5, 8),
+            },
+            23,
+            {"is_causal": 1},
+            n_outputs=3,
+        ),
     ]
     if max_ort_opset() >= 24:
         cases.append(Case("Swish", "swish", {"x": x}, 24, {"alpha": 0.5}))
@@ -199,8 +216,8 @@ def test_rewrite_preserves_outputs_on_onnxruntime(case: Case) -> None:
     assert not result.host
     assert case.op not in {n.op_type for n in result.model.graph.node}
     onnx.checker.check_model(result.model, full_check=True)
-    want = run(model, case.inputs)
-    got = run(result.model, case.inputs)
+    want = run(model, case.feeds)
+    got = run(result.model, case.feeds)
     assert len(got) == len(want) == case.n_outputs
     rtol, atol = tolerance(next(iter(case.inputs.values())).dtype)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
