@@ -5,6 +5,12 @@
 
 Numbers are copied from the CSVs, never filled in. The few values the builder adds are listed
 per record (``provenance`` for chips, ``derived_fields`` for models) and explained in ``notes``.
+
+The vendor files (``data/vendors/<family>.json``) and ``data/operators.json`` are kept by hand
+(``--kept``, default the package's data folder). The builder reads them (which vendor of
+chips.csv is which family, and whether it is domestic) and checks them with the built chips:
+both modes fail when a kept file does not load, names a chip the chip table lacks, or is not for
+a known family.
 """
 
 from __future__ import annotations
@@ -22,17 +28,21 @@ from pathlib import Path
 from typing import Final
 
 from pocgrid.catalog import (
-    FOREIGN_FAMILIES,
     Catalog,
+    CatalogDataError,
     Chip,
     LlmArch,
     Metric,
     Model,
     ModelKind,
+    OperatorCatalog,
     Provenance,
     VendorFamily,
+    VendorProfile,
 )
 from pocgrid.catalog.loader import CHIPS_FILE, MODELS_FILE, SCHEMA_VERSION
+from pocgrid.catalog.operators import OPERATORS_FILE, parse_operators_text
+from pocgrid.catalog.vendors import extra_profile_files, load_profiles
 from tools.shared_data import shared_dir
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
@@ -62,7 +72,8 @@ NUMERIC_CHIP_COLUMNS: Final[Mapping[str, str]] = {
     "bf16_tflops": "peak_tflops.bf16",
     "int8_tops": "peak_tflops.int8",
     "fp8_tflops": "peak_tflops.fp8",
-    "memory_gb": "memory_gb",
+    # Marketed HBM/GDDR sizes are binary (an "80GB" A100 reports 81920 MiB): GiB.
+    "memory_gb": "memory_gib",
     "memory_bw_gbs": "memory_bw_gbs",
     "interconnect_bw_gbs": "interconnect_bw_gbs",
     "tdp_w": "tdp_w",
@@ -70,19 +81,6 @@ NUMERIC_CHIP_COLUMNS: Final[Mapping[str, str]] = {
 # Text columns that a row may also mark as estimated.
 TEXT_ESTIMABLE_COLUMNS: Final = frozenset({"memory_type"})
 
-VENDORS: Final[Mapping[str, tuple[str, VendorFamily]]] = {
-    "Huawei (HiSilicon)": ("Huawei Ascend", "ascend"),
-    "Cambricon": ("Cambricon", "cambricon"),
-    "Hygon": ("Hygon", "hygon"),
-    "Kunlunxin (Baidu)": ("Kunlunxin", "kunlunxin"),
-    "Moore Threads": ("Moore Threads", "moorethreads"),
-    "Iluvatar CoreX": ("Iluvatar CoreX", "iluvatar"),
-    "MetaX": ("MetaX", "metax"),
-    "Biren": ("Biren", "biren"),
-    "Enflame": ("Enflame", "enflame"),
-    "NVIDIA": ("NVIDIA", "nvidia"),
-    "AMD": ("AMD", "amd"),
-}
 
 # Slugs are ids other services store, so they are pinned here rather than derived from
 # display text that an editor of the CSV may reword.
@@ -196,12 +194,32 @@ def _number(row: Mapping[str, str], column: str, where: str) -> float | None:
         raise BuildError(f"{where}: {column}={cell!r} is not a number") from None
 
 
-def build_chip(row: Mapping[str, str]) -> Chip:
+def vendors_by_source_name(
+    profiles: Mapping[VendorFamily, VendorProfile],
+) -> dict[str, VendorProfile]:
+    """chips.csv vendor text -> the family file that claims it (its ``source_vendor``)."""
+    by_name: dict[str, VendorProfile] = {}
+    for profile in profiles.values():
+        if profile.source_vendor in by_name:
+            other = by_name[profile.source_vendor].family
+            raise BuildError(
+                f"vendors/{profile.family}.json and vendors/{other}.json both claim "
+                f"source_vendor {profile.source_vendor!r}"
+            )
+        by_name[profile.source_vendor] = profile
+    return by_name
+
+
+def build_chip(row: Mapping[str, str], vendors: Mapping[str, VendorProfile]) -> Chip:
     display = row["model"].strip()
     where = f"chips.csv {display!r}"
-    if row["vendor"] not in VENDORS:
-        raise BuildError(f"{where}: unknown vendor {row['vendor']!r}; add it to VENDORS")
-    vendor, family = VENDORS[row["vendor"]]
+    profile = vendors.get(row["vendor"])
+    if profile is None:
+        raise BuildError(
+            f"{where}: unknown vendor {row['vendor']!r}; no vendors/<family>.json has it as "
+            "source_vendor"
+        )
+    vendor, family = profile.vendor, profile.family
 
     values: dict[str, float] = {}
     for column, field in NUMERIC_CHIP_COLUMNS.items():
@@ -229,8 +247,8 @@ def build_chip(row: Mapping[str, str]) -> Chip:
         display_name=display,
         vendor=vendor,
         vendor_family=family,
-        domestic=family not in FOREIGN_FAMILIES,
-        memory_gb=values.get("memory_gb"),
+        domestic=profile.domestic,
+        memory_gib=values.get("memory_gib"),
         memory_bw_gbs=values.get("memory_bw_gbs"),
         interconnect_bw_gbs=values.get("interconnect_bw_gbs"),
         tdp_w=values.get("tdp_w"),
@@ -523,19 +541,42 @@ def render(document: Mapping[str, object]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def build(source: Path) -> dict[str, str]:
-    """File name -> exact text to write."""
+def load_kept(data_dir: Path) -> tuple[Mapping[VendorFamily, VendorProfile], OperatorCatalog]:
+    """The hand-kept vendor files and operator coverage of ``data_dir``, loaded and typed."""
+    extra = extra_profile_files(data_dir)
+    if extra:
+        raise BuildError(f"vendors/: {extra} are for no known family (VendorFamily)")
+
+    def read(name: str) -> str:
+        return (data_dir / name).read_text(encoding="utf-8")
+
+    try:
+        profiles = load_profiles(read)
+        operators = parse_operators_text(read(OPERATORS_FILE), OPERATORS_FILE)
+    except (CatalogDataError, FileNotFoundError) as exc:
+        raise BuildError(str(exc)) from None
+    return profiles, operators
+
+
+def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
+    """File name -> exact text to write; ``data_dir`` holds the kept vendor files."""
     chips_csv = source / "chips.csv"
     models_csv = source / "models.csv"
     atomic_csv = source / "atomic_models.csv"
 
-    chips = [build_chip(r) for r in read_csv(chips_csv, CHIP_COLUMNS)]
+    profiles, operators = load_kept(data_dir)
+    vendors = vendors_by_source_name(profiles)
+    chips = [build_chip(r, vendors) for r in read_csv(chips_csv, CHIP_COLUMNS)]
     llm_rows = read_csv(models_csv, LLM_COLUMNS)
     by_name = {r["name"].strip(): r for r in llm_rows}
     models = [build_llm(r, by_name) for r in llm_rows]
     models += [build_atomic(r) for r in read_csv(atomic_csv, ATOMIC_COLUMNS)]
 
-    Catalog(chips, models)  # rejects duplicate names
+    try:
+        # Rejects duplicate names, and kept per-chip entries for chips the table lacks.
+        Catalog(chips, models, profiles, operators)
+    except CatalogDataError as exc:
+        raise BuildError(str(exc)) from None
     for chip in chips:
         if Chip.from_dict(chip.to_dict()) != chip:
             raise BuildError(f"chip {chip.name!r} does not survive a JSON round trip")
@@ -575,6 +616,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CSV directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON directory")
     parser.add_argument(
+        "--kept",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="directory of the hand-kept vendors/*.json and operators.json",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if the JSON is out of date"
     )
     args = parser.parse_args(argv)
@@ -585,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"build_catalog: source directory {source} not found", file=sys.stderr)
         return 2
     try:
-        outputs = build(source)
+        outputs = build(source, args.kept)
     except BuildError as exc:
         print(f"build_catalog: {exc}", file=sys.stderr)
         return 2

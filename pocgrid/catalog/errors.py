@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 
+class CatalogDataError(ValueError):
+    """A catalogue data file does not have the expected shape; names the file and the key."""
+
+
 class UnknownNameError(KeyError):
     """A chip or model name that the catalogue does not hold."""
 

@@ -6,8 +6,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal, TypeAlias, TypeVar, cast
+from typing import Final, Literal, TypeAlias, TypeVar, cast, get_args
 
+from pocgrid.catalog.errors import CatalogDataError
+
+# Each closed set of names is written once, as a Literal; the tuple is read off it, so the two
+# cannot drift. Every other module (agent runtime, perf model, adapter, CLI) imports these.
 VendorFamily: TypeAlias = Literal[
     "ascend",
     "cambricon",
@@ -21,35 +25,32 @@ VendorFamily: TypeAlias = Literal[
     "nvidia",
     "amd",
 ]
-VENDOR_FAMILIES: Final[tuple[VendorFamily, ...]] = (
-    "ascend",
-    "cambricon",
-    "hygon",
-    "kunlunxin",
-    "moorethreads",
-    "iluvatar",
-    "metax",
-    "biren",
-    "enflame",
-    "nvidia",
-    "amd",
-)
-FOREIGN_FAMILIES: Final[frozenset[VendorFamily]] = frozenset({"nvidia", "amd"})
+"""Vendor families, one per vendor software stack; each has ``data/vendors/<family>.json``."""
+VENDOR_FAMILIES: Final = cast("tuple[VendorFamily, ...]", get_args(VendorFamily))
 
 # int8 is TOPS, the others TFLOPS; one mapping keeps "what can this chip do at
 # precision p" a single lookup for the performance model.
 Precision: TypeAlias = Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
-PRECISIONS: Final[tuple[Precision, ...]] = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+"""Number formats, in the order reports list them (the proto's ``Precision`` enum names)."""
+PRECISIONS: Final = cast("tuple[Precision, ...]", get_args(Precision))
+
+PRECISION_BYTES: Final[Mapping[str, int]] = MappingProxyType(
+    {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}
+)
+"""Bytes one stored element (weight, KV-cache entry) takes. tf32 is a compute mode: its tensors
+are kept in fp32."""
+if tuple(PRECISION_BYTES) != PRECISIONS:  # pragma: no cover - a definition error
+    raise CatalogDataError("PRECISION_BYTES must list every precision, in PRECISIONS order")
 
 Provenance: TypeAlias = Literal["spec", "estimated", "measured"]
-PROVENANCES: Final[tuple[Provenance, ...]] = ("spec", "estimated", "measured")
+PROVENANCES: Final = cast("tuple[Provenance, ...]", get_args(Provenance))
 
 ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp"]
-MODEL_KINDS: Final[tuple[ModelKind, ...]] = ("llm", "vision", "speech", "nlp")
+MODEL_KINDS: Final = cast("tuple[ModelKind, ...]", get_args(ModelKind))
 
 # Scalar numeric chip fields; peak figures are keyed "peak_tflops.<precision>".
 CHIP_SCALAR_FIELDS: Final[tuple[str, ...]] = (
-    "memory_gb",
+    "memory_gib",
     "memory_bw_gbs",
     "interconnect_bw_gbs",
     "tdp_w",
@@ -58,10 +59,6 @@ CHIP_SCALAR_FIELDS: Final[tuple[str, ...]] = (
 JsonDict: TypeAlias = dict[str, object]
 
 _Choice = TypeVar("_Choice", bound=str)
-
-
-class CatalogDataError(ValueError):
-    """The catalogue JSON does not have the expected shape."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +72,9 @@ class Chip:
     vendor: str
     vendor_family: VendorFamily
     domestic: bool
-    memory_gb: float | None
+    memory_gib: float | None
+    """Device memory in GiB (2**30 bytes). The sources' ``memory_gb`` is the marketed size,
+    and marketed HBM/GDDR sizes are binary: an "80GB" A100 reports 81920 MiB."""
     memory_bw_gbs: float | None
     """Theoretical peak memory bandwidth, GB/s."""
     interconnect_bw_gbs: float | None
@@ -111,7 +110,7 @@ class Chip:
     def emulatable(self) -> bool:
         """Memory size, bandwidth and a 16-bit peak are known, so the performance model can run."""
         return (
-            self.memory_gb is not None
+            self.memory_gib is not None
             and self.memory_bw_gbs is not None
             and ("fp16" in self.peak_tflops or "bf16" in self.peak_tflops)
         )
@@ -134,7 +133,7 @@ class Chip:
             "vendor_family": self.vendor_family,
             "domestic": self.domestic,
             "emulatable": self.emulatable,
-            "memory_gb": self.memory_gb,
+            "memory_gib": self.memory_gib,
             "memory_bw_gbs": self.memory_bw_gbs,
             "interconnect_bw_gbs": self.interconnect_bw_gbs,
             "tdp_w": self.tdp_w,
@@ -160,7 +159,7 @@ class Chip:
                 vendor=_str(data, "vendor"),
                 vendor_family=_choice(data, "vendor_family", VENDOR_FAMILIES),
                 domestic=_bool(data, "domestic"),
-                memory_gb=_opt_float(data, "memory_gb"),
+                memory_gib=_opt_float(data, "memory_gib"),
                 memory_bw_gbs=_opt_float(data, "memory_bw_gbs"),
                 interconnect_bw_gbs=_opt_float(data, "interconnect_bw_gbs"),
                 tdp_w=_opt_float(data, "tdp_w"),

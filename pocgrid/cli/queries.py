@@ -111,7 +111,7 @@ def chips(args: argparse.Namespace) -> int:
             "vendor": c.vendor,
             "vendor_family": c.vendor_family,
             "domestic": c.domestic,
-            "memory_gb": c.memory_gb if c.HasField("memory_gb") else None,
+            "memory_gib": c.memory_gib if c.HasField("memory_gib") else None,
             "memory_bw_gbs": c.memory_bw_gbs if c.HasField("memory_bw_gbs") else None,
             "peak_tflops": dict(c.peak_tflops),
             "software_stack": c.software_stack,
@@ -128,13 +128,13 @@ def chips(args: argparse.Namespace) -> int:
         return 0
     say(
         table(
-            ["name", "vendor", "domestic", "memory GB", "fp16 TFLOPS", "bw GB/s", "emulated"],
+            ["name", "vendor", "domestic", "memory GiB", "fp16 TFLOPS", "bw GB/s", "emulated"],
             [
                 [
                     r["name"],
                     r["vendor"],
                     "yes" if r["domestic"] else "no",
-                    r["memory_gb"],
+                    r["memory_gib"],
                     r["peak_tflops"].get("fp16") or r["peak_tflops"].get("bf16"),
                     r["memory_bw_gbs"],
                     "yes" if r["emulatable"] else "no",

@@ -20,7 +20,7 @@ from pocgrid.perf.efficiency import (
     default_params,
 )
 from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInput
-from pocgrid.perf.llm import PRECISIONS, LlmDeployment, MemoryFit, TransformerShape
+from pocgrid.perf.llm import LlmDeployment, MemoryFit, TransformerShape
 from pocgrid.perf.predict import SCENARIOS, Prediction, predict
 from pocgrid.perf.roofline import Bound, OpTable, OpTime, op_time
 from pocgrid.perf.serving import (
@@ -35,7 +35,6 @@ from pocgrid.perf.serving import (
 from pocgrid.perf.static_batch import StaticBatchResult, predict_static
 
 __all__ = [
-    "PRECISIONS",
     "SCENARIOS",
     "Bound",
     "Ceiling",

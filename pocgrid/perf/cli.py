@@ -7,8 +7,8 @@ import json
 import sys
 from typing import TextIO
 
+from pocgrid.catalog import PRECISIONS
 from pocgrid.perf.errors import PerfInputError
-from pocgrid.perf.llm import PRECISIONS
 from pocgrid.perf.predict import SCENARIOS, Prediction, predict
 
 EXIT_OK = 0
@@ -93,7 +93,7 @@ def format_prediction(p: Prediction) -> str:
     if p.qps is not None:
         workload += f", {p.qps:g} req/s, seed {p.seed}"
     fits = (
-        f"yes ({p.memory_gb:.1f} of {p.memory_available_gb:.1f} GB per device)"
+        f"yes ({p.memory_gib:.1f} of {p.memory_available_gib:.1f} GiB per device)"
         if p.fits
         else f"NO: {p.why_not_fits}"
     )

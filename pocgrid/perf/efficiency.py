@@ -27,9 +27,9 @@ SCHEMA_VERSION: Final = 1
 
 TERA: Final = 1e12
 GIGA: Final = 1e9
-GB_CAPACITY_BYTES: Final = float(2**30)
-"""Marketed memory sizes are binary (an "80GB" A100 reports 81920 MiB), so the catalogue's
-``memory_gb`` is read as GiB; bandwidths and FLOP rates stay decimal as their specs are."""
+GIB_BYTES: Final = float(2**30)
+"""Memory capacities are GiB (the catalogue's ``memory_gib``: marketed sizes are binary, an
+"80GB" A100 reports 81920 MiB); bandwidths and FLOP rates stay decimal as their specs are."""
 
 LOW_PRECISIONS: Final = frozenset({"fp8", "int8"})
 SIXTEEN_BIT: Final = ("fp16", "bf16")
@@ -53,8 +53,8 @@ class PerfParams:
     """Share of per-direction link bandwidth a ring all-reduce reaches."""
     fallback_link_bw_gbs: float
     """Bidirectional link bandwidth assumed when the catalogue has none (PCIe 4.0 x16)."""
-    runtime_reserve_gb: float
-    """Memory per device the runtime keeps for itself (binary GB)."""
+    runtime_reserve_gib: float
+    """Memory per device the runtime keeps for itself, GiB."""
     elementwise_hidden_passes: float
     """Hidden-width activation reads+writes per token per layer outside GEMMs and attention."""
     overlap_exponent: float

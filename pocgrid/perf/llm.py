@@ -19,9 +19,9 @@ from typing import Final
 
 import numpy as np
 
-from pocgrid.catalog import Chip, LlmArch, Model
+from pocgrid.catalog import PRECISION_BYTES, PRECISIONS, Chip, LlmArch, Model
 from pocgrid.perf.efficiency import (
-    GB_CAPACITY_BYTES,
+    GIB_BYTES,
     LOW_PRECISIONS,
     ChipCeilings,
     EfficiencyData,
@@ -30,16 +30,6 @@ from pocgrid.perf.efficiency import (
 )
 from pocgrid.perf.errors import PerfInputError, UnsupportedInput
 from pocgrid.perf.roofline import FloatArray, OpTable
-
-PRECISION_BYTES: Final[dict[str, int]] = {
-    "fp32": 4,
-    "tf32": 4,
-    "fp16": 2,
-    "bf16": 2,
-    "fp8": 1,
-    "int8": 1,
-}
-PRECISIONS: Final = tuple(PRECISION_BYTES)
 
 # Step features: every operator's FLOPs and bytes are linear in these (per device).
 F_CONST: Final = 0
@@ -266,29 +256,30 @@ def window_sum(lo: float, hi: float, window: int | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class MemoryFit:
-    """Memory per device of a deployment, in the catalogue's (binary) GB."""
+    """Memory per device of a deployment, in GiB (2**30 bytes), as the catalogue gives it."""
 
-    weights_gb: float
-    kv_cache_gb: float
-    activations_gb: float
-    reserve_gb: float
-    available_gb: float
+    weights_gib: float
+    kv_cache_gib: float
+    activations_gib: float
+    reserve_gib: float
+    available_gib: float
 
     @property
-    def needed_gb(self) -> float:
-        return self.weights_gb + self.kv_cache_gb + self.activations_gb + self.reserve_gb
+    def needed_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.activations_gib + self.reserve_gib
 
     @property
     def fits(self) -> bool:
-        return self.needed_gb <= self.available_gb
+        return self.needed_gib <= self.available_gib
 
     def why_not(self) -> str | None:
         if self.fits:
             return None
         return (
-            f"needs {self.needed_gb:.1f} GB per device but the chip has {self.available_gb:.1f} GB"
-            f" (weights {self.weights_gb:.1f}, KV cache {self.kv_cache_gb:.1f},"
-            f" activations {self.activations_gb:.1f}, runtime reserve {self.reserve_gb:.1f})"
+            f"needs {self.needed_gib:.1f} GiB per device but the chip has"
+            f" {self.available_gib:.1f} GiB (weights {self.weights_gib:.1f},"
+            f" KV cache {self.kv_cache_gib:.1f},"
+            f" activations {self.activations_gib:.1f}, runtime reserve {self.reserve_gib:.1f})"
         )
 
 
@@ -317,7 +308,7 @@ class LlmDeployment:
                 "tp",
                 f"must divide the {self.shape.heads} attention heads of {model.name}, got {tp}",
             )
-        if chip.memory_gb is None:
+        if chip.memory_gib is None:
             raise UnsupportedInput("chip", f"{chip.name} has no memory size in the catalogue")
         self.precision = precision
         self.tp = tp
@@ -387,14 +378,14 @@ class LlmDeployment:
     def memory_fit(
         self, *, kv_cache_bytes: float, max_tokens: float, max_logits: float
     ) -> MemoryFit:
-        gb = GB_CAPACITY_BYTES
-        assert self.chip.memory_gb is not None  # checked in __init__
+        gb = GIB_BYTES
+        assert self.chip.memory_gib is not None  # checked in __init__
         return MemoryFit(
-            weights_gb=self.weights_bytes_device() / gb,
-            kv_cache_gb=kv_cache_bytes / gb,
-            activations_gb=self.activation_bytes(max_tokens, max_logits) / gb,
-            reserve_gb=self.params.runtime_reserve_gb,
-            available_gb=self.chip.memory_gb,
+            weights_gib=self.weights_bytes_device() / gb,
+            kv_cache_gib=kv_cache_bytes / gb,
+            activations_gib=self.activation_bytes(max_tokens, max_logits) / gb,
+            reserve_gib=self.params.runtime_reserve_gib,
+            available_gib=self.chip.memory_gib,
         )
 
     # -- the operator table -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import shape_inference
 
-from pocgrid.catalog import Chip
+from pocgrid.catalog import PRECISION_BYTES, Chip
 from pocgrid.perf.efficiency import ChipCeilings, default_efficiency
 from pocgrid.perf.roofline import Bound, op_time
 
@@ -27,7 +27,6 @@ from pocgrid.perf.roofline import Bound, op_time
 #: public launch latencies for CUDA-class runtimes are 3-10 us; no domestic figure was found.
 KERNEL_LAUNCH_S = 5e-6
 
-BYTES_PER_ELEMENT = {"fp32": 4.0, "tf32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 
 #: FLOPs per output element for elementwise-like ops (transcendentals cost several).
 _ELEMENTWISE_FLOPS = {
@@ -268,7 +267,7 @@ def graph_cost(
     precision: str,
     ceilings: ChipCeilings | None = None,
 ) -> GraphCost:
-    element_bytes = BYTES_PER_ELEMENT[precision]
+    element_bytes = float(PRECISION_BYTES[precision])
     efficiency = default_efficiency()
     ceilings = ceilings or efficiency.ceilings(chip, precision)
     shaped = with_input_shapes(model, input_shapes)

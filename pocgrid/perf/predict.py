@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from pocgrid.catalog import (
+    PRECISIONS,
     Catalog,
     Chip,
     Model,
@@ -14,9 +15,9 @@ from pocgrid.catalog import (
     UnknownModelError,
     default_catalog,
 )
-from pocgrid.perf.efficiency import GB_CAPACITY_BYTES
+from pocgrid.perf.efficiency import GIB_BYTES
 from pocgrid.perf.errors import PerfInputError, UnknownNameInput
-from pocgrid.perf.llm import PRECISIONS, LlmDeployment
+from pocgrid.perf.llm import LlmDeployment
 from pocgrid.perf.roofline import Bound
 from pocgrid.perf.serving import ServingConfig, Workload, kv_cache_blocks, simulate
 from pocgrid.perf.static_batch import predict_static
@@ -46,9 +47,9 @@ class Prediction:
     scenario: str
     fits: bool
     why_not_fits: str | None
-    memory_gb: float
-    """Memory needed per device, in the catalogue's (binary) GB."""
-    memory_available_gb: float
+    memory_gib: float
+    """Memory needed per device, GiB."""
+    memory_available_gib: float
     output_tokens_per_s: float | None
     ttft_ms: float | None
     tpot_ms: float | None
@@ -87,8 +88,8 @@ class Prediction:
             "seed": self.seed,
             "fits": self.fits,
             "why_not_fits": self.why_not_fits,
-            "memory_gb": self.memory_gb,
-            "memory_available_gb": self.memory_available_gb,
+            "memory_gib": self.memory_gib,
+            "memory_available_gib": self.memory_available_gib,
             "output_tokens_per_s": self.output_tokens_per_s,
             "output_tokens_per_s_per_device": self.output_tokens_per_s_per_device,
             "ttft_ms": self.ttft_ms,
@@ -196,8 +197,8 @@ def predict(
         efficiency=efficiency,
         fits=False,
         why_not_fits=None,
-        memory_gb=0.0,
-        memory_available_gb=chip_.memory_gb or 0.0,
+        memory_gib=0.0,
+        memory_available_gib=chip_.memory_gib or 0.0,
         output_tokens_per_s=None,
         ttft_ms=None,
         tpot_ms=None,
@@ -211,8 +212,8 @@ def predict(
             template,
             fits=static.fits,
             why_not_fits=static.memory.why_not(),
-            memory_gb=static.memory.needed_gb,
-            memory_available_gb=static.memory.available_gb,
+            memory_gib=static.memory.needed_gib,
+            memory_available_gib=static.memory.available_gib,
             output_tokens_per_s=None if tokens_per_s is None else tokens_per_s * replicas,
             ttft_ms=None if static.ttft_s is None else static.ttft_s * 1e3,
             tpot_ms=None if static.tpot_s is None else static.tpot_s * 1e3,
@@ -257,8 +258,8 @@ def _predict_server(
             template,
             fits=False,
             why_not_fits=why,
-            memory_gb=fit.needed_gb,
-            memory_available_gb=fit.available_gb,
+            memory_gib=fit.needed_gib,
+            memory_available_gib=fit.available_gib,
             output_tokens_per_s=None,
             ttft_ms=None,
             tpot_ms=None,
@@ -275,20 +276,20 @@ def _predict_server(
     typical_batch = max(1, min(batch, round(summary.mean_running)))
     static = predict_static(deployment, typical_batch, input_len, output_len)
     used_gb = (
-        fit.weights_gb
-        + fit.activations_gb
-        + fit.reserve_gb
+        fit.weights_gib
+        + fit.activations_gib
+        + fit.reserve_gib
         + result.peak_kv_blocks
         * config.block_size
         * deployment.kv_bytes_per_token_device()
-        / GB_CAPACITY_BYTES
+        / GIB_BYTES
     )
     return replace(
         template,
         fits=True,
         why_not_fits=None,
-        memory_gb=used_gb,
-        memory_available_gb=fit.available_gb,
+        memory_gib=used_gb,
+        memory_available_gib=fit.available_gib,
         output_tokens_per_s=summary.output_tokens_per_s * replicas,
         ttft_ms=summary.ttft_s.p50 * 1e3,
         tpot_ms=summary.tpot_s.p50 * 1e3 if output_len > 1 else None,

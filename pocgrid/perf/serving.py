@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from pocgrid.perf.efficiency import GB_CAPACITY_BYTES
+from pocgrid.perf.efficiency import GIB_BYTES
 from pocgrid.perf.errors import PerfInputError, UnsupportedInput
 from pocgrid.perf.llm import (
     F_CONST,
@@ -267,12 +267,12 @@ class SimResult:
 
 def kv_cache_blocks(deployment: LlmDeployment, config: ServingConfig) -> int:
     """KV blocks per replica: memory left after weights, activations and reserve."""
-    assert deployment.chip.memory_gb is not None
-    budget = deployment.chip.memory_gb * GB_CAPACITY_BYTES * config.gpu_memory_utilization
+    assert deployment.chip.memory_gib is not None
+    budget = deployment.chip.memory_gib * GIB_BYTES * config.gpu_memory_utilization
     used = (
         deployment.weights_bytes_device()
         + deployment.activation_bytes(config.max_num_batched_tokens, config.max_num_seqs)
-        + deployment.params.runtime_reserve_gb * GB_CAPACITY_BYTES
+        + deployment.params.runtime_reserve_gib * GIB_BYTES
     )
     block_bytes = config.block_size * deployment.kv_bytes_per_token_device()
     return max(0, int((budget - used) // block_bytes))

@@ -97,7 +97,7 @@ class Chip(_message.Message):
     VENDOR_FIELD_NUMBER: _builtins.int
     VENDOR_FAMILY_FIELD_NUMBER: _builtins.int
     DOMESTIC_FIELD_NUMBER: _builtins.int
-    MEMORY_GB_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_FIELD_NUMBER: _builtins.int
     MEMORY_TYPE_FIELD_NUMBER: _builtins.int
     MEMORY_BW_GBS_FIELD_NUMBER: _builtins.int
     INTERCONNECT_FIELD_NUMBER: _builtins.int
@@ -119,7 +119,8 @@ class Chip(_message.Message):
     vendor_family: _builtins.str
     """ascend, cambricon, hygon, kunlunxin, moorethreads, iluvatar, metax, biren, enflame, nvidia, amd."""
     domestic: _builtins.bool
-    memory_gb: _builtins.float
+    memory_gib: _builtins.float
+    """Device memory, GiB (2^30 bytes): marketed HBM/GDDR sizes are binary."""
     memory_type: _builtins.str
     memory_bw_gbs: _builtins.float
     interconnect: _builtins.str
@@ -151,7 +152,7 @@ class Chip(_message.Message):
         vendor: _builtins.str = ...,
         vendor_family: _builtins.str = ...,
         domestic: _builtins.bool = ...,
-        memory_gb: _builtins.float | None = ...,
+        memory_gib: _builtins.float | None = ...,
         memory_type: _builtins.str = ...,
         memory_bw_gbs: _builtins.float | None = ...,
         interconnect: _builtins.str = ...,
@@ -167,16 +168,16 @@ class Chip(_message.Message):
         emulatable: _builtins.bool = ...,
         scope: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gb", b"_memory_gb", "_tdp_w", b"_tdp_w", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gb", b"memory_gb", "tdp_w", b"tdp_w"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gib", b"_memory_gib", "_tdp_w", b"_tdp_w", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gib", b"memory_gib", "tdp_w", b"tdp_w"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gb", b"_memory_gb", "_tdp_w", b"_tdp_w", "collective_library", b"collective_library", "confidence", b"confidence", "display_name", b"display_name", "domestic", b"domestic", "emulatable", b"emulatable", "interconnect", b"interconnect", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gb", b"memory_gb", "memory_type", b"memory_type", "name", b"name", "notes", b"notes", "peak_tflops", b"peak_tflops", "provenance", b"provenance", "scope", b"scope", "software_stack", b"software_stack", "sources", b"sources", "tdp_w", b"tdp_w", "vendor", b"vendor", "vendor_family", b"vendor_family"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gib", b"_memory_gib", "_tdp_w", b"_tdp_w", "collective_library", b"collective_library", "confidence", b"confidence", "display_name", b"display_name", "domestic", b"domestic", "emulatable", b"emulatable", "interconnect", b"interconnect", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gib", b"memory_gib", "memory_type", b"memory_type", "name", b"name", "notes", b"notes", "peak_tflops", b"peak_tflops", "provenance", b"provenance", "scope", b"scope", "software_stack", b"software_stack", "sources", b"sources", "tdp_w", b"tdp_w", "vendor", b"vendor", "vendor_family", b"vendor_family"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__interconnect_bw_gbs: _TypeAlias = _typing.Literal["interconnect_bw_gbs"]  # noqa: Y015
     _WhichOneofArgType__interconnect_bw_gbs: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs"]  # noqa: Y015
     _WhichOneofReturnType__memory_bw_gbs: _TypeAlias = _typing.Literal["memory_bw_gbs"]  # noqa: Y015
     _WhichOneofArgType__memory_bw_gbs: _TypeAlias = _typing.Literal["_memory_bw_gbs", b"_memory_bw_gbs"]  # noqa: Y015
-    _WhichOneofReturnType__memory_gb: _TypeAlias = _typing.Literal["memory_gb"]  # noqa: Y015
-    _WhichOneofArgType__memory_gb: _TypeAlias = _typing.Literal["_memory_gb", b"_memory_gb"]  # noqa: Y015
+    _WhichOneofReturnType__memory_gib: _TypeAlias = _typing.Literal["memory_gib"]  # noqa: Y015
+    _WhichOneofArgType__memory_gib: _TypeAlias = _typing.Literal["_memory_gib", b"_memory_gib"]  # noqa: Y015
     _WhichOneofReturnType__tdp_w: _TypeAlias = _typing.Literal["tdp_w"]  # noqa: Y015
     _WhichOneofArgType__tdp_w: _TypeAlias = _typing.Literal["_tdp_w", b"_tdp_w"]  # noqa: Y015
     @_typing.overload
@@ -184,7 +185,7 @@ class Chip(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_bw_gbs) -> _WhichOneofReturnType__memory_bw_gbs | None: ...
     @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_gb) -> _WhichOneofReturnType__memory_gb | None: ...
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_gib) -> _WhichOneofReturnType__memory_gib | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tdp_w) -> _WhichOneofReturnType__tdp_w | None: ...
 

@@ -11,17 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pocgrid.catalog import Chip, Model
-
-#: Bytes one weight takes. tf32 is a compute mode: weights are kept in fp32.
-BYTES_PER_ELEMENT: dict[str, float] = {
-    "fp32": 4.0,
-    "tf32": 4.0,
-    "fp16": 2.0,
-    "bf16": 2.0,
-    "fp8": 1.0,
-    "int8": 1.0,
-}
+from pocgrid.catalog import PRECISION_BYTES, Chip, Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +29,7 @@ def check_fit(
     model: Model, chip: Chip, precision: str, devices: int, reserve_fraction: float
 ) -> Fit:
     """``precision`` is a catalogue name (``fp16``); ``devices`` >= 1."""
-    weights_total = model.params_b * BYTES_PER_ELEMENT[precision]
+    weights_total = model.params_b * PRECISION_BYTES[precision]
     weights = weights_total / devices
     supported = chip.peak(precision) is not None
     problems: list[str] = []
@@ -48,10 +38,10 @@ def check_fit(
         problems.append(
             f"{chip.name} has no published {precision} peak (precisions it has: {known})"
         )
-    if chip.memory_gb is None:
+    if chip.memory_gib is None:
         problems.append(f"the catalogue has no memory size for {chip.name}: cannot check the fit")
         return Fit(False, weights, 0.0, 0.0, 0.0, supported, "; ".join(problems))
-    memory = chip.memory_gb
+    memory = chip.memory_gib
     reserve = memory * reserve_fraction
     headroom = memory - reserve - weights
     if headroom < 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pocgrid.catalog import Chip, Model
+from pocgrid.catalog import CHIP_SCALAR_FIELDS, Chip, Model
 from pocgrid.v1 import registry_pb2
 
 
@@ -25,7 +25,7 @@ def chip_to_proto(chip: Chip) -> registry_pb2.Chip:
         emulatable=chip.emulatable,
         scope=chip.scope,
     )
-    for name in ("memory_gb", "memory_bw_gbs", "interconnect_bw_gbs", "tdp_w"):
+    for name in CHIP_SCALAR_FIELDS:
         value = getattr(chip, name)
         if value is not None:
             setattr(msg, name, value)

@@ -71,7 +71,7 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
         assert chips.returncode == 0, chips.stderr
         rows = json.loads(chips.stdout)
         assert sum(1 for r in rows if r["domestic"] and r["emulatable"]) >= 10
-        assert all({"name", "vendor", "domestic", "memory_gb", "sources"} <= set(r) for r in rows)
+        assert all({"name", "vendor", "domestic", "memory_gib", "sources"} <= set(r) for r in rows)
         assert all(isinstance(r["domestic"], bool) for r in rows)
 
         models = _cli(env, "models", "--json")

@@ -1,8 +1,9 @@
-"""Emulated vendor runtimes: one ``VendorRuntime`` class, one data profile per vendor family.
+"""Emulated vendor runtimes: one ``VendorRuntime`` class, driven by the catalogue's vendor data.
 
 ``create_runtime(chip, device_count)`` builds the runtime of a catalogue chip's vendor: its
 device model, memory accounting with the vendor's allocation rules and error codes, its
-precisions and native operators, fault injection, and virtual-time streams.
+precisions and native operators, fault injection, and virtual-time streams. The facts (the
+vendor profile, operator coverage) live in ``pocgrid.catalog``; this package is the behaviour.
 """
 
 from services.agent.runtime.devices import DeviceHealth, DeviceInfo
@@ -11,31 +12,18 @@ from services.agent.runtime.errors import (
     DeviceUnavailable,
     InvalidArgument,
     InvalidHandle,
-    ProfileDataError,
     VendorRuntimeError,
 )
 from services.agent.runtime.memory import Allocation, MemoryInfo
-from services.agent.runtime.operators import OperatorCatalog, OperatorGap, load_operators
-from services.agent.runtime.profiles import (
-    FAMILIES,
-    PRECISIONS,
-    VendorProfile,
-    all_profiles,
-    load_profile,
-)
 from services.agent.runtime.runtime import (
     OperatorSupport,
     RuntimeConfigError,
     VendorRuntime,
-    chip_precisions,
     create_runtime,
 )
-from services.agent.runtime.sourcing import Sourced
 from services.agent.runtime.streams import VirtualClock, VirtualStream, WorkItem
 
 __all__ = [
-    "FAMILIES",
-    "PRECISIONS",
     "Allocation",
     "DeviceHealth",
     "DeviceInfo",
@@ -44,21 +32,12 @@ __all__ = [
     "InvalidArgument",
     "InvalidHandle",
     "MemoryInfo",
-    "OperatorCatalog",
-    "OperatorGap",
     "OperatorSupport",
-    "ProfileDataError",
     "RuntimeConfigError",
-    "Sourced",
-    "VendorProfile",
     "VendorRuntime",
     "VendorRuntimeError",
     "VirtualClock",
     "VirtualStream",
     "WorkItem",
-    "all_profiles",
-    "chip_precisions",
     "create_runtime",
-    "load_operators",
-    "load_profile",
 ]

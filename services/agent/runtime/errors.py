@@ -87,7 +87,3 @@ class DeviceUnavailable(VendorRuntimeError):
     """The device was marked FAILED (fault injection); the runtime reports it as gone."""
 
     code = grpc.StatusCode.UNAVAILABLE
-
-
-class ProfileDataError(ValueError):
-    """A vendor profile or operator data file is malformed; names the file and the key."""

@@ -1,6 +1,6 @@
 """Device-memory accounting for one emulated device.
 
-The vendor's rules (size rounding, alignment, reserved memory) come from the profile; this
+The vendor's rules (size rounding, alignment, reserved memory) come from the catalogue; this
 module only does the arithmetic and keeps the books. It never changes state on a refused
 allocation, so a failed malloc leaves the device exactly as it was.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.agent.runtime.profiles import MemoryRules
+from pocgrid.catalog import MemoryRules
 
 # Each device's virtual address range starts at its own 1 TiB boundary so addresses from two
 # devices never collide and a pointer's device can be read off its high bits, as with UVA.

@@ -1,9 +1,10 @@
 """``VendorRuntime``: one emulated vendor runtime for the devices of one node.
 
-One class serves every vendor; what differs is the ``VendorProfile`` (names, codes, texts,
-allocation rules, precision rules) and the operator data. A runtime is built from a catalogue
-``Chip`` by ``create_runtime`` and is used from one asyncio thread, so it takes no locks; every
-operation checks before it changes anything, so state stays consistent after any error.
+One class serves every vendor; what differs is the catalogue's ``VendorProfile`` (names, codes,
+texts, allocation rules, precision rules) and operator coverage. A runtime is built from a
+catalogue ``Chip`` by ``create_runtime`` and is used from one asyncio thread, so it takes no
+locks; every operation checks before it changes anything, so state stays consistent after any
+error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pocgrid.catalog import Chip
+from pocgrid.catalog import (
+    Catalog,
+    Chip,
+    ErrorSpec,
+    OperatorCatalog,
+    OperatorGap,
+    Precision,
+    Sourced,
+    VendorProfile,
+    default_catalog,
+)
 from services.agent.runtime.devices import DeviceHealth, DeviceInfo, device_uuid
 from services.agent.runtime.errors import (
     DeviceOutOfMemory,
@@ -23,9 +34,6 @@ from services.agent.runtime.errors import (
     VendorRuntimeError,
 )
 from services.agent.runtime.memory import Allocation, DeviceMemory, MemoryInfo, format_size
-from services.agent.runtime.operators import OperatorCatalog, OperatorGap, load_operators
-from services.agent.runtime.profiles import PRECISIONS, ErrorSpec, VendorProfile, load_profile
-from services.agent.runtime.sourcing import Sourced
 from services.agent.runtime.streams import VirtualClock, VirtualStream, to_seconds
 
 # Vendors market HBM/GDDR capacities in binary units ("64 GB HBM2e" is 64 GiB of DRAM): an
@@ -64,31 +72,6 @@ def _canonical_precision(precision: str) -> str:
     return _PRECISION_ALIASES.get(key, key)
 
 
-def chip_precisions(chip: Chip, profile: VendorProfile) -> tuple[str, ...]:
-    """The formats this chip runs: a per-chip fact if the profile has one, else the family's
-    formats plus any format the catalogue gives a peak for, minus documented exclusions."""
-    facts = profile.chip_facts(chip.name)
-    if facts is not None and facts.precisions is not None:
-        chosen = set(facts.precisions.value)
-    else:
-        chosen = set(profile.precisions.default) | set(chip.peak_tflops)
-        chosen -= profile.precisions.excluded
-    return tuple(p for p in PRECISIONS if p in chosen)
-
-
-def _memory_gib(chip: Chip, profile: VendorProfile) -> float:
-    if chip.memory_gb is not None:
-        return chip.memory_gb
-    facts = profile.chip_facts(chip.name)
-    fallback = facts.memory_gib if facts is not None else None
-    if fallback is None:
-        raise RuntimeConfigError(
-            f"chip '{chip.name}': the catalogue has no memory_gb and the {profile.family} "
-            "profile has no memory_gib for it, so its device memory cannot be emulated"
-        )
-    return fallback.value
-
-
 class VendorRuntime:
     """The emulated runtime of one node: ``device_count`` devices of one chip type."""
 
@@ -113,10 +96,16 @@ class VendorRuntime:
         self.node_seed = node_seed
         self._operators = operators
         self._gaps = operators.gaps(profile.family, chip.name)
-        self._precisions = chip_precisions(chip, profile)
+        self._precisions = profile.chip_precisions(chip)
         facts = profile.chip_facts(chip.name)
         self._compute_units = facts.compute_units if facts is not None else None
-        total = round(_memory_gib(chip, profile) * _GIB)
+        memory_gib = profile.device_memory_gib(chip)
+        if memory_gib is None:
+            raise RuntimeConfigError(
+                f"chip '{chip.name}': the catalogue has no memory_gib for it, in the chip table "
+                f"or the {profile.family} vendor file, so its device memory cannot be emulated"
+            )
+        total = round(memory_gib * _GIB)
         reserved = min(profile.memory.reserved_bytes, total)
         self._memory = [
             DeviceMemory(i, total, reserved, profile.memory) for i in range(device_count)
@@ -222,7 +211,7 @@ class VendorRuntime:
     # -- capabilities -----------------------------------------------------------------------
 
     @property
-    def precisions(self) -> tuple[str, ...]:
+    def precisions(self) -> tuple[Precision, ...]:
         return self._precisions
 
     def supports_precision(self, precision: str) -> bool:
@@ -361,12 +350,16 @@ class VendorRuntime:
         )
 
 
-def create_runtime(chip: Chip, device_count: int, *, node_seed: str = "node-0") -> VendorRuntime:
-    """The emulated runtime of ``chip``'s vendor family, with ``device_count`` devices."""
+def create_runtime(
+    chip: Chip, device_count: int, *, node_seed: str = "node-0", catalog: Catalog | None = None
+) -> VendorRuntime:
+    """The emulated runtime of ``chip``'s vendor family, with ``device_count`` devices; the
+    vendor facts come from ``catalog`` (default: the packaged catalogue)."""
+    cat = default_catalog() if catalog is None else catalog
     return VendorRuntime(
         chip,
-        load_profile(chip.vendor_family),
-        load_operators(),
+        cat.vendor(chip.vendor_family),
+        cat.operators,
         device_count,
         node_seed,
     )

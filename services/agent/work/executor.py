@@ -327,7 +327,7 @@ class TaskExecutor:
         )
         # Allocating what the model needs makes a deployment that doesn't fit fail the way the
         # vendor's runtime fails (its out-of-memory error), not with a made-up one.
-        allocations = self._allocate(devices, int(p.memory_gb * GIB), f"task:{request.task_id}")
+        allocations = self._allocate(devices, int(p.memory_gib * GIB), f"task:{request.task_id}")
         try:
             if not p.fits or p.ttft_ms is None or p.tpot_ms is None:
                 raise FailedPrecondition(p.why_not_fits or "the deployment does not fit")
@@ -339,7 +339,7 @@ class TaskExecutor:
         tokens_in = work.batch * work.input_len
         tokens_out = work.batch * work.output_len
         busy = seconds * len(devices)
-        mem = p.memory_gb * len(devices) * seconds
+        mem = p.memory_gib * len(devices) * seconds
         usage_id = await self._record(
             tenant,
             "task",
@@ -389,7 +389,7 @@ class TaskExecutor:
         p = self._llm_prediction(
             request.model, precision, 1, 1, request.input_len, request.max_output_tokens
         )
-        allocations = self._allocate([0], int(p.memory_gb * GIB), f"gen:{request.request_id}")
+        allocations = self._allocate([0], int(p.memory_gib * GIB), f"gen:{request.request_id}")
         produced = 0
         finished = False
         try:
@@ -420,7 +420,7 @@ class TaskExecutor:
                         tokens_in=request.input_len,
                         tokens_out=n,
                         busy=seconds,
-                        mem_gib_s=p.memory_gb * seconds,
+                        mem_gib_s=p.memory_gib * seconds,
                         span=span,
                     )
                     finished = True
@@ -438,7 +438,7 @@ class TaskExecutor:
                 # Shielded: this runs while the stream is being cancelled or closed, and a
                 # second cancellation must not lose work that was done.
                 await self._shielded(
-                    self._record_partial(tenant, request, p.memory_gb, ttft, tpot, span, produced)
+                    self._record_partial(tenant, request, p.memory_gib, ttft, tpot, span, produced)
                 )
 
     async def _record_partial(

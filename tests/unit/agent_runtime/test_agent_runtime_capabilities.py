@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pocgrid.catalog import Catalog
-from services.agent.runtime import VendorRuntime, create_runtime, load_operators
+from pocgrid.catalog import Catalog, default_catalog
+from services.agent.runtime import VendorRuntime, create_runtime
 
 
 def runtime(catalog: Catalog, slug: str) -> VendorRuntime:
@@ -50,7 +50,7 @@ def test_precision_names_and_aliases(catalog: Catalog) -> None:
 
 def test_reference_runtime_runs_the_whole_base_set(catalog: Catalog) -> None:
     rt = runtime(catalog, "h100-80gb-sxm")
-    base = load_operators().base
+    base = default_catalog().operators.base
     assert rt.native_operators == base
     assert rt.unsupported_operators(sorted(base)) == []
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
-from pocgrid.catalog import Catalog, Chip
+from pocgrid.catalog import Catalog, Chip, VendorFamily, VendorProfile, default_catalog
 from services.agent.runtime import (
     DeviceHealth,
     DeviceOutOfMemory,
@@ -14,10 +16,14 @@ from services.agent.runtime import (
     RuntimeConfigError,
     VendorRuntime,
     create_runtime,
-    load_profile,
 )
 
 GIB = 1024**3
+
+
+def load_profile(family: str) -> VendorProfile:
+    return default_catalog().vendor(cast("VendorFamily", family))
+
 
 # What each family's runtime must say when it runs out of memory: the allocation API, the
 # runtime's symbol and code, and the start of the vendor framework plugin's message.
@@ -63,8 +69,8 @@ def test_every_family_builds_a_runtime_for_a_real_chip(
     assert second.health is DeviceHealth.HEALTHY
     assert second.memory_used_bytes == 0
     assert 0 < second.memory_reserved_bytes < second.memory_total_bytes
-    if family_chip.memory_gb is not None:
-        assert second.memory_total_bytes == round(family_chip.memory_gb * GIB)
+    if family_chip.memory_gib is not None:
+        assert second.memory_total_bytes == round(family_chip.memory_gib * GIB)
     profile = load_profile(family)
     assert second.physical_device == profile.device_path(1)
     assert rt.smi_tool == profile.smi_tool.value

@@ -38,7 +38,7 @@ NUMERIC_CHIP_COLUMNS = {
     "bf16_tflops": "peak_tflops.bf16",
     "int8_tops": "peak_tflops.int8",
     "fp8_tflops": "peak_tflops.fp8",
-    "memory_gb": "memory_gb",
+    "memory_gb": "memory_gib",
     "memory_bw_gbs": "memory_bw_gbs",
     "interconnect_bw_gbs": "interconnect_bw_gbs",
     "tdp_w": "tdp_w",
@@ -148,7 +148,7 @@ def test_enough_emulatable_chips(catalog: Catalog) -> None:
     assert sum(c.domestic for c in emulatable) >= 10
     assert all(c.emulatable for c in emulatable)
     for chip in emulatable:
-        assert chip.memory_gb is not None and chip.memory_bw_gbs is not None
+        assert chip.memory_gib is not None and chip.memory_bw_gbs is not None
         assert chip.peak("fp16") is not None or chip.peak("bf16") is not None
 
 
@@ -199,7 +199,7 @@ def test_sources_are_carried(catalog: Catalog) -> None:
     for chip in catalog.chips:
         has_numbers = bool(chip.peak_tflops) or any(
             getattr(chip, f) is not None
-            for f in ("memory_gb", "memory_bw_gbs", "interconnect_bw_gbs", "tdp_w")
+            for f in ("memory_gib", "memory_bw_gbs", "interconnect_bw_gbs", "tdp_w")
         )
         # A row whose source cell says "none found" keeps no sources, and so no numbers.
         assert chip.sources or not has_numbers, chip.name
@@ -287,7 +287,7 @@ def test_known_chip_values(catalog: Catalog) -> None:
     assert b2.vendor == "Huawei Ascend"
     assert b2.peak("fp16") == 353.9
     assert b2.peak("BF16") == 353.9
-    assert b2.memory_gb == 64.0
+    assert b2.memory_gib == 64.0
     assert b2.memory_bw_gbs == 1600.0
     assert b2.provenance["peak_tflops.int8"] == "estimated"
     assert b2.provenance["peak_tflops.fp16"] == "spec"
@@ -385,7 +385,7 @@ def test_records_are_immutable_and_hashable(catalog: Catalog) -> None:
     with pytest.raises(TypeError):
         chip.peak_tflops["fp16"] = 1.0  # type: ignore[index]
     with pytest.raises(AttributeError):
-        chip.memory_gb = 1.0  # type: ignore[misc]
+        chip.memory_gib = 1.0  # type: ignore[misc]
     assert len({chip, catalog.chip("mi300x")}) == 1
     assert len(set(catalog.models)) == len(catalog.models)
     with pytest.raises(ValueError, match="unknown precision"):
@@ -419,12 +419,33 @@ def test_bad_data_is_rejected(tmp_path: Path) -> None:
         Catalog.load(tmp_path)
 
     chips["chips"][0]["emulatable"] = not chips["chips"][0]["emulatable"]
-    chips["chips"][0]["memory_gb"] = "64"
+    chips["chips"][0]["memory_gib"] = "64"
     (tmp_path / "chips.json").write_text(json.dumps(chips), encoding="utf-8")
-    with pytest.raises(CatalogDataError, match="'memory_gb' must be a number"):
+    with pytest.raises(CatalogDataError, match="'memory_gib' must be a number"):
         Catalog.load(tmp_path)
 
     chips["schema_version"] = 99
     (tmp_path / "chips.json").write_text(json.dumps(chips), encoding="utf-8")
     with pytest.raises(CatalogDataError, match="schema_version"):
         Catalog.load(tmp_path)
+
+
+@needs_shared
+def test_check_mode_flags_a_kept_vendor_file_that_names_an_unknown_chip(tmp_path: Path) -> None:
+    shutil.copytree(DATA, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "vendors" / "ascend.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["chips"]["ascend-9999"] = data["chips"]["ascend-910b2"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    result = _builder("--check", "--out", tmp_path, "--kept", tmp_path)
+    assert result.returncode == 2
+    assert "'ascend-9999' is not a chip of the catalogue" in result.stderr
+
+
+@needs_shared
+def test_check_mode_flags_a_vendor_file_for_no_family(tmp_path: Path) -> None:
+    shutil.copytree(DATA, tmp_path, dirs_exist_ok=True)
+    shutil.copy(tmp_path / "vendors" / "ascend.json", tmp_path / "vendors" / "huawei.json")
+    result = _builder("--check", "--out", tmp_path, "--kept", tmp_path)
+    assert result.returncode == 2
+    assert "huawei.json" in result.stderr

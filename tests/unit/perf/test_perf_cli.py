@@ -49,7 +49,7 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert run([*BASE, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["fits"] is True
-    for key in ("output_tokens_per_s", "ttft_ms", "tpot_ms", "memory_gb"):
+    for key in ("output_tokens_per_s", "ttft_ms", "tpot_ms", "memory_gib"):
         assert isinstance(doc[key], float)
 
 

@@ -19,9 +19,9 @@ def test_offline_prediction_is_consistent() -> None:
     assert p.output_tokens_per_s == pytest.approx(64 * 256 / total_s)
     assert p.prefill_bound is Bound.COMPUTE
     assert p.decode_bound is Bound.MEMORY
-    assert 13 < p.memory_gb < p.memory_available_gb == 80
+    assert 13 < p.memory_gib < p.memory_available_gib == 80
     doc = json.loads(json.dumps(p.to_dict()))
-    for key in ("output_tokens_per_s", "ttft_ms", "tpot_ms", "memory_gb", "fits"):
+    for key in ("output_tokens_per_s", "ttft_ms", "tpot_ms", "memory_gib", "fits"):
         assert key in doc
 
 
@@ -30,19 +30,19 @@ def test_70b_on_one_32gb_device_does_not_fit_and_says_by_how_much() -> None:
     assert p.fits is False
     assert p.output_tokens_per_s is None and p.ttft_ms is None and p.tpot_ms is None
     assert p.prefill_bound is None and p.decode_bound is None
-    assert p.memory_available_gb == 32
-    assert p.memory_gb > 131  # 70.55 B parameters x 2 bytes = 131.4 binary GB, before KV
+    assert p.memory_available_gib == 32
+    assert p.memory_gib > 131  # 70.55 B parameters x 2 bytes = 131.4 GiB, before KV
     assert p.why_not_fits is not None
-    assert f"needs {p.memory_gb:.1f} GB" in p.why_not_fits
-    assert "32.0 GB" in p.why_not_fits
+    assert f"needs {p.memory_gib:.1f} GiB" in p.why_not_fits
+    assert "32.0 GiB" in p.why_not_fits
 
 
 def test_fp8_halves_weight_memory_and_tp_splits_it() -> None:
     bf16 = predict("h100-80gb-sxm", 1, "Llama-3.1-8B", "bf16", 1, 128, 2)
     fp8 = predict("h100-80gb-sxm", 1, "Llama-3.1-8B", "fp8", 1, 128, 2)
-    assert fp8.memory_gb < 0.6 * bf16.memory_gb
+    assert fp8.memory_gib < 0.6 * bf16.memory_gib
     tp2 = predict("h100-80gb-sxm", 2, "Llama-3.1-8B", "bf16", 1, 128, 2)
-    assert tp2.memory_gb < 0.6 * bf16.memory_gb
+    assert tp2.memory_gib < 0.6 * bf16.memory_gib
 
 
 def test_replicas_split_the_batch() -> None:

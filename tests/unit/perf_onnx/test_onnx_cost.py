@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pocgrid.catalog import default_catalog
-from pocgrid.perf.onnx_cost import BYTES_PER_ELEMENT, KERNEL_LAUNCH_S, graph_cost
+from pocgrid.catalog import PRECISION_BYTES, default_catalog
+from pocgrid.perf.onnx_cost import KERNEL_LAUNCH_S, graph_cost
 from pocgrid.perf.roofline import Bound
 from pocgrid.samples import cnn, mlp
 
@@ -25,7 +25,7 @@ def test_mlp_flops_and_fusion():
         ("Softmax",),
     ]
     # Fused intermediates never reach memory: fewer bytes than unfused reads+writes.
-    weights = (64 * 128 + 128 + 128 * 10 + 10) * BYTES_PER_ELEMENT["fp16"]
+    weights = (64 * 128 + 128 + 128 * 10 + 10) * PRECISION_BYTES["fp16"]
     assert cost.weight_bytes == pytest.approx(weights)
     assert cost.seconds > 0
 

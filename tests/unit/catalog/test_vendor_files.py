@@ -1,4 +1,4 @@
-"""The vendor profile and operator data: complete, consistent with the catalogue, honest."""
+"""The catalogue's vendor files and operator coverage: complete, consistent, honest."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 
-from pocgrid.catalog import VENDOR_FAMILIES, Catalog
-from services.agent.runtime import (
-    FAMILIES,
-    ProfileDataError,
+from pocgrid.catalog import (
+    VENDOR_FAMILIES,
+    Catalog,
+    CatalogDataError,
+    OperatorCatalog,
     Sourced,
-    all_profiles,
-    load_operators,
-    load_profile,
+    VendorFamily,
+    VendorProfile,
+    default_catalog,
 )
-from services.agent.runtime.operators import parse_operators
-from services.agent.runtime.profiles import parse_profile
+from pocgrid.catalog.operators import parse_operators
+from pocgrid.catalog.vendors import parse_profile
 
 OOM_FIELDS = {
     "requested": "1.00 GiB",
@@ -31,25 +32,46 @@ OOM_FIELDS = {
 
 
 def raw(family: str) -> dict[str, Any]:
-    data_dir = resources.files("services.agent.runtime").joinpath("data").joinpath("profiles")
+    data_dir = resources.files("pocgrid.catalog").joinpath("data").joinpath("vendors")
     path = data_dir.joinpath(f"{family}.json")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
 
 def raw_operators() -> dict[str, Any]:
-    path = resources.files("services.agent.runtime").joinpath("data").joinpath("operators.json")
+    path = resources.files("pocgrid.catalog").joinpath("data").joinpath("operators.json")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
 
+def all_profiles() -> dict[VendorFamily, VendorProfile]:
+    return dict(default_catalog().vendors)
+
+
+def load_profile(family: VendorFamily) -> VendorProfile:
+    return default_catalog().vendor(family)
+
+
+def load_operators() -> OperatorCatalog:
+    return default_catalog().operators
+
+
 def test_every_catalogue_family_has_a_profile() -> None:
-    assert set(FAMILIES) == set(VENDOR_FAMILIES)
     assert set(all_profiles()) == set(VENDOR_FAMILIES)
     assert set(load_operators().families) == set(VENDOR_FAMILIES)
 
 
-def test_chip_specific_entries_name_real_chips_of_that_family(catalog: Catalog) -> None:
+def test_vendor_files_say_who_the_vendor_is() -> None:
+    catalog = default_catalog()
+    for chip in catalog.chips:
+        profile = catalog.vendor(chip.vendor_family)
+        assert chip.vendor == profile.vendor
+        assert chip.domestic == profile.domestic
+    assert {f for f, p in all_profiles().items() if not p.domestic} == {"nvidia", "amd"}
+
+
+def test_chip_specific_entries_name_real_chips_of_that_family() -> None:
+    catalog = default_catalog()
     by_name = {c.name: c for c in catalog.chips}
     for family, profile in all_profiles().items():
         for slug in profile.chips:
@@ -121,7 +143,7 @@ def test_loader_rejects_a_verified_entry_without_sources() -> None:
     data = raw("ascend")
     data["smi_tool"]["sources"] = []
     with pytest.raises(
-        ProfileDataError, match=r"smi_tool: verified=true needs at least one source"
+        CatalogDataError, match=r"smi_tool: verified=true needs at least one source"
     ):
         parse_profile(data, "ascend.json")
 
@@ -142,7 +164,7 @@ def test_loader_names_the_broken_field(path: tuple[str, ...], value: object, mes
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    with pytest.raises(ProfileDataError, match=message):
+    with pytest.raises(CatalogDataError, match=message):
         parse_profile(data, "ascend.json")
 
 
@@ -150,7 +172,7 @@ def test_missing_key_is_reported_with_its_location() -> None:
     data = raw("cambricon")
     del data["errors"]["invalid_handle"]
     with pytest.raises(
-        ProfileDataError, match=r"cambricon.json.errors: missing key 'invalid_handle'"
+        CatalogDataError, match=r"cambricon.json.errors: missing key 'invalid_handle'"
     ):
         parse_profile(data, "cambricon.json")
 
@@ -162,7 +184,7 @@ def test_operator_loader_rejects_gaps_outside_the_base_set() -> None:
         "basis": "estimate",
         "sources": [],
     }
-    with pytest.raises(ProfileDataError, match="not in the base operator set"):
+    with pytest.raises(CatalogDataError, match="not in the base operator set"):
         parse_operators(data, "operators.json")
 
 
@@ -173,5 +195,34 @@ def test_operator_loader_requires_a_source_for_documented_gaps() -> None:
         "basis": "documented",
         "sources": [],
     }
-    with pytest.raises(ProfileDataError, match="needs a source"):
+    with pytest.raises(CatalogDataError, match="needs a source"):
         parse_operators(data, "operators.json")
+
+
+def test_catalogue_refuses_vendor_entries_for_chips_it_does_not_have() -> None:
+    cat = default_catalog()
+    data = raw("ascend")
+    data["chips"]["ascend-9999"] = data["chips"]["ascend-910b2"]
+    vendors = dict(cat.vendors)
+    vendors["ascend"] = parse_profile(data, "ascend.json")
+    with pytest.raises(CatalogDataError, match="'ascend-9999' is not a chip of the catalogue"):
+        Catalog(cat.chips, cat.models, vendors, cat.operators)
+    data = raw("ascend")
+    data["chips"]["a100-80gb-sxm"] = data["chips"]["ascend-910b2"]
+    vendors["ascend"] = parse_profile(data, "ascend.json")
+    with pytest.raises(CatalogDataError, match="'a100-80gb-sxm' is a nvidia chip"):
+        Catalog(cat.chips, cat.models, vendors, cat.operators)
+
+
+def test_per_chip_lookups_combine_the_chip_table_and_the_vendor_file() -> None:
+    cat = default_catalog()
+    b2 = cat.chip("ascend-910b2")
+    assert cat.precisions(b2) == ("fp32", "fp16", "bf16", "int8")
+    assert cat.precisions(cat.chip("ascend-310p")) == ("fp16", "int8")  # per-chip override
+    assert cat.compute_units(b2) is not None
+    assert cat.native_operators(b2) == cat.operators.base - set(cat.operator_gaps(b2))
+    s60 = cat.chip("enflame-s60")
+    assert s60.memory_gib is None and cat.device_memory_gib(s60) is not None
+    bare = Catalog(cat.chips, cat.models)
+    with pytest.raises(CatalogDataError, match="without vendor profiles"):
+        bare.precisions(b2)

@@ -1,40 +1,28 @@
-"""Per-vendor-family runtime profiles, loaded from ``data/profiles/<family>.json``.
+"""Vendor families and their runtime profiles, from ``data/vendors/<family>.json``.
 
-A profile is the data that makes one vendor's runtime different from another's: its names,
-its device naming, its error codes and texts, its allocation rules, its precision rules. The
-runtime class is shared; only this data differs, so adding a vendor is a data change.
+A profile holds the facts that make one vendor's runtime different from another's: who the
+vendor is (as the source tables spell it, and whether it is domestic), its runtime's names,
+device naming, error codes and texts, allocation rules, precision rules, collective library,
+and per-chip facts the chip table does not carry (compute units, precision overrides). The
+agent's emulated runtime (``services.agent.runtime``) is one class driven by this data, so
+adding a vendor is a data change here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
-from services.agent.runtime._json import JsonObject
-from services.agent.runtime.errors import ProfileDataError
-from services.agent.runtime.sourcing import Sourced
+from pocgrid.catalog._json import JsonObject
+from pocgrid.catalog.errors import CatalogDataError
+from pocgrid.catalog.records import PRECISIONS, VENDOR_FAMILIES, Chip, Precision, VendorFamily
+from pocgrid.catalog.sourcing import Sourced
 
-#: Canonical precision names, in the order reports list them.
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
-
-#: Families with a profile file; the catalogue's ``vendor_family`` values.
-FAMILIES: tuple[str, ...] = (
-    "ascend",
-    "cambricon",
-    "hygon",
-    "kunlunxin",
-    "moorethreads",
-    "iluvatar",
-    "metax",
-    "biren",
-    "enflame",
-    "nvidia",
-    "amd",
-)
+VENDORS_DIR: Final = "vendors"
 
 _MIB = 1024 * 1024
 # Linux numbers DRM render nodes from minor 128 (/dev/dri/renderD128 is the first GPU).
@@ -124,30 +112,36 @@ class MemoryRules:
 class PrecisionRules:
     """Which number formats the family's stack runs, before per-chip facts are applied."""
 
-    default: frozenset[str]
+    default: frozenset[Precision]
     """Formats the family's software stack supports on its current parts."""
-    excluded: frozenset[str]
+    excluded: frozenset[Precision]
     """Formats the family documents as unsupported, even if a catalogue peak exists."""
     provenance: Sourced[tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
 class ChipFacts:
-    """Facts about one chip (catalogue slug) that the catalogue itself does not carry."""
+    """Facts about one chip (catalogue slug) that the chip table does not carry."""
 
     compute_units: Sourced[int] | None
     precisions: Sourced[tuple[str, ...]] | None
     """When present, replaces the family rule for this chip (e.g. Ascend 310P: fp16/int8)."""
     memory_gib: Sourced[float] | None
-    """Device memory to use only when the catalogue has none (what the SMI tool reports)."""
+    """Device memory (GiB) to emulate only when the chip table has none (what the SMI tool
+    reports)."""
 
 
 @dataclass(frozen=True, slots=True)
 class VendorProfile:
     """Everything that differs between vendor runtimes, for one family."""
 
-    family: str
+    family: VendorFamily
     vendor: str
+    """The vendor as a chip record names it (``Chip.vendor``: "Huawei Ascend")."""
+    source_vendor: str
+    """The vendor as the shared chips.csv spells it ("Huawei (HiSilicon)")."""
+    domestic: bool
+    """A Chinese vendor: the chips the platform exists to evaluate."""
     runtime: RuntimeInfo
     smi_tool: Sourced[str]
     torch_device_type: Sourced[str]
@@ -173,6 +167,26 @@ class VendorProfile:
     def chip_facts(self, slug: str) -> ChipFacts | None:
         return self.chips.get(slug)
 
+    def chip_precisions(self, chip: Chip) -> tuple[Precision, ...]:
+        """The formats ``chip`` runs: a per-chip fact if this profile has one, else the family's
+        formats plus any format the chip table gives a peak for, minus documented exclusions."""
+        facts = self.chip_facts(chip.name)
+        chosen: set[str]
+        if facts is not None and facts.precisions is not None:
+            chosen = set(facts.precisions.value)
+        else:
+            chosen = set(self.precisions.default) | set(chip.peak_tflops)
+            chosen -= self.precisions.excluded
+        return tuple(p for p in PRECISIONS if p in chosen)
+
+    def device_memory_gib(self, chip: Chip) -> float | None:
+        """Device memory to emulate: the chip table's figure, else this profile's per-chip
+        SMI figure; None when neither source has one."""
+        if chip.memory_gib is not None:
+            return chip.memory_gib
+        facts = self.chip_facts(chip.name)
+        return None if facts is None or facts.memory_gib is None else facts.memory_gib.value
+
 
 def _error(entry: JsonObject) -> ErrorSpec:
     verified, sources, note = entry.provenance()
@@ -186,11 +200,18 @@ def _error(entry: JsonObject) -> ErrorSpec:
     )
 
 
-def _precisions(values: tuple[str, ...], where: str) -> frozenset[str]:
+def _precisions(values: tuple[str, ...], where: str) -> frozenset[Precision]:
     unknown = [v for v in values if v not in PRECISIONS]
     if unknown:
-        raise ProfileDataError(f"{where}: unknown precision(s) {unknown}; known: {PRECISIONS}")
-    return frozenset(values)
+        raise CatalogDataError(f"{where}: unknown precision(s) {unknown}; known: {PRECISIONS}")
+    return frozenset(p for p in PRECISIONS if p in values)
+
+
+def _family(value: str, where: str) -> VendorFamily:
+    for family in VENDOR_FAMILIES:
+        if value == family:
+            return family
+    raise CatalogDataError(f"{where}.family: '{value}' is not one of {VENDOR_FAMILIES}")
 
 
 def _chip(entry: JsonObject) -> ChipFacts:
@@ -217,8 +238,10 @@ def parse_profile(data: object, where: str) -> VendorProfile:
     chips = root.obj("chips")
 
     profile = VendorProfile(
-        family=root.string("family"),
+        family=_family(root.string("family"), where),
         vendor=root.string("vendor"),
+        source_vendor=root.string("source_vendor"),
+        domestic=root.boolean("domestic"),
         runtime=RuntimeInfo(
             name=runtime.string("name"),
             api=runtime.string("api"),
@@ -262,55 +285,61 @@ def parse_profile(data: object, where: str) -> VendorProfile:
 
 def _check(profile: VendorProfile, where: str) -> None:
     """Reject values the runtime cannot work with, naming the field."""
-    if profile.family not in FAMILIES:
-        raise ProfileDataError(f"{where}.family: '{profile.family}' is not one of {FAMILIES}")
     node = profile.device_node.value
     if "{index}" not in node and "{render}" not in node:
-        raise ProfileDataError(f"{where}.device_node: the pattern needs {{index}} or {{render}}")
+        raise CatalogDataError(f"{where}.device_node: the pattern needs {{index}} or {{render}}")
     if "{uuid}" not in profile.uuid_format.value:
-        raise ProfileDataError(f"{where}.uuid_format: the pattern needs a {{uuid}} field")
+        raise CatalogDataError(f"{where}.uuid_format: the pattern needs a {{uuid}} field")
     rules = profile.memory
     for name, value in (
         ("alignment_bytes", rules.alignment_bytes.value),
         ("size_multiple_bytes", rules.size_multiple_bytes.value),
     ):
         if value <= 0 or value & (value - 1):
-            raise ProfileDataError(f"{where}.memory.{name}: must be a positive power of two")
+            raise CatalogDataError(f"{where}.memory.{name}: must be a positive power of two")
     for name, value in (
         ("size_extra_bytes", rules.size_extra_bytes.value),
         ("hidden_mib", rules.hidden_mib.value),
         ("context_overhead_mib", rules.context_overhead_mib.value),
     ):
         if value < 0:
-            raise ProfileDataError(f"{where}.memory.{name}: must not be negative")
+            raise CatalogDataError(f"{where}.memory.{name}: must not be negative")
     overlap = profile.precisions.default & profile.precisions.excluded
     if overlap:
-        raise ProfileDataError(f"{where}.precisions: {sorted(overlap)} both default and excluded")
+        raise CatalogDataError(f"{where}.precisions: {sorted(overlap)} both default and excluded")
 
 
-@cache
-def load_profile(family: str) -> VendorProfile:
-    """The profile for one family, read once from the package data."""
-    if family not in FAMILIES:
-        raise ProfileDataError(f"no vendor profile for family '{family}'; known: {FAMILIES}")
-    name = f"{family}.json"
-    text = (
-        resources.files("services.agent.runtime")
-        .joinpath("data")
-        .joinpath("profiles")
-        .joinpath(name)
-    )
-    where = f"data/profiles/{name}"
+def parse_profile_text(text: str, family: VendorFamily, where: str) -> VendorProfile:
+    """Parse one family file; the file must describe the family it is named for."""
     try:
-        data = json.loads(text.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProfileDataError(f"{where}: not valid JSON ({exc})") from exc
+        raise CatalogDataError(f"{where}: not valid JSON ({exc})") from exc
     profile = parse_profile(data, where)
     if profile.family != family:
-        raise ProfileDataError(f"{where}.family: says '{profile.family}', file is for '{family}'")
+        raise CatalogDataError(f"{where}.family: says '{profile.family}', file is for '{family}'")
     return profile
 
 
-def all_profiles() -> dict[str, VendorProfile]:
-    """Every family's profile, keyed by family."""
-    return {family: load_profile(family) for family in FAMILIES}
+def load_profiles(
+    read_text: Callable[[str], str], where_prefix: str = ""
+) -> Mapping[VendorFamily, VendorProfile]:
+    """Every family's profile; ``read_text`` reads a path relative to the data folder."""
+    profiles: dict[VendorFamily, VendorProfile] = {}
+    for family in VENDOR_FAMILIES:
+        name = f"{VENDORS_DIR}/{family}.json"
+        try:
+            text = read_text(name)
+        except FileNotFoundError:
+            raise CatalogDataError(
+                f"{where_prefix}{name}: no profile for family '{family}'"
+            ) from None
+        profiles[family] = parse_profile_text(text, family, where_prefix + name)
+    return MappingProxyType(profiles)
+
+
+def extra_profile_files(data_dir: Path) -> list[str]:
+    """Family files in ``data_dir`` for no known family (a typo would be silently ignored)."""
+    known = {f"{family}.json" for family in VENDOR_FAMILIES}
+    folder = data_dir / VENDORS_DIR
+    return sorted(p.name for p in folder.glob("*.json") if p.name not in known)

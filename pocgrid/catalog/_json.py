@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from services.agent.runtime.errors import ProfileDataError
-from services.agent.runtime.sourcing import Sourced
+from pocgrid.catalog.errors import CatalogDataError
+from pocgrid.catalog.sourcing import Sourced
 
 T = TypeVar("T")
 
@@ -21,7 +21,7 @@ class JsonObject:
 
     def __init__(self, data: object, where: str) -> None:
         if not isinstance(data, dict):
-            raise ProfileDataError(f"{where}: expected an object, got {type(data).__name__}")
+            raise CatalogDataError(f"{where}: expected an object, got {type(data).__name__}")
         self._data: dict[str, object] = data
         self._where = where
 
@@ -37,13 +37,13 @@ class JsonObject:
 
     def _get(self, key: str) -> object:
         if key not in self._data:
-            raise ProfileDataError(f"{self._where}: missing key '{key}'")
+            raise CatalogDataError(f"{self._where}: missing key '{key}'")
         return self._data[key]
 
     def string(self, key: str) -> str:
         value = self._get(key)
         if not isinstance(value, str):
-            raise ProfileDataError(f"{self._where}.{key}: expected a string")
+            raise CatalogDataError(f"{self._where}.{key}: expected a string")
         return value
 
     def opt_string(self, key: str, default: str = "") -> str:
@@ -53,25 +53,25 @@ class JsonObject:
         value = self._get(key)
         # bool is an int subclass; a true/false where a number belongs is a data error.
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ProfileDataError(f"{self._where}.{key}: expected an integer")
+            raise CatalogDataError(f"{self._where}.{key}: expected an integer")
         return value
 
     def number(self, key: str) -> float:
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProfileDataError(f"{self._where}.{key}: expected a number")
+            raise CatalogDataError(f"{self._where}.{key}: expected a number")
         return float(value)
 
     def boolean(self, key: str) -> bool:
         value = self._get(key)
         if not isinstance(value, bool):
-            raise ProfileDataError(f"{self._where}.{key}: expected true or false")
+            raise CatalogDataError(f"{self._where}.{key}: expected true or false")
         return value
 
     def str_list(self, key: str) -> tuple[str, ...]:
         value = self._get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ProfileDataError(f"{self._where}.{key}: expected a list of strings")
+            raise CatalogDataError(f"{self._where}.{key}: expected a list of strings")
         return tuple(str(v) for v in value)
 
     def obj(self, key: str) -> JsonObject:
@@ -85,7 +85,7 @@ class JsonObject:
         verified = self.boolean("verified")
         sources = self.str_list("sources")
         if verified and not sources:
-            raise ProfileDataError(f"{self._where}: verified=true needs at least one source")
+            raise CatalogDataError(f"{self._where}: verified=true needs at least one source")
         return verified, sources, self.opt_string("note")
 
     def sourced_str(self, key: str) -> Sourced[str]:

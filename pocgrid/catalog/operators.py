@@ -1,4 +1,5 @@
-"""Which ONNX operators each vendor runtime executes natively, from ``data/operators.json``.
+"""Operator coverage: which ONNX operators each vendor runtime executes natively, from
+``data/operators.json``.
 
 The file holds one base set (the ONNX ops pocgrid's scenario models use) and, per family and
 per chip, the ops missing from it, each with a reason and whether that gap is documented or
@@ -11,14 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from types import MappingProxyType
-from typing import Literal
+from typing import Final, Literal
 
-from services.agent.runtime._json import JsonObject
-from services.agent.runtime.errors import ProfileDataError
-from services.agent.runtime.profiles import FAMILIES
+from pocgrid.catalog._json import JsonObject
+from pocgrid.catalog.errors import CatalogDataError
+from pocgrid.catalog.records import VENDOR_FAMILIES, VendorFamily
+
+OPERATORS_FILE: Final = "operators.json"
 
 Basis = Literal["documented", "estimate"]
 _BASES: tuple[Basis, ...] = ("documented", "estimate")
@@ -36,7 +37,7 @@ class OperatorGap:
 
 @dataclass(frozen=True, slots=True)
 class FamilyOperators:
-    family: str
+    family: VendorFamily
     summary: str
     """How this family's list was arrived at (which public list, or why it is an estimate)."""
     missing: Mapping[str, OperatorGap]
@@ -52,13 +53,14 @@ class FamilyOperators:
 @dataclass(frozen=True, slots=True)
 class OperatorCatalog:
     base: frozenset[str]
+    """Every op any runtime is asked about; an op outside it is native nowhere."""
     base_summary: str
-    families: Mapping[str, FamilyOperators]
+    families: Mapping[VendorFamily, FamilyOperators]
 
-    def gaps(self, family: str, chip_slug: str) -> dict[str, OperatorGap]:
+    def gaps(self, family: VendorFamily, chip_slug: str) -> dict[str, OperatorGap]:
         return self.families[family].gaps_for(chip_slug)
 
-    def native(self, family: str, chip_slug: str) -> frozenset[str]:
+    def native(self, family: VendorFamily, chip_slug: str) -> frozenset[str]:
         return self.base.difference(self.gaps(family, chip_slug))
 
 
@@ -67,14 +69,14 @@ def _gaps(entry: JsonObject, base: frozenset[str]) -> MappingProxyType[str, Oper
     for op in entry.names():
         if op not in base:
             # A gap for an op outside the base set would silently mean nothing; reject it.
-            raise ProfileDataError(f"{entry.where}.{op}: not in the base operator set")
+            raise CatalogDataError(f"{entry.where}.{op}: not in the base operator set")
         item = entry.obj(op)
         basis = item.string("basis")
         if basis not in _BASES:
-            raise ProfileDataError(f"{item.where}.basis: '{basis}' is not one of {_BASES}")
+            raise CatalogDataError(f"{item.where}.basis: '{basis}' is not one of {_BASES}")
         sources = item.str_list("sources")
         if basis == "documented" and not sources:
-            raise ProfileDataError(f"{item.where}: basis 'documented' needs a source")
+            raise CatalogDataError(f"{item.where}: basis 'documented' needs a source")
         gaps[op] = OperatorGap(
             op=op,
             reason=item.string("reason"),
@@ -89,13 +91,15 @@ def parse_operators(data: object, where: str) -> OperatorCatalog:
     base_entry = root.obj("base")
     ops = base_entry.str_list("ops")
     if len(set(ops)) != len(ops):
-        raise ProfileDataError(f"{base_entry.where}.ops: duplicate operator names")
+        raise CatalogDataError(f"{base_entry.where}.ops: duplicate operator names")
     base = frozenset(ops)
     families_entry = root.obj("families")
-    families: dict[str, FamilyOperators] = {}
-    for family in families_entry.names():
-        if family not in FAMILIES:
-            raise ProfileDataError(f"{families_entry.where}.{family}: unknown family")
+    families: dict[VendorFamily, FamilyOperators] = {}
+    known: dict[str, VendorFamily] = {f: f for f in VENDOR_FAMILIES}
+    for name in families_entry.names():
+        family = known.get(name)
+        if family is None:
+            raise CatalogDataError(f"{families_entry.where}.{name}: unknown family")
         entry = families_entry.obj(family)
         chips_entry = entry.obj("chips")
         families[family] = FamilyOperators(
@@ -106,21 +110,17 @@ def parse_operators(data: object, where: str) -> OperatorCatalog:
                 {slug: _gaps(chips_entry.obj(slug), base) for slug in chips_entry.names()}
             ),
         )
-    absent = [f for f in FAMILIES if f not in families]
+    absent = [f for f in VENDOR_FAMILIES if f not in families]
     if absent:
-        raise ProfileDataError(f"{families_entry.where}: no operator entry for {absent}")
+        raise CatalogDataError(f"{families_entry.where}: no operator entry for {absent}")
     return OperatorCatalog(
         base=base, base_summary=base_entry.string("summary"), families=MappingProxyType(families)
     )
 
 
-@cache
-def load_operators() -> OperatorCatalog:
-    """The operator data shipped with the package, read once."""
-    where = "data/operators.json"
-    text = resources.files("services.agent.runtime").joinpath("data").joinpath("operators.json")
+def parse_operators_text(text: str, where: str) -> OperatorCatalog:
     try:
-        data = json.loads(text.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProfileDataError(f"{where}: not valid JSON ({exc})") from exc
+        raise CatalogDataError(f"{where}: not valid JSON ({exc})") from exc
     return parse_operators(data, where)
