@@ -4,14 +4,28 @@ Publishing sets ``Nats-Msg-Id`` (JetStream drops a duplicate id inside the strea
 window, so a retried publish is stored once) and W3C ``traceparent`` (so a consumer's span joins
 the publisher's trace). Consumers are durable pull consumers; a message is acked only after its
 handler returns, so handlers must be idempotent on the event id (redelivery is normal).
+
+Consumers are supervised: nothing but ``close()`` ends a consume loop. Any error (a failed pull,
+a lost connection, a deleted consumer, a failed ack) is logged, followed by an exponential
+back-off (``consumer_backoff_*``) and a fresh subscription. After ``consumer_unhealthy_after``
+consecutive failures the consumer reports itself unhealthy through ``health()``, which the service
+turns into gRPC health NOT_SERVING; the next good pull reports it healthy again.
+
+An event the handler cannot take goes to the dead-letter stream (``pocgrid.deadletter``) and is
+terminated, so one bad event never blocks the ones behind it: at once when it does not decode or
+the handler raises ``PoisonEvent``, and after ``consumer_max_deliver`` deliveries when the handler
+keeps failing. The server itself is told to redeliver forever, so an event whose dead-lettering
+failed (NATS down) comes back and is dead-lettered then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats
@@ -21,7 +35,9 @@ from nats.js.errors import BadRequestError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from pocgrid import deadletter
 from services.core import telemetry
+from services.core.config import CommonConfig
 from services.core.logging import get_logger
 
 log = get_logger()
@@ -33,6 +49,7 @@ M = TypeVar("M", bound=Message)
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
+    max_age_s: float = 7 * 24 * 3600.0
 
 
 #: Every stream the mesh uses; created idempotently by whichever service connects first.
@@ -41,14 +58,28 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("POCGRID_SCHEDULER", ("scheduler.>",)),
     StreamSpec("POCGRID_USAGE", ("usage.>",)),
     StreamSpec("POCGRID_EVAL", ("eval.>",)),
+    StreamSpec(deadletter.DLQ_STREAM, (deadletter.DLQ_SUBJECTS,), deadletter.DLQ_MAX_AGE_S),
 )
 
 DUPLICATE_WINDOW_S = 120.0
-MAX_AGE_S = 7 * 24 * 3600.0
-#: How long one pull waits for messages; also how soon a consumer notices ``close()``.
-FETCH_WAIT_S = 1.0
 #: Bound on ``close()``: the consumers' last fetch, then the connection's drain.
 CLOSE_TIMEOUT_S = 5.0
+
+#: gRPC health name of the bus as a whole: the NATS connection and every consumer.
+BUS_HEALTH = "pocgrid.bus"
+
+
+def consumer_health_name(durable: str) -> str:
+    """gRPC health name of one consumer."""
+    return f"{BUS_HEALTH}.consumer.{durable}"
+
+
+class PoisonEvent(Exception):
+    """Raised by a handler for an event no retry will fix: it is dead-lettered at once."""
+
+
+class BusDisconnected(ConnectionError):
+    """The NATS connection is down (the client keeps reconnecting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +90,49 @@ class EventMeta:
 
 
 Handler = Callable[[M, EventMeta], Awaitable[None]]
+HealthListener = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ConsumerState:
+    durable: str
+    healthy: bool = True
+    failures: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Consumer:
+    stream: str
+    durable: str
+    subject: str
+    message_type: type[Message]
+    handler: Handler[Any]
+    batch: int
 
 
 class EventBus:
-    def __init__(self, url: str, tracer: trace.Tracer, client_name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        tracer: trace.Tracer,
+        client_name: str,
+        config: CommonConfig | None = None,
+        *,
+        on_health_change: HealthListener | None = None,
+    ) -> None:
         self._url = url
         self._tracer = tracer
         self._name = client_name
+        self._config = config if config is not None else CommonConfig()
+        self._on_health_change = on_health_change
         self._nc: Any = None
         self._js: Any = None
         self._consumers: list[asyncio.Task[None]] = []
+        self._states: dict[str, ConsumerState] = {}
         self._closing = asyncio.Event()
 
+    # -- connection -----------------------------------------------------------------------
     async def connect(self, timeout_s: float = 10.0) -> None:
         self._nc = await nats.connect(
             self._url,
@@ -80,12 +142,33 @@ class EventBus:
             reconnect_time_wait=0.5,
             drain_timeout=int(CLOSE_TIMEOUT_S),
             error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
         self._js = self._nc.jetstream()
         await self.ensure_streams()
+        await self._notify()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("nats.error", error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing.is_set():
+            log.warning("nats.disconnected", url=self._url)
+        await self._notify()
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats.reconnected", url=self._url)
+        # A server that came back empty has lost the streams; publishers need them too.
+        try:
+            await self.ensure_streams()
+        except Exception as exc:
+            log.warning("nats.ensure_streams_failed", error=repr(exc))
+        await self._notify()
 
     async def ensure_streams(self) -> None:
         for spec in STREAMS:
@@ -93,7 +176,7 @@ class EventBus:
                 name=spec.name,
                 subjects=list(spec.subjects),
                 duplicate_window=DUPLICATE_WINDOW_S,
-                max_age=MAX_AGE_S,
+                max_age=spec.max_age_s,
             )
             try:
                 await self._js.add_stream(config)
@@ -101,6 +184,29 @@ class EventBus:
                 # Exists with a different config (an older release): bring it up to date.
                 await self._js.update_stream(config)
 
+    # -- health ---------------------------------------------------------------------------
+    def health(self) -> dict[str, bool]:
+        """Health name -> serving, for the bus as a whole and each consumer."""
+        parts = {consumer_health_name(d): s.healthy for d, s in self._states.items()}
+        parts[BUS_HEALTH] = self.connected and all(parts.values())
+        return parts
+
+    @property
+    def consumers_healthy(self) -> bool:
+        return all(s.healthy for s in self._states.values())
+
+    def consumer_states(self) -> list[ConsumerState]:
+        return list(self._states.values())
+
+    async def _notify(self) -> None:
+        if self._on_health_change is None:
+            return
+        try:
+            await self._on_health_change()
+        except Exception as exc:
+            log.warning("bus.health_listener_failed", error=repr(exc))
+
+    # -- publishing -----------------------------------------------------------------------
     async def publish(self, subject: str, event: Message, event_id: str) -> None:
         with self._tracer.start_as_current_span(
             f"publish {subject}",
@@ -111,10 +217,11 @@ class EventBus:
                 "messaging.message.id": event_id,
             },
         ):
-            headers = {"Nats-Msg-Id": event_id}
+            headers = {deadletter.MSG_ID: event_id}
             telemetry.inject(headers)
             await self._js.publish(subject, event.SerializeToString(), headers=headers)
 
+    # -- consuming ------------------------------------------------------------------------
     def consume(
         self,
         stream: str,
@@ -123,54 +230,133 @@ class EventBus:
         message_type: type[M],
         handler: Handler[M],
         *,
-        batch: int = 64,
+        batch: int | None = None,
     ) -> asyncio.Task[None]:
-        task = asyncio.create_task(
-            self._consume_loop(stream, durable, subject, message_type, handler, batch),
-            name=f"consume:{durable}",
+        """Start a supervised durable pull consumer; it runs until ``close()``."""
+        if durable in self._states:
+            raise ValueError(f"consumer {durable!r} is already running on this bus")
+        spec = _Consumer(
+            stream,
+            durable,
+            subject,
+            message_type,
+            handler,
+            batch if batch is not None else self._config.consumer_batch,
         )
+        self._states[durable] = ConsumerState(durable)
+        task = asyncio.create_task(self._supervise(spec), name=f"consume:{durable}")
         self._consumers.append(task)
         return task
 
-    async def _consume_loop(
-        self,
-        stream: str,
-        durable: str,
-        subject: str,
-        message_type: type[M],
-        handler: Handler[M],
-        batch: int,
-    ) -> None:
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=20,
-            filter_subject=subject,
-        )
-        sub = await self._js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+    async def _supervise(self, spec: _Consumer) -> None:
+        state = self._states[spec.durable]
+        sub: Any = None
+        checked = 0.0
+        await self._notify()  # its health name exists from now on
         try:
             while not self._closing.is_set():
                 try:
-                    msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                    return
-                for msg in msgs:
-                    await self._deliver(msg, message_type, handler)
+                    if not self.connected:
+                        raise BusDisconnected("NATS connection is down")
+                    if sub is None:
+                        sub = await self._subscribe(spec)
+                        checked = time.monotonic()
+                    msgs = await self._pull(sub, spec)
+                    idle_for = time.monotonic() - checked
+                    if not msgs and idle_for > self._config.consumer_check_interval_s:
+                        # Raises NotFoundError for a deleted durable: re-subscribe re-creates it.
+                        await self._js.consumer_info(spec.stream, spec.durable)
+                        checked = time.monotonic()
+                    await self._succeeded(state)
+                    for msg in msgs:
+                        await self._deliver(msg, spec)
+                except Exception as exc:  # supervision: only close() ends the loop
+                    if self._closing.is_set():
+                        break
+                    await self._unsubscribe(sub)
+                    sub = None
+                    await self._failed(state, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._closing.wait(), self._config.consumer_backoff_s(state.failures)
+                        )
         finally:
-            # Unsubscribe, not drain: a pull inbox can still hold a status reply (the server's
-            # "request timeout" for the last pull) that nobody will read, and a connection drain
-            # waits for every subscription's queue to empty, for its whole drain_timeout.
-            if not self._nc.is_closed:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            await self._unsubscribe(sub)
 
-    async def _deliver(self, msg: Any, message_type: type[M], handler: Handler[M]) -> None:
-        headers = dict(msg.headers or {})
-        event_id = headers.get("Nats-Msg-Id", "")
+    async def _subscribe(self, spec: _Consumer) -> Any:
+        await self.ensure_streams()
+        config = ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._config.consumer_ack_wait_s,
+            deliver_policy=DeliverPolicy.ALL,
+            # Unbounded on the server: the consumer counts deliveries itself and dead-letters,
+            # which the server's own limit would not (it just stops delivering).
+            max_deliver=-1,
+            filter_subject=spec.subject,
+        )
+        try:
+            await self._js.add_consumer(spec.stream, config)
+        except BadRequestError as exc:
+            # An existing durable whose settings this server will not change in place.
+            log.warning("consumer.config_kept", consumer=spec.durable, error=repr(exc))
+        return await self._js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+
+    async def _pull(self, sub: Any, spec: _Consumer) -> list[Any]:
+        try:
+            wait_s = self._config.consumer_fetch_wait_s
+            msgs: list[Any] = await sub.fetch(spec.batch, timeout=wait_s)
+        except TimeoutError:
+            # Nothing to fetch. nats-py raises its own TimeoutError or a plain asyncio one
+            # (its own is the subclass), so catch the base; a pull that timed out because the
+            # connection went away is a failure, not an idle consumer.
+            if not self.connected:
+                raise BusDisconnected("NATS connection is down") from None
+            return []
+        return msgs
+
+    async def _unsubscribe(self, sub: Any) -> None:
+        # Unsubscribe, not drain: a pull inbox can still hold a status reply (the server's
+        # "request timeout" for the last pull) that nobody will read, and a connection drain
+        # waits for every subscription's queue to empty, for its whole drain_timeout.
+        if sub is not None and self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _succeeded(self, state: ConsumerState) -> None:
+        if state.failures:
+            log.info("consumer.recovered", consumer=state.durable, after_failures=state.failures)
+        state.failures = 0
+        state.last_error = ""
+        if not state.healthy:
+            state.healthy = True
+            await self._notify()
+
+    async def _failed(self, state: ConsumerState, exc: Exception) -> None:
+        state.failures += 1
+        state.last_error = repr(exc)
+        log.warning(
+            "consumer.failed",
+            consumer=state.durable,
+            failures=state.failures,
+            retry_in_s=self._config.consumer_backoff_s(state.failures),
+            error=state.last_error,
+        )
+        if state.healthy and state.failures >= self._config.consumer_unhealthy_after:
+            state.healthy = False
+            log.error(
+                "consumer.unhealthy",
+                consumer=state.durable,
+                failures=state.failures,
+                error=state.last_error,
+            )
+            await self._notify()
+
+    async def _deliver(self, msg: Any, spec: _Consumer) -> None:
+        headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+        event_id = deadletter.event_id(headers)
+        deliveries = int(msg.metadata.num_delivered)
+        max_deliver = self._config.consumer_max_deliver
         ctx = telemetry.extract(headers)
         with self._tracer.start_as_current_span(
             f"consume {msg.subject}",
@@ -182,29 +368,84 @@ class EventBus:
                 "messaging.message.id": event_id,
             },
         ) as span:
-            try:
-                event = message_type.FromString(msg.data)
-            except DecodeError:
-                # A poison message is never going to decode: terminate it, don't redeliver.
-                log.error("event.undecodable", subject=msg.subject, event_id=event_id)
-                await msg.term()
+            if deliveries > max_deliver:
+                # Earlier deliveries were never acked or nakked: the handler hung past the ack
+                # wait or its process died with it in hand.
+                why = f"not acked in {deliveries - 1} deliveries (max {max_deliver})"
+                await self._dead_letter(msg, spec, headers, why)
                 return
-            meta = EventMeta(event_id, msg.subject, int(msg.metadata.num_delivered))
             try:
-                await handler(event, meta)
+                event = spec.message_type.FromString(msg.data)
+            except DecodeError as exc:
+                await self._dead_letter(
+                    msg, spec, headers, f"undecodable as {spec.message_type.__name__}: {exc}"
+                )
+                return
+            meta = EventMeta(event_id, msg.subject, deliveries)
+            try:
+                await spec.handler(event, meta)
+            except PoisonEvent as exc:
+                await self._dead_letter(msg, spec, headers, f"rejected by the handler: {exc}")
+                return
             except Exception as exc:
                 span.record_exception(exc)
-                log.exception("event.handler_failed", subject=msg.subject, event_id=event_id)
-                await msg.nak(delay=1.0)
+                if deliveries >= max_deliver:
+                    await self._dead_letter(
+                        msg,
+                        spec,
+                        headers,
+                        f"handler failed on delivery {deliveries} of {max_deliver}: {exc!r}",
+                    )
+                    return
+                log.exception(
+                    "event.handler_failed",
+                    subject=msg.subject,
+                    event_id=event_id,
+                    delivery=deliveries,
+                )
+                await msg.nak(delay=self._config.consumer_backoff_s(deliveries))
                 return
             await msg.ack()
 
+    async def _dead_letter(
+        self, msg: Any, spec: _Consumer, headers: dict[str, str], reason: str
+    ) -> None:
+        stream_seq = int(msg.metadata.sequence.stream)
+        dlq_headers = deadletter.dead_letter_headers(
+            headers,
+            reason=reason,
+            subject=msg.subject,
+            stream=str(msg.metadata.stream or spec.stream),
+            stream_seq=stream_seq,
+            consumer=spec.durable,
+            deliveries=int(msg.metadata.num_delivered),
+            dead_at=datetime.now(UTC),
+        )
+        await self._js.publish(
+            deadletter.dead_letter_subject(spec.durable, msg.subject),
+            msg.data,
+            headers=dlq_headers,
+        )
+        # Only once the dead letter is stored: if publishing failed the event is redelivered.
+        await msg.term()
+        log.error(
+            "event.dead_lettered",
+            consumer=spec.durable,
+            subject=msg.subject,
+            event_id=dlq_headers[deadletter.ORIGINAL_EVENT_ID],
+            stream_seq=stream_seq,
+            reason=reason,
+        )
+
+    # -- shutdown -------------------------------------------------------------------------
     async def close(self) -> None:
         # Consumers finish the batch in hand and stop before their next fetch, so no handler is
         # cut off half-way; one stuck past the bound is cancelled (its message is redelivered).
         self._closing.set()
         if self._consumers:
-            _, stuck = await asyncio.wait(self._consumers, timeout=FETCH_WAIT_S + CLOSE_TIMEOUT_S)
+            _, stuck = await asyncio.wait(
+                self._consumers, timeout=self._config.consumer_fetch_wait_s + CLOSE_TIMEOUT_S
+            )
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*self._consumers, return_exceptions=True)

@@ -111,6 +111,34 @@ class CommonConfig(EnvConfig):
     downstream_timeout_cap_s: float = 10.0
     """Upper bound on any call to another service, whatever the caller's deadline."""
 
+    consumer_fetch_wait_s: float = 1.0
+    """How long one JetStream pull waits for messages; also how soon a consumer notices stop."""
+
+    consumer_batch: int = 64
+    """Events fetched per pull by a durable JetStream consumer."""
+
+    consumer_ack_wait_s: float = 30.0
+    """How long the server waits for a consumed event's ack before it redelivers the event."""
+
+    consumer_max_deliver: int = 20
+    """Deliveries of one event before it goes to the dead-letter stream (the handler kept failing
+    or its process kept dying before the ack)."""
+
+    consumer_backoff_initial_s: float = 0.5
+    """First pause after a consumer error and first redelivery delay of a failed event; each
+    further consecutive failure doubles it, up to consumer_backoff_max_s."""
+
+    consumer_backoff_max_s: float = 30.0
+    """Cap on the consumer's retry pause and on an event's redelivery delay."""
+
+    consumer_check_interval_s: float = 5.0
+    """How often an idle consumer asks the server whether its durable still exists: a pull on a
+    deleted durable just times out, exactly like a pull on an idle one."""
+
+    consumer_unhealthy_after: int = 5
+    """Consecutive failed attempts (fetch, subscribe, ack) after which a consumer, and with it the
+    service's gRPC health, reports NOT_SERVING; the next successful pull reports SERVING again."""
+
     def __post_init__(self) -> None:
         parse_hostport("listen", self.listen)
         if self.log_format not in ("auto", "json", "console"):
@@ -125,6 +153,36 @@ class CommonConfig(EnvConfig):
             raise ConfigError(f"{env_name('nats_url')}: must start with nats:// or tls://")
         if self.downstream_timeout_cap_s <= 0:
             raise ConfigError(f"{env_name('downstream_timeout_cap_s')}: must be > 0")
+        for name in (
+            "consumer_fetch_wait_s",
+            "consumer_ack_wait_s",
+            "consumer_backoff_initial_s",
+            "consumer_check_interval_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)}: must be > 0")
+        if self.consumer_backoff_max_s < self.consumer_backoff_initial_s:
+            raise ConfigError(
+                f"{env_name('consumer_backoff_max_s')}: must be >= "
+                f"{env_name('consumer_backoff_initial_s')}"
+            )
+        if not 1 <= self.consumer_batch <= 1024:
+            raise ConfigError(f"{env_name('consumer_batch')}: must be 1..1024")
+        if self.consumer_max_deliver < 1:
+            raise ConfigError(f"{env_name('consumer_max_deliver')}: must be >= 1")
+        if self.consumer_unhealthy_after < 1:
+            raise ConfigError(f"{env_name('consumer_unhealthy_after')}: must be >= 1")
+        if self.consumer_ack_wait_s <= self.consumer_fetch_wait_s:
+            # A batch is handled after its pull returns; a shorter ack wait would redeliver
+            # events that are still in hand.
+            raise ConfigError(
+                f"{env_name('consumer_ack_wait_s')}: must be > {env_name('consumer_fetch_wait_s')}"
+            )
+
+    def consumer_backoff_s(self, failures: int) -> float:
+        """Pause before retry number ``failures`` (1-based): exponential, capped."""
+        exp = min(max(failures, 1) - 1, 32)
+        return float(min(self.consumer_backoff_initial_s * 2**exp, self.consumer_backoff_max_s))
 
     def sqlite_url(self, service: str) -> str:
         return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"

@@ -62,6 +62,8 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self._service_names: list[str] = []
         self._port = 0
+        self._serving = False
+        self._health_lock = asyncio.Lock()
         self._started = False
         self._stopped = False
 
@@ -104,9 +106,38 @@ class Service:
         return ch
 
     async def connect_bus(self) -> EventBus:
-        self.bus = EventBus(self.common.nats_url, self.tracer, self.name)
+        self.bus = EventBus(
+            self.common.nats_url,
+            self.tracer,
+            self.name,
+            self.common,
+            on_health_change=self._refresh_health,
+        )
         await self.bus.connect()
         return self.bus
+
+    async def _refresh_health(self) -> None:
+        """Publish gRPC health from the bus's state.
+
+        ``""`` and the service's own names follow its consumers: a service whose consumer cannot
+        recover is not doing its job (metering would stop billing), so it says NOT_SERVING. The
+        NATS connection alone does not touch them: a publisher's RPCs never wait on the bus (its
+        outbox holds events until NATS is back), so it keeps answering and stays SERVING. The
+        bus itself is reported under ``pocgrid.bus`` (NOT_SERVING while NATS is unreachable or a
+        consumer is unhealthy) and each consumer under ``pocgrid.bus.consumer.<durable>``; the
+        gateway's CheckServices reports ``pocgrid.bus`` next to ``""``, so `pocgrid status`
+        shows NATS down without the RPCs being refused.
+        """
+        async with self._health_lock:
+            if not self._serving:
+                return
+            ok = health_pb2.HealthCheckResponse.SERVING
+            bad = health_pb2.HealthCheckResponse.NOT_SERVING
+            overall = ok if self.bus is None or self.bus.consumers_healthy else bad
+            for svc in ["", *self._service_names]:
+                await self.health.set(svc, overall)
+            for name, serving in (self.bus.health() if self.bus is not None else {}).items():
+                await self.health.set(name, ok if serving else bad)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task that is cancelled on stop and whose crash is logged."""
@@ -152,8 +183,8 @@ class Service:
         if self._port == 0:
             raise RuntimeError(f"{self.name}: could not bind {self.common.listen}")
         await self.server.start()
-        for svc in ["", *self._service_names]:
-            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        await self._refresh_health()
         await self.on_serving()
         log.info("service.started", address=self.address)
 

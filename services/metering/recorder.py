@@ -2,8 +2,9 @@
 
 The event's ``event_id`` becomes the record's ``usage_id``: JetStream drops a retried publish
 inside its duplicate window, and the primary key drops a redelivery or a re-publish after it.
-An event that can never be stored (no tenant, negative counts) is logged and acknowledged, not
-redelivered: retrying will not fix it.
+An event that can never be stored (no tenant, negative counts) is rejected as poison: retrying
+will not fix it, so the bus puts it in the dead-letter stream with the reason, where an operator
+sees it (``pocgrid admin dlq list``) instead of usage vanishing from a log line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from datetime import UTC, datetime
 
 from pocgrid.v1 import events_pb2, metering_pb2
-from services.core.bus import EventMeta
+from services.core.bus import EventMeta, PoisonEvent
 from services.core.logging import get_logger
 from services.metering.store import UsageStore
 
@@ -83,8 +84,7 @@ class UsageRecorder:
         usage_id = event.event_id or meta.event_id
         why = problem(event, usage_id)
         if why:
-            log.error("usage.rejected", event_id=usage_id, subject=meta.subject, error=why)
-            return
+            raise PoisonEvent(f"usage event {usage_id!r} cannot be stored: {why}")
         stored = await self._store.record(to_record(event, usage_id))
         log.debug(
             "usage.recorded" if stored else "usage.duplicate",

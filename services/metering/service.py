@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 
 import grpc
@@ -10,15 +9,12 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
 from services.core.config import CommonConfig
-from services.core.logging import get_logger
 from services.core.service import Service
 from services.core.storage import Database
 from services.metering.config import MeteringConfig
 from services.metering.recorder import UsageRecorder
 from services.metering.servicer import MeteringServicer
 from services.metering.store import UsageStore
-
-log = get_logger()
 
 USAGE_STREAM = "POCGRID_USAGE"
 USAGE_SUBJECTS = "usage.>"
@@ -56,21 +52,15 @@ class MeteringServer(Service):
 
     async def on_serving(self) -> None:
         assert self.bus is not None
-        consumer = self.bus.consume(
+        # Supervised by the bus (retries, dead letters, health); batch and timings come from
+        # CommonConfig's consumer_* settings.
+        self.bus.consume(
             stream=USAGE_STREAM,
             durable=DURABLE,
             subject=USAGE_SUBJECTS,
             message_type=events_pb2.UsageRecorded,
             handler=UsageRecorder(self.store).handle,
-            batch=self.config.metering_consume_batch,
         )
-        consumer.add_done_callback(_report_consumer)
 
     async def on_stop(self) -> None:
         await self.db.dispose()
-
-
-def _report_consumer(task: asyncio.Task[None]) -> None:
-    # The bus owns the task; without this a failed subscribe would end it silently.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("usage.consumer_crashed", error=repr(task.exception()))
