@@ -2,6 +2,7 @@
 
 Entry points:
 
+- :func:`check_fit` — the one memory-fit model (the adapter's CheckFit answers with it);
 - :func:`predict` — one deployment (chip x devices, model, precision, batch, lengths) in the
   ``offline`` (static batch) or ``server`` (continuous batching, Poisson arrivals) scenario;
 - :class:`LlmDeployment` + :func:`predict_static` — static-batch costs of one replica;
@@ -20,6 +21,7 @@ from pocgrid.perf.efficiency import (
     default_params,
 )
 from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInput
+from pocgrid.perf.fit import FIT_BATCH, FIT_INPUT_LEN, FIT_OUTPUT_LEN, FitCheck, check_fit
 from pocgrid.perf.llm import LlmDeployment, MemoryFit, TransformerShape
 from pocgrid.perf.predict import SCENARIOS, Prediction, predict
 from pocgrid.perf.roofline import Bound, OpTable, OpTime, op_time
@@ -32,14 +34,18 @@ from pocgrid.perf.serving import (
     kv_cache_blocks,
     simulate,
 )
-from pocgrid.perf.static_batch import StaticBatchResult, predict_static
+from pocgrid.perf.static_batch import StaticBatchResult, predict_static, static_memory_fit
 
 __all__ = [
+    "FIT_BATCH",
+    "FIT_INPUT_LEN",
+    "FIT_OUTPUT_LEN",
     "SCENARIOS",
     "Bound",
     "Ceiling",
     "ChipCeilings",
     "EfficiencyData",
+    "FitCheck",
     "LlmDeployment",
     "MemoryFit",
     "OpTable",
@@ -56,6 +62,7 @@ __all__ = [
     "UnknownNameInput",
     "UnsupportedInput",
     "Workload",
+    "check_fit",
     "default_efficiency",
     "default_params",
     "kv_cache_blocks",
@@ -63,4 +70,5 @@ __all__ = [
     "predict",
     "predict_static",
     "simulate",
+    "static_memory_fit",
 ]

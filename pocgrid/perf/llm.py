@@ -314,12 +314,18 @@ class LlmDeployment:
         self.tp = tp
         eff = default_efficiency() if efficiency is None else efficiency
         self.params = eff.params if params is None else params
-        self.ceilings: ChipCeilings = eff.ceilings(chip, precision, self.params)
+        self._efficiency = eff
         self.weight_bytes = PRECISION_BYTES[precision]
         self.kv_bytes = PRECISION_BYTES[precision]
         self.act_bytes = 4 if precision in ("fp32", "tf32") else 2
         # Quantised deployments keep the LM head in 16 bits (it is accuracy-critical).
         self.lm_head_bytes = self.act_bytes if precision in LOW_PRECISIONS else self.weight_bytes
+
+    @cached_property
+    def ceilings(self) -> ChipCeilings:
+        """Achieved rates at this precision; raises UnsupportedInput when the catalogue lacks a
+        number speed needs (a peak at the precision). Memory sizing does not need them."""
+        return self._efficiency.ceilings(self.chip, self.precision, self.params)
 
     # -- per-device sizes -------------------------------------------------------------------
 

@@ -53,16 +53,23 @@ def validate_lengths(batch: int, input_len: int, output_len: int) -> None:
         raise PerfInputError("output_len", "must be >= 1")
 
 
+def static_memory_fit(
+    deployment: LlmDeployment, batch: int, input_len: int, output_len: int
+) -> MemoryFit:
+    """Per-device memory of a static batch: every sequence's KV cache at its full length, and
+    the prefill of the whole batch as the activation peak. The one fit model: ``predict`` and
+    ``pocgrid.perf.check_fit`` (the adapter's CheckFit) both price memory with it."""
+    kv = batch * deployment.kv_bytes_for_sequence(input_len + output_len)
+    return deployment.memory_fit(kv_cache_bytes=kv, max_tokens=batch * input_len, max_logits=batch)
+
+
 def predict_static(
     deployment: LlmDeployment, batch: int, input_len: int, output_len: int
 ) -> StaticBatchResult:
     """Price a static batch on one replica of ``deployment``."""
     validate_lengths(batch, input_len, output_len)
     table = deployment.op_table
-    kv = batch * deployment.kv_bytes_for_sequence(input_len + output_len)
-    memory = deployment.memory_fit(
-        kv_cache_bytes=kv, max_tokens=batch * input_len, max_logits=batch
-    )
+    memory = static_memory_fit(deployment, batch, input_len, output_len)
     prefill = table.evaluate(deployment.prefill_features(batch, input_len)[:, None])
     prefill_bound = prefill.dominant_bound()
     decode_bound: Bound | None = None

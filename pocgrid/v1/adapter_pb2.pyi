@@ -25,11 +25,22 @@ class CheckFitRequest(_message.Message):
     CHIP_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     chip: _builtins.str
     precision: _common_pb2.Precision.ValueType
     devices: _builtins.int
     """Devices the model is split across (tensor parallel); >= 1."""
+    batch: _builtins.int
+    """The workload whose KV cache and activations must fit beside the weights: sequences, and
+    prompt and output tokens per sequence. 0 = the default (1 sequence of 1024 + 1024 tokens).
+    The same workload in `pocgrid perf predict --batch B --input-len I --output-len O` on the
+    same devices gives the same fit answer.
+    """
+    input_len: _builtins.int
+    output_len: _builtins.int
     def __init__(
         self,
         *,
@@ -37,10 +48,13 @@ class CheckFitRequest(_message.Message):
         chip: _builtins.str = ...,
         precision: _common_pb2.Precision.ValueType = ...,
         devices: _builtins.int = ...,
+        batch: _builtins.int = ...,
+        input_len: _builtins.int = ...,
+        output_len: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "devices", b"devices", "model", b"model", "precision", b"precision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "chip", b"chip", "devices", b"devices", "input_len", b"input_len", "model", b"model", "output_len", b"output_len", "precision", b"precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -48,44 +62,54 @@ Global___CheckFitRequest: _TypeAlias = CheckFitRequest  # noqa: Y015
 
 @_typing.final
 class CheckFitResponse(_message.Message):
+    """The performance model's memory fit (pocgrid.perf.check_fit), the same answer as
+    `pocgrid perf predict` gives. Sizes are GiB (2^30 bytes) per device.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FITS_FIELD_NUMBER: _builtins.int
-    WEIGHTS_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
-    MEMORY_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
-    HEADROOM_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    WEIGHTS_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    HEADROOM_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
     PRECISION_SUPPORTED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    RESERVE_GB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    RESERVE_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    KV_CACHE_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    ACTIVATIONS_GIB_PER_DEVICE_FIELD_NUMBER: _builtins.int
     fits: _builtins.bool
-    """The weights fit beside the reserve and the chip supports the precision."""
-    weights_gb_per_device: _builtins.float
-    """Weights per device, GB (10^9 bytes)."""
-    memory_gb_per_device: _builtins.float
+    """Weights, KV cache, activations and reserve fit, and the chip runs the precision."""
+    weights_gib_per_device: _builtins.float
+    memory_gib_per_device: _builtins.float
     """Device memory from the catalogue; 0 when no source gives it."""
-    headroom_gb_per_device: _builtins.float
-    """What is left per device for activations and KV cache (negative when it does not fit):
-    memory - reserve - weights.
-    """
+    headroom_gib_per_device: _builtins.float
+    """What is left per device (negative when it does not fit): memory - needed."""
     precision_supported: _builtins.bool
     reason: _builtins.str
     """Why it does not fit or is not supported; empty when it fits."""
-    reserve_gb_per_device: _builtins.float
-    """Held back per device for the runtime context, workspace and fragmentation, GB."""
+    reserve_gib_per_device: _builtins.float
+    """Held back per device for the runtime context, workspace and collective buffers."""
+    kv_cache_gib_per_device: _builtins.float
+    """KV cache of the workload (every sequence at its full length), and peak activations of its
+    prefill; 0 for models without a decoder (their weights and the reserve are charged).
+    """
+    activations_gib_per_device: _builtins.float
     def __init__(
         self,
         *,
         fits: _builtins.bool = ...,
-        weights_gb_per_device: _builtins.float = ...,
-        memory_gb_per_device: _builtins.float = ...,
-        headroom_gb_per_device: _builtins.float = ...,
+        weights_gib_per_device: _builtins.float = ...,
+        memory_gib_per_device: _builtins.float = ...,
+        headroom_gib_per_device: _builtins.float = ...,
         precision_supported: _builtins.bool = ...,
         reason: _builtins.str = ...,
-        reserve_gb_per_device: _builtins.float = ...,
+        reserve_gib_per_device: _builtins.float = ...,
+        kv_cache_gib_per_device: _builtins.float = ...,
+        activations_gib_per_device: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "headroom_gb_per_device", b"headroom_gb_per_device", "memory_gb_per_device", b"memory_gb_per_device", "precision_supported", b"precision_supported", "reason", b"reason", "reserve_gb_per_device", b"reserve_gb_per_device", "weights_gb_per_device", b"weights_gb_per_device"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations_gib_per_device", b"activations_gib_per_device", "fits", b"fits", "headroom_gib_per_device", b"headroom_gib_per_device", "kv_cache_gib_per_device", b"kv_cache_gib_per_device", "memory_gib_per_device", b"memory_gib_per_device", "precision_supported", b"precision_supported", "reason", b"reason", "reserve_gib_per_device", b"reserve_gib_per_device", "weights_gib_per_device", b"weights_gib_per_device"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,13 +6,15 @@ import grpc
 
 from pocgrid import precision
 from pocgrid.catalog import Catalog, UnknownNameError
+from pocgrid.perf import FIT_BATCH, FIT_INPUT_LEN, FIT_OUTPUT_LEN, PerfInputError, check_fit
 from pocgrid.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 from services.adapter.config import AdapterConfig
-from services.adapter.fit import check_fit
 from services.core import validation as v
 from services.core.errors import InvalidArgument, NotFound
 
 MAX_DEVICES = 64
+MAX_BATCH = 4096
+MAX_TOKENS = 1 << 20
 
 
 def _hint(exc: UnknownNameError) -> str:
@@ -48,15 +50,40 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
             chip = self._catalog.find_chip(request.chip)
         except UnknownNameError as exc:
             raise NotFound("chip", request.chip, _hint(exc)) from None
-        fit = check_fit(
-            model, chip, name, request.devices, self._config.adapter_memory_reserve_fraction
-        )
+        batch = _or_default("batch", request.batch, FIT_BATCH, MAX_BATCH)
+        input_len = _or_default("input_len", request.input_len, FIT_INPUT_LEN, MAX_TOKENS)
+        output_len = _or_default("output_len", request.output_len, FIT_OUTPUT_LEN, MAX_TOKENS)
+        # The performance model's fit, so CheckFit and `pocgrid perf predict` agree.
+        try:
+            fit = check_fit(
+                chip,
+                model,
+                name,
+                request.devices,
+                batch=batch,
+                input_len=input_len,
+                output_len=output_len,
+                catalog=self._catalog,
+            )
+        except PerfInputError as exc:
+            raise InvalidArgument(exc.field, exc.rule) from None
+        memory = fit.memory
         return adapter_pb2.CheckFitResponse(
             fits=fit.fits,
-            weights_gb_per_device=fit.weights_gb_per_device,
-            memory_gb_per_device=fit.memory_gb_per_device,
-            reserve_gb_per_device=fit.reserve_gb_per_device,
-            headroom_gb_per_device=fit.headroom_gb_per_device,
+            weights_gib_per_device=0.0 if memory is None else memory.weights_gib,
+            memory_gib_per_device=chip.memory_gib or 0.0,
+            reserve_gib_per_device=0.0 if memory is None else memory.reserve_gib,
+            kv_cache_gib_per_device=0.0 if memory is None else memory.kv_cache_gib,
+            activations_gib_per_device=0.0 if memory is None else memory.activations_gib,
+            headroom_gib_per_device=fit.headroom_gib,
             precision_supported=fit.precision_supported,
             reason=fit.reason,
         )
+
+
+def _or_default(field: str, value: int, default: int, maximum: int) -> int:
+    """A workload size, or the fit's default when the request leaves it 0."""
+    if value == 0:
+        return default
+    v.require_range(field, value, 1, maximum)
+    return value

@@ -37,14 +37,21 @@ async def test_70b_does_not_fit_one_32gb_device(common, closer):
         common, closer, model="Llama-3.1-70B", chip="kunlun-r200", precision=FP16, devices=1
     )
     assert not resp.fits and resp.precision_supported
-    # 70.55 B parameters x 2 bytes.
-    assert resp.weights_gb_per_device == pytest.approx(141.1)
-    assert resp.memory_gb_per_device == 32.0
-    assert resp.reserve_gb_per_device == pytest.approx(3.2)
-    assert resp.headroom_gb_per_device == pytest.approx(32.0 - 3.2 - 141.1)
-    assert "141.10 GB" in resp.reason and "32.00 GB" in resp.reason
-    assert "short by 112.30 GB" in resp.reason
-    assert "at least 5 devices" in resp.reason
+    # 70.55 B parameters x 2 bytes = 131.4 GiB.
+    assert resp.weights_gib_per_device == pytest.approx(131.41, abs=0.01)
+    assert resp.memory_gib_per_device == 32.0
+    assert resp.reserve_gib_per_device == 1.0
+    assert resp.kv_cache_gib_per_device > 0 and resp.activations_gib_per_device > 0
+    needed = (
+        resp.weights_gib_per_device
+        + resp.kv_cache_gib_per_device
+        + resp.activations_gib_per_device
+        + resp.reserve_gib_per_device
+    )
+    assert resp.headroom_gib_per_device == pytest.approx(32.0 - needed)
+    assert "needs 133.2 GiB per device but the chip has 32.0 GiB" in resp.reason
+    # 5 devices would hold the weights, but tensor parallel must divide the 64 heads.
+    assert "8 devices would hold it" in resp.reason
 
 
 async def test_8b_fits_an_a100_and_tensor_parallel_splits_weights(common, closer):
@@ -57,17 +64,27 @@ async def test_8b_fits_an_a100_and_tensor_parallel_splits_weights(common, closer
         devices=1,
     )
     assert resp.fits and resp.precision_supported and resp.reason == ""
-    assert resp.weights_gb_per_device == pytest.approx(16.06)
-    assert resp.headroom_gb_per_device == pytest.approx(80 - 8 - 16.06)
+    assert resp.weights_gib_per_device == pytest.approx(14.96, abs=0.01)
+    assert 60 < resp.headroom_gib_per_device < 80 - 14.96 - 1
     split = await _check(
         common, closer, model="Llama-3.1-70B", chip="kunlun-r200", precision=FP16, devices=8
     )
     assert split.fits
-    assert split.weights_gb_per_device == pytest.approx(141.1 / 8)
+    assert split.weights_gib_per_device == pytest.approx(131.41 / 8, abs=0.01)
+
+
+async def test_workload_sizes_the_kv_cache(common, closer):
+    fields = {"model": "Llama-3.1-8B", "chip": "a100-80gb-sxm", "precision": FP16, "devices": 1}
+    default = await _check(common, closer, **fields)
+    # 128 sequences of 4096 + 4096 tokens: 128 x 8192 x 128 KiB = 128 GiB of KV cache.
+    big = await _check(common, closer, **fields, batch=128, input_len=4096, output_len=4096)
+    assert default.fits and not big.fits
+    assert big.kv_cache_gib_per_device == pytest.approx(128.0)
+    assert big.weights_gib_per_device == default.weights_gib_per_device
 
 
 async def test_unsupported_precision(common, closer):
-    # The A100 has no fp8 tensor cores; the catalogue gives it no fp8 peak.
+    # The A100 has no fp8 tensor cores; its runtime does not run fp8.
     resp = await _check(
         common,
         closer,
@@ -77,15 +94,15 @@ async def test_unsupported_precision(common, closer):
         devices=1,
     )
     assert not resp.fits and not resp.precision_supported
-    assert resp.headroom_gb_per_device > 0  # the weights alone would fit
-    assert "no published fp8 peak" in resp.reason and "bf16" in resp.reason
+    assert resp.headroom_gib_per_device > 0  # the memory alone would fit
+    assert "a100-80gb-sxm does not run fp8" in resp.reason and "bf16" in resp.reason
 
 
 async def test_chip_without_memory_size_cannot_be_checked(common, closer):
     resp = await _check(
         common, closer, model="Qwen2.5-7B", chip="mlu590", precision=FP16, devices=1
     )
-    assert not resp.fits and resp.memory_gb_per_device == 0
+    assert not resp.fits and resp.memory_gib_per_device == 0
     assert "no memory size for mlu590" in resp.reason
 
 
@@ -118,6 +135,17 @@ async def test_chip_without_memory_size_cannot_be_checked(common, closer):
             "precision: must be set",
         ),
         ({"chip": "a100-80gb-sxm", "precision": FP16, "devices": 1}, "INVALID_ARGUMENT", "model: "),
+        (
+            {
+                "model": "Llama-3.1-8B",
+                "chip": "a100-80gb-sxm",
+                "precision": FP16,
+                "devices": 1,
+                "batch": -1,
+            },
+            "INVALID_ARGUMENT",
+            "batch: ",
+        ),
     ],
 )
 async def test_check_fit_rejects_bad_input(common, closer, fields, code, start):
