@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 
 from pocgrid.catalog import PRECISION_BYTES, PRECISIONS, Chip, LlmArch, Model
+from pocgrid.perf.collective import bus_factor
 from pocgrid.perf.efficiency import (
     GIB_BYTES,
     LOW_PRECISIONS,
@@ -476,7 +477,7 @@ class LlmDeployment:
             _, _, n = add(
                 "all-reduce", gemm_rate, ovh=2 * layers * self.params.collective_latency_s
             )
-            n[F_TOKENS] = 2 * layers * 2 * (tp - 1) / tp * s.hidden * ab
+            n[F_TOKENS] = 2 * layers * bus_factor("all_reduce", tp) * s.hidden * ab
         f, b, _ = add("lm head", attn_rate if self.lm_head_bytes != wb else gemm_rate)
         f[F_LOGITS] = 2 * s.lm_head_weights / tp
         b[F_CONST] = s.lm_head_weights / tp * self.lm_head_bytes

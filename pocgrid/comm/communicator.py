@@ -1,0 +1,472 @@
+"""The NCCL-shaped communicator: join with a unique id, then run collectives on numpy arrays.
+
+    uid = get_unique_id()                       # once, anywhere; hand it to every rank
+    comm = Communicator.init_rank(uid, nranks, rank, chip="ascend-910b2", devices=8)
+    result = comm.all_reduce(grads, op="sum")   # result.output, .algorithm, .virtual_s
+    comm.close()
+
+Every collective returns a :class:`CollectiveResult`: the output array, the algorithm chosen
+(with the alternatives' modelled times), the virtual time from the alpha-beta model and the
+wall time it really took here. Any failure (a peer that dies, stalls or calls something
+else) aborts the communicator: this rank tells its peers why, closes its connections, and
+every later call raises :class:`~pocgrid.comm.errors.CommAbortedError` with the first reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from pocgrid.comm import plans
+from pocgrid.comm.errors import CommAbortedError, CommError, CommInputError
+from pocgrid.comm.plans import Choice, Plan, Transfer
+from pocgrid.comm.topology import NetworkConfig, RankInfo, Topology
+from pocgrid.comm.transport import (
+    KIND_COLLECTIVE,
+    KIND_P2P,
+    Connection,
+    UniqueId,
+    bootstrap,
+)
+from pocgrid.perf.collective import CollectiveKind
+
+ReduceOp: TypeAlias = Literal["sum", "max", "min", "avg"]
+REDUCE_OPS: Final[tuple[ReduceOp, ...]] = ("sum", "max", "min", "avg")
+_UFUNC: Final = {"sum": np.add, "avg": np.add, "max": np.maximum, "min": np.minimum}
+# Receives that reduce are taken in slices, each combined as soon as it lands, so the
+# reduction of one slice overlaps the kernel receiving the next.
+_REDUCE_SLICE_BYTES: Final = 1 << 20
+DEFAULT_TIMEOUT_S: Final = 30.0
+
+log = logging.getLogger("pocgrid.comm")
+
+Array: TypeAlias = npt.NDArray[np.generic]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectiveResult:
+    """What one collective did: output, algorithm, virtual and wall time."""
+
+    kind: str
+    output: Array
+    algorithm: str
+    detail: str
+    nbytes: int
+    """Message size as NCCL counts it (all-gather: output; reduce-scatter: input)."""
+    virtual_s: float
+    """Modelled time on the emulated chips and links."""
+    wall_s: float
+    """Time it took on this machine."""
+    candidates: tuple[tuple[str, float], ...] = ()
+    """Every algorithm considered and its modelled seconds."""
+
+
+class Communicator:
+    """One rank's handle on one communicator. Not thread-safe: one call at a time."""
+
+    def __init__(
+        self,
+        uid: UniqueId,
+        rank: int,
+        topology: Topology,
+        connections: dict[int, Connection],
+    ) -> None:
+        self.uid = uid
+        self.rank = rank
+        self.topology = topology
+        self._conns = connections
+        self._seq = 0
+        self._p2p_sent: dict[int, int] = {}
+        self._p2p_recv: dict[int, int] = {}
+        self._aborted: str | None = None
+        self._lock = threading.Lock()
+        self.virtual_clock_s = 0.0
+        """Sum of the virtual time of every collective this rank ran."""
+        self.history: list[CollectiveResult] = []
+        self._fault: Callable[[str, int], None] | None = None
+
+    # -- joining --------------------------------------------------------------------------
+
+    @classmethod
+    def init_rank(
+        cls,
+        uid: UniqueId | str,
+        nranks: int,
+        rank: int,
+        *,
+        chip: str,
+        devices: int = 1,
+        node: str = "",
+        network: NetworkConfig | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        host: str = "127.0.0.1",
+    ) -> Communicator:
+        """Join communicator ``uid`` as ``rank`` of ``nranks`` (blocks until all have joined)."""
+        if isinstance(uid, str):
+            uid = UniqueId.decode(uid)
+        if timeout_s <= 0:
+            raise CommInputError("timeout_s", "must be > 0")
+        me = RankInfo(rank=rank, chip=chip, devices=devices, node=node)
+        # Check the chip before joining, so a typo fails here and not at every peer.
+        Topology([me], network)
+
+        def describe(peer: int, entry: object) -> str:
+            info = RankInfo.from_registration(peer, entry if isinstance(entry, dict) else {})
+            return f"rank {peer} ({info.chip} x{info.devices}, pid {info.pid})"
+
+        table, conns = bootstrap(
+            uid,
+            nranks,
+            rank,
+            me.to_registration(),
+            host=host,
+            timeout_s=timeout_s,
+            describe=describe,
+        )
+        infos = [RankInfo.from_registration(r, e) for r, e in enumerate(table.ranks)]
+        topo = Topology(infos, network)
+        for peer, conn in conns.items():
+            conn.describe_peer = topo.describe(peer)
+        log.debug("communicator %s: rank %d of %d joined", uid.label, rank, nranks)
+        return cls(uid, rank, topo, conns)
+
+    @property
+    def size(self) -> int:
+        return self.topology.size
+
+    @property
+    def label(self) -> str:
+        return f"communicator {self.uid.label} rank {self.rank}"
+
+    # -- collectives ----------------------------------------------------------------------
+
+    def all_reduce(
+        self,
+        sendbuf: npt.ArrayLike,
+        op: ReduceOp = "sum",
+        *,
+        out: Array | None = None,
+        algorithm: str | None = None,
+    ) -> CollectiveResult:
+        """Every rank gets the elementwise reduction of every rank's ``sendbuf``."""
+        src = self._input(sendbuf, "sendbuf", op)
+        work = self._work(src, out, src.size, "out")
+        work[...] = src.reshape(-1)
+        return self._run("all_reduce", work, op, algorithm, src.shape, 0, src.nbytes)
+
+    def reduce_scatter(
+        self,
+        sendbuf: npt.ArrayLike,
+        op: ReduceOp = "sum",
+        *,
+        algorithm: str | None = None,
+    ) -> CollectiveResult:
+        """Rank r gets chunk r of the reduction; ``sendbuf`` holds ``nranks`` equal chunks."""
+        src = self._input(sendbuf, "sendbuf", op)
+        if src.size % self.size:
+            raise CommInputError(
+                "sendbuf", f"length {src.size} must be a multiple of nranks={self.size}"
+            )
+        work = np.array(src.reshape(-1), copy=True)
+        count = src.size // self.size
+        result = self._run("reduce_scatter", work, op, algorithm, None, 0, src.nbytes)
+        mine = work[self.rank * count : (self.rank + 1) * count].copy()
+        return _with_output(result, mine)
+
+    def all_gather(
+        self, sendbuf: npt.ArrayLike, *, algorithm: str | None = None
+    ) -> CollectiveResult:
+        """Every rank gets every rank's ``sendbuf``, concatenated in rank order (flat)."""
+        src = self._input(sendbuf, "sendbuf", None)
+        count = src.size
+        work = np.empty(count * self.size, dtype=src.dtype)
+        work[self.rank * count : (self.rank + 1) * count] = src.reshape(-1)
+        return self._run("all_gather", work, None, algorithm, None, 0, work.nbytes)
+
+    def broadcast(
+        self, buf: npt.ArrayLike, root: int = 0, *, algorithm: str | None = None
+    ) -> CollectiveResult:
+        """Every rank gets ``root``'s ``buf``; the others pass an array of the same shape."""
+        if not 0 <= root < self.size:
+            raise CommInputError("root", f"must be in 0..{self.size - 1}, got {root}")
+        src = self._input(buf, "buf", None)
+        work = np.array(src.reshape(-1), copy=True)
+        return self._run("broadcast", work, None, algorithm, src.shape, root, src.nbytes)
+
+    def barrier(self) -> CollectiveResult:
+        """Returns once every rank has entered the barrier."""
+        return self.all_reduce(np.zeros(1, dtype=np.int32), "sum", algorithm="tree")
+
+    # -- point to point --------------------------------------------------------------------
+
+    def send(self, buf: npt.ArrayLike, peer: int) -> float:
+        """Send ``buf`` to ``peer`` (which calls :meth:`recv`); returns the virtual seconds."""
+        src = self._input(buf, "buf", None)
+        conn = self._peer(peer)
+        seq = self._p2p_sent.get(peer, 0)
+        self._p2p_sent[peer] = seq + 1
+        what = f"{self.label}: send #{seq} to rank {peer}"
+        with self._guard(what):
+            item = conn.send(KIND_P2P, seq, 0, _bytes_view(src))
+            conn.wait_sent(item, what)
+        seconds = self.topology.link(self.rank, peer).seconds(src.nbytes)
+        self.virtual_clock_s += seconds
+        return seconds
+
+    def recv(self, out: Array, peer: int) -> float:
+        """Receive into ``out`` (shape and dtype as the sender's) from ``peer``."""
+        if not isinstance(out, np.ndarray) or not out.flags.c_contiguous:
+            raise CommInputError("out", "must be a C-contiguous numpy array")
+        conn = self._peer(peer)
+        seq = self._p2p_recv.get(peer, 0)
+        self._p2p_recv[peer] = seq + 1
+        what = f"{self.label}: recv #{seq} from rank {peer}"
+        with self._guard(what):
+            conn.expect(KIND_P2P, seq, 0, out.nbytes, what)
+            conn.recv_into(_bytes_view(out), what)
+        seconds = self.topology.link(peer, self.rank).seconds(out.nbytes)
+        self.virtual_clock_s += seconds
+        return seconds
+
+    # -- the bare transport (benchmark ceiling) ---------------------------------------------
+
+    def transport_probe(self, nbytes: int) -> float:
+        """Wall seconds for every rank to push ``nbytes`` raw bytes to its ring successor
+        while taking as many from its predecessor, over this communicator's sockets with no
+        framing, plan or reduction: the ceiling the collectives are measured against."""
+        if self.size == 1:
+            return 0.0
+        self.barrier()
+        order = plans.ring_order(self.topology)
+        pos = order.index(self.rank)
+        nxt = self._conns[order[(pos + 1) % self.size]].sock
+        prv = self._conns[order[(pos - 1) % self.size]].sock
+        out = bytearray(nbytes)
+        data = bytes(nbytes)
+        errors: list[BaseException] = []
+
+        def push() -> None:
+            try:
+                nxt.sendall(data)
+            except BaseException as exc:
+                errors.append(exc)
+
+        start = time.perf_counter()
+        sender = threading.Thread(target=push, daemon=True)
+        sender.start()
+        view = memoryview(out)
+        got = 0
+        while got < nbytes:
+            k = prv.recv_into(view[got:], nbytes - got)
+            if k == 0:
+                raise CommAbortedError(f"{self.label}: probe peer closed")
+            got += k
+        sender.join()
+        elapsed = time.perf_counter() - start
+        if errors:
+            raise CommAbortedError(f"{self.label}: probe failed: {errors[0]}")
+        self.barrier()
+        return elapsed
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def abort(self, reason: str) -> None:
+        """Give up on this communicator: tell the peers why and close every connection."""
+        with self._lock:
+            if self._aborted is not None:
+                return
+            self._aborted = reason
+        for conn in self._conns.values():
+            conn.send_abort(reason)
+        for conn in self._conns.values():
+            conn.close()
+
+    def close(self) -> None:
+        """Leave the communicator (idempotent)."""
+        with self._lock:
+            if self._aborted is None:
+                self._aborted = "closed"
+        for conn in self._conns.values():
+            conn.close()
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _input(self, buf: npt.ArrayLike, name: str, op: ReduceOp | None) -> Array:
+        if self._aborted is not None:
+            raise CommAbortedError(f"{self.label} is no longer usable: {self._aborted}")
+        arr = np.ascontiguousarray(buf)
+        if arr.dtype.kind not in "iuf":
+            raise CommInputError(name, f"dtype {arr.dtype} is not a number type")
+        if op is not None:
+            if op not in REDUCE_OPS:
+                raise CommInputError("op", f"must be one of {', '.join(REDUCE_OPS)}, got {op!r}")
+            if op == "avg" and arr.dtype.kind != "f":
+                raise CommInputError("op", f"avg needs a floating dtype, got {arr.dtype}")
+        return arr
+
+    def _work(self, src: Array, out: Array | None, n: int, name: str) -> Array:
+        if out is None:
+            return np.empty(n, dtype=src.dtype)
+        if out.dtype != src.dtype or out.size != n or not out.flags.c_contiguous:
+            raise CommInputError(name, f"must be C-contiguous {src.dtype} with {n} elements")
+        return out.reshape(-1)
+
+    def _peer(self, peer: int) -> Connection:
+        if self._aborted is not None:
+            raise CommAbortedError(f"{self.label} is no longer usable: {self._aborted}")
+        if peer == self.rank or not 0 <= peer < self.size:
+            raise CommInputError("peer", f"must be another rank in 0..{self.size - 1}")
+        return self._conns[peer]
+
+    def _guard(self, what: str) -> _AbortOnError:
+        return _AbortOnError(self, what)
+
+    def _run(
+        self,
+        kind: CollectiveKind,
+        work: Array,
+        op: ReduceOp | None,
+        algorithm: str | None,
+        shape: tuple[int, ...] | None,
+        root: int,
+        nbytes: int,
+    ) -> CollectiveResult:
+        choice: Choice = plans.choose(
+            self.topology, kind, work.size, work.itemsize, root=root, algorithm=algorithm
+        )
+        seq = self._seq
+        self._seq += 1
+        what = f"{self.label}: {kind} #{seq} ({choice.algorithm})"
+        start = time.perf_counter()
+        with self._guard(what):
+            self._execute(choice.plan, work, op, seq, what)
+        wall = time.perf_counter() - start
+        if op == "avg":
+            np.divide(work, self.size, out=work)
+        output = work if shape is None else work.reshape(shape)
+        self.virtual_clock_s += choice.seconds
+        result = CollectiveResult(
+            kind=kind,
+            output=output,
+            algorithm=choice.algorithm,
+            detail=choice.plan.detail,
+            nbytes=nbytes,
+            virtual_s=choice.seconds,
+            wall_s=wall,
+            candidates=choice.candidates,
+        )
+        log.debug(
+            "%s: %d bytes, %s (%s), virtual %.3g s, wall %.3g s",
+            what,
+            nbytes,
+            choice.algorithm,
+            choice.plan.detail,
+            choice.seconds,
+            wall,
+        )
+        return result
+
+    def _execute(self, plan: Plan, work: Array, op: ReduceOp | None, seq: int, what: str) -> None:
+        flat = work.reshape(-1)
+        raw = _bytes_view(flat)
+        item = flat.itemsize
+        ufunc = _UFUNC[op] if op is not None else None
+        scratch: Array | None = None
+        nsteps = len(plan.steps)
+        for index, sends, recvs in plan.transfers_of(self.rank):
+            step_what = f"{what} step {index + 1}/{nsteps}"
+            if self._fault is not None:
+                self._fault(plan.kind, index)
+            pending = [
+                (
+                    self._conns[t.dst],
+                    self._conns[t.dst].send(
+                        KIND_COLLECTIVE, seq, index, raw[t.lo * item : t.hi * item]
+                    ),
+                )
+                for t in sends
+            ]
+            for t in recvs:
+                conn = self._conns[t.src]
+                length = t.hi - t.lo
+                conn.expect(KIND_COLLECTIVE, seq, index, length * item, step_what)
+                if not t.reduce:
+                    conn.recv_into(raw[t.lo * item : t.hi * item], step_what)
+                    continue
+                assert ufunc is not None
+                if scratch is None or scratch.size < length:
+                    scratch = np.empty(length, dtype=flat.dtype)
+                self._recv_reduce(conn, flat, scratch, t, ufunc, step_what)
+            for conn, sent in pending:
+                conn.wait_sent(sent, step_what)
+
+    @staticmethod
+    def _recv_reduce(
+        conn: Connection,
+        flat: Array,
+        scratch: Array,
+        t: Transfer,
+        ufunc: np.ufunc,
+        what: str,
+    ) -> None:
+        per = max(1, _REDUCE_SLICE_BYTES // flat.itemsize)
+        sview = _bytes_view(scratch)
+        item = flat.itemsize
+        lo = t.lo
+        while lo < t.hi:
+            hi = min(t.hi, lo + per)
+            k = hi - lo
+            conn.recv_into(sview[: k * item], what)
+            target = flat[lo:hi]
+            ufunc(target, scratch[:k], out=target)
+            lo = hi
+
+
+class _AbortOnError:
+    """Context manager: a failure inside a collective aborts the communicator."""
+
+    def __init__(self, comm: Communicator, what: str) -> None:
+        self.comm = comm
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, CommError):
+            self.comm.abort(str(exc))
+        else:
+            self.comm.abort(f"{self.what}: {type(exc).__name__}: {exc}")
+
+
+def _bytes_view(arr: Array) -> memoryview:
+    """The array's bytes, without a copy (C-contiguous input)."""
+    return memoryview(arr.reshape(-1).view(np.uint8).data)
+
+
+def _with_output(result: CollectiveResult, output: Array) -> CollectiveResult:
+    return CollectiveResult(
+        kind=result.kind,
+        output=output,
+        algorithm=result.algorithm,
+        detail=result.detail,
+        nbytes=result.nbytes,
+        virtual_s=result.virtual_s,
+        wall_s=result.wall_s,
+        candidates=result.candidates,
+    )

@@ -1,0 +1,54 @@
+"""Every collective across real processes of different vendors gives numpy's exact result."""
+
+from __future__ import annotations
+
+import pytest
+
+from pocgrid.comm.launch import RankSpec, run_ranks
+
+JOBS = "tests.unit.comm.rank_jobs"
+MIXED_4 = [
+    RankSpec("ascend-910b2", 8),
+    RankSpec("a100-80gb-sxm", 8),
+    RankSpec("ascend-910b2", 8),
+    RankSpec("mlu370-x8", 4),
+]
+MB64 = 64 * 1024 * 1024 // 4
+
+
+def _ok(outcomes):
+    for o in outcomes:
+        assert o.ok, f"rank {o.rank}: {o.error_type}: {o.error}"
+    return [o.value for o in outcomes]
+
+
+def test_four_ranks_three_vendors_sizes_up_to_64mb() -> None:
+    values = _ok(
+        run_ranks(
+            f"{JOBS}:check_collectives",
+            MIXED_4,
+            kwargs={"sizes": [1, 2, 5, 1000, 65537], "big": MB64, "big_kinds": ["all_reduce"]},
+            comm_timeout_s=60,
+            timeout_s=240,
+        )
+    )
+    for v in values:
+        assert v["failures"] == []
+    algos = set(values[0]["algorithms"])
+    assert {"all_reduce:ring", "all_reduce:tree", "all_reduce:hierarchical"} <= algos
+
+
+@pytest.mark.parametrize("nranks", [3, 5])
+def test_odd_rank_counts(nranks: int) -> None:
+    chips = ["rtx-4090", "bi-v100", "mtt-s4000", "bi-v100", "rtx-4090"]
+    specs = [RankSpec(c) for c in chips[:nranks]]
+    values = _ok(
+        run_ranks(
+            f"{JOBS}:check_collectives",
+            specs,
+            kwargs={"sizes": [1, 3, 7, 4099], "big": 1 << 20, "big_kinds": ["broadcast"]},
+            timeout_s=240,
+        )
+    )
+    for v in values:
+        assert v["failures"] == []
