@@ -93,9 +93,9 @@ def _shm_probe(comm: Communicator, nbytes: int, repeats: int) -> dict[str, float
         block = shared_memory.SharedMemory(create=True, size=nbytes)
         raw = block.name.encode()
         name[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    name = comm.broadcast(name, 0).output
+    got = comm.broadcast(name, 0).output
     if comm.rank == 1:
-        block = shared_memory.SharedMemory(name=bytes(name[name > 0]).decode())
+        block = shared_memory.SharedMemory(name=bytes(got[got > 0]).decode())
     src = np.ones(nbytes, dtype=np.uint8)
     dst = np.empty(nbytes, dtype=np.uint8)
     times = []
@@ -104,10 +104,10 @@ def _shm_probe(comm: Communicator, nbytes: int, repeats: int) -> dict[str, float
             comm.barrier()
             start = time.perf_counter()
             if comm.rank == 0 and block is not None:
-                np.frombuffer(block.buf, dtype=np.uint8)[:] = src
+                np.frombuffer(_buf(block), dtype=np.uint8)[:] = src
             comm.barrier()
             if comm.rank == 1 and block is not None:
-                dst[:] = np.frombuffer(block.buf, dtype=np.uint8)
+                dst[:] = np.frombuffer(_buf(block), dtype=np.uint8)
             comm.barrier()
             times.append(time.perf_counter() - start)
     finally:
@@ -117,6 +117,12 @@ def _shm_probe(comm: Communicator, nbytes: int, repeats: int) -> dict[str, float
         if comm.rank == 0 and block is not None:
             block.unlink()
     return {"bytes": float(nbytes), "seconds": statistics.median(times)}
+
+
+def _buf(block: shared_memory.SharedMemory) -> memoryview:
+    buf = block.buf
+    assert buf is not None  # open until close()
+    return buf
 
 
 def report_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
