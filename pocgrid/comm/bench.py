@@ -93,7 +93,7 @@ def _shm_probe(comm: Communicator, nbytes: int, repeats: int) -> dict[str, float
         block = shared_memory.SharedMemory(create=True, size=nbytes)
         raw = block.name.encode()
         name[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    got = comm.broadcast(name, 0).output
+    got = np.asarray(comm.broadcast(name, 0).output, dtype=np.uint8)
     if comm.rank == 1:
         block = shared_memory.SharedMemory(name=bytes(got[got > 0]).decode())
     src = np.ones(nbytes, dtype=np.uint8)
