@@ -171,7 +171,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 if isinstance(admitted, PocgridError):
                     await self._reject(admitted, span, context, route.path)
                 metadata, timeout = self._downstream(admitted, span, context)
-                attempts = 2 if route.idempotent else 1
+                attempts = 2 if route.retry_safe else 1
                 for attempt in range(attempts):
                     try:
                         response: bytes = await call(request, timeout=timeout, metadata=metadata)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from pocgrid.idempotency import is_retry_safe
 from pocgrid.v1 import (
     adapter_pb2,
     evaluator_pb2,
@@ -30,17 +31,15 @@ PUBLIC_BACKENDS: dict[ServiceDescriptor, str] = {
 GATEWAY_SERVICE: ServiceDescriptor = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
 
-READ_ONLY_PREFIXES = ("Get", "List", "Check")
-
-
 @dataclass(frozen=True, slots=True)
 class Route:
     path: str  # "/pocgrid.v1.RegistryService/ListChips"
     backend_field: str
     client_streaming: bool
     server_streaming: bool
-    # Read-only methods may be retried once on UNAVAILABLE; anything that changes state may not.
-    idempotent: bool
+    # Retried once on UNAVAILABLE when the contract marks the method NO_SIDE_EFFECTS or
+    # IDEMPOTENT (its idempotency_level option); anything else is sent once.
+    retry_safe: bool
 
 
 def _path(method: MethodDescriptor) -> str:
@@ -56,7 +55,7 @@ def public_routes() -> dict[str, Route]:
                 backend,
                 method.client_streaming,
                 method.server_streaming,
-                method.name.startswith(READ_ONLY_PREFIXES),
+                is_retry_safe(method),
             )
     return routes
 

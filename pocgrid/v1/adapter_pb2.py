@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from pocgrid.v1 import common_pb2 as pocgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/adapter.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\"\x9f\x01\n\x0f\x43heckFitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12(\n\tprecision\x18\x03 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x05\x12\x11\n\tinput_len\x18\x06 \x01(\x05\x12\x12\n\noutput_len\x18\x07 \x01(\x05\"\x92\x02\n\x10\x43heckFitResponse\x12\x0c\n\x04\x66its\x18\x01 \x01(\x08\x12\x1e\n\x16weights_gib_per_device\x18\x02 \x01(\x01\x12\x1d\n\x15memory_gib_per_device\x18\x03 \x01(\x01\x12\x1f\n\x17headroom_gib_per_device\x18\x04 \x01(\x01\x12\x1b\n\x13precision_supported\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x1e\n\x16reserve_gib_per_device\x18\x07 \x01(\x01\x12\x1f\n\x17kv_cache_gib_per_device\x18\x08 \x01(\x01\x12\"\n\x1a\x61\x63tivations_gib_per_device\x18\t \x01(\x01\x32W\n\x0e\x41\x64\x61pterService\x12\x45\n\x08\x43heckFit\x12\x1b.pocgrid.v1.CheckFitRequest\x1a\x1c.pocgrid.v1.CheckFitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/adapter.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\"\x9f\x01\n\x0f\x43heckFitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12(\n\tprecision\x18\x03 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x05\x12\x11\n\tinput_len\x18\x06 \x01(\x05\x12\x12\n\noutput_len\x18\x07 \x01(\x05\"\x92\x02\n\x10\x43heckFitResponse\x12\x0c\n\x04\x66its\x18\x01 \x01(\x08\x12\x1e\n\x16weights_gib_per_device\x18\x02 \x01(\x01\x12\x1d\n\x15memory_gib_per_device\x18\x03 \x01(\x01\x12\x1f\n\x17headroom_gib_per_device\x18\x04 \x01(\x01\x12\x1b\n\x13precision_supported\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x1e\n\x16reserve_gib_per_device\x18\x07 \x01(\x01\x12\x1f\n\x17kv_cache_gib_per_device\x18\x08 \x01(\x01\x12\"\n\x1a\x61\x63tivations_gib_per_device\x18\t \x01(\x01\x32\\\n\x0e\x41\x64\x61pterService\x12J\n\x08\x43heckFit\x12\x1b.pocgrid.v1.CheckFitRequest\x1a\x1c.pocgrid.v1.CheckFitResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.adapter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['CheckFit']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['CheckFit']._serialized_options = b'\220\002\001'
   _globals['_CHECKFITREQUEST']._serialized_start=66
   _globals['_CHECKFITREQUEST']._serialized_end=225
   _globals['_CHECKFITRESPONSE']._serialized_start=228
   _globals['_CHECKFITRESPONSE']._serialized_end=502
   _globals['_ADAPTERSERVICE']._serialized_start=504
-  _globals['_ADAPTERSERVICE']._serialized_end=591
+  _globals['_ADAPTERSERVICE']._serialized_end=596
 # @@protoc_insertion_point(module_scope)

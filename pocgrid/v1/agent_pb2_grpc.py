@@ -100,7 +100,8 @@ class AgentServiceServicer:
 
     def RunTask(self, request, context):
         """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
-        emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+        emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
+        a retry gets the first answer, and its usage is recorded once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

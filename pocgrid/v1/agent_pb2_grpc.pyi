@@ -42,7 +42,8 @@ class AgentServiceStub:
     """Fault injection: mark a device degraded or failed, as a vendor SMI would report it."""
     RunTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]
     """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
-    emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+    emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
+    a retry gets the first answer, and its usage is recorded once.
     """
     Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
@@ -61,7 +62,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Fault injection: mark a device degraded or failed, as a vendor SMI would report it."""
     RunTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]  # type: ignore[assignment]
     """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
-    emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+    emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
+    a retry gets the first answer, and its usage is recorded once.
     """
     Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
@@ -107,7 +109,8 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RunTaskResponse, _abc.Awaitable[_agent_pb2.RunTaskResponse]]:
         """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
-        emulated), or an LLM batch priced by the performance model. Idempotent on task_id.
+        emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
+        a retry gets the first answer, and its usage is recorded once.
         """
 
     @_abc_1.abstractmethod

@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\"s\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xbd\x01\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04\x32\xb8\x01\n\x10\x45valuatorService\x12T\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\x12N\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\"s\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xbd\x01\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04\x32\xc2\x01\n\x10\x45valuatorService\x12Y\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\"\x03\x90\x02\x01\x12S\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.evaluator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['ListScenarios']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['ListScenarios']._serialized_options = b'\220\002\001'
+  _globals['_EVALUATORSERVICE'].methods_by_name['GetScenario']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['GetScenario']._serialized_options = b'\220\002\001'
   _globals['_LOADSCENARIO']._serialized_start=541
   _globals['_LOADSCENARIO']._serialized_end=704
   _globals['_SLO']._serialized_start=42
@@ -46,5 +50,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSCENARIORESPONSE']._serialized_start=477
   _globals['_GETSCENARIORESPONSE']._serialized_end=538
   _globals['_EVALUATORSERVICE']._serialized_start=707
-  _globals['_EVALUATORSERVICE']._serialized_end=891
+  _globals['_EVALUATORSERVICE']._serialized_end=901
 # @@protoc_insertion_point(module_scope)

@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\"\x16\n\x14\x43heckServicesRequest\">\n\rServiceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\"D\n\x15\x43heckServicesResponse\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ServiceHealth2\xa7\x01\n\x0eGatewayService\x12?\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponse\x12T\n\rCheckServices\x12 .pocgrid.v1.CheckServicesRequest\x1a!.pocgrid.v1.CheckServicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\"\x16\n\x14\x43heckServicesRequest\">\n\rServiceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\"D\n\x15\x43heckServicesResponse\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ServiceHealth2\xb1\x01\n\x0eGatewayService\x12\x44\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponse\"\x03\x90\x02\x01\x12Y\n\rCheckServices\x12 .pocgrid.v1.CheckServicesRequest\x1a!.pocgrid.v1.CheckServicesResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['WhoAmI']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['WhoAmI']._serialized_options = b'\220\002\001'
+  _globals['_GATEWAYSERVICE'].methods_by_name['CheckServices']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['CheckServices']._serialized_options = b'\220\002\001'
   _globals['_WHOAMIREQUEST']._serialized_start=40
   _globals['_WHOAMIREQUEST']._serialized_end=55
   _globals['_WHOAMIRESPONSE']._serialized_start=57
@@ -42,5 +46,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKSERVICESRESPONSE']._serialized_start=220
   _globals['_CHECKSERVICESRESPONSE']._serialized_end=288
   _globals['_GATEWAYSERVICE']._serialized_start=291
-  _globals['_GATEWAYSERVICE']._serialized_end=458
+  _globals['_GATEWAYSERVICE']._serialized_end=468
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ every call, the gateway's included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -157,17 +158,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
-class ClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
+class _ClientContext:
     """Injects traceparent and tenant, and caps the deadline at the caller's remaining time."""
 
     def __init__(self, tracer: trace.Tracer, cap_s: float) -> None:
         self._tracer = tracer
         self._cap_s = cap_s
+        self._ending: set[asyncio.Future[None]] = set()  # stream spans being ended
 
-    def _details(self, details: Any) -> Any:
+    def _details(self, details: Any, cap_s: float | None) -> Any:
         metadata = list(details.metadata or ())
         carrier: dict[str, str] = {}
         telemetry.inject(carrier)
@@ -175,7 +174,13 @@ class ClientInterceptor(
         tenant = rpc_context.current_tenant()
         if tenant and not any(k == TENANT_METADATA_KEY for k, _ in metadata):
             metadata.append((TENANT_METADATA_KEY, tenant))
-        timeout = rpc_context.downstream_timeout(self._cap_s, details.timeout)
+        timeout: float | None
+        if cap_s is not None:
+            timeout = rpc_context.downstream_timeout(cap_s, details.timeout)
+        else:
+            left = rpc_context.remaining_s()
+            bounds = [t for t in (left, details.timeout) if t is not None]
+            timeout = max(0.001, min(bounds)) if bounds else None
         return grpc.aio.ClientCallDetails(
             method=details.method,
             timeout=timeout,
@@ -184,12 +189,14 @@ class ClientInterceptor(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+class UnaryClientInterceptor(_ClientContext, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         with self._tracer.start_as_current_span(
             method.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
         ) as span:
-            call = await continuation(self._details(details), request)
+            call = await continuation(self._details(details, self._cap_s), request)
             try:
                 return await call
             except grpc.aio.AioRpcError as exc:
@@ -197,12 +204,47 @@ class ClientInterceptor(
                 span.set_status(Status(StatusCode.ERROR, exc.code().name))
                 raise
 
+
+class StreamClientInterceptor(_ClientContext, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """One object per kind of call: a grpc.aio channel files an interceptor under the first
+    kind it implements, so one class implementing both never saw a stream."""
+
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        with self._tracer.start_as_current_span(
+        # The span covers the whole stream: it ends when the call does (all responses read,
+        # failed or cancelled), not when the call object is handed back, which is at once.
+        span = self._tracer.start_span(
             method.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
-        ):
-            return await continuation(self._details(details), request)
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                call = await continuation(self._details(details, self._cap_s), request)
+        except BaseException:
+            span.set_status(Status(StatusCode.ERROR, "call not started"))
+            span.end()
+            raise
+        call.add_done_callback(self._stream_done(span))
+        return call
+
+    def _stream_done(self, span: trace.Span) -> Callable[[Any], None]:
+        def done(call: Any) -> None:
+            # The aio call's status accessors are coroutines; the call is over, so they
+            # answer at once, from a task (a done callback cannot await).
+            task = asyncio.ensure_future(_end_stream_span(call, span))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+        return done
+
+
+async def _end_stream_span(call: Any, span: trace.Span) -> None:
+    try:
+        code = await call.code()
+        if code is not grpc.StatusCode.OK:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_status(Status(StatusCode.ERROR, code.name))
+    finally:
+        span.end()
 
 
 def open_channel(
@@ -211,7 +253,10 @@ def open_channel(
     """An insecure channel to another service with the client interceptor installed."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=[ClientInterceptor(tracer, cap_s)],
+        interceptors=[
+            UnaryClientInterceptor(tracer, cap_s),
+            StreamClientInterceptor(tracer, cap_s),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
