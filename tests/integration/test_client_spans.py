@@ -38,7 +38,7 @@ class _GatedStream(agent_pb2_grpc.AgentServiceServicer):
 
 @pytest.fixture
 async def served():
-    servicer = _GatedStream()
+    servicer = _GatedStream()  # type: ignore[abstract]  # only Generate is called
     server = grpc.aio.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

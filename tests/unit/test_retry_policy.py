@@ -31,7 +31,9 @@ SAFE = {
 }
 
 
-def _levels_from_descriptors() -> dict[str, int]:
+def _levels_from_descriptors() -> dict[
+    str, descriptor_pb2.MethodOptions.IdempotencyLevel.ValueType
+]:
     """Every method's idempotency_level, read from the serialized file descriptors (the
     contract as compiled), not through the code under test."""
     levels = {}
