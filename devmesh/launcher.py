@@ -4,12 +4,14 @@ Order: nats-server -> registry -> scheduler, metering, adapter, evaluator -> gat
 (one per emulatable chip type). Stop is the reverse. Every child runs in its own session (Ctrl-C
 on the terminal reaches only the launcher, which then stops children in order) and watches its
 parent (POCGRID_PARENT_PID): if the launcher is killed outright, children notice and shut down,
-and the kernel's parent-death signal covers nats-server.
+and the kernel's parent-death signal covers nats-server. Once up, ``supervise`` restarts a
+service or agent that died, on its old address, after a back-off that doubles per quick death.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +32,10 @@ from pocgrid.meshstate import MeshState, ProcessInfo
 
 BACKENDS = ("scheduler", "metering", "adapter", "evaluator")
 _PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_S = (0.5, 30.0)
+"""First and longest wait before restarting a child that died; doubles per quick death."""
+STABLE_AFTER_S = 60.0
+"""A child that ran this long before dying is restarted after the first back-off again."""
 
 
 class MeshStartError(RuntimeError):
@@ -45,7 +51,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class _Child:
     info: ProcessInfo
     proc: subprocess.Popen[bytes]
-    address_file: Path | None = None
+    args: list[str]
+    extra: dict[str, str]
+    address_file: Path
+    started_at: float = field(default_factory=time.monotonic)
+    quick_deaths: int = 0
+    restart_at: float | None = None
 
 
 @dataclass
@@ -56,6 +67,10 @@ class LocalMesh:
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     api_key: str = field(default_factory=lambda: "pg-dev-" + secrets.token_urlsafe(18))
     log: Callable[[str], None] = lambda _msg: None
+    waiting: Callable[[str], None] = lambda _msg: None
+    """Called while start-up waits, with what it waits for."""
+    data_dir: Path | None = None
+    """Databases and JetStream streams persist here across down/up; None: scratch in run_dir."""
     nats: NatsServer | None = None
     children: list[_Child] = field(default_factory=list)
     gateway: str = ""
@@ -69,14 +84,23 @@ class LocalMesh:
             self.stop()
             raise
 
+    @property
+    def databases_dir(self) -> Path:
+        return (self.run_dir if self.data_dir is None else self.data_dir) / "data"
+
+    @property
+    def nats_dir(self) -> Path:
+        return (self.run_dir if self.data_dir is None else self.data_dir) / "nats"
+
     def _start(self, deadline: float) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "addr").mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.run_dir / "nats")
+        self.waiting("starting nats-server")
+        self.nats = NatsServer(self.nats_dir)
         # nats-server cannot watch its parent; the kernel's parent-death signal covers it. It is
         # started before this process opens any gRPC channel, so preexec_fn is still safe here.
         self.nats.start(preexec_fn=_die_with_parent, start_new_session=True)
-        self.log(f"nats-server {self.nats.url} (JetStream)")
+        self.log(f"nats-server {self.nats.url} (JetStream, store {self.nats_dir / 'jetstream'})")
         registry = self._spawn("registry", ["-m", "services.registry"], {})
         self._wait_ready([registry], deadline)
         addrs = {"POCGRID_REGISTRY_ADDR": registry.info.address}
@@ -84,9 +108,7 @@ class LocalMesh:
         self._wait_ready(backends, deadline)
         for b in backends:
             addrs[f"POCGRID_{b.info.name.upper()}_ADDR"] = b.info.address
-        gateway = self._spawn(
-            "gateway", ["-m", "gateway"], {**addrs, "POCGRID_API_KEYS": f"{self.api_key}=dev"}
-        )
+        gateway = self._spawn("gateway", ["-m", "gateway"], {**addrs, **self._gateway_keys()})
         self._wait_ready([gateway], deadline)
         self.gateway = gateway.info.address
         agents = [
@@ -104,7 +126,14 @@ class LocalMesh:
             for chip in self.fleet()
         ]
         self._wait_ready(agents, deadline)
-        self._wait_registered(registry.info.address, len(agents), deadline)
+        self._wait_registered(registry.info.address, agents, deadline)
+
+    def _gateway_keys(self) -> dict[str, str]:
+        """The development key (tenant ``dev``, for the CLI and the demo) and, as in a
+        container, the tenants of ``POCGRID_API_KEYS`` / ``POCGRID_API_KEYS_FILE``."""
+        inline = self.base_env.get("POCGRID_API_KEYS", "").strip().strip(",")
+        keys = f"{inline},{self.api_key}=dev" if inline else f"{self.api_key}=dev"
+        return {"POCGRID_API_KEYS": keys}
 
     def fleet(self) -> list[str]:
         if self.chips:
@@ -114,20 +143,29 @@ class LocalMesh:
     def _spawn(
         self, name: str, args: list[str], extra: Mapping[str, str], kind: str = "service"
     ) -> _Child:
-        assert self.nats is not None
         address_file = self.run_dir / "addr" / name
+        proc = self._popen(name, args, extra, address_file, "127.0.0.1:0")
+        info = ProcessInfo(name, proc.pid, kind=kind)
+        child = _Child(info, proc, args, dict(extra), address_file)
+        self.children.append(child)
+        return child
+
+    def _popen(
+        self, name: str, args: list[str], extra: Mapping[str, str], address_file: Path, listen: str
+    ) -> subprocess.Popen[bytes]:
+        assert self.nats is not None
         address_file.unlink(missing_ok=True)
         env = {
             **self.base_env,
             "POCGRID_NATS_URL": self.nats.url,
-            "POCGRID_DATA_DIR": str(self.run_dir / "data"),
-            "POCGRID_LISTEN": "127.0.0.1:0",
+            "POCGRID_DATA_DIR": str(self.databases_dir),
+            "POCGRID_LISTEN": listen,
             "POCGRID_ADDRESS_FILE": str(address_file),
             "POCGRID_PARENT_PID": str(os.getpid()),
             "POCGRID_LOG_FORMAT": "json",
             **extra,
         }
-        log = (self.run_dir / "logs" / f"{name}.log").open("ab")
+        log = self.log_path(name).open("ab")
         # No preexec_fn here: by now this process runs gRPC threads, and Python code between
         # fork and exec is unsafe then. Children watch POCGRID_PARENT_PID instead.
         proc = subprocess.Popen(
@@ -139,9 +177,10 @@ class LocalMesh:
             start_new_session=True,
         )
         log.close()
-        child = _Child(ProcessInfo(name, proc.pid, kind=kind), proc, address_file)
-        self.children.append(child)
-        return child
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
 
     def _wait_ready(self, children: list[_Child], deadline: float) -> None:
         pending = list(children)
@@ -149,10 +188,10 @@ class LocalMesh:
             for child in list(pending):
                 if child.proc.poll() is not None:
                     raise MeshStartError(
-                        f"{child.info.name} exited with {child.proc.returncode}; see "
-                        f"{self.run_dir / 'logs' / (child.info.name + '.log')}"
+                        f"{child.info.name} exited with {child.proc.returncode}: "
+                        f"{exit_cause(self.log_path(child.info.name))}"
                     )
-                if not child.info.address and child.address_file and child.address_file.exists():
+                if not child.info.address and child.address_file.exists():
                     child.info.address = child.address_file.read_text().strip()
                 if child.info.address and health_ok(child.info.address):
                     pending.remove(child)
@@ -161,22 +200,71 @@ class LocalMesh:
                 names = ", ".join(c.info.name for c in pending)
                 raise MeshStartError(f"not healthy in time: {names}")
             if pending:
+                self.waiting(_waiting_for([c.info.name for c in pending], len(self.children)))
                 time.sleep(0.05)
 
-    def _wait_registered(self, registry: str, count: int, deadline: float) -> None:
+    def _wait_registered(self, registry: str, agents: list[_Child], deadline: float) -> None:
+        """Every agent of this run READY in the registry (with --data-dir the registry also
+        remembers the nodes of earlier runs; only these agents' addresses count)."""
         from pocgrid.v1 import registry_pb2, registry_pb2_grpc
 
+        addresses = {a.info.address for a in agents}
         with grpc.insecure_channel(registry) as ch:
             stub = registry_pb2_grpc.RegistryServiceStub(ch)
             while True:
                 nodes = stub.ListNodes(
                     registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY), timeout=5
                 ).nodes
-                if len(nodes) >= count:
+                ready = len(addresses & {n.agent_address for n in nodes})
+                if ready >= len(addresses):
                     return
                 if time.monotonic() > deadline:
-                    raise MeshStartError(f"only {len(nodes)} of {count} agents registered")
+                    raise MeshStartError(f"only {ready} of {len(addresses)} agents registered")
+                self.waiting(f"agents registering with the registry ({ready}/{len(addresses)})")
                 time.sleep(0.1)
+
+    # -- supervision ------------------------------------------------------------------
+    def _how_it_ended(self, child: _Child) -> str:
+        code = child.proc.returncode
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with {code}: {exit_cause(self.log_path(child.info.name))}"
+
+    def supervise(self, now: float | None = None) -> bool:
+        """One round: note children that died, restart those whose back-off has passed.
+        Returns whether anything changed (the caller then rewrites the state file)."""
+        now = time.monotonic() if now is None else now
+        changed = False
+        for child in self.children:
+            if child.restart_at is None:
+                if child.proc.poll() is None:
+                    continue
+                quick = now - child.started_at < STABLE_AFTER_S
+                child.quick_deaths = child.quick_deaths + 1 if quick else 1
+                first, longest = RESTART_BACKOFF_S
+                delay = min(longest, first * 2 ** (child.quick_deaths - 1))
+                child.restart_at = now + delay
+                child.info.state = "restarting"
+                child.info.last_exit = self._how_it_ended(child)
+                self.log(f"{child.info.name} {child.info.last_exit}; restarting in {delay:g} s")
+                changed = True
+            elif now >= child.restart_at:
+                # The same address: the others were given it (and agents registered it).
+                listen = child.info.address or "127.0.0.1:0"
+                child.proc = self._popen(
+                    child.info.name, child.args, child.extra, child.address_file, listen
+                )
+                child.info.pid = child.proc.pid
+                child.info.restarts += 1
+                child.info.state = "running"
+                child.started_at = now
+                child.restart_at = None
+                self.log(f"{child.info.name} restarted (pid {child.proc.pid}) on {listen}")
+                changed = True
+        return changed
 
     # -- state ------------------------------------------------------------------------
     def state(self, supervisor_pid: int, status: str) -> MeshState:
@@ -191,6 +279,7 @@ class LocalMesh:
             run_dir=str(self.run_dir),
             status=status,
             processes=procs,
+            data_dir="" if self.data_dir is None else str(self.data_dir),
         )
 
     # -- stop -------------------------------------------------------------------------
@@ -208,9 +297,11 @@ class LocalMesh:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
-        # A run's streams and databases are scratch (each `up` starts afresh); its logs stay.
-        shutil.rmtree(self.run_dir / "nats" / "jetstream", ignore_errors=True)
-        shutil.rmtree(self.run_dir / "data", ignore_errors=True)
+        if self.data_dir is None:
+            # Without --data-dir a run's streams and databases are scratch (each `up` starts
+            # afresh); its logs stay.
+            shutil.rmtree(self.nats_dir / "jetstream", ignore_errors=True)
+            shutil.rmtree(self.databases_dir, ignore_errors=True)
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
@@ -224,3 +315,38 @@ def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def _waiting_for(names: list[str], started: int) -> str:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"waiting for {shown} to be healthy ({started - len(names)}/{started} up)"
+
+
+def exit_cause(log: Path, tail_bytes: int = 16384) -> str:
+    """Why a child ended, from the end of its log: the last error it logged, or the last line
+    of its traceback; the log's path when neither is there."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return f"no log at {log}"
+    for line in reversed(lines):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                detail = record.get("error") or record.get("exception") or ""
+                detail = str(detail).strip().splitlines()[-1] if detail else ""
+                event = str(record.get("event", ""))
+                return f"{event}: {detail}" if detail else event
+            continue
+        if not line.startswith(("File ", "Traceback", "^", "~")) and ":" in line:
+            return line
+    return f"see {log}"

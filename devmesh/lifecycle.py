@@ -1,4 +1,5 @@
-"""``pocgrid up`` / ``down``: run the local mesh in the foreground or as a detached supervisor."""
+"""``pocgrid up`` / ``down`` / ``demo``: run the local mesh in the foreground or as a detached
+supervisor that restarts what dies."""
 
 from __future__ import annotations
 
@@ -11,34 +12,51 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devmesh.fleet import FleetError, plan_fleet
 from devmesh.launcher import LocalMesh, MeshStartError
+from devmesh.nats_server import NatsServerError, find_nats_server
+from devmesh.progress import Progress
 from devmesh.showcase import run_showcase
-from devmesh.stop_signal import wait_for_stop_signal
+from devmesh.stop_signal import StopSignals
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import local_mesh
 from pocgrid.client import Client
 from pocgrid.meshstate import MeshState, pid_alive, pocgrid_home, state_path
 
 _START_TIMEOUT_S = 180.0
+_SUPERVISE_EVERY_S = 0.5
 
 
 def _raise_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _new_mesh(args: argparse.Namespace, home: Path, verbose: bool) -> LocalMesh:
+def _check(args: argparse.Namespace) -> tuple[str, ...]:
+    """Everything that can be known wrong before a process starts; raises FleetError."""
+    chips = plan_fleet(getattr(args, "chips", None), args.devices)
+    try:
+        find_nats_server()
+    except NatsServerError as exc:
+        raise FleetError(str(exc)) from None
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise FleetError(f"--data-dir: {data_dir} exists and is not a directory")
+    return chips
+
+
+def _new_mesh(args: argparse.Namespace, home: Path, chips: tuple[str, ...]) -> LocalMesh:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-    chips = [c for c in (args.chips or "").split(",") if c]
+    data_dir = getattr(args, "data_dir", None)
     return LocalMesh(
         home / "runs" / stamp,
         chips=chips,
         devices_per_agent=args.devices,
-        log=(lambda m: say(f"  started {m}")) if verbose else (lambda _m: None),
+        data_dir=None if data_dir is None else Path(data_dir).resolve(),
     )
 
 
 def supervise(args: argparse.Namespace, foreground: bool) -> int:
-    """Start the mesh, record it, wait for SIGINT/SIGTERM, stop it."""
+    """Start the mesh, record it, restart children that die until SIGINT/SIGTERM, stop it."""
     home = pocgrid_home()
     path = state_path(home)
     running = local_mesh()
@@ -47,10 +65,30 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
             f"a mesh is already running (supervisor pid {running.supervisor_pid}, "
             f"gateway {running.gateway}); run `pocgrid down` first"
         )
+    try:
+        chips = _check(args)
+    except FleetError as exc:
+        return fail(str(exc))
     # SIGTERM during start-up unwinds like Ctrl-C, so partly started children are stopped.
     signal.signal(signal.SIGTERM, _raise_exit)
-    mesh = _new_mesh(args, home, verbose=foreground and not args.json)
-    state = mesh.state(os.getpid(), "starting")
+    mesh = _new_mesh(args, home, chips)
+    pid = os.getpid()
+    progress = Progress()
+    if foreground and not args.json:
+        mesh.log, mesh.waiting = (lambda m: progress.step(f"started {m}")), progress.waiting
+    else:
+        # Detached: the `pocgrid up` that started this process shows the progress it records.
+        def record(message: str) -> None:
+            state = mesh.state(pid, "starting")
+            state.progress = message
+            state.save(path)
+
+        def started(message: str) -> None:
+            say(message)
+            record(f"started {message}")
+
+        mesh.waiting, mesh.log = record, started
+    state = mesh.state(pid, "starting")
     state.save(path)
     try:
         try:
@@ -59,7 +97,12 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
             state.status, state.error = "failed", str(exc)
             state.save(path)
             return fail(f"mesh did not start: {exc}")
-        state = mesh.state(os.getpid(), "ready")
+        if foreground and not args.json:
+            progress.done()
+            mesh.log = lambda m: progress.step(m)
+        else:
+            mesh.log = say
+        state = mesh.state(pid, "ready")
         state.save(path)
         if foreground:
             if args.json:
@@ -67,8 +110,14 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
             else:
                 say(f"\npocgrid mesh is up: {len(mesh.fleet())} agents, logs in {mesh.run_dir}")
                 say(f"  gateway  {mesh.gateway}\n  api key  {mesh.api_key}")
+                if mesh.data_dir is not None:
+                    say(f"  data     {mesh.data_dir} (kept across down/up)")
                 say("Press Ctrl-C to stop.")
-        wait_for_stop_signal()
+        with StopSignals() as stop:
+            while stop.wait(_SUPERVISE_EVERY_S) is None:
+                if mesh.supervise():
+                    state = mesh.state(pid, "ready")
+                    state.save(path)
     except KeyboardInterrupt:
         pass
     finally:
@@ -90,6 +139,10 @@ def up(args: argparse.Namespace) -> int:
         return fail(
             f"a mesh is already running (gateway {running.gateway}); run `pocgrid down` first"
         )
+    try:
+        _check(args)
+    except FleetError as exc:
+        return fail(str(exc))
     home.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -100,8 +153,10 @@ def up(args: argparse.Namespace) -> int:
         "--devices",
         str(args.devices),
     ]
-    if args.chips:
+    if args.chips is not None:
         cmd += ["--chips", args.chips]
+    if args.data_dir is not None:
+        cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
     with (home / "supervisor.log").open("ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -110,34 +165,59 @@ def up(args: argparse.Namespace) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    progress = Progress(sys.stderr if args.json else sys.stdout)
     deadline = time.monotonic() + _START_TIMEOUT_S + 10
     path = state_path(home)
     while time.monotonic() < deadline:
         state = MeshState.load(path)
         if state is not None and state.supervisor_pid == proc.pid:
             if state.status == "ready":
+                progress.done()
                 if args.json:
                     emit_json({"gateway": state.gateway, "api_key": state.api_key})
                 else:
                     say(f"pocgrid mesh is up (supervisor pid {proc.pid})")
                     say(f"  gateway  {state.gateway}\n  api key  {state.api_key}")
+                    if state.data_dir:
+                        say(f"  data     {state.data_dir} (kept across down/up)")
                     say("Stop it with `pocgrid down`.")
                 return 0
             if state.status == "failed":
+                progress.done()
                 proc.wait(timeout=30)
                 return fail(f"mesh did not start: {state.error}")
+            progress.waiting(state.progress or "starting")
         if proc.poll() is not None:
-            return fail(f"supervisor exited with {proc.returncode}; see {home / 'supervisor.log'}")
+            progress.done()
+            # A failed start is recorded, then the record removed as the supervisor exits; its
+            # last line says why in that case ("error: mesh did not start: ...").
+            last = _last_line(home)
+            if last.startswith("error: "):
+                return fail(last.removeprefix("error: "))
+            return fail(f"supervisor exited with {proc.returncode}: {last}")
         time.sleep(0.1)
     proc.terminate()
+    progress.done()
     return fail("mesh did not become healthy in time; see " + str(home / "supervisor.log"))
+
+
+def _last_line(home: Path) -> str:
+    try:
+        lines = (home / "supervisor.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1] if lines else f"see {home / 'supervisor.log'}"
 
 
 def down(args: argparse.Namespace) -> int:
     path = state_path(pocgrid_home())
     state = MeshState.load(path)
     if state is None:
-        return fail("no local mesh is running")
+        if args.json:
+            emit_json({"stopped": False, "processes": 0})
+        else:
+            say("no local mesh is running; nothing to stop")
+        return 0
     if not pid_alive(state.supervisor_pid):
         path.unlink(missing_ok=True)
         leftovers = [p for p in state.processes if pid_alive(p.pid)]
@@ -151,6 +231,8 @@ def down(args: argparse.Namespace) -> int:
         time.sleep(0.1)
     if pid_alive(state.supervisor_pid):
         return fail(f"supervisor {state.supervisor_pid} did not stop within 60 s")
+    # The supervisor may have restarted children after this record was read; its last
+    # record (gone now) named the current ones, and it stopped them.
     still = [p.name for p in state.processes if pid_alive(p.pid)]
     if still:
         return fail("processes still running after stop: " + ", ".join(still))
@@ -168,8 +250,13 @@ def demo(args: argparse.Namespace) -> int:
     home = pocgrid_home()
     if local_mesh() is not None:
         return fail("a mesh is already running; `pocgrid down` first (the demo starts its own)")
-    args.chips = getattr(args, "chips", None)
-    mesh = _new_mesh(args, home, verbose=True)
+    try:
+        chips = _check(args)
+    except FleetError as exc:
+        return fail(str(exc))
+    mesh = _new_mesh(args, home, chips)
+    progress = Progress()
+    mesh.log, mesh.waiting = (lambda m: progress.step(f"started {m}")), progress.waiting
     started = time.monotonic()
     say(
         "Starting the pocgrid mesh (nats-server, registry, scheduler, metering, adapter, "
@@ -178,6 +265,7 @@ def demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_exit)
     try:
         mesh.start(timeout_s=_START_TIMEOUT_S)
+        progress.done()
         say(
             f"\nMesh up in {time.monotonic() - started:.1f} s. Through the gateway "
             f"({mesh.gateway}) with a development API key:\n"
@@ -206,6 +294,7 @@ def demo(args: argparse.Namespace) -> int:
             rows = run_showcase(pg, "dev", say)
         say(table(["chip", "runtime", "virtual us", "bound", "kernels", "max |err| vs fp32"], rows))
     except MeshStartError as exc:
+        progress.done()
         return fail(f"mesh did not start: {exc}")
     finally:
         say("\nStopping the mesh...")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Iterable
 from types import FrameType
 
@@ -23,28 +24,54 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """Python-level handler while waiting: the wake-up fd already carries the signal."""
 
 
-def wait_for_stop_signal(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> signal.Signals:
-    """Block until one of ``signals`` arrives; return it. Must run in the main thread.
+class StopSignals:
+    """While entered, ``wait(timeout)`` blocks until one of ``signals`` arrives (returns it) or
+    the timeout passes (returns None), so a supervisor can do its rounds between waits without
+    a gap in which a signal is lost. Enter in the main thread.
 
-    A signal that arrived before the call was already turned into the default handler's
+    A signal that arrived before entering was already turned into the default handler's
     exception (KeyboardInterrupt, or whatever the caller installed); the handlers in place are
-    restored on return.
+    restored on exit.
     """
-    wanted = {int(s) for s in signals}
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    # Wake-up fd first, then the handlers: a signal between the two still reaches the old
-    # handler (an exception the caller handles) instead of vanishing.
-    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    previous = {s: signal.signal(s, _ignore) for s in wanted}
-    try:
+
+    def __init__(self, signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
+        self._wanted = {int(s) for s in signals}
+
+    def __enter__(self) -> StopSignals:
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        # Wake-up fd first, then the handlers: a signal between the two still reaches the old
+        # handler (an exception the caller handles) instead of vanishing.
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._previous = {s: signal.signal(s, _ignore) for s in self._wanted}
+        return self
+
+    def wait(self, timeout_s: float | None = None) -> signal.Signals | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            for signum in reader.recv(64):
-                if signum in wanted:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._reader.settimeout(left)
+            try:
+                received = self._reader.recv(64)
+            except TimeoutError:
+                return None
+            for signum in received:
+                if signum in self._wanted:
                     return signal.Signals(signum)
-    finally:
-        for s, handler in previous.items():
+
+    def __exit__(self, *_exc: object) -> None:
+        for s, handler in self._previous.items():
             signal.signal(s, handler)
-        signal.set_wakeup_fd(previous_fd)
-        reader.close()
-        writer.close()
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+
+def wait_for_stop_signal(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> signal.Signals:
+    """Block until one of ``signals`` arrives; return it. Must run in the main thread."""
+    with StopSignals(signals) as stop:
+        got = stop.wait()
+    assert got is not None
+    return got

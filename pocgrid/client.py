@@ -4,6 +4,9 @@
     with Client("127.0.0.1:50051", api_key="...") as pg:
         for chip in pg.registry.ListChips(registry_pb2.ListChipsRequest()).chips: ...
 
+    with Client.from_local_mesh() as pg:  # the mesh `pocgrid up` started on this machine
+        ...
+
 Every call carries ``authorization: Bearer <key>`` and W3C trace context, so a client span (when
 the caller has a tracer) and the gateway's and services' spans share one trace.
 """
@@ -11,6 +14,7 @@ the caller has a tracer) and the gateway's and services' spans share one trace.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -18,6 +22,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from pocgrid.meshstate import pocgrid_home, running_mesh
 from pocgrid.v1 import (
     adapter_pb2_grpc,
     evaluator_pb2_grpc,
@@ -71,6 +76,10 @@ class _AuthInterceptor(
         return continuation(self._details(details), request)
 
 
+class NoLocalMeshError(RuntimeError):
+    """No local mesh is running (or it has not finished starting)."""
+
+
 class Client:
     """Blocking client; one channel, one stub per public service."""
 
@@ -84,6 +93,20 @@ class Client:
         self.adapter = adapter_pb2_grpc.AdapterServiceStub(self.channel)
         self.evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(self.channel)
         self.gateway_service = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+
+    @classmethod
+    def from_local_mesh(cls, home: Path | None = None, *, timeout_s: float = 30.0) -> Client:
+        """The gateway and development API key of the mesh ``pocgrid up`` runs on this machine
+        (its state file, ``$POCGRID_HOME/mesh.json``, default ``~/.pocgrid``)."""
+        home = pocgrid_home() if home is None else home
+        state = running_mesh(home)
+        if state is None:
+            raise NoLocalMeshError(
+                f"no local mesh is running (none recorded in {home}); run `pocgrid up --detach`"
+            )
+        if state.status != "ready" or not state.gateway:
+            raise NoLocalMeshError(f"the local mesh is {state.status}, not ready yet")
+        return cls(state.gateway, state.api_key, timeout_s=timeout_s)
 
     def close(self) -> None:
         self._raw.close()

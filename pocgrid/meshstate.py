@@ -1,4 +1,9 @@
-"""Where a local mesh records itself, so later CLI calls (status, down) find it."""
+"""Where a local mesh records itself, so later CLI calls (status, down) and
+``Client.from_local_mesh()`` find it.
+
+``devmesh`` writes this file; the SDK only reads it (and ``pocgrid down`` signals the processes it
+names), so it lives here, below both.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ class ProcessInfo:
     pid: int
     address: str = ""
     kind: str = "service"  # service | agent | nats
+    restarts: int = 0
+    """How often the supervisor restarted it after it died."""
+    state: str = "running"  # running | restarting (dead, waiting out its back-off)
+    last_exit: str = ""
+    """How it last ended, e.g. "exited with 1: ConfigError: ..."; empty while it never died."""
 
 
 @dataclass
@@ -30,6 +40,10 @@ class MeshState:
     run_dir: str = ""
     status: str = "starting"  # starting | ready | failed | stopping
     error: str = ""
+    progress: str = ""
+    """While starting: what it waits for now (the detached `pocgrid up` shows it)."""
+    data_dir: str = ""
+    """Where databases and streams persist across down/up; empty: scratch, removed at stop."""
     processes: list[ProcessInfo] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
@@ -45,8 +59,11 @@ class MeshState:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        processes = [ProcessInfo(**p) for p in data.pop("processes", [])]
-        return cls(processes=processes, **data)
+        try:
+            processes = [ProcessInfo(**p) for p in data.pop("processes", [])]
+            return cls(processes=processes, **data)
+        except TypeError:  # written by another version of pocgrid
+            return None
 
 
 def state_path(home: Path) -> Path:
@@ -61,3 +78,11 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def running_mesh(home: Path | None = None) -> MeshState | None:
+    """The local mesh whose supervisor is alive, or None."""
+    state = MeshState.load(state_path(pocgrid_home() if home is None else home))
+    if state is None or not pid_alive(state.supervisor_pid):
+        return None
+    return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,22 +30,47 @@ def _local_mesh_command(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pocgrid")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown (not installed)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pocgrid", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pocgrid {_version()}")
     parser.add_argument(
         "--gateway",
         help="gateway HOST:PORT (env POCGRID_GATEWAY; default: "
         "the local mesh started by `pocgrid up`)",
     )
     parser.add_argument("--api-key", help="API key (env POCGRID_API_KEY)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=30.0, help="per-call deadline, seconds (> 0)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start the whole mesh on this machine")
     p.add_argument("--detach", action="store_true", help="return once everything is healthy")
     p.add_argument("--json", action="store_true", help='print {"gateway", "api_key"}')
     p.add_argument("--chips", help="comma-separated chip slugs (default: every emulatable chip)")
-    p.add_argument("--devices", type=int, default=8, help="devices per agent (default 8)")
+    p.add_argument("--devices", type=int, default=8, help="devices per agent, 1..64 (default 8)")
+    p.add_argument(
+        "--data-dir",
+        help="keep databases and JetStream streams here across down/up (default: a scratch "
+        "directory per run, removed at stop)",
+    )
     p.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_local_mesh_command("up"))
 
@@ -117,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(queries.rpc_error_message(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `pocgrid status | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        return 141
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from pocgrid.cli.output import emit_json, say, table
-from pocgrid.cli.target import resolve
+from pocgrid.cli.target import local_mesh, resolve
 from pocgrid.client import Client
 from pocgrid.v1 import common_pb2, gateway_pb2, registry_pb2
 
@@ -46,12 +46,38 @@ def _node_dict(node: registry_pb2.Node, vendor_by_chip: dict[str, str]) -> dict[
     }
 
 
+def _local_processes(gateway: str) -> list[dict[str, Any]] | None:
+    """The local mesh's processes as its supervisor last recorded them, when ``gateway`` is
+    that mesh's; None for any other mesh."""
+    state = local_mesh()
+    if state is None or state.gateway != gateway:
+        return None
+    return [
+        {
+            "name": p.name,
+            "kind": p.kind,
+            "pid": p.pid,
+            "state": p.state,
+            "restarts": p.restarts,
+            "last_exit": p.last_exit,
+        }
+        for p in state.processes
+    ]
+
+
 def status(args: argparse.Namespace) -> int:
+    """Services' health from the gateway, then the nodes from the registry; a registry that
+    does not answer costs the node list only (``nodes_error`` says why)."""
     with _client(args) as pg:
         services = pg.gateway_service.CheckServices(gateway_pb2.CheckServicesRequest()).services
-        chips = pg.registry.ListChips(registry_pb2.ListChipsRequest()).chips
-        vendor_by_chip = {c.name: c.vendor for c in chips}
-        nodes = [_node_dict(n, vendor_by_chip) for n in _all_nodes(pg)]
+        nodes: list[dict[str, Any]] = []
+        nodes_error = ""
+        try:
+            chips = pg.registry.ListChips(registry_pb2.ListChipsRequest()).chips
+            vendor_by_chip = {c.name: c.vendor for c in chips}
+            nodes = [_node_dict(n, vendor_by_chip) for n in _all_nodes(pg)]
+        except grpc.RpcError as exc:
+            nodes_error = rpc_error_message(exc)
         out: dict[str, Any] = {
             "gateway": pg.gateway,
             "services": [
@@ -59,9 +85,15 @@ def status(args: argparse.Namespace) -> int:
             ],
             "nodes": nodes,
         }
+    if nodes_error:
+        out["nodes_error"] = nodes_error
+    processes = _local_processes(out["gateway"])
+    if processes is not None:
+        out["processes"] = processes
+    healthy = all(s["healthy"] for s in out["services"]) and not nodes_error
     if args.json:
         emit_json(out)
-        return 0
+        return 0 if healthy else 1
     say(f"gateway {out['gateway']}\n")
     say(
         table(
@@ -69,7 +101,21 @@ def status(args: argparse.Namespace) -> int:
             [[s["name"], "yes" if s["healthy"] else "NO", s["status"]] for s in out["services"]],
         )
     )
+    if processes is not None:
+        restarted = [p for p in processes if p["restarts"] or p["state"] != "running"]
+        total = sum(p["restarts"] for p in processes)
+        say(f"\nlocal supervisor: {len(processes)} processes, {total} restarts")
+        if restarted:
+            say(
+                table(
+                    ["process", "state", "restarts", "last exit"],
+                    [[p["name"], p["state"], p["restarts"], p["last_exit"]] for p in restarted],
+                )
+            )
     say()
+    if nodes_error:
+        say(f"nodes: unavailable, the registry did not answer ({nodes_error})")
+        return 1
     say(
         table(
             ["node", "chip", "vendor", "devices", "state", "runtime", "collectives"],
@@ -92,7 +138,7 @@ def status(args: argparse.Namespace) -> int:
         f"\n{ready}/{len(nodes)} nodes ready, "
         f"{sum(n['devices'] for n in nodes if n['state'] == 'READY')} devices in the pool"
     )
-    return 0 if all(s["healthy"] for s in out["services"]) else 1
+    return 0 if healthy else 1
 
 
 def chips(args: argparse.Namespace) -> int:

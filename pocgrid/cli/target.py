@@ -7,7 +7,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from pocgrid.meshstate import MeshState, pid_alive, pocgrid_home, state_path
+from pocgrid.meshstate import MeshState, running_mesh
 
 
 class NoMeshError(RuntimeError):
@@ -21,10 +21,7 @@ class Target:
 
 
 def local_mesh() -> MeshState | None:
-    state = MeshState.load(state_path(pocgrid_home()))
-    if state is None or not pid_alive(state.supervisor_pid):
-        return None
-    return state
+    return running_mesh()
 
 
 def resolve(args: argparse.Namespace) -> Target:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pocgrid.limits import MAX_DEVICES_PER_NODE
 from services.core.config import ConfigError, EnvConfig, env_name, parse_hostport
 
 
@@ -32,8 +33,8 @@ class AgentConfig(EnvConfig):
             raise ConfigError(f"{env_name('speed_factor')}: must be >= 0")
         if not self.chip:
             raise ConfigError(f"{env_name('chip')} (or --chip) must be set")
-        if not 1 <= self.devices <= 64:
-            raise ConfigError(f"{env_name('devices')}: must be 1..64")
+        if not 1 <= self.devices <= MAX_DEVICES_PER_NODE:
+            raise ConfigError(f"{env_name('devices')}: must be 1..{MAX_DEVICES_PER_NODE}")
         if not self.registry_addr:
             raise ConfigError(f"{env_name('registry_addr')} must be set")
         parse_hostport("registry_addr", self.registry_addr)
