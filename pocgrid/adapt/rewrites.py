@@ -560,12 +560,97 @@ def _causal_bias(b: Builder, scores: str, like: str, offset: str | None) -> str:
     return b.op("Where", allowed, b.const(0.0, like), b.const(-np.inf, like))
 
 
+def _slice(b: Builder, x: str, start: int, end: int, step: int = 1) -> str:
+    """x[..., start:end:step] on the last axis of a 4-D value."""
+    return b.op("Slice", x, b.ints([start]), b.ints([end]), b.ints([3]), b.ints([step]))
+
+
+def _rotary(b: Builder) -> bool:
+    """Rotate (x1, x2) pairs by the cached angles: the half-split or interleaved layout.
+
+    Works in (B, S, H, D): a 4-D input (B, H, S, D) is transposed in and out, a 3-D one
+    (B, S, H*D) is split into ``num_heads`` and joined back. Needs the head size statically.
+    """
+    x, cos, sin, pos = b.input(0), b.input(1), b.input(2), b.input(3)
+    assert x is not None and cos is not None and sin is not None
+    dims = _static_dims(b, x)
+    if dims is None or len(dims) not in (3, 4):
+        return False
+    num_heads = int(b.attr("num_heads", 0))  # type: ignore[call-overload]
+    if len(dims) == 4:
+        head = dims[3]
+        xs = b.op("Transpose", x, perm=[0, 2, 1, 3])
+    else:
+        if not num_heads or dims[2] is None or dims[2] % num_heads:
+            return False
+        head = dims[2] // num_heads
+        xs = b.op("Reshape", x, b.ints([0, 0, num_heads, -1]))
+    if head is None:
+        return False
+    rd = int(b.attr("rotary_embedding_dim", 0)) or head  # type: ignore[call-overload]
+    if rd > head or rd % 2:
+        return False
+    half = rd // 2
+    if pos is not None:
+        cos = b.op("Gather", cos, pos, axis=0)
+        sin = b.op("Gather", sin, pos, axis=0)
+    cos = b.op("Unsqueeze", cos, b.ints([2]))  # (B, S, 1, rd/2)
+    sin = b.op("Unsqueeze", sin, b.ints([2]))
+    interleaved = bool(int(b.attr("interleaved", 0)))  # type: ignore[call-overload]
+    if interleaved:
+        x1, x2 = _slice(b, xs, 0, rd, 2), _slice(b, xs, 1, rd, 2)
+    else:
+        x1, x2 = _slice(b, xs, 0, half), _slice(b, xs, half, rd)
+    real = b.op("Sub", b.op("Mul", cos, x1), b.op("Mul", sin, x2))
+    imag = b.op("Add", b.op("Mul", sin, x1), b.op("Mul", cos, x2))
+    if interleaved:
+        pairs = b.op(
+            "Concat",
+            b.op("Unsqueeze", real, b.ints([-1])),
+            b.op("Unsqueeze", imag, b.ints([-1])),
+            axis=-1,
+        )
+        rotated = b.op("Reshape", pairs, b.ints([0, 0, 0, rd]))
+    else:
+        rotated = b.op("Concat", real, imag, axis=-1)
+    if rd < head:
+        rotated = b.op("Concat", rotated, _slice(b, xs, rd, head), axis=-1)
+    if len(dims) == 4:
+        b.op("Transpose", rotated, perm=[0, 2, 1, 3], outputs=[b.out(0)])
+    else:
+        b.op("Reshape", rotated, b.op("Shape", x), outputs=[b.out(0)])
+    return True
+
+
 def _reg(*rewrites: Rewrite) -> Mapping[str, Rewrite]:
     return MappingProxyType({r.op_type: r for r in rewrites})
 
 
 #: Every rewrite, by the operator it replaces.
 REWRITES: Mapping[str, Rewrite] = _reg(
+    Rewrite(
+        "RotaryEmbedding",
+        "x1 cos - x2 sin, x1 sin + x2 cos on the half-split or interleaved pairs, by Slice,"
+        " Mul and Concat; position ids by Gather",
+        frozenset(
+            {
+                "Transpose",
+                "Reshape",
+                "Gather",
+                "Unsqueeze",
+                "Slice",
+                "Mul",
+                "Sub",
+                "Add",
+                "Concat",
+                "Shape",
+                "Constant",
+            }
+        ),
+        _rotary,
+        min_opset=23,
+        attributes=frozenset({"num_heads", "rotary_embedding_dim", "interleaved"}),
+    ),
     Rewrite(
         "Gelu",
         "0.5 x (1 + erf(x / sqrt 2)), or the tanh form for approximate='tanh'",

@@ -163,6 +163,28 @@ def _cases() -> list[Case]:
             n_outputs=3,
         ),
     ]
+    angles = RNG.uniform(0, 6.3, (2, 5, 4)).astype(np.float32)
+    positions = RNG.integers(0, 5, (2, 3)).astype(np.int64)
+    cases += [
+        Case(
+            "RotaryEmbedding",
+            "rotary_4d_half_split",
+            {"x": f32(2, 3, 5, 8), "cos": np.cos(angles), "sin": np.sin(angles)},
+            23,
+        ),
+        Case(
+            "RotaryEmbedding",
+            "rotary_3d_interleaved_partial_positions",
+            {
+                "x": f32(2, 3, 24),
+                "cos": np.cos(angles[0]),
+                "sin": np.sin(angles[0]),
+                "pos": positions,
+            },
+            23,
+            {"num_heads": 2, "interleaved": 1, "rotary_embedding_dim": 8},
+        ),
+    ]
     if max_ort_opset() >= 24:
         cases.append(Case("Swish", "swish", {"x": x}, 24, {"alpha": 0.5}))
     return cases
