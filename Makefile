@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 nats:
 	@scripts/ensure_nats_server.sh
 
+## chromium: headless browser for the adaptation heatmap's screenshot test
+chromium:
+	@scripts/ensure_chromium.sh
+
 ## demo: start the whole mesh, show the pool, stop it
 demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 
 ## test: lint, type-check, generated-code drift check, then every test
-test: $(STAMP) nats lint layers typecheck protos-check catalog-check
+test: $(STAMP) nats chromium lint layers typecheck protos-check catalog-check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -48,6 +52,7 @@ catalog-check: $(STAMP)
 bench: $(STAMP) nats
 	$(PY) -m bench.gateway_overhead
 	$(PY) -m bench.registry_scale
+	$(PY) -m bench.adapt_matrix
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

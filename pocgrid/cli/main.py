@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
+from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
@@ -109,6 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_local_mesh_command("demo"))
 
     register_perf(sub)
+    register_adapt(sub)
     return parser
 
 
