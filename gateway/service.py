@@ -18,6 +18,7 @@ from services.core.service import Service
 
 class GatewayServer(Service):
     name = "gateway"
+    config_type = GatewayConfig
     # The forwarder does its own auth/tracing/error mapping per call; a second wrapping layer
     # would only add latency to every request.
     use_interceptor = False
@@ -35,10 +36,6 @@ class GatewayServer(Service):
         self.keys = ApiKeys.load(
             config.api_keys, config.api_keys_file, config.rate_limit_per_s, config.rate_limit_burst
         )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> GatewayServer:
-        return cls(CommonConfig.from_env(env), GatewayConfig.from_env(env), env=env)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         routes = public_routes()

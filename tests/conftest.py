@@ -53,6 +53,7 @@ def common(tmp_path: Path, nats_server: NatsServer) -> CommonConfig:
         data_dir=tmp_path / "data",
         log_format="console",
         shutdown_grace_s=0.5,
+        outbox_sweep_ms=100,
     )
 
 

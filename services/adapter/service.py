@@ -17,6 +17,7 @@ from services.core.service import Service
 
 class AdapterServer(Service):
     name = "adapter"
+    config_type = AdapterConfig
 
     def __init__(
         self,
@@ -30,10 +31,6 @@ class AdapterServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AdapterServer:
-        return cls(CommonConfig.from_env(env), AdapterConfig.from_env(env), env=env)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         adapter_pb2_grpc.add_AdapterServiceServicer_to_server(

@@ -21,6 +21,7 @@ from services.core.service import Service
 
 class AgentServer(Service):
     name = "agent"
+    config_type = AgentConfig
 
     def __init__(
         self,
@@ -49,10 +50,6 @@ class AgentServer(Service):
         )
         self.lease: LeaseKeeper | None = None
         self.executor: TaskExecutor | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AgentServer:
-        return cls(CommonConfig.from_env(env), AgentConfig.from_env(env), env=env)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         bus = await self.connect_bus()

@@ -138,6 +138,8 @@ class CommonConfig(EnvConfig):
     consumer_unhealthy_after: int = 5
     """Consecutive failed attempts (fetch, subscribe, ack) after which a consumer, and with it the
     service's gRPC health, reports NOT_SERVING; the next successful pull reports SERVING again."""
+    outbox_sweep_ms: int = 1_000
+    """How often a publisher retries outbox events whose publish failed (NATS down or slow)."""
 
     def __post_init__(self) -> None:
         parse_hostport("listen", self.listen)
@@ -183,6 +185,10 @@ class CommonConfig(EnvConfig):
         """Pause before retry number ``failures`` (1-based): exponential, capped."""
         exp = min(max(failures, 1) - 1, 32)
         return float(min(self.consumer_backoff_initial_s * 2**exp, self.consumer_backoff_max_s))
+        if self.outbox_sweep_ms <= 0:
+            raise ConfigError(f"{env_name('outbox_sweep_ms')}: must be > 0")
 
     def sqlite_url(self, service: str) -> str:
+        """A SQLite file named after ``service`` in ``data_dir``: where a service keeps its
+        database when its ``POCGRID_<NAME>_DATABASE_URL`` is not set."""
         return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,9 +23,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 
 from services.core.bus import EventBus
-from services.core.config import CommonConfig, parse_hostport
+from services.core.config import CommonConfig, EnvConfig, parse_hostport
 from services.core.interceptors import ServerInterceptor, open_channel
 from services.core.logging import configure_logging, get_logger
+from services.core.migrations import Migrations, migrate
+from services.core.outbox import Outbox, OutboxRelay
+from services.core.storage import Database
 from services.core.telemetry import PocgridTracerProvider, create_tracer_provider
 
 log = get_logger()
@@ -38,6 +41,8 @@ class Service:
     name: str = "service"
     #: Wrap every RPC in the tracing/logging/error interceptor (the gateway does its own).
     use_interceptor: bool = True
+    #: The service's own settings; ``from_env`` reads them next to ``CommonConfig``.
+    config_type: ClassVar[type[EnvConfig]]
 
     def __init__(
         self,
@@ -60,12 +65,20 @@ class Service:
         self.bus: EventBus | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._databases: list[Database] = []
         self._service_names: list[str] = []
         self._port = 0
         self._serving = False
         self._health_lock = asyncio.Lock()
         self._started = False
         self._stopped = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """Build from ``POCGRID_*`` variables: ``CommonConfig`` and the service's
+        ``config_type``; every subclass takes ``(common, config, *, env=...)``."""
+        build = cast("Callable[..., Self]", cls)
+        return build(CommonConfig.from_env(env), cls.config_type.from_env(env), env=env)
 
     # -- hooks for subclasses -------------------------------------------------------------
     async def on_start(self, server: grpc.aio.Server) -> None:
@@ -139,6 +152,29 @@ class Service:
             for name, serving in (self.bus.health() if self.bus is not None else {}).items():
                 await self.health.set(name, ok if serving else bad)
 
+    async def open_database(
+        self, url: str, migrations: Migrations, *, file_name: str = ""
+    ) -> Database:
+        """The service's own database, migrated to the newest revision; disposed at stop.
+
+        ``url`` is the service's ``POCGRID_<NAME>_DATABASE_URL``; empty means a SQLite file in
+        ``data_dir`` named ``file_name`` (default: the service's name).
+        """
+        db = Database(url or self.common.sqlite_url(file_name or self.name))
+        self._databases.append(db)
+        await migrate(db, migrations)
+        return db
+
+    def start_outbox_relay(self, outbox: Outbox) -> OutboxRelay:
+        """Publish ``outbox`` through the bus (``connect_bus`` first), in a task of its own that
+        stops with the service; what it has not published yet waits in the database."""
+        assert self.bus is not None, "connect_bus() before start_outbox_relay()"
+        relay = OutboxRelay(
+            outbox, self.bus.publish, sweep_interval_s=self.common.outbox_sweep_ms / 1000
+        )
+        self.spawn(relay.run(), "outbox")
+        return relay
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task that is cancelled on stop and whose crash is logged."""
         task = asyncio.create_task(coro, name=f"{self.name}.{name}")
@@ -206,6 +242,8 @@ class Service:
             if self.bus is not None:
                 await self.bus.close()
             await self.on_stop()
+            for db in self._databases:
+                await db.dispose()
             self.tracer_provider.shutdown()
             log.info("service.stopped")
 

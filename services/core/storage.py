@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -20,6 +21,14 @@ from sqlalchemy.orm import DeclarativeBase
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+
+def utc(dt: datetime) -> datetime:
+    """A datetime read from a ``DateTime(timezone=True)`` column, as an aware UTC datetime.
+
+    SQLite hands back naive datetimes even for timezone=True columns (PostgreSQL does not).
+    """
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 class Database:
@@ -52,6 +61,8 @@ class Database:
         return await asyncio.shield(task)
 
     async def create_schema(self, base: type[DeclarativeBase]) -> None:
+        """Create missing tables without migrations (scratch databases in tests only; a
+        service's database is brought up to date by ``services.core.migrations.migrate``)."""
         async with self.engine.begin() as conn:
             await conn.run_sync(base.metadata.create_all)
 

@@ -19,6 +19,7 @@ from services.evaluator.servicer import EvaluatorServicer
 
 class EvaluatorServer(Service):
     name = "evaluator"
+    config_type = EvaluatorConfig
 
     def __init__(
         self,
@@ -32,10 +33,6 @@ class EvaluatorServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> EvaluatorServer:
-        return cls(CommonConfig.from_env(env), EvaluatorConfig.from_env(env), env=env)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         path = (

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import SpanProcessor
 from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
 from services.core.config import CommonConfig
 from services.core.service import Service
-from services.core.storage import Database
 from services.metering.config import MeteringConfig
+from services.metering.migrations import MIGRATIONS
 from services.metering.recorder import UsageRecorder
 from services.metering.servicer import MeteringServicer
 from services.metering.store import UsageStore
@@ -24,6 +24,7 @@ DURABLE = "metering"
 
 class MeteringServer(Service):
     name = "metering"
+    config_type = MeteringConfig
 
     def __init__(
         self,
@@ -35,15 +36,11 @@ class MeteringServer(Service):
     ) -> None:
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
-        self.db = Database(config.metering_database_url or common.sqlite_url(self.name))
-        self.store = UsageStore(self.db)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> MeteringServer:
-        return cls(CommonConfig.from_env(env), MeteringConfig.from_env(env), env=env)
+        self.store: UsageStore | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
-        await self.store.init()
+        db = await self.open_database(self.config.metering_database_url, MIGRATIONS)
+        self.store = UsageStore(db)
         await self.connect_bus()
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(
             MeteringServicer(self.store), server
@@ -51,7 +48,7 @@ class MeteringServer(Service):
         self.add_service(metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name)
 
     async def on_serving(self) -> None:
-        assert self.bus is not None
+        assert self.bus is not None and self.store is not None
         # Supervised by the bus (retries, dead letters, health); batch and timings come from
         # CommonConfig's consumer_* settings.
         self.bus.consume(
@@ -62,5 +59,3 @@ class MeteringServer(Service):
             handler=UsageRecorder(self.store).handle,
         )
 
-    async def on_stop(self) -> None:
-        await self.db.dispose()

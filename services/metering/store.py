@@ -10,13 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pocgrid.v1 import metering_pb2
-from services.core.storage import Database, db_operation
-from services.metering.tables import Base, UsageRow
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+from services.core.storage import Database, db_operation, utc
+from services.metering.tables import UsageRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +40,6 @@ class UsageFilter:
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def init(self) -> None:
-        await self._db.create_schema(Base)
 
     @db_operation
     async def record(self, record: metering_pb2.UsageRecord) -> bool:
@@ -142,6 +134,6 @@ def _row_to_record(row: UsageRow) -> metering_pb2.UsageRecord:
         busy_device_seconds=row.busy_device_seconds,
         memory_gib_seconds=row.memory_gib_seconds,
     )
-    record.started_at.FromDatetime(_aware(row.started_at))
-    record.ended_at.FromDatetime(_aware(row.ended_at))
+    record.started_at.FromDatetime(utc(row.started_at))
+    record.ended_at.FromDatetime(utc(row.ended_at))
     return record

@@ -4,6 +4,9 @@ Liveness lives in memory: 1,000 agents heartbeating every 2 s must not mean 500 
 a second. Heartbeat times are flushed in batches; registrations, state and health changes are
 written through at once. After a restart every READY node gets a fresh lease from the moment the
 registry came back, so a registry outage never marks a healthy fleet LOST.
+
+Every change other services hear about is written with its event in one transaction (the
+outbox); the relay publishes it afterwards, in order per node, however long NATS is away.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,12 +23,11 @@ from google.protobuf.message import Message
 from pocgrid.v1 import common_pb2, events_pb2, registry_pb2
 from services.core.errors import FailedPrecondition, NotFound
 from services.core.logging import get_logger
+from services.core.outbox import OutboxEvent
 from services.registry.config import RegistryConfig
 from services.registry.store import HeartbeatWrite, NodeStore
 
 log = get_logger()
-
-Publish = Callable[[str, Message, str], Awaitable[None]]
 
 READY = registry_pb2.NODE_STATE_READY
 LOST = registry_pb2.NODE_STATE_LOST
@@ -47,10 +49,13 @@ def _now() -> datetime:
 
 
 class NodePool:
-    def __init__(self, config: RegistryConfig, store: NodeStore, publish: Publish) -> None:
+    def __init__(
+        self, config: RegistryConfig, store: NodeStore, notify: Callable[[], None]
+    ) -> None:
         self._config = config
         self._store = store
-        self._publish = publish
+        # Tells the outbox relay that events were committed (never waits on the bus).
+        self._notify = notify
         self._ttl_s = config.lease_ttl_ms / 1000
         self._entries: dict[str, NodeEntry] = {}
         self._lock = asyncio.Lock()
@@ -82,23 +87,25 @@ class NodePool:
             node.registered_at.FromDatetime(now)
             node.last_heartbeat_at.FromDatetime(now)
             node.lease_expires_at.FromDatetime(now + timedelta(seconds=self._ttl_s))
-            await self._store.upsert(node, generation)
+            event = _event(
+                "registry.node.registered",
+                node.node_id,
+                events_pb2.NodeRegistered(
+                    event_id=f"node-registered:{node.node_id}:{generation}:{self.epoch}",
+                    node=node,
+                ),
+            )
+            await self._store.upsert(node, generation, event)
             self._entries[node.node_id] = NodeEntry(
                 node, generation, time.monotonic() + self._ttl_s
             )
+        self._notify()
         log.info(
             "node.registered",
             node_id=node.node_id,
             chip=node.chip,
             devices=len(node.devices),
             generation=generation,
-        )
-        await self._emit(
-            "registry.node.registered",
-            events_pb2.NodeRegistered(
-                event_id=f"node-registered:{node.node_id}:{generation}:{self.epoch}",
-                node=node,
-            ),
         )
         return node
 
@@ -132,9 +139,9 @@ class NodePool:
             ):
                 device.health = status.health
                 device.health_reason = status.health_reason
-                await self._store.save_device(node_id, device)
-                await self._emit(
+                event = _event(
                     "registry.device.health",
+                    node_id,
                     events_pb2.DeviceHealthChanged(
                         event_id=f"device-health:{node_id}:{status.index}:{entry.generation}:"
                         f"{sequence}",
@@ -142,6 +149,8 @@ class NodePool:
                         device=device,
                     ),
                 )
+                await self._store.save_device(node_id, device, event)
+                self._notify()
         return entry.node
 
     async def deregister(self, node_id: str, reason: str) -> None:
@@ -150,15 +159,17 @@ class NodePool:
             raise NotFound("node", node_id)
         async with self._lock:
             entry.node.state = DOWN
-            await self._store.set_state(node_id, DOWN)
-        await self._emit(
-            "registry.node.deregistered",
-            events_pb2.NodeDeregistered(
-                event_id=f"node-down:{node_id}:{entry.generation}",
-                node_id=node_id,
-                reason=reason,
-            ),
-        )
+            event = _event(
+                "registry.node.deregistered",
+                node_id,
+                events_pb2.NodeDeregistered(
+                    event_id=f"node-down:{node_id}:{entry.generation}",
+                    node_id=node_id,
+                    reason=reason,
+                ),
+            )
+            await self._store.set_state(node_id, DOWN, event)
+        self._notify()
 
     # -- background work ----------------------------------------------------------------
     async def reap_expired(self) -> list[str]:
@@ -172,18 +183,20 @@ class NodePool:
                 if entry.node.state != READY or entry.lease_deadline >= time.monotonic():
                     continue  # heartbeat or re-registration won the race
                 entry.node.state = LOST
-                await self._store.set_state(entry.node.node_id, LOST)
+                event = _event(
+                    "registry.node.lost",
+                    entry.node.node_id,
+                    events_pb2.NodeLost(
+                        event_id=f"node-lost:{entry.node.node_id}:{entry.generation}",
+                        node_id=entry.node.node_id,
+                        chip=entry.node.chip,
+                        last_heartbeat_at=entry.node.last_heartbeat_at,
+                        lease_ttl_ms=self._config.lease_ttl_ms,
+                    ),
+                )
+                await self._store.set_state(entry.node.node_id, LOST, event)
             log.warning("node.lost", node_id=entry.node.node_id, chip=entry.node.chip)
-            await self._emit(
-                "registry.node.lost",
-                events_pb2.NodeLost(
-                    event_id=f"node-lost:{entry.node.node_id}:{entry.generation}",
-                    node_id=entry.node.node_id,
-                    chip=entry.node.chip,
-                    last_heartbeat_at=entry.node.last_heartbeat_at,
-                    lease_ttl_ms=self._config.lease_ttl_ms,
-                ),
-            )
+            self._notify()
         return [e.node.node_id for e in lost]
 
     async def flush_heartbeats(self) -> int:
@@ -222,19 +235,13 @@ class NodePool:
             except Exception:
                 log.exception("registry.flush_failed")
 
-    async def _emit(
-        self,
-        subject: str,
-        event: Message,
-    ) -> None:
-        event_id: str = getattr(event, "event_id")  # noqa: B009 - every event message has one
-        getattr(event, "occurred_at").FromDatetime(_now())  # noqa: B009
-        try:
-            await self._publish(subject, event, event_id)
-        except Exception:
-            # The registry's own state is already committed; a missing event is logged, and the
-            # state is still visible through ListNodes.
-            log.exception("event.publish_failed", subject=subject, event_id=event_id)
+
+def _event(subject: str, node_id: str, message: Message) -> OutboxEvent:
+    """The outbox entry for a node event; every event message has ``event_id``/``occurred_at``."""
+    now = _now()
+    getattr(message, "occurred_at").FromDatetime(now)  # noqa: B009
+    event_id: str = getattr(message, "event_id")  # noqa: B009
+    return OutboxEvent(subject, message, event_id, aggregate=f"node/{node_id}", at=now)
 
 
 def healthy_device_count(node: registry_pb2.Node) -> int:

@@ -1,4 +1,4 @@
-"""The registry process: servicers, storage, lease reaper and heartbeat flusher."""
+"""The registry process: servicers, storage, lease reaper, heartbeat flusher, outbox relay."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import registry_pb2, registry_pb2_grpc
 from services.core.config import CommonConfig
 from services.core.service import Service
-from services.core.storage import Database
 from services.registry.config import RegistryConfig
+from services.registry.migrations import MIGRATIONS
 from services.registry.pool import NodePool
 from services.registry.servicer import NodeLeaseServicer, RegistryServicer
 from services.registry.store import NodeStore
@@ -20,6 +20,7 @@ from services.registry.store import NodeStore
 
 class RegistryServer(Service):
     name = "registry"
+    config_type = RegistryConfig
 
     def __init__(
         self,
@@ -33,18 +34,14 @@ class RegistryServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-        self.db = Database(config.registry_database_url or common.sqlite_url(self.name))
         self.pool: NodePool | None = None
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RegistryServer:
-        return cls(CommonConfig.from_env(env), RegistryConfig.from_env(env), env=env)
-
     async def on_start(self, server: grpc.aio.Server) -> None:
-        store = NodeStore(self.db)
-        await store.init()
-        bus = await self.connect_bus()
-        self.pool = NodePool(self.config, store, bus.publish)
+        db = await self.open_database(self.config.registry_database_url, MIGRATIONS)
+        store = NodeStore(db)
+        await self.connect_bus()
+        relay = self.start_outbox_relay(store.outbox)
+        self.pool = NodePool(self.config, store, relay.notify)
         await self.pool.load()
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.catalog, self.pool), server
@@ -63,4 +60,3 @@ class RegistryServer(Service):
     async def on_stop(self) -> None:
         if self.pool is not None:
             await self.pool.flush_heartbeats()
-        await self.db.dispose()

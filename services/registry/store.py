@@ -1,4 +1,8 @@
-"""Persistence of nodes and devices (the registry's own database)."""
+"""Persistence of nodes and devices (the registry's own database).
+
+A write that changes what other services are told about (registration, state, device health)
+takes the event that announces it and writes it to the outbox in the same transaction.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table, bindparam, select, update
 
 from pocgrid.v1 import common_pb2, registry_pb2
-from services.core.storage import Database, db_operation
-from services.registry.tables import Base, DeviceRow, NodeRow
+from services.core.outbox import Outbox, OutboxEvent
+from services.core.storage import Database, db_operation, utc
+from services.registry.tables import OUTBOX, DeviceRow, NodeRow
 
 
 def to_datetime(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -49,9 +49,7 @@ _UPDATE_DEVICE_MEMORY = (
 class NodeStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def init(self) -> None:
-        await self._db.create_schema(Base)
+        self.outbox = Outbox(db, OUTBOX)
 
     @db_operation
     async def load(self) -> list[tuple[registry_pb2.Node, int]]:
@@ -60,23 +58,27 @@ class NodeStore:
             return [(_row_to_node(row), row.generation) for row in rows]
 
     @db_operation
-    async def upsert(self, node: registry_pb2.Node, generation: int) -> None:
+    async def upsert(self, node: registry_pb2.Node, generation: int, event: OutboxEvent) -> None:
         async with self._db.session() as session, session.begin():
             existing = await session.get(NodeRow, node.node_id)
             if existing is not None:
                 await session.delete(existing)
                 await session.flush()
             session.add(_node_to_row(node, generation))
+            await self.outbox.add(session, event)
 
     @db_operation
-    async def set_state(self, node_id: str, state: int) -> None:
+    async def set_state(self, node_id: str, state: int, event: OutboxEvent) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
                 update(NodeRow).where(NodeRow.node_id == node_id).values(state=state)
             )
+            await self.outbox.add(session, event)
 
     @db_operation
-    async def save_device(self, node_id: str, device: registry_pb2.Device) -> None:
+    async def save_device(
+        self, node_id: str, device: registry_pb2.Device, event: OutboxEvent
+    ) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
                 update(DeviceRow)
@@ -87,6 +89,7 @@ class NodeStore:
                     memory_used_bytes=device.memory_used_bytes,
                 )
             )
+            await self.outbox.add(session, event)
 
     @db_operation
     async def save_heartbeats(self, writes: Iterable[HeartbeatWrite]) -> None:
@@ -158,9 +161,9 @@ def _row_to_node(row: NodeRow) -> registry_pb2.Node:
         collective_library=row.collective_library,
         hostname=row.hostname,
     )
-    node.registered_at.FromDatetime(_aware(row.registered_at))
-    node.last_heartbeat_at.FromDatetime(_aware(row.last_heartbeat_at))
-    node.lease_expires_at.FromDatetime(_aware(row.lease_expires_at))
+    node.registered_at.FromDatetime(utc(row.registered_at))
+    node.last_heartbeat_at.FromDatetime(utc(row.last_heartbeat_at))
+    node.lease_expires_at.FromDatetime(utc(row.lease_expires_at))
     for d in row.devices:
         node.devices.add(
             device_id=d.device_id,

@@ -1,4 +1,7 @@
-"""Registry tables: nodes and their devices. Only the registry reads or writes them."""
+"""Registry tables: nodes, their devices, and the outbox of node events. Only the registry reads
+or writes them. A change here needs a migration revision in
+``services/registry/migrations/versions`` (see docs/migrations.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from services.core.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
@@ -56,3 +61,7 @@ class DeviceRow(Base):
     health: Mapped[int] = mapped_column(Integer)
     health_reason: Mapped[str] = mapped_column(String(512), default="")
     node: Mapped[NodeRow] = relationship(back_populates="devices")
+
+
+#: Node and device events, written in the same transaction as the change they announce.
+OUTBOX = outbox_table(Base.metadata)

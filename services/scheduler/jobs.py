@@ -3,7 +3,9 @@
 Placement on agents is not implemented yet: a submitted job enters QUEUED and stays there until
 the placement loop (a later change) moves it to RUNNING. Nothing here pretends a job ran; the
 only transitions today are QUEUED -> CANCELLED and, once placement exists, RUNNING -> CANCELLED.
-Every transition publishes ``JobStateChanged`` on ``scheduler.job.<state>`` through the outbox.
+Every transition writes ``JobStateChanged`` (subject ``scheduler.job.<state>``, id
+``job/<job_id>/<attempt>/<state>``) to the outbox in its own transaction; the relay publishes it
+after the commit, so no RPC here waits on NATS.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import uuid
 from datetime import UTC, datetime
 
 from pocgrid.v1 import events_pb2, scheduler_pb2
-from services.core import telemetry
 from services.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.core.logging import get_logger
-from services.scheduler.outbox import EventOutbox
-from services.scheduler.store import JobStore, OutboxEntry
+from services.core.outbox import OutboxEvent, OutboxRelay
+from services.scheduler.store import JobStore
 
 log = get_logger()
 
@@ -39,25 +40,35 @@ def state_slug(state: int) -> str:
     )
 
 
-def state_event(job_id: str, tenant: str, state: int, reason: str, at: datetime) -> OutboxEntry:
-    slug = state_slug(state)
+def job_event_id(job_id: str, attempt: int, state: int) -> str:
+    """One logical event per job, attempt and state: a requeued job's second QUEUED is new."""
+    return f"job/{job_id}/{attempt}/{state_slug(state)}"
+
+
+def state_event(
+    job_id: str, tenant: str, attempt: int, state: int, reason: str, at: datetime
+) -> OutboxEvent:
     event = events_pb2.JobStateChanged(
-        event_id=f"job:{job_id}:{slug}",
+        event_id=job_event_id(job_id, attempt, state),
         job_id=job_id,
         tenant=tenant,
         state=scheduler_pb2.JobState.Name(scheduler_pb2.JobState.ValueType(state)),
         reason=reason,
     )
     event.occurred_at.FromDatetime(at)
-    headers: dict[str, str] = {}
-    telemetry.inject(headers)
-    return OutboxEntry(event.event_id, f"scheduler.job.{slug}", event.SerializeToString(), headers)
+    return OutboxEvent(
+        subject=f"scheduler.job.{state_slug(state)}",
+        message=event,
+        event_id=event.event_id,
+        aggregate=f"job/{job_id}",
+        at=at,
+    )
 
 
 class JobBook:
-    def __init__(self, store: JobStore, outbox: EventOutbox) -> None:
+    def __init__(self, store: JobStore, relay: OutboxRelay) -> None:
         self._store = store
-        self._outbox = outbox
+        self._relay = relay
 
     async def submit(
         self, tenant: str, spec: scheduler_pb2.JobSpec, idempotency_key: str
@@ -76,7 +87,7 @@ class JobBook:
         )
         job.created_at.FromDatetime(now)
         job.updated_at.FromDatetime(now)
-        entry = state_event(job.job_id, tenant, QUEUED, QUEUED_REASON, now)
+        entry = state_event(job.job_id, tenant, 1, QUEUED, QUEUED_REASON, now)
         if not await self._store.insert(job, idempotency_key, entry):
             # A concurrent retry with the same key committed first: answer with its job.
             existing = await self._store.find_by_key(tenant, idempotency_key)
@@ -90,7 +101,7 @@ class JobBook:
             chip=spec.chip,
             devices=spec.devices,
         )
-        await self._outbox.publish(entry)
+        self._relay.notify()
         return job
 
     async def get(self, tenant: str, job_id: str) -> scheduler_pb2.Job:
@@ -108,9 +119,14 @@ class JobBook:
     async def cancel(self, tenant: str, job_id: str, reason: str) -> scheduler_pb2.Job:
         now = datetime.now(UTC)
         reason = reason or "cancelled by the caller"
-        entry = state_event(job_id, tenant, CANCELLED, reason, now)
         job = await self._store.transition(
-            tenant, job_id, CANCELLABLE, CANCELLED, reason, now, entry
+            tenant,
+            job_id,
+            CANCELLABLE,
+            CANCELLED,
+            reason,
+            now,
+            lambda attempt: state_event(job_id, tenant, attempt, CANCELLED, reason, now),
         )
         if job is None:
             current = await self.get(tenant, job_id)
@@ -120,7 +136,7 @@ class JobBook:
                 "can be cancelled"
             )
         log.info("job.cancelled", job_id=job_id, tenant=tenant, reason=reason)
-        await self._outbox.publish(entry)
+        self._relay.notify()
         return job
 
 

@@ -1,4 +1,4 @@
-"""The scheduler process: servicer, job storage and the outbox sweeper.
+"""The scheduler process: servicer, job storage and the outbox relay of job events.
 
 Placement on agents is not implemented yet, so submitted jobs stay QUEUED (see ``jobs``).
 """
@@ -13,17 +13,18 @@ from opentelemetry.sdk.trace import SpanProcessor
 from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.core.config import CommonConfig
+from services.core.outbox import OutboxRelay
 from services.core.service import Service
-from services.core.storage import Database
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.jobs import JobBook
-from services.scheduler.outbox import EventOutbox
+from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.store import JobStore
 
 
 class SchedulerServer(Service):
     name = "scheduler"
+    config_type = SchedulerConfig
 
     def __init__(
         self,
@@ -37,26 +38,14 @@ class SchedulerServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-        self.db = Database(config.scheduler_database_url or common.sqlite_url(self.name))
-        self.outbox: EventOutbox | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SchedulerServer:
-        return cls(CommonConfig.from_env(env), SchedulerConfig.from_env(env), env=env)
+        self.relay: OutboxRelay | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
-        store = JobStore(self.db)
-        await store.init()
-        bus = await self.connect_bus()
-        self.outbox = EventOutbox(store, bus.publish, self.config.scheduler_outbox_sweep_ms / 1000)
+        db = await self.open_database(self.config.scheduler_database_url, MIGRATIONS)
+        store = JobStore(db)
+        await self.connect_bus()
+        self.relay = self.start_outbox_relay(store.outbox)
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-            SchedulerServicer(self.catalog, JobBook(store, self.outbox)), server
+            SchedulerServicer(self.catalog, JobBook(store, self.relay)), server
         )
         self.add_service(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
-
-    async def on_serving(self) -> None:
-        assert self.outbox is not None
-        self.spawn(self.outbox.run_sweeper(), "outbox")
-
-    async def on_stop(self) -> None:
-        await self.db.dispose()

@@ -1,43 +1,27 @@
-"""Persistence of jobs and their outbox (the scheduler's own database).
+"""Persistence of jobs (the scheduler's own database).
 
-Every write that changes a job's state also writes the state event to the outbox in the same
-transaction; ``services.scheduler.outbox`` publishes it.
+Every write that changes a job's state also writes its state event to the outbox in the same
+transaction; the service's ``OutboxRelay`` publishes it after the commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pocgrid.v1 import common_pb2, scheduler_pb2
-from services.core.storage import Database, db_operation
-from services.scheduler.tables import Base, JobRow, OutboxRow
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-@dataclass(slots=True)
-class OutboxEntry:
-    event_id: str
-    subject: str
-    payload: bytes
-    trace_headers: dict[str, str] = field(default_factory=dict)
-    seq: int = 0
+from services.core.outbox import Outbox, OutboxEvent
+from services.core.storage import Database, db_operation, utc
+from services.scheduler.tables import OUTBOX, JobRow
 
 
 class JobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def init(self) -> None:
-        await self._db.create_schema(Base)
+        self.outbox = Outbox(db, OUTBOX)
 
     @db_operation
     async def find_by_key(self, tenant: str, key: str) -> scheduler_pb2.Job | None:
@@ -49,16 +33,14 @@ class JobStore:
 
     @db_operation
     async def insert(
-        self, job: scheduler_pb2.Job, idempotency_key: str, entry: OutboxEntry
+        self, job: scheduler_pb2.Job, idempotency_key: str, event: OutboxEvent
     ) -> bool:
         """Store a new job and its first event; False when the tenant's key is already taken."""
         try:
             async with self._db.session() as session, session.begin():
                 session.add(_job_to_row(job, idempotency_key or None))
-                row = _entry_to_row(entry, job.created_at.ToDatetime(tzinfo=UTC))
-                session.add(row)
                 await session.flush()
-                entry.seq = row.seq
+                await self.outbox.add(session, event)
         except IntegrityError:
             if not idempotency_key:
                 raise
@@ -96,9 +78,10 @@ class JobStore:
         to_state: int,
         reason: str,
         at: datetime,
-        entry: OutboxEntry,
+        event: Callable[[int], OutboxEvent],
     ) -> scheduler_pb2.Job | None:
-        """Move a job to ``to_state`` if it is in one of ``from_states``, with its event.
+        """Move a job to ``to_state`` if it is in one of ``from_states``, with its event
+        (``event(attempt)``: its id names the job's attempt, read in the same transaction).
 
         Returns the updated job, or None when the job is not in a state it may leave (the
         conditional UPDATE makes two concurrent transitions race safely: one wins).
@@ -115,47 +98,10 @@ class JobStore:
             )
             if getattr(result, "rowcount", 0) != 1:
                 return None
-            row = _entry_to_row(entry, at)
-            session.add(row)
-            await session.flush()
-            entry.seq = row.seq
             job_row = await session.scalar(select(JobRow).where(JobRow.job_id == job_id))
             assert job_row is not None
+            await self.outbox.add(session, event(job_row.attempt))
             return _row_to_job(job_row)
-
-    # -- outbox ---------------------------------------------------------------------------
-    @db_operation
-    async def unpublished(self, older_than: datetime, limit: int = 500) -> list[OutboxEntry]:
-        async with self._db.session() as session:
-            rows = await session.scalars(
-                select(OutboxRow)
-                .where(OutboxRow.published_at.is_(None), OutboxRow.created_at < older_than)
-                .order_by(OutboxRow.seq)
-                .limit(limit)
-            )
-            return [
-                OutboxEntry(r.event_id, r.subject, r.payload, dict(r.trace_headers or {}), r.seq)
-                for r in rows
-            ]
-
-    @db_operation
-    async def mark_published(self, seqs: Sequence[int], at: datetime) -> None:
-        if not seqs:
-            return
-        async with self._db.session() as session, session.begin():
-            await session.execute(
-                update(OutboxRow).where(OutboxRow.seq.in_(list(seqs))).values(published_at=at)
-            )
-
-
-def _entry_to_row(entry: OutboxEntry, at: datetime) -> OutboxRow:
-    return OutboxRow(
-        event_id=entry.event_id,
-        subject=entry.subject,
-        payload=entry.payload,
-        trace_headers=entry.trace_headers,
-        created_at=at,
-    )
 
 
 def _job_to_row(job: scheduler_pb2.Job, idempotency_key: str | None) -> JobRow:
@@ -191,6 +137,6 @@ def _row_to_job(row: JobRow) -> scheduler_pb2.Job:
         state=scheduler_pb2.JobState.ValueType(row.state),
         state_reason=row.state_reason,
     )
-    job.created_at.FromDatetime(_aware(row.created_at))
-    job.updated_at.FromDatetime(_aware(row.updated_at))
+    job.created_at.FromDatetime(utc(row.created_at))
+    job.updated_at.FromDatetime(utc(row.updated_at))
     return job

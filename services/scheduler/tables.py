@@ -1,18 +1,17 @@
-"""Scheduler tables: jobs and the outbox of their state events. Only the scheduler uses them."""
+"""Scheduler tables: jobs and the outbox of their state events. Only the scheduler uses them.
+
+A change here needs a migration revision in ``services/scheduler/migrations/versions``
+(see docs/migrations.md).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Integer,
-    LargeBinary,
-    String,
-    UniqueConstraint,
-)
+from sqlalchemy import DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.core.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
@@ -36,24 +35,13 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer)
     display_name: Mapped[str] = mapped_column(String(256), default="")
     state: Mapped[int] = mapped_column(Integer, index=True)
+    # Placements so far: 1 until a preempted or requeued job is placed again. Event ids carry
+    # it, since the same state recurs once per attempt.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     state_reason: Mapped[str] = mapped_column(String(512), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class OutboxRow(Base):
-    """A state event written in the same transaction as the state change (transactional
-    outbox), so a change is never committed without its event, even if NATS is down."""
-
-    __tablename__ = "job_events_outbox"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(160))
-    subject: Mapped[str] = mapped_column(String(128))
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
-    # W3C trace context of the request that caused the change, so a late publish joins its trace.
-    trace_headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    published_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True, index=True
-    )
+#: Job state events, written in the same transaction as the change (``services.core.outbox``).
+OUTBOX = outbox_table(Base.metadata)

@@ -10,10 +10,12 @@ import nats
 import pytest
 
 from pocgrid.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.core.migrations import migrate
+from services.core.outbox import OutboxRelay
 from services.core.storage import Database
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.jobs import JobBook
-from services.scheduler.outbox import EventOutbox
+from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.service import SchedulerServer
 from services.scheduler.store import JobStore
 from tests.conftest import wait_for
@@ -39,7 +41,7 @@ def _spec(**overrides) -> scheduler_pb2.JobSpec:
 
 
 async def _scheduler(common) -> SchedulerServer:
-    server = SchedulerServer(common, SchedulerConfig(scheduler_outbox_sweep_ms=100))
+    server = SchedulerServer(common, SchedulerConfig())
     await server.start()
     return server
 
@@ -92,9 +94,9 @@ async def test_submit_get_list_cancel_publishes_events(common, closer, nats_serv
     await wait_for(lambda: len(events) >= 2, within=5, what="two JobStateChanged events")
     assert [subject for subject, _ in events] == ["scheduler.job.queued", "scheduler.job.cancelled"]
     queued, cancelled_event = events[0][1], events[1][1]
-    assert queued.event_id == f"job:{submitted.job_id}:queued"
+    assert queued.event_id == f"job/{submitted.job_id}/1/queued"
     assert queued.state == "JOB_STATE_QUEUED" and queued.tenant == "acme"
-    assert cancelled_event.event_id == f"job:{submitted.job_id}:cancelled"
+    assert cancelled_event.event_id == f"job/{submitted.job_id}/1/cancelled"
     assert cancelled_event.reason == "changed my mind"
     assert cancelled_event.occurred_at.seconds > 0
     await nc.close()
@@ -280,10 +282,10 @@ async def test_jobs_survive_restart(common, closer):
 
 async def test_outbox_publishes_after_a_failed_publish(tmp_path):
     # NATS is "down" for the first publish: the job must still be stored with its event, and
-    # the sweep must deliver the event once NATS is back, exactly once.
+    # the next pass must deliver the event once NATS is back, exactly once.
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}")
+    await migrate(db, MIGRATIONS)
     store = JobStore(db)
-    await store.init()
     published: list[tuple[str, str]] = []
     failures = [ConnectionError("nats down")]
 
@@ -292,32 +294,34 @@ async def test_outbox_publishes_after_a_failed_publish(tmp_path):
             raise failures.pop()
         published.append((subject, event_id))
 
-    outbox = EventOutbox(store, publish, sweep_interval_s=0.001)
+    relay = OutboxRelay(store.outbox, publish, sweep_interval_s=0.001)
     try:
-        job = await JobBook(store, outbox).submit("acme", _spec(), "")
+        job = await JobBook(store, relay).submit("acme", _spec(), "")
         assert published == []
         assert await store.get("acme", job.job_id) == job
-
-        async def swept() -> bool:
-            return await outbox.sweep() > 0
-
-        await wait_for(swept, within=5, what="the outbox sweep")
-        assert published == [("scheduler.job.queued", f"job:{job.job_id}:queued")]
-        assert await outbox.sweep() == 0
+        assert await relay.publish_pending() == 0 and relay.last_pass_failed
+        assert await relay.publish_pending() == 1
+        assert published == [("scheduler.job.queued", f"job/{job.job_id}/1/queued")]
+        assert await relay.publish_pending() == 0
+        assert await store.outbox.count_pending() == 0
     finally:
         await db.dispose()
 
 
 async def test_job_event_joins_the_submit_trace(common, closer, spans, span_processor):
-    sched = SchedulerServer(
-        common, SchedulerConfig(scheduler_outbox_sweep_ms=100), span_processors=[span_processor]
-    )
+    sched = SchedulerServer(common, SchedulerConfig(), span_processors=[span_processor])
     await sched.start()
     closer.append(sched)
     async with grpc.aio.insecure_channel(sched.address) as ch:
         await scheduler_pb2_grpc.SchedulerServiceStub(ch).SubmitJob(
             scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=ACME
         )
+
+    def published() -> bool:
+        return any(s.name == "publish scheduler.job.queued" for s in spans.get_finished_spans())
+
+    # The RPC does not wait for the publish: the relay sends it right after the commit.
+    await wait_for(published, within=5, what="the publish span")
     finished = spans.get_finished_spans()
     server = next(s for s in finished if s.name.endswith("SchedulerService/SubmitJob"))
     publish = next(s for s in finished if s.name == "publish scheduler.job.queued")

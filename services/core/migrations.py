@@ -1,0 +1,141 @@
+"""Schema migrations (Alembic) for each service's own database, run at start-up.
+
+Each service that stores anything has a ``migrations`` package next to its tables, holding
+Alembic revision scripts in ``versions/``. There is no ``alembic.ini`` and no ``env.py``: this
+module drives Alembic programmatically, so the revisions travel as ordinary Python modules of
+the installed package and nothing but the database URL is needed at run time.
+
+A database made by release 0.1.0 carries no ``alembic_version`` table (it was made by
+``create_all``). When its tables are there, it is stamped at the baseline revision, which
+describes exactly that schema, and then upgraded like any other database. How to add a revision
+is written down in ``docs/migrations.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, MetaData, inspect
+
+from services.core.logging import get_logger
+from services.core.storage import Database
+
+log = get_logger()
+
+#: The revision every service's history starts with: the schema release 0.1.0 made.
+BASELINE = "0001"
+
+
+class MigrationError(RuntimeError):
+    """A database cannot be brought to the schema this release expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migrations:
+    """One service's schema history."""
+
+    package: str
+    """Dotted name of the package whose ``versions/`` folder holds the revision scripts."""
+
+    metadata: MetaData
+    """The tables the head revision must match (checked by the migration tests)."""
+
+    baseline_tables: tuple[str, ...]
+    """Tables of release 0.1.0: a database with all of them and no version is stamped at the
+    baseline; one with only some of them is refused rather than guessed at."""
+
+    @property
+    def script_location(self) -> Path:
+        module = importlib.import_module(self.package)
+        assert module.__file__ is not None
+        return Path(module.__file__).parent
+
+    def script(self) -> ScriptDirectory:
+        return ScriptDirectory.from_config(self.config())
+
+    def config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(self.script_location))
+        return config
+
+    def head(self) -> str:
+        head = self.script().get_current_head()
+        assert head is not None, f"{self.package} has no revisions"
+        return head
+
+
+async def migrate(db: Database, migrations: Migrations, target: str = "heads") -> str:
+    """Bring ``db`` to ``target`` (default: the newest revision); returns the revision it is at."""
+    async with db.engine.begin() as conn:
+        return await conn.run_sync(_upgrade, migrations, target)
+
+
+async def current_revision(db: Database) -> str | None:
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+
+def _upgrade(conn: Connection, migrations: Migrations, target: str) -> str:
+    script = migrations.script()
+    context = MigrationContext.configure(conn)
+    before = context.get_current_revision()
+    if before is None:
+        present = [t for t in migrations.baseline_tables if inspect(conn).has_table(t)]
+        if present and len(present) < len(migrations.baseline_tables):
+            missing = sorted(set(migrations.baseline_tables) - set(present))
+            raise MigrationError(
+                f"{conn.engine.url.render_as_string()}: has tables {sorted(present)} but not "
+                f"{missing} and no alembic_version: not a pocgrid database this release can "
+                "upgrade"
+            )
+        if present:
+            # Made by release 0.1.0's create_all: that schema is the baseline revision.
+            context.stamp(script, BASELINE)
+            log.info("db.stamped_baseline", package=migrations.package, revision=BASELINE)
+    with EnvironmentContext(
+        migrations.config(),
+        script,
+        fn=lambda rev, _ctx: script._upgrade_revs(target, rev),
+        destination_rev=target,
+    ) as env:
+        env.configure(connection=conn, target_metadata=migrations.metadata)
+        with env.begin_transaction():
+            env.run_migrations()
+    after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:
+        log.info("db.migrated", package=migrations.package, before=before, after=after)
+    return after or ""
+
+
+def create_outbox_table_v1(name: str = "outbox") -> None:
+    """In a revision script: create the outbox table as ``services.core.outbox`` defines it now.
+
+    Revisions are history and must not change when the code does: this function is frozen. A
+    later change to the outbox table gets a function of its own (``..._v2``) and a revision in
+    every service that has an outbox.
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    op.create_table(
+        name,
+        sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=200), nullable=False),
+        sa.Column("aggregate", sa.String(length=200), nullable=False),
+        sa.Column("subject", sa.String(length=128), nullable=False),
+        sa.Column("event_type", sa.String(length=128), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("headers", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.PrimaryKeyConstraint("seq"),
+    )
+    op.create_index(f"ix_{name}_event_id", name, ["event_id"], unique=False)
+    op.create_index(f"ix_{name}_published_at", name, ["published_at"], unique=False)

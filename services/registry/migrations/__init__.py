@@ -1,0 +1,8 @@
+"""The registry database's schema history (Alembic revisions in ``versions/``)."""
+
+from services.core.migrations import Migrations
+from services.registry.tables import Base
+
+MIGRATIONS = Migrations(
+    package=__name__, metadata=Base.metadata, baseline_tables=("nodes", "devices")
+)
