@@ -60,7 +60,8 @@ class NatsServer:
                 "-a",
                 self.host,
                 "-p",
-                "-1",
+                # A restart (NATS away and back, in tests) keeps the port clients reconnect to.
+                str(self.port) if self.port else "-1",
                 "-js",
                 "-sd",
                 str(store),

@@ -5,7 +5,7 @@ Alembic revision scripts in ``versions/``. There is no ``alembic.ini`` and no ``
 module drives Alembic programmatically, so the revisions travel as ordinary Python modules of
 the installed package and nothing but the database URL is needed at run time.
 
-A database made by release 0.1.0 carries no ``alembic_version`` table (it was made by
+A database made by release 0.1.0 carries no version table (it was made by
 ``create_all``). When its tables are there, it is stamped at the baseline revision, which
 describes exactly that schema, and then upgraded like any other database. How to add a revision
 is written down in ``docs/migrations.md``.
@@ -50,6 +50,10 @@ class Migrations:
     """Tables of release 0.1.0: a database with all of them and no version is stamped at the
     baseline; one with only some of them is refused rather than guessed at."""
 
+    version_table: str
+    """Where the revision is recorded, one per service (``<service>_alembic_version``), so
+    services sharing one PostgreSQL database keep separate histories."""
+
     @property
     def script_location(self) -> Path:
         module = importlib.import_module(self.package)
@@ -76,14 +80,17 @@ async def migrate(db: Database, migrations: Migrations, target: str = "heads") -
         return await conn.run_sync(_upgrade, migrations, target)
 
 
-async def current_revision(db: Database) -> str | None:
+async def current_revision(db: Database, migrations: Migrations) -> str | None:
+    opts = {"version_table": migrations.version_table}
     async with db.engine.connect() as conn:
-        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        return await conn.run_sync(
+            lambda c: MigrationContext.configure(c, opts=opts).get_current_revision()
+        )
 
 
 def _upgrade(conn: Connection, migrations: Migrations, target: str) -> str:
     script = migrations.script()
-    context = MigrationContext.configure(conn)
+    context = MigrationContext.configure(conn, opts={"version_table": migrations.version_table})
     before = context.get_current_revision()
     if before is None:
         present = [t for t in migrations.baseline_tables if inspect(conn).has_table(t)]
@@ -91,8 +98,8 @@ def _upgrade(conn: Connection, migrations: Migrations, target: str) -> str:
             missing = sorted(set(migrations.baseline_tables) - set(present))
             raise MigrationError(
                 f"{conn.engine.url.render_as_string()}: has tables {sorted(present)} but not "
-                f"{missing} and no alembic_version: not a pocgrid database this release can "
-                "upgrade"
+                f"{missing}, and no {migrations.version_table}: not a pocgrid database this "
+                "release can upgrade"
             )
         if present:
             # Made by release 0.1.0's create_all: that schema is the baseline revision.
@@ -104,16 +111,22 @@ def _upgrade(conn: Connection, migrations: Migrations, target: str) -> str:
         fn=lambda rev, _ctx: script._upgrade_revs(target, rev),
         destination_rev=target,
     ) as env:
-        env.configure(connection=conn, target_metadata=migrations.metadata)
+        env.configure(
+            connection=conn,
+            target_metadata=migrations.metadata,
+            version_table=migrations.version_table,
+        )
         with env.begin_transaction():
             env.run_migrations()
-    after = MigrationContext.configure(conn).get_current_revision()
+    after = MigrationContext.configure(
+        conn, opts={"version_table": migrations.version_table}
+    ).get_current_revision()
     if after != before:
         log.info("db.migrated", package=migrations.package, before=before, after=after)
     return after or ""
 
 
-def create_outbox_table_v1(name: str = "outbox") -> None:
+def create_outbox_table_v1(name: str) -> None:
     """In a revision script: create the outbox table as ``services.core.outbox`` defines it now.
 
     Revisions are history and must not change when the code does: this function is frozen. A

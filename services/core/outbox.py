@@ -4,7 +4,7 @@ the bus.
 
 Three parts, for any protobuf event type:
 
-- ``outbox_table(metadata)`` adds the ``outbox`` table to a service's own metadata (its
+- ``outbox_table(metadata, name)`` adds an outbox table to a service's own metadata (its
   migrations create it like any other table).
 - ``Outbox.add(session, ...)`` writes an event inside the caller's transaction;
   ``Outbox.emit(...)`` is the same in a transaction of its own, for a caller whose state lives
@@ -62,11 +62,13 @@ log = get_logger()
 #: ``EventBus.publish``'s shape: subject, event, event id.
 Publish = Callable[[str, Message, str], Awaitable[None]]
 
-TABLE_NAME = "outbox"
 
+def outbox_table(metadata: MetaData, name: str) -> Table:
+    """Add an outbox table to a service's metadata (call once, next to its other tables).
 
-def outbox_table(metadata: MetaData, name: str = TABLE_NAME) -> Table:
-    """Add the outbox table to a service's metadata (call once, next to its other tables)."""
+    ``name`` is ``<service>_outbox``: services that share one PostgreSQL database must not
+    read each other's events.
+    """
     return Table(
         name,
         metadata,
@@ -214,6 +216,7 @@ class OutboxRelay:
         publish_timeout_s: float = 2.0,
         batch: int = 500,
         max_failures_per_pass: int = 3,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._outbox = outbox
         self._publish = publish
@@ -223,6 +226,9 @@ class OutboxRelay:
         # With the bus down every aggregate would fail in turn, each after a timeout: a few
         # failures end the pass instead, and the next sweep tries again.
         self._max_failures = max_failures_per_pass
+        # False while the bus is known to be disconnected: a publish then would only wait out
+        # its timeout, and nats-py would still send the buffered copy after reconnecting.
+        self._ready = ready
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()
         self.last_pass_failed = False
@@ -234,6 +240,9 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """One pass over what is pending; returns how many events were published."""
         async with self._pass:
+            if self._ready is not None and not self._ready():
+                self.last_pass_failed = True
+                return 0
             published = 0
             while True:
                 done, failed, more = await self._one_batch()
@@ -252,6 +261,7 @@ class OutboxRelay:
         failed: list[int] = []
         try:
             for entry in entries:
+                _raise_if_cancelling()
                 if entry.aggregate in blocked:
                     continue
                 if await self._publish_one(entry):
@@ -271,9 +281,11 @@ class OutboxRelay:
         token = otel_context.attach(telemetry.extract(entry.headers))
         try:
             event = entry.decode()
-            await asyncio.wait_for(
-                self._publish(entry.subject, event, entry.event_id), self._timeout_s
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+            # stops the service when the publish completes at the same moment, and the relay
+            # would then never end.
+            async with asyncio.timeout(self._timeout_s):
+                await self._publish(entry.subject, event, entry.event_id)
         except Exception as exc:
             log.warning(
                 "outbox.publish_deferred",
@@ -291,6 +303,7 @@ class OutboxRelay:
         """The relay task: a pass when notified, and a sweep every interval; after a failed
         pass it waits one interval before the next, however often it is notified."""
         while True:
+            _raise_if_cancelling()
             self._wake.clear()
             try:
                 await self.publish_pending()
@@ -301,4 +314,14 @@ class OutboxRelay:
                 await asyncio.sleep(self._interval_s)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+
+
+def _raise_if_cancelling() -> None:
+    # On Python 3.11 an ``asyncio.wait_for`` deep inside a publish (nats-py's request) returns
+    # the result instead of raising when the cancellation that stops the service lands just as
+    # the publish completes; the cancellation is then lost, but the task still counts it.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

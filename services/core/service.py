@@ -169,8 +169,12 @@ class Service:
         """Publish ``outbox`` through the bus (``connect_bus`` first), in a task of its own that
         stops with the service; what it has not published yet waits in the database."""
         assert self.bus is not None, "connect_bus() before start_outbox_relay()"
+        bus = self.bus
         relay = OutboxRelay(
-            outbox, self.bus.publish, sweep_interval_s=self.common.outbox_sweep_ms / 1000
+            outbox,
+            bus.publish,
+            sweep_interval_s=self.common.outbox_sweep_ms / 1000,
+            ready=lambda: bool(getattr(bus, "connected", True)),
         )
         self.spawn(relay.run(), "outbox")
         return relay

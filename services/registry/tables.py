@@ -64,4 +64,4 @@ class DeviceRow(Base):
 
 
 #: Node and device events, written in the same transaction as the change they announce.
-OUTBOX = outbox_table(Base.metadata)
+OUTBOX = outbox_table(Base.metadata, "registry_outbox")

@@ -44,4 +44,4 @@ class JobRow(Base):
 
 
 #: Job state events, written in the same transaction as the change (``services.core.outbox``).
-OUTBOX = outbox_table(Base.metadata)
+OUTBOX = outbox_table(Base.metadata, "scheduler_outbox")

@@ -7,4 +7,5 @@ MIGRATIONS = Migrations(
     package=__name__,
     metadata=Base.metadata,
     baseline_tables=("jobs", "job_events_outbox"),
+    version_table="scheduler_alembic_version",
 )

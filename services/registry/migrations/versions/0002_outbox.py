@@ -15,8 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    create_outbox_table_v1()
+    create_outbox_table_v1("registry_outbox")
 
 
 def downgrade() -> None:
-    op.drop_table("outbox")
+    op.drop_table("registry_outbox")

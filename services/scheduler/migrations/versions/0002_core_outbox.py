@@ -29,7 +29,7 @@ _OLD = sa.table(
     sa.column("published_at", sa.DateTime(timezone=True)),
 )
 _NEW = sa.table(
-    "outbox",
+    "scheduler_outbox",
     sa.column("event_id", sa.String()),
     sa.column("aggregate", sa.String()),
     sa.column("subject", sa.String()),
@@ -49,7 +49,7 @@ def _aggregate(event_id: str) -> str:
 
 
 def upgrade() -> None:
-    create_outbox_table_v1()
+    create_outbox_table_v1("scheduler_outbox")
     rows = op.get_bind().execute(sa.select(_OLD).order_by(_OLD.c.seq)).all()
     if rows:
         op.bulk_insert(
