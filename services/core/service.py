@@ -174,7 +174,7 @@ class Service:
             outbox,
             bus.publish,
             sweep_interval_s=self.common.outbox_sweep_ms / 1000,
-            ready=lambda: bool(getattr(bus, "connected", True)),
+            ready=lambda: bus.connected,
         )
         self.spawn(relay.run(), "outbox")
         return relay
