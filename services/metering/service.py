@@ -58,4 +58,3 @@ class MeteringServer(Service):
             message_type=events_pb2.UsageRecorded,
             handler=UsageRecorder(self.store).handle,
         )
-
