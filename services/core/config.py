@@ -174,6 +174,8 @@ class CommonConfig(EnvConfig):
             raise ConfigError(f"{env_name('consumer_max_deliver')}: must be >= 1")
         if self.consumer_unhealthy_after < 1:
             raise ConfigError(f"{env_name('consumer_unhealthy_after')}: must be >= 1")
+        if self.outbox_sweep_ms <= 0:
+            raise ConfigError(f"{env_name('outbox_sweep_ms')}: must be > 0")
         if self.consumer_ack_wait_s <= self.consumer_fetch_wait_s:
             # A batch is handled after its pull returns; a shorter ack wait would redeliver
             # events that are still in hand.
@@ -185,8 +187,6 @@ class CommonConfig(EnvConfig):
         """Pause before retry number ``failures`` (1-based): exponential, capped."""
         exp = min(max(failures, 1) - 1, 32)
         return float(min(self.consumer_backoff_initial_s * 2**exp, self.consumer_backoff_max_s))
-        if self.outbox_sweep_ms <= 0:
-            raise ConfigError(f"{env_name('outbox_sweep_ms')}: must be > 0")
 
     def sqlite_url(self, service: str) -> str:
         """A SQLite file named after ``service`` in ``data_dir``: where a service keeps its
