@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from pocgrid.adapt.coverage import Coverage, signature_coverage
+import onnx
+
+from pocgrid.adapt.coverage import Coverage, graph_coverage, signature_coverage
 from pocgrid.adapt.dense_plan import DensePlan, plan_dense
+from pocgrid.adapt.hostlink import host_link
 from pocgrid.adapt.plan import Plan, PlanRequest, Verdict, plan_llm, precision_choices
 from pocgrid.adapt.signatures import operator_signature
 from pocgrid.catalog import Catalog, Chip, Model
+from pocgrid.perf.onnx_cost import graph_cost
 
 #: Keys of one matrix cell, in order.
 CELL_KEYS: Final = (
@@ -163,3 +167,94 @@ def matrix(catalog: Catalog, req: PlanRequest | None = None) -> list[Adaptation]
     r = PlanRequest() if req is None else req
     chips = [c for c in catalog.chips if c.emulatable]
     return [adapt(catalog, m, c, r) for m in catalog.models for c in chips]
+
+
+def _input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+    """Static shapes for the graph inputs: the leading symbolic dim is the batch, others 1."""
+    inits = {i.name for i in model.graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = []
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value) if i else int(d.dim_value) * batch)
+            else:
+                dims.append(batch if i == 0 else 1)
+        shapes[vi.name] = dims
+    return shapes
+
+
+def adapt_onnx(
+    catalog: Catalog, name: str, model: onnx.ModelProto, chip: Chip, req: PlanRequest
+) -> Adaptation:
+    """An imported ONNX graph on ``chip``: node-by-node coverage, supplementation, the graph's
+    cost on the performance model at the best batch under the latency bound."""
+    gaps = {op: g.reason for op, g in catalog.operator_gaps(chip).items()}
+    coverage, supplemented = graph_coverage(
+        name, chip.name, model, catalog.native_operators(chip), gaps
+    )
+    if coverage.verdict == "unsupported":
+        bad = ", ".join(o.op for o in coverage.by_status("unsupported"))
+        return Adaptation(name, chip.name, "onnx", "unsupported", f"cannot run {bad}", coverage)
+    precisions, lines, why_not = precision_choices(chip, req, catalog.precisions(chip))
+    if why_not is not None:
+        return Adaptation(
+            name, chip.name, "onnx", "unsupported", why_not, coverage, explanation=(*lines, why_not)
+        )
+    link = host_link(chip)
+    best: DensePlan | None = None
+    latency = req.slo.latency_ms
+    try:
+        for p in precisions:
+            for batch in (1, 2, 4, 8, 16, 32, 64):
+                cost = graph_cost(supplemented.model, _input_shapes(model, batch), chip, p)
+                t = cost.seconds
+                host_bytes = supplemented.host_transfer_bytes
+                if supplemented.host:
+                    per_node = (host_bytes or 0) * batch
+                    t += link.fallback_seconds(per_node, 2 * len(supplemented.host))
+                if latency is not None and t * 1e3 > latency:
+                    break
+                cand = DensePlan(p, batch, batch / t, t * 1e3)
+                if best is None or cand.samples_per_s > best.samples_per_s * 1.02:
+                    best = cand
+    except (ValueError, KeyError) as exc:
+        reason = f"the graph cannot be priced: {exc}"
+        return Adaptation(
+            name, chip.name, "onnx", "unsupported", reason, coverage, explanation=(*lines, reason)
+        )
+    if supplemented.host:
+        lines.append(
+            f"{len(supplemented.host)} node(s) on the host CPU: "
+            + ", ".join(sorted({h.op_type for h in supplemented.host}))
+            + f"; transfers over the host link ({link.basis})"
+        )
+    if supplemented.rewritten:
+        lines.append(
+            "rewritten into primitives: "
+            + ", ".join(f"{op} x{n}" for op, n in sorted(supplemented.rewritten.items()))
+        )
+    if best is None:
+        reason = f"no batch of 1 finishes within {latency} ms"
+        return Adaptation(
+            name, chip.name, "onnx", "does_not_fit", reason, coverage, explanation=(*lines, reason)
+        )
+    lines.append(
+        f"batch {best.batch} at {best.precision}: {best.samples_per_s:.0f} samples/s,"
+        f" {best.latency_ms:.2f} ms per batch (graph cost on the performance model)"
+    )
+    sup = coverage.supplemented_ops()
+    verdict: Verdict = "runs_with_supplementation" if sup else "runs_natively"
+    reason = ", ".join(f"{op} ({m})" for op, m in sorted(sup.items()))
+    return Adaptation(
+        name,
+        chip.name,
+        "onnx",
+        verdict,
+        f"runs with {reason}" if reason else "",
+        coverage,
+        dense=best,
+        explanation=tuple(lines),
+    )

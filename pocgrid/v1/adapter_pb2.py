@@ -25,19 +25,69 @@ _sym_db = _symbol_database.Default()
 from pocgrid.v1 import common_pb2 as pocgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/adapter.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\"\x9f\x01\n\x0f\x43heckFitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12(\n\tprecision\x18\x03 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x05\x12\x11\n\tinput_len\x18\x06 \x01(\x05\x12\x12\n\noutput_len\x18\x07 \x01(\x05\"\x92\x02\n\x10\x43heckFitResponse\x12\x0c\n\x04\x66its\x18\x01 \x01(\x08\x12\x1e\n\x16weights_gib_per_device\x18\x02 \x01(\x01\x12\x1d\n\x15memory_gib_per_device\x18\x03 \x01(\x01\x12\x1f\n\x17headroom_gib_per_device\x18\x04 \x01(\x01\x12\x1b\n\x13precision_supported\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x1e\n\x16reserve_gib_per_device\x18\x07 \x01(\x01\x12\x1f\n\x17kv_cache_gib_per_device\x18\x08 \x01(\x01\x12\"\n\x1a\x61\x63tivations_gib_per_device\x18\t \x01(\x01\x32\\\n\x0e\x41\x64\x61pterService\x12J\n\x08\x43heckFit\x12\x1b.pocgrid.v1.CheckFitRequest\x1a\x1c.pocgrid.v1.CheckFitResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/adapter.proto\x12\npocgrid.v1\x1a\x17pocgrid/v1/common.proto\"\x9f\x01\n\x0f\x43heckFitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12(\n\tprecision\x18\x03 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x05\x12\x11\n\tinput_len\x18\x06 \x01(\x05\x12\x12\n\noutput_len\x18\x07 \x01(\x05\"\x92\x02\n\x10\x43heckFitResponse\x12\x0c\n\x04\x66its\x18\x01 \x01(\x08\x12\x1e\n\x16weights_gib_per_device\x18\x02 \x01(\x01\x12\x1d\n\x15memory_gib_per_device\x18\x03 \x01(\x01\x12\x1f\n\x17headroom_gib_per_device\x18\x04 \x01(\x01\x12\x1b\n\x13precision_supported\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x1e\n\x16reserve_gib_per_device\x18\x07 \x01(\x01\x12\x1f\n\x17kv_cache_gib_per_device\x18\x08 \x01(\x01\x12\"\n\x1a\x61\x63tivations_gib_per_device\x18\t \x01(\x01\"\xf1\x01\n\rImportedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\r\n\x05opset\x18\x06 \x01(\x05\x12;\n\toperators\x18\x07 \x03(\x0b\x32(.pocgrid.v1.ImportedModel.OperatorsEntry\x12\x10\n\x08params_b\x18\x08 \x01(\x01\x1a\x30\n\x0eOperatorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"4\n\x16ImportOnnxModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04onnx\x18\x02 \x01(\x0c\"T\n\x17ImportOnnxModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.pocgrid.v1.ImportedModel\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\";\n\x16ImportLlmConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\x0c\"T\n\x17ImportLlmConfigResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.pocgrid.v1.ImportedModel\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"+\n\x17GetImportedModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"D\n\x18GetImportedModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.pocgrid.v1.ImportedModel\"\x1b\n\x19ListImportedModelsRequest\"G\n\x1aListImportedModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ImportedModel\"j\n\x10OperatorCoverage\x12\n\n\x02op\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0b\n\x03gap\x18\x06 \x01(\t\"1\n\x12GetCoverageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\"f\n\x13GetCoverageResponse\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12/\n\toperators\x18\x02 \x03(\x0b\x32\x1c.pocgrid.v1.OperatorCoverage\x12\r\n\x05\x62\x61sis\x18\x03 \x01(\t\"\x9d\x02\n\x0f\x45stimateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x03 \x01(\x05\x12(\n\tprecision\x18\x04 \x01(\x0e\x32\x15.pocgrid.v1.Precision\x12\x13\n\x0bslo_ttft_ms\x18\x05 \x01(\x01\x12\x13\n\x0bslo_tpot_ms\x18\x06 \x01(\x01\x12\x16\n\x0eslo_latency_ms\x18\x07 \x01(\x01\x12\x11\n\tinput_len\x18\x08 \x01(\x05\x12\x12\n\noutput_len\x18\t \x01(\x05\x12\x17\n\x0f\x61llow_quantized\x18\n \x01(\x08\x12\x17\n\x0fspec_acceptance\x18\x0b \x01(\x01\x12\x17\n\x0fprefix_hit_rate\x18\x0c \x01(\x01\"\xae\x02\n\rPlanCandidate\x12\x11\n\tprecision\x18\x01 \x01(\t\x12\x10\n\x08kv_cache\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x03 \x01(\x05\x12\n\n\x02tp\x18\x04 \x01(\x05\x12\x10\n\x08replicas\x18\x05 \x01(\x05\x12\x14\n\x0cmax_num_seqs\x18\x06 \x01(\x05\x12\x15\n\rprefill_chunk\x18\x07 \x01(\x05\x12\x0e\n\x06passes\x18\x08 \x03(\t\x12\x1b\n\x13output_tokens_per_s\x18\t \x01(\x01\x12&\n\x1eoutput_tokens_per_s_per_device\x18\n \x01(\x01\x12\x1d\n\x15tokens_per_s_per_user\x18\x0b \x01(\x01\x12\x13\n\x0bttft_p99_ms\x18\x0c \x01(\x01\x12\x13\n\x0btpot_p99_ms\x18\r \x01(\x01\"u\n\x0cPassDecision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0c\n\x04gain\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08measured\x18\x05 \x01(\x08\x12\x16\n\x0e\x61\x63\x63uracy_delta\x18\x06 \x01(\x01\"\xa9\x03\n\x10\x45stimateResponse\x12)\n\x07verdict\x18\x01 \x01(\x0e\x32\x18.pocgrid.v1.AdaptVerdict\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x35\n\x12\x62\x65st_by_throughput\x18\x03 \x01(\x0b\x32\x19.pocgrid.v1.PlanCandidate\x12/\n\x0c\x62\x65st_by_cost\x18\x04 \x01(\x0b\x32\x19.pocgrid.v1.PlanCandidate\x12)\n\x06pareto\x18\x05 \x03(\x0b\x32\x19.pocgrid.v1.PlanCandidate\x12(\n\x06passes\x18\x06 \x03(\x0b\x32\x18.pocgrid.v1.PassDecision\x12\x13\n\x0b\x65xplanation\x18\x07 \x03(\t\x12/\n\toperators\x18\x08 \x03(\x0b\x32\x1c.pocgrid.v1.OperatorCoverage\x12\x15\n\rsamples_per_s\x18\t \x01(\x01\x12\r\n\x05\x62\x61tch\x18\n \x01(\x05\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x0c \x01(\x08\x12\r\n\x05\x62\x61sis\x18\r \x01(\t*\xdb\x01\n\x0c\x41\x64\x61ptVerdict\x12\x1d\n\x19\x41\x44\x41PT_VERDICT_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x44\x41PT_VERDICT_RUNS_NATIVELY\x10\x01\x12+\n\'ADAPT_VERDICT_RUNS_WITH_SUPPLEMENTATION\x10\x02\x12\x1f\n\x1b\x41\x44\x41PT_VERDICT_NEEDS_DEVICES\x10\x03\x12\x1e\n\x1a\x41\x44\x41PT_VERDICT_DOES_NOT_FIT\x10\x04\x12\x1d\n\x19\x41\x44\x41PT_VERDICT_UNSUPPORTED\x10\x05\x32\x8d\x05\n\x0e\x41\x64\x61pterService\x12J\n\x08\x43heckFit\x12\x1b.pocgrid.v1.CheckFitRequest\x1a\x1c.pocgrid.v1.CheckFitResponse\"\x03\x90\x02\x01\x12_\n\x0fImportOnnxModel\x12\".pocgrid.v1.ImportOnnxModelRequest\x1a#.pocgrid.v1.ImportOnnxModelResponse\"\x03\x90\x02\x02\x12_\n\x0fImportLlmConfig\x12\".pocgrid.v1.ImportLlmConfigRequest\x1a#.pocgrid.v1.ImportLlmConfigResponse\"\x03\x90\x02\x02\x12\x62\n\x10GetImportedModel\x12#.pocgrid.v1.GetImportedModelRequest\x1a$.pocgrid.v1.GetImportedModelResponse\"\x03\x90\x02\x01\x12h\n\x12ListImportedModels\x12%.pocgrid.v1.ListImportedModelsRequest\x1a&.pocgrid.v1.ListImportedModelsResponse\"\x03\x90\x02\x01\x12S\n\x0bGetCoverage\x12\x1e.pocgrid.v1.GetCoverageRequest\x1a\x1f.pocgrid.v1.GetCoverageResponse\"\x03\x90\x02\x01\x12J\n\x08\x45stimate\x12\x1b.pocgrid.v1.EstimateRequest\x1a\x1c.pocgrid.v1.EstimateResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.adapter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IMPORTEDMODEL_OPERATORSENTRY']._loaded_options = None
+  _globals['_IMPORTEDMODEL_OPERATORSENTRY']._serialized_options = b'8\001'
   _globals['_ADAPTERSERVICE'].methods_by_name['CheckFit']._loaded_options = None
   _globals['_ADAPTERSERVICE'].methods_by_name['CheckFit']._serialized_options = b'\220\002\001'
+  _globals['_ADAPTERSERVICE'].methods_by_name['ImportOnnxModel']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['ImportOnnxModel']._serialized_options = b'\220\002\002'
+  _globals['_ADAPTERSERVICE'].methods_by_name['ImportLlmConfig']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['ImportLlmConfig']._serialized_options = b'\220\002\002'
+  _globals['_ADAPTERSERVICE'].methods_by_name['GetImportedModel']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['GetImportedModel']._serialized_options = b'\220\002\001'
+  _globals['_ADAPTERSERVICE'].methods_by_name['ListImportedModels']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['ListImportedModels']._serialized_options = b'\220\002\001'
+  _globals['_ADAPTERSERVICE'].methods_by_name['GetCoverage']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['GetCoverage']._serialized_options = b'\220\002\001'
+  _globals['_ADAPTERSERVICE'].methods_by_name['Estimate']._loaded_options = None
+  _globals['_ADAPTERSERVICE'].methods_by_name['Estimate']._serialized_options = b'\220\002\002'
+  _globals['_ADAPTVERDICT']._serialized_start=2656
+  _globals['_ADAPTVERDICT']._serialized_end=2875
   _globals['_CHECKFITREQUEST']._serialized_start=66
   _globals['_CHECKFITREQUEST']._serialized_end=225
   _globals['_CHECKFITRESPONSE']._serialized_start=228
   _globals['_CHECKFITRESPONSE']._serialized_end=502
-  _globals['_ADAPTERSERVICE']._serialized_start=504
-  _globals['_ADAPTERSERVICE']._serialized_end=596
+  _globals['_IMPORTEDMODEL']._serialized_start=505
+  _globals['_IMPORTEDMODEL']._serialized_end=746
+  _globals['_IMPORTEDMODEL_OPERATORSENTRY']._serialized_start=698
+  _globals['_IMPORTEDMODEL_OPERATORSENTRY']._serialized_end=746
+  _globals['_IMPORTONNXMODELREQUEST']._serialized_start=748
+  _globals['_IMPORTONNXMODELREQUEST']._serialized_end=800
+  _globals['_IMPORTONNXMODELRESPONSE']._serialized_start=802
+  _globals['_IMPORTONNXMODELRESPONSE']._serialized_end=886
+  _globals['_IMPORTLLMCONFIGREQUEST']._serialized_start=888
+  _globals['_IMPORTLLMCONFIGREQUEST']._serialized_end=947
+  _globals['_IMPORTLLMCONFIGRESPONSE']._serialized_start=949
+  _globals['_IMPORTLLMCONFIGRESPONSE']._serialized_end=1033
+  _globals['_GETIMPORTEDMODELREQUEST']._serialized_start=1035
+  _globals['_GETIMPORTEDMODELREQUEST']._serialized_end=1078
+  _globals['_GETIMPORTEDMODELRESPONSE']._serialized_start=1080
+  _globals['_GETIMPORTEDMODELRESPONSE']._serialized_end=1148
+  _globals['_LISTIMPORTEDMODELSREQUEST']._serialized_start=1150
+  _globals['_LISTIMPORTEDMODELSREQUEST']._serialized_end=1177
+  _globals['_LISTIMPORTEDMODELSRESPONSE']._serialized_start=1179
+  _globals['_LISTIMPORTEDMODELSRESPONSE']._serialized_end=1250
+  _globals['_OPERATORCOVERAGE']._serialized_start=1252
+  _globals['_OPERATORCOVERAGE']._serialized_end=1358
+  _globals['_GETCOVERAGEREQUEST']._serialized_start=1360
+  _globals['_GETCOVERAGEREQUEST']._serialized_end=1409
+  _globals['_GETCOVERAGERESPONSE']._serialized_start=1411
+  _globals['_GETCOVERAGERESPONSE']._serialized_end=1513
+  _globals['_ESTIMATEREQUEST']._serialized_start=1516
+  _globals['_ESTIMATEREQUEST']._serialized_end=1801
+  _globals['_PLANCANDIDATE']._serialized_start=1804
+  _globals['_PLANCANDIDATE']._serialized_end=2106
+  _globals['_PASSDECISION']._serialized_start=2108
+  _globals['_PASSDECISION']._serialized_end=2225
+  _globals['_ESTIMATERESPONSE']._serialized_start=2228
+  _globals['_ESTIMATERESPONSE']._serialized_end=2653
+  _globals['_ADAPTERSERVICE']._serialized_start=2878
+  _globals['_ADAPTERSERVICE']._serialized_end=3531
 # @@protoc_insertion_point(module_scope)

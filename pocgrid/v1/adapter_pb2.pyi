@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pocgrid.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -16,6 +19,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AdaptVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AdaptVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdaptVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADAPT_VERDICT_UNSPECIFIED: _AdaptVerdict.ValueType  # 0
+    ADAPT_VERDICT_RUNS_NATIVELY: _AdaptVerdict.ValueType  # 1
+    ADAPT_VERDICT_RUNS_WITH_SUPPLEMENTATION: _AdaptVerdict.ValueType  # 2
+    ADAPT_VERDICT_NEEDS_DEVICES: _AdaptVerdict.ValueType  # 3
+    ADAPT_VERDICT_DOES_NOT_FIT: _AdaptVerdict.ValueType  # 4
+    ADAPT_VERDICT_UNSUPPORTED: _AdaptVerdict.ValueType  # 5
+
+class AdaptVerdict(_AdaptVerdict, metaclass=_AdaptVerdictEnumTypeWrapper): ...
+
+ADAPT_VERDICT_UNSPECIFIED: AdaptVerdict.ValueType  # 0
+ADAPT_VERDICT_RUNS_NATIVELY: AdaptVerdict.ValueType  # 1
+ADAPT_VERDICT_RUNS_WITH_SUPPLEMENTATION: AdaptVerdict.ValueType  # 2
+ADAPT_VERDICT_NEEDS_DEVICES: AdaptVerdict.ValueType  # 3
+ADAPT_VERDICT_DOES_NOT_FIT: AdaptVerdict.ValueType  # 4
+ADAPT_VERDICT_UNSUPPORTED: AdaptVerdict.ValueType  # 5
+Global___AdaptVerdict: _TypeAlias = AdaptVerdict  # noqa: Y015
 
 @_typing.final
 class CheckFitRequest(_message.Message):
@@ -114,3 +140,544 @@ class CheckFitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckFitResponse: _TypeAlias = CheckFitResponse  # noqa: Y015
+
+@_typing.final
+class ImportedModel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OperatorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    OPSET_FIELD_NUMBER: _builtins.int
+    OPERATORS_FIELD_NUMBER: _builtins.int
+    PARAMS_B_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """"onnx-<sha256 prefix>" or "llm-<sha256 prefix>"."""
+    name: _builtins.str
+    kind: _builtins.str
+    """"onnx" or "llm"."""
+    sha256: _builtins.str
+    size_bytes: _builtins.int
+    opset: _builtins.int
+    """Default-domain opset (ONNX models)."""
+    params_b: _builtins.float
+    """Parameters in billions (LLMs: computed from the config's shapes)."""
+    @_builtins.property
+    def operators(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Operator -> node count (ONNX models)."""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        opset: _builtins.int = ...,
+        operators: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        params_b: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model_id", b"model_id", "name", b"name", "operators", b"operators", "opset", b"opset", "params_b", b"params_b", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedModel: _TypeAlias = ImportedModel  # noqa: Y015
+
+@_typing.final
+class ImportOnnxModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ONNX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    onnx: _builtins.bytes
+    """The .onnx file (one file: external data is refused)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        onnx: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportOnnxModelRequest: _TypeAlias = ImportOnnxModelRequest  # noqa: Y015
+
+@_typing.final
+class ImportOnnxModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the tenant had imported the same bytes before."""
+    @_builtins.property
+    def model(self) -> Global___ImportedModel: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ImportedModel | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportOnnxModelResponse: _TypeAlias = ImportOnnxModelResponse  # noqa: Y015
+
+@_typing.final
+class ImportLlmConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    config_json: _builtins.bytes
+    """The config.json text."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        config_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportLlmConfigRequest: _TypeAlias = ImportLlmConfigRequest  # noqa: Y015
+
+@_typing.final
+class ImportLlmConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    @_builtins.property
+    def model(self) -> Global___ImportedModel: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ImportedModel | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportLlmConfigResponse: _TypeAlias = ImportLlmConfigResponse  # noqa: Y015
+
+@_typing.final
+class GetImportedModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImportedModelRequest: _TypeAlias = GetImportedModelRequest  # noqa: Y015
+
+@_typing.final
+class GetImportedModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ImportedModel: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ImportedModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImportedModelResponse: _TypeAlias = GetImportedModelResponse  # noqa: Y015
+
+@_typing.final
+class ListImportedModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportedModelsRequest: _TypeAlias = ListImportedModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListImportedModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedModel]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ImportedModel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportedModelsResponse: _TypeAlias = ListImportedModelsResponse  # noqa: Y015
+
+@_typing.final
+class OperatorCoverage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OP_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    op: _builtins.str
+    count: _builtins.int
+    status: _builtins.str
+    """"native", "supplemented" or "unsupported"."""
+    method: _builtins.str
+    """"native", "rewrite", "host" or "none"."""
+    detail: _builtins.str
+    gap: _builtins.str
+    """Why the runtime lacks it natively (the catalogue's operator gap)."""
+    def __init__(
+        self,
+        *,
+        op: _builtins.str = ...,
+        count: _builtins.int = ...,
+        status: _builtins.str = ...,
+        method: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        gap: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "gap", b"gap", "method", b"method", "op", b"op", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatorCoverage: _TypeAlias = OperatorCoverage  # noqa: Y015
+
+@_typing.final
+class GetCoverageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A catalogue model name or an imported model_id of the caller's tenant."""
+    chip: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        chip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCoverageRequest: _TypeAlias = GetCoverageRequest  # noqa: Y015
+
+@_typing.final
+class GetCoverageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OPERATORS_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    verdict: _builtins.str
+    """"native", "supplemented" or "unsupported": the worst operator's status."""
+    basis: _builtins.str
+    """Where the operator list came from: the imported graph or the model's export signature."""
+    @_builtins.property
+    def operators(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorCoverage]: ...
+    def __init__(
+        self,
+        *,
+        verdict: _builtins.str = ...,
+        operators: _abc.Iterable[Global___OperatorCoverage] | None = ...,
+        basis: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "operators", b"operators", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCoverageResponse: _TypeAlias = GetCoverageResponse  # noqa: Y015
+
+@_typing.final
+class EstimateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    SLO_TTFT_MS_FIELD_NUMBER: _builtins.int
+    SLO_TPOT_MS_FIELD_NUMBER: _builtins.int
+    SLO_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
+    ALLOW_QUANTIZED_FIELD_NUMBER: _builtins.int
+    SPEC_ACCEPTANCE_FIELD_NUMBER: _builtins.int
+    PREFIX_HIT_RATE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A catalogue model name or an imported model_id of the caller's tenant."""
+    chip: _builtins.str
+    devices: _builtins.int
+    """Device budget; 0 = the fewest that hold the model."""
+    precision: _common_pb2.Precision.ValueType
+    """Weight precision; UNSPECIFIED = the planner chooses among what the chip runs."""
+    slo_ttft_ms: _builtins.float
+    """SLO bounds in milliseconds (p99); 0 = none."""
+    slo_tpot_ms: _builtins.float
+    slo_latency_ms: _builtins.float
+    input_len: _builtins.int
+    """Prompt and output tokens per request; 0 = 1024 and 256."""
+    output_len: _builtins.int
+    allow_quantized: _builtins.bool
+    """Let the planner choose fp8/int8 weights and a quantized KV cache."""
+    spec_acceptance: _builtins.float
+    """Speculative decoding: mean tokens accepted per verify step; 0 = off."""
+    prefix_hit_rate: _builtins.float
+    """Prefix caching: share of prompt tokens served from the cache, [0, 1)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        devices: _builtins.int = ...,
+        precision: _common_pb2.Precision.ValueType = ...,
+        slo_ttft_ms: _builtins.float = ...,
+        slo_tpot_ms: _builtins.float = ...,
+        slo_latency_ms: _builtins.float = ...,
+        input_len: _builtins.int = ...,
+        output_len: _builtins.int = ...,
+        allow_quantized: _builtins.bool = ...,
+        spec_acceptance: _builtins.float = ...,
+        prefix_hit_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_quantized", b"allow_quantized", "chip", b"chip", "devices", b"devices", "input_len", b"input_len", "model", b"model", "output_len", b"output_len", "precision", b"precision", "prefix_hit_rate", b"prefix_hit_rate", "slo_latency_ms", b"slo_latency_ms", "slo_tpot_ms", b"slo_tpot_ms", "slo_ttft_ms", b"slo_ttft_ms", "spec_acceptance", b"spec_acceptance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateRequest: _TypeAlias = EstimateRequest  # noqa: Y015
+
+@_typing.final
+class PlanCandidate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRECISION_FIELD_NUMBER: _builtins.int
+    KV_CACHE_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    TP_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_NUM_SEQS_FIELD_NUMBER: _builtins.int
+    PREFILL_CHUNK_FIELD_NUMBER: _builtins.int
+    PASSES_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_S_PER_USER_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    TPOT_P99_MS_FIELD_NUMBER: _builtins.int
+    precision: _builtins.str
+    kv_cache: _builtins.str
+    devices: _builtins.int
+    tp: _builtins.int
+    replicas: _builtins.int
+    max_num_seqs: _builtins.int
+    prefill_chunk: _builtins.int
+    output_tokens_per_s: _builtins.float
+    output_tokens_per_s_per_device: _builtins.float
+    tokens_per_s_per_user: _builtins.float
+    ttft_p99_ms: _builtins.float
+    tpot_p99_ms: _builtins.float
+    @_builtins.property
+    def passes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        precision: _builtins.str = ...,
+        kv_cache: _builtins.str = ...,
+        devices: _builtins.int = ...,
+        tp: _builtins.int = ...,
+        replicas: _builtins.int = ...,
+        max_num_seqs: _builtins.int = ...,
+        prefill_chunk: _builtins.int = ...,
+        passes: _abc.Iterable[_builtins.str] | None = ...,
+        output_tokens_per_s: _builtins.float = ...,
+        output_tokens_per_s_per_device: _builtins.float = ...,
+        tokens_per_s_per_user: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        tpot_p99_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "kv_cache", b"kv_cache", "max_num_seqs", b"max_num_seqs", "output_tokens_per_s", b"output_tokens_per_s", "output_tokens_per_s_per_device", b"output_tokens_per_s_per_device", "passes", b"passes", "precision", b"precision", "prefill_chunk", b"prefill_chunk", "replicas", b"replicas", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tp", b"tp", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanCandidate: _TypeAlias = PlanCandidate  # noqa: Y015
+
+@_typing.final
+class PassDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    GAIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    ACCURACY_DELTA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    applied: _builtins.bool
+    gain: _builtins.float
+    """Modelled (or, where it ran here, measured) gain as a ratio; 0 when none applies."""
+    reason: _builtins.str
+    measured: _builtins.bool
+    """True when the gain or accuracy figure was measured on this machine."""
+    accuracy_delta: _builtins.float
+    """Measured accuracy delta (max relative output error) where a lossy pass ran here."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        applied: _builtins.bool = ...,
+        gain: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        measured: _builtins.bool = ...,
+        accuracy_delta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "applied", b"applied", "gain", b"gain", "measured", b"measured", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PassDecision: _TypeAlias = PassDecision  # noqa: Y015
+
+@_typing.final
+class EstimateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BEST_BY_THROUGHPUT_FIELD_NUMBER: _builtins.int
+    BEST_BY_COST_FIELD_NUMBER: _builtins.int
+    PARETO_FIELD_NUMBER: _builtins.int
+    PASSES_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    OPERATORS_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    verdict: Global___AdaptVerdict.ValueType
+    reason: _builtins.str
+    samples_per_s: _builtins.float
+    """Models that are not LLMs: samples per second, batch and the latency of one batch."""
+    batch: _builtins.int
+    latency_ms: _builtins.float
+    cached: _builtins.bool
+    """Served from the stored plans for the same (model hash, chip, options)."""
+    basis: _builtins.str
+    """What the figures rest on (a steady-state estimate, estimates of supplementation costs)."""
+    @_builtins.property
+    def best_by_throughput(self) -> Global___PlanCandidate:
+        """Unset when nothing runs (see reason)."""
+
+    @_builtins.property
+    def best_by_cost(self) -> Global___PlanCandidate: ...
+    @_builtins.property
+    def pareto(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanCandidate]: ...
+    @_builtins.property
+    def passes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PassDecision]: ...
+    @_builtins.property
+    def explanation(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def operators(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorCoverage]: ...
+    def __init__(
+        self,
+        *,
+        verdict: Global___AdaptVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+        best_by_throughput: Global___PlanCandidate | None = ...,
+        best_by_cost: Global___PlanCandidate | None = ...,
+        pareto: _abc.Iterable[Global___PlanCandidate] | None = ...,
+        passes: _abc.Iterable[Global___PassDecision] | None = ...,
+        explanation: _abc.Iterable[_builtins.str] | None = ...,
+        operators: _abc.Iterable[Global___OperatorCoverage] | None = ...,
+        samples_per_s: _builtins.float = ...,
+        batch: _builtins.int = ...,
+        latency_ms: _builtins.float = ...,
+        cached: _builtins.bool = ...,
+        basis: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "batch", b"batch", "best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput", "cached", b"cached", "explanation", b"explanation", "latency_ms", b"latency_ms", "operators", b"operators", "pareto", b"pareto", "passes", b"passes", "reason", b"reason", "samples_per_s", b"samples_per_s", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateResponse: _TypeAlias = EstimateResponse  # noqa: Y015

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AdapterServiceStub:
-    """Public: how a model fits a chip.
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -40,14 +42,92 @@ class AdapterServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_adapter__pb2.CheckFitRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.CheckFitResponse.FromString,
                 _registered_method=True)
+        self.ImportOnnxModel = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/ImportOnnxModel',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelResponse.FromString,
+                _registered_method=True)
+        self.ImportLlmConfig = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/ImportLlmConfig',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigResponse.FromString,
+                _registered_method=True)
+        self.GetImportedModel = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/GetImportedModel',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelResponse.FromString,
+                _registered_method=True)
+        self.ListImportedModels = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/ListImportedModels',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsResponse.FromString,
+                _registered_method=True)
+        self.GetCoverage = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/GetCoverage',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.GetCoverageRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.GetCoverageResponse.FromString,
+                _registered_method=True)
+        self.Estimate = channel.unary_unary(
+                '/pocgrid.v1.AdapterService/Estimate',
+                request_serializer=pocgrid_dot_v1_dot_adapter__pb2.EstimateRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_adapter__pb2.EstimateResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
-    """Public: how a model fits a chip.
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
     """
 
     def CheckFit(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportOnnxModel(self, request, context):
+        """Import an ONNX file (content-addressed: the same bytes give the same model_id). A file
+        that is too large, not ONNX, truncated, nested too deep, declares enormous tensors, fails
+        the onnx checker or uses an opset outside the accepted range gets INVALID_ARGUMENT naming
+        what is wrong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportLlmConfig(self, request, context):
+        """Import an LLM from a Hugging Face-style config.json, validated field by field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImportedModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImportedModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCoverage(self, request, context):
+        """Per operator: native, supplemented (a rewrite into primitives, or the host CPU) or
+        unsupported, from the catalogue's operator set of the chip's runtime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Estimate(self, request, context):
+        """The best plan through the performance model: precision, tensor parallel x replicas,
+        concurrency, prefill chunk, passes, each choice explained, and the Pareto frontier. Plans
+        are stored and served again for the same (model hash, chip, options).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +140,36 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.CheckFitRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_adapter__pb2.CheckFitResponse.SerializeToString,
             ),
+            'ImportOnnxModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportOnnxModel,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelResponse.SerializeToString,
+            ),
+            'ImportLlmConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportLlmConfig,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigResponse.SerializeToString,
+            ),
+            'GetImportedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImportedModel,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelResponse.SerializeToString,
+            ),
+            'ListImportedModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImportedModels,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsResponse.SerializeToString,
+            ),
+            'GetCoverage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCoverage,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.GetCoverageRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.GetCoverageResponse.SerializeToString,
+            ),
+            'Estimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Estimate,
+                    request_deserializer=pocgrid_dot_v1_dot_adapter__pb2.EstimateRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_adapter__pb2.EstimateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pocgrid.v1.AdapterService', rpc_method_handlers)
@@ -69,7 +179,9 @@ def add_AdapterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdapterService:
-    """Public: how a model fits a chip.
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
     """
 
     @staticmethod
@@ -89,6 +201,168 @@ class AdapterService:
             '/pocgrid.v1.AdapterService/CheckFit',
             pocgrid_dot_v1_dot_adapter__pb2.CheckFitRequest.SerializeToString,
             pocgrid_dot_v1_dot_adapter__pb2.CheckFitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportOnnxModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/ImportOnnxModel',
+            pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.ImportOnnxModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportLlmConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/ImportLlmConfig',
+            pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.ImportLlmConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImportedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/GetImportedModel',
+            pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.GetImportedModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImportedModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/ListImportedModels',
+            pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.ListImportedModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCoverage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/GetCoverage',
+            pocgrid_dot_v1_dot_adapter__pb2.GetCoverageRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.GetCoverageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Estimate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AdapterService/Estimate',
+            pocgrid_dot_v1_dot_adapter__pb2.EstimateRequest.SerializeToString,
+            pocgrid_dot_v1_dot_adapter__pb2.EstimateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,23 +27,70 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdapterServiceStub:
-    """Public: how a model fits a chip."""
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdapterServiceAsyncStub: ...
     CheckFit: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.CheckFitRequest, _adapter_pb2.CheckFitResponse]
+    ImportOnnxModel: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.ImportOnnxModelRequest, _adapter_pb2.ImportOnnxModelResponse]
+    """Import an ONNX file (content-addressed: the same bytes give the same model_id). A file
+    that is too large, not ONNX, truncated, nested too deep, declares enormous tensors, fails
+    the onnx checker or uses an opset outside the accepted range gets INVALID_ARGUMENT naming
+    what is wrong.
+    """
+    ImportLlmConfig: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.ImportLlmConfigRequest, _adapter_pb2.ImportLlmConfigResponse]
+    """Import an LLM from a Hugging Face-style config.json, validated field by field."""
+    GetImportedModel: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.GetImportedModelRequest, _adapter_pb2.GetImportedModelResponse]
+    ListImportedModels: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.ListImportedModelsRequest, _adapter_pb2.ListImportedModelsResponse]
+    GetCoverage: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.GetCoverageRequest, _adapter_pb2.GetCoverageResponse]
+    """Per operator: native, supplemented (a rewrite into primitives, or the host CPU) or
+    unsupported, from the catalogue's operator set of the chip's runtime.
+    """
+    Estimate: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.EstimateRequest, _adapter_pb2.EstimateResponse]
+    """The best plan through the performance model: precision, tensor parallel x replicas,
+    concurrency, prefill chunk, passes, each choice explained, and the Pareto frontier. Plans
+    are stored and served again for the same (model hash, chip, options).
+    """
 
 @_typing.type_check_only
 class AdapterServiceAsyncStub(AdapterServiceStub):
-    """Public: how a model fits a chip."""
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CheckFit: _aio.UnaryUnaryMultiCallable[_adapter_pb2.CheckFitRequest, _adapter_pb2.CheckFitResponse]  # type: ignore[assignment]
+    ImportOnnxModel: _aio.UnaryUnaryMultiCallable[_adapter_pb2.ImportOnnxModelRequest, _adapter_pb2.ImportOnnxModelResponse]  # type: ignore[assignment]
+    """Import an ONNX file (content-addressed: the same bytes give the same model_id). A file
+    that is too large, not ONNX, truncated, nested too deep, declares enormous tensors, fails
+    the onnx checker or uses an opset outside the accepted range gets INVALID_ARGUMENT naming
+    what is wrong.
+    """
+    ImportLlmConfig: _aio.UnaryUnaryMultiCallable[_adapter_pb2.ImportLlmConfigRequest, _adapter_pb2.ImportLlmConfigResponse]  # type: ignore[assignment]
+    """Import an LLM from a Hugging Face-style config.json, validated field by field."""
+    GetImportedModel: _aio.UnaryUnaryMultiCallable[_adapter_pb2.GetImportedModelRequest, _adapter_pb2.GetImportedModelResponse]  # type: ignore[assignment]
+    ListImportedModels: _aio.UnaryUnaryMultiCallable[_adapter_pb2.ListImportedModelsRequest, _adapter_pb2.ListImportedModelsResponse]  # type: ignore[assignment]
+    GetCoverage: _aio.UnaryUnaryMultiCallable[_adapter_pb2.GetCoverageRequest, _adapter_pb2.GetCoverageResponse]  # type: ignore[assignment]
+    """Per operator: native, supplemented (a rewrite into primitives, or the host CPU) or
+    unsupported, from the catalogue's operator set of the chip's runtime.
+    """
+    Estimate: _aio.UnaryUnaryMultiCallable[_adapter_pb2.EstimateRequest, _adapter_pb2.EstimateResponse]  # type: ignore[assignment]
+    """The best plan through the performance model: precision, tensor parallel x replicas,
+    concurrency, prefill chunk, passes, each choice explained, and the Pareto frontier. Plans
+    are stored and served again for the same (model hash, chip, options).
+    """
 
 class AdapterServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Public: how a model fits a chip."""
+    """Public: how a model fits a chip; models a tenant imports; their operator coverage on a chip
+    and adaptation plans. Imported models belong to the tenant that imported them: another
+    tenant gets NOT_FOUND.
+    """
 
     @_abc_1.abstractmethod
     def CheckFit(
@@ -51,5 +98,60 @@ class AdapterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _adapter_pb2.CheckFitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_adapter_pb2.CheckFitResponse, _abc.Awaitable[_adapter_pb2.CheckFitResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportOnnxModel(
+        self,
+        request: _adapter_pb2.ImportOnnxModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.ImportOnnxModelResponse, _abc.Awaitable[_adapter_pb2.ImportOnnxModelResponse]]:
+        """Import an ONNX file (content-addressed: the same bytes give the same model_id). A file
+        that is too large, not ONNX, truncated, nested too deep, declares enormous tensors, fails
+        the onnx checker or uses an opset outside the accepted range gets INVALID_ARGUMENT naming
+        what is wrong.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportLlmConfig(
+        self,
+        request: _adapter_pb2.ImportLlmConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.ImportLlmConfigResponse, _abc.Awaitable[_adapter_pb2.ImportLlmConfigResponse]]:
+        """Import an LLM from a Hugging Face-style config.json, validated field by field."""
+
+    @_abc_1.abstractmethod
+    def GetImportedModel(
+        self,
+        request: _adapter_pb2.GetImportedModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.GetImportedModelResponse, _abc.Awaitable[_adapter_pb2.GetImportedModelResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListImportedModels(
+        self,
+        request: _adapter_pb2.ListImportedModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.ListImportedModelsResponse, _abc.Awaitable[_adapter_pb2.ListImportedModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCoverage(
+        self,
+        request: _adapter_pb2.GetCoverageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.GetCoverageResponse, _abc.Awaitable[_adapter_pb2.GetCoverageResponse]]:
+        """Per operator: native, supplemented (a rewrite into primitives, or the host CPU) or
+        unsupported, from the catalogue's operator set of the chip's runtime.
+        """
+
+    @_abc_1.abstractmethod
+    def Estimate(
+        self,
+        request: _adapter_pb2.EstimateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.EstimateResponse, _abc.Awaitable[_adapter_pb2.EstimateResponse]]:
+        """The best plan through the performance model: precision, tensor parallel x replicas,
+        concurrency, prefill chunk, passes, each choice explained, and the Pareto frontier. Plans
+        are stored and served again for the same (model hash, chip, options).
+        """
 
 def add_AdapterServiceServicer_to_server(servicer: AdapterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,5 @@
-"""The adapter process: the fit check over the packaged catalogue (no database, no events)."""
+"""The adapter process: fit check, imports, coverage and plans; its own database (imported
+models, stored plans), no events."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from opentelemetry.sdk.trace import SpanProcessor
 from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import adapter_pb2, adapter_pb2_grpc
 from services.adapter.config import AdapterConfig
+from services.adapter.imports import ModelBook
 from services.adapter.servicer import AdapterServicer
+from services.adapter.store import AdapterStore
 from services.core.config import CommonConfig
 from services.core.service import Service
+from services.core.storage import Database
 
 
 class AdapterServer(Service):
@@ -31,9 +35,16 @@ class AdapterServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
+        self.db = Database(config.adapter_database_url or common.sqlite_url(self.name))
 
     async def on_start(self, server: grpc.aio.Server) -> None:
+        store = AdapterStore(self.db)
+        await store.init()
+        models = ModelBook(store, self.catalog, self.config.adapter_max_model_bytes)
         adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
-            AdapterServicer(self.catalog, self.config), server
+            AdapterServicer(self.catalog, self.config, models), server
         )
         self.add_service(adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name)
+
+    async def on_stop(self) -> None:
+        await self.db.dispose()

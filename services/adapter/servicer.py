@@ -9,8 +9,10 @@ from pocgrid.catalog import Catalog, UnknownNameError
 from pocgrid.perf import FIT_BATCH, FIT_INPUT_LEN, FIT_OUTPUT_LEN, PerfInputError, check_fit
 from pocgrid.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 from services.adapter.config import AdapterConfig
+from services.adapter.imports import ModelBook, coverage_proto, plan_request, to_proto
+from services.core import rpc_context
 from services.core import validation as v
-from services.core.errors import InvalidArgument, NotFound
+from services.core.errors import InvalidArgument, NotFound, Unauthenticated
 
 MAX_DEVICES = 64
 MAX_BATCH = 4096
@@ -30,10 +32,76 @@ def precision_name(field: str, value: int) -> str:
     return precision.PRECISION_NAME[value]
 
 
+def caller_tenant() -> str:
+    """The tenant the gateway authenticated; a call that bypassed the gateway has none."""
+    tenant = rpc_context.current_tenant()
+    if not tenant:
+        raise Unauthenticated("no tenant: call through the gateway")
+    return tenant
+
+
 class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
-    def __init__(self, catalog: Catalog, config: AdapterConfig) -> None:
+    def __init__(self, catalog: Catalog, config: AdapterConfig, models: ModelBook) -> None:
         self._catalog = catalog
         self._config = config
+        self._models = models
+
+    async def ImportOnnxModel(
+        self, request: adapter_pb2.ImportOnnxModelRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.ImportOnnxModelResponse:
+        tenant = caller_tenant()
+        if len(request.name) > 256:
+            raise InvalidArgument(
+                "name", f"must be at most 256 characters (got {len(request.name)})"
+            )
+        row, created = await self._models.import_onnx(tenant, request.name, request.onnx)
+        return adapter_pb2.ImportOnnxModelResponse(model=to_proto(row), created=created)
+
+    async def ImportLlmConfig(
+        self, request: adapter_pb2.ImportLlmConfigRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.ImportLlmConfigResponse:
+        tenant = caller_tenant()
+        if len(request.name) > 256:
+            raise InvalidArgument(
+                "name", f"must be at most 256 characters (got {len(request.name)})"
+            )
+        row, created = await self._models.import_llm(tenant, request.name, request.config_json)
+        return adapter_pb2.ImportLlmConfigResponse(model=to_proto(row), created=created)
+
+    async def GetImportedModel(
+        self, request: adapter_pb2.GetImportedModelRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.GetImportedModelResponse:
+        tenant = caller_tenant()
+        v.require_text("model_id", request.model_id)
+        row = await self._models.get(tenant, request.model_id)
+        return adapter_pb2.GetImportedModelResponse(model=to_proto(row))
+
+    async def ListImportedModels(
+        self, request: adapter_pb2.ListImportedModelsRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.ListImportedModelsResponse:
+        tenant = caller_tenant()
+        rows = await self._models.list(tenant)
+        return adapter_pb2.ListImportedModelsResponse(models=[to_proto(r) for r in rows])
+
+    async def GetCoverage(
+        self, request: adapter_pb2.GetCoverageRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.GetCoverageResponse:
+        tenant = caller_tenant()
+        v.require_text("model", request.model)
+        v.require_text("chip", request.chip)
+        cov = await self._models.coverage(tenant, request.model, request.chip)
+        return adapter_pb2.GetCoverageResponse(
+            verdict=cov.verdict, operators=coverage_proto(cov), basis=cov.basis
+        )
+
+    async def Estimate(
+        self, request: adapter_pb2.EstimateRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.EstimateResponse:
+        tenant = caller_tenant()
+        v.require_text("model", request.model)
+        v.require_text("chip", request.chip)
+        req = plan_request(request)
+        return await self._models.estimate(tenant, request.model, request.chip, req)
 
     async def CheckFit(
         self, request: adapter_pb2.CheckFitRequest, context: grpc.aio.ServicerContext

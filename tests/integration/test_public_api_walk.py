@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.routing import GATEWAY_SERVICE, PUBLIC_BACKENDS
 from gateway.service import GatewayServer
+from pocgrid.adapt.onnx_import import validate_onnx
+from pocgrid.samples import cnn
 from pocgrid.v1 import (
     adapter_pb2,
     adapter_pb2_grpc,
@@ -42,6 +45,18 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 AUTH = (("authorization", "Bearer walk-key"),)
+CNN = cnn().SerializeToString()
+CNN_ID = validate_onnx(CNN).model_id
+MINI_CONFIG = json.dumps(
+    {
+        "num_hidden_layers": 2,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+        "vocab_size": 1000,
+        "max_position_embeddings": 2048,
+    }
+).encode()
 
 
 async def test_every_public_rpc_through_the_gateway(common, closer):
@@ -140,6 +155,25 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
             ),
             metadata=AUTH,
         ),
+        "AdapterService/ImportOnnxModel": lambda: adapt.ImportOnnxModel(
+            adapter_pb2.ImportOnnxModelRequest(name="cnn", onnx=CNN), metadata=AUTH
+        ),
+        "AdapterService/ImportLlmConfig": lambda: adapt.ImportLlmConfig(
+            adapter_pb2.ImportLlmConfigRequest(name="mini", config_json=MINI_CONFIG),
+            metadata=AUTH,
+        ),
+        "AdapterService/GetImportedModel": lambda: adapt.GetImportedModel(
+            adapter_pb2.GetImportedModelRequest(model_id=CNN_ID), metadata=AUTH
+        ),
+        "AdapterService/ListImportedModels": lambda: adapt.ListImportedModels(
+            adapter_pb2.ListImportedModelsRequest(), metadata=AUTH
+        ),
+        "AdapterService/GetCoverage": lambda: adapt.GetCoverage(
+            adapter_pb2.GetCoverageRequest(model=CNN_ID, chip="mtt-s4000"), metadata=AUTH
+        ),
+        "AdapterService/Estimate": lambda: adapt.Estimate(
+            adapter_pb2.EstimateRequest(model="Qwen2.5-7B", chip="mtt-s4000"), metadata=AUTH
+        ),
         "EvaluatorService/ListScenarios": lambda: evals.ListScenarios(
             evaluator_pb2.ListScenariosRequest(), metadata=AUTH
         ),
@@ -160,6 +194,8 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert results["SchedulerService/GetJob"].job.tenant == "walker"
     assert results["SchedulerService/CancelJob"].job.state == scheduler_pb2.JOB_STATE_CANCELLED
     assert results["AdapterService/CheckFit"].fits
+    assert len(results["AdapterService/ListImportedModels"].models) == 2
+    assert results["AdapterService/Estimate"].best_by_throughput.output_tokens_per_s > 0
     assert results["GatewayService/WhoAmI"].tenant == "walker"
     assert all(s.healthy for s in results["GatewayService/CheckServices"].services)
     assert len(results["GatewayService/CheckServices"].services) == 6
