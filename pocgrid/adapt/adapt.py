@@ -15,7 +15,16 @@ import onnx
 from pocgrid.adapt.coverage import Coverage, graph_coverage, signature_coverage
 from pocgrid.adapt.dense_plan import DensePlan, plan_dense
 from pocgrid.adapt.hostlink import host_link
-from pocgrid.adapt.plan import Plan, PlanRequest, Verdict, plan_llm, precision_choices
+from pocgrid.adapt.onnx_passes import measure_fusion, measure_int8
+from pocgrid.adapt.plan import (
+    PassResult,
+    Plan,
+    PlanRequest,
+    Verdict,
+    plan_llm,
+    precision_choices,
+    supported_precisions,
+)
 from pocgrid.adapt.signatures import operator_signature
 from pocgrid.catalog import Catalog, Chip, Model
 from pocgrid.perf.onnx_cost import graph_cost
@@ -57,6 +66,8 @@ class Adaptation:
     plan: Plan | None = None
     dense: DensePlan | None = None
     explanation: tuple[str, ...] = ()
+    passes: tuple[PassResult, ...] = ()
+    """Passes considered for a non-LLM model (an LLM's are in ``plan``)."""
 
     def supplement_passes(self) -> list[str]:
         if self.coverage is None:
@@ -98,6 +109,8 @@ class Adaptation:
             out["plan"] = self.plan.to_dict()
         if self.dense is not None:
             out["dense_plan"] = self.dense.to_dict()
+        if self.passes:
+            out["passes_considered"] = [p.to_dict() for p in self.passes]
         return out
 
 
@@ -245,6 +258,7 @@ def adapt_onnx(
         f"batch {best.batch} at {best.precision}: {best.samples_per_s:.0f} samples/s,"
         f" {best.latency_ms:.2f} ms per batch (graph cost on the performance model)"
     )
+    passes, best = _onnx_passes(model, supplemented.model, chip, req, best, lines, catalog)
     sup = coverage.supplemented_ops()
     verdict: Verdict = "runs_with_supplementation" if sup else "runs_natively"
     reason = ", ".join(f"{op} ({m})" for op, m in sorted(sup.items()))
@@ -257,4 +271,65 @@ def adapt_onnx(
         coverage,
         dense=best,
         explanation=tuple(lines),
+        passes=tuple(passes),
     )
+
+
+#: Largest measured int8 output error (relative to the output's range) a plan accepts.
+MAX_INT8_DELTA: Final = 0.05
+
+
+def _onnx_passes(
+    model: onnx.ModelProto,
+    runnable: onnx.ModelProto,
+    chip: Chip,
+    req: PlanRequest,
+    best: DensePlan,
+    lines: list[str],
+    catalog: Catalog,
+) -> tuple[list[PassResult], DensePlan]:
+    out: list[PassResult] = []
+    fusion = measure_fusion(model)
+    out.append(
+        PassResult(
+            "operator_fusion",
+            True,
+            fusion.speedup,
+            f"measured on this CPU with onnxruntime: {fusion.unfused_ms:.3f} ms unoptimized vs"
+            f" {fusion.fused_ms:.3f} ms with every graph optimization; the chip estimate fuses"
+            " elementwise chains into their producing kernel",
+            measured=True,
+        )
+    )
+    if "int8" not in supported_precisions(chip, catalog.precisions(chip)):
+        out.append(PassResult("int8_ptq", False, None, f"{chip.name} has no priced int8"))
+    else:
+        q = measure_int8(model)
+        shapes = _input_shapes(model, best.batch)
+        int8_s = graph_cost(runnable, shapes, chip, "int8").seconds
+        base_s = graph_cost(runnable, shapes, chip, best.precision).seconds
+        gain = base_s / int8_s
+        delta = q.max_relative_error
+        measured = (
+            f"measured on seeded random inputs: max output error {delta:.2%} of the output range,"
+            f" arg-max agreement {q.argmax_agreement:.0%}; modelled gain x{gain:.2f}"
+        )
+        allowed = req.allow_quantized or req.precision == "int8"
+        apply = allowed and delta <= MAX_INT8_DELTA and gain > 1.02
+        if apply:
+            t = best.latency_ms / gain
+            best = DensePlan("int8", best.batch, best.batch / (t / 1e3), t)
+            lines.append(f"int8 post-training quantization applied: {measured}")
+        why = (
+            measured
+            if apply
+            else measured
+            + (
+                "; not applied: lossy, needs --allow-quantized"
+                if not allowed
+                else f"; not applied: error above {MAX_INT8_DELTA:.0%} or no gain"
+            )
+        )
+        out.append(PassResult("int8_ptq", apply, gain, why, measured=True, accuracy_delta=delta))
+    out.append(PassResult("kv_cache_quantized", False, None, "no KV cache: not a decoder LLM"))
+    return out, best

@@ -211,8 +211,12 @@ class PassResult:
     name: str
     applied: bool
     gain: float | None
-    """Modelled throughput-per-device ratio with the pass over without it, at the best plan."""
+    """Modelled throughput-per-device ratio with the pass over without it, at the best plan
+    (measured on this machine where ``measured``)."""
     reason: str
+    measured: bool = False
+    accuracy_delta: float | None = None
+    """Measured output error of a lossy pass (largest error relative to the output's range)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -220,6 +224,8 @@ class PassResult:
             "applied": self.applied,
             "gain": self.gain,
             "reason": self.reason,
+            "measured": self.measured,
+            "accuracy_delta": self.accuracy_delta,
         }
 
 

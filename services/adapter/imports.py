@@ -215,6 +215,17 @@ def estimate_response(a: Adaptation) -> adapter_pb2.EstimateResponse:
             for p in plan.passes
         )
         resp.basis = plan.basis
+    resp.passes.extend(
+        adapter_pb2.PassDecision(
+            name=p.name,
+            applied=p.applied,
+            gain=p.gain or 0.0,
+            reason=p.reason,
+            measured=p.measured,
+            accuracy_delta=p.accuracy_delta or 0.0,
+        )
+        for p in a.passes
+    )
     if a.dense is not None:
         resp.samples_per_s = a.dense.samples_per_s
         resp.batch = a.dense.batch

@@ -143,6 +143,10 @@ async def test_imported_models_belong_to_their_tenant(common, closer):
         )
         assert est.verdict == adapter_pb2.ADAPT_VERDICT_RUNS_WITH_SUPPLEMENTATION
         assert est.samples_per_s > 0
+        passes = {p.name: p for p in est.passes}
+        assert passes["operator_fusion"].measured and passes["operator_fusion"].gain > 0
+        assert passes["int8_ptq"].measured and "accuracy" not in passes["int8_ptq"].name
+        assert "max output error" in passes["int8_ptq"].reason
         plan = await stub.Estimate(
             adapter_pb2.EstimateRequest(
                 model=llm.model.model_id, chip="h100-80gb-sxm", slo_tpot_ms=50

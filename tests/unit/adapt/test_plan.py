@@ -187,3 +187,21 @@ def test_cli_matrix_json_and_html(capsys: pytest.CaptureFixture[str], tmp_path: 
     text = page.read_text(encoding="utf-8")
     assert text.count('class="cell"') == len(cells)
     assert "http://" not in text and "https://" not in text  # self-contained
+
+
+def test_onnx_plan_measures_fusion_and_int8_accuracy_delta() -> None:
+    from pocgrid.adapt.adapt import adapt_onnx
+    from pocgrid.samples import cnn
+
+    chip = CAT.find_chip("ascend-910b")
+    for req in (PlanRequest(), PlanRequest(allow_quantized=True)):
+        a = adapt_onnx(CAT, "cnn", cnn(), chip, req)
+        assert a.dense is not None
+        passes = {p.name: p for p in a.passes}
+        fusion, int8 = passes["operator_fusion"], passes["int8_ptq"]
+        assert fusion.measured and fusion.gain is not None and fusion.gain > 0
+        assert int8.measured and int8.accuracy_delta is not None and int8.accuracy_delta >= 0
+        assert "arg-max agreement" in int8.reason
+        assert a.to_dict()["passes_considered"]
+        if not req.allow_quantized:
+            assert not int8.applied and "--allow-quantized" in int8.reason
