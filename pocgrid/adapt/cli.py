@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from pocgrid.adapt.adapt import CELL_KEYS, Adaptation, adapt, matrix
+from pocgrid.adapt.adapt import CELL_KEYS, Adaptation, adapt, adapt_onnx, matrix
 from pocgrid.adapt.html import matrix_html
+from pocgrid.adapt.onnx_import import OnnxImportError, validate_onnx
 from pocgrid.adapt.plan import MAX_DEVICES, PlanRequest, Slo
 from pocgrid.catalog import PRECISIONS, UnknownNameError, default_catalog
 from pocgrid.perf.errors import PerfInputError
@@ -78,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     p.add_argument("--model", help="model name, e.g. Llama-2-70B")
+    p.add_argument(
+        "--onnx", type=Path, default=None, help="an ONNX file instead of a catalogue model"
+    )
     p.add_argument("--chip", help="chip slug, e.g. h100-80gb-sxm")
     _add_request_options(p)
     p.set_defaults(func=run_adapt)
@@ -109,14 +113,18 @@ def _error(message: str) -> int:
 
 def run_adapt(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stream = sys.stdout if out is None else out
-    if not args.model or not args.chip:
-        return _error("adapt: --model and --chip are required (or use `adapt matrix`)")
+    if not (args.model or args.onnx) or not args.chip:
+        return _error("adapt: --model (or --onnx) and --chip are required (or `adapt matrix`)")
     catalog = default_catalog()
     try:
-        model = catalog.find_model(args.model)
         chip = catalog.find_chip(args.chip)
-        result = adapt(catalog, model, chip, _request(args))
-    except (UnknownNameError, PerfInputError) as exc:
+        if args.onnx is not None:
+            checked = validate_onnx(args.onnx.read_bytes())
+            result = adapt_onnx(catalog, args.onnx.name, checked.model, chip, _request(args))
+        else:
+            model = catalog.find_model(args.model)
+            result = adapt(catalog, model, chip, _request(args))
+    except (UnknownNameError, PerfInputError, OnnxImportError, OSError) as exc:
         return _error(str(exc))
     if args.json:
         json.dump(result.to_dict(), stream, indent=2)
@@ -145,16 +153,14 @@ def format_adaptation(a: Adaptation) -> str:
         d = a.dense
         lines.append(
             f"  plan: {d.precision}, batch {d.batch}: {d.samples_per_s:.0f} samples/s,"
-            f" {d.latency_ms:.1f} ms per batch"
+            f" {d.latency_ms:.3g} ms per batch"
         )
     for line in a.explanation:
         lines.append(f"  - {line}")
-    if a.plan is not None:
-        for p in a.plan.passes:
-            gain = "" if p.gain is None else f" x{p.gain:.2f}"
-            lines.append(
-                f"  pass {p.name}: {'applied' if p.applied else 'not applied'}{gain} - {p.reason}"
-            )
+    for p in (*(a.plan.passes if a.plan is not None else ()), *a.passes):
+        gain = "" if p.gain is None else f" x{p.gain:.2f}"
+        state = "applied" if p.applied else "not applied"
+        lines.append(f"  pass {p.name}: {state}{gain} - {p.reason}")
     return "\n".join(lines) + "\n"
 
 

@@ -414,8 +414,8 @@ def precision_choices(
         search += quant
     elif any(p in have for p in QUANTIZED):
         lines.append(
-            "fp8/int8 weights not searched: lossy without a measured accuracy delta"
-            " (allow them with --allow-quantized or ask with --precision)"
+            "fp8/int8 weights not searched as the precision: lossy (allow them with"
+            " --allow-quantized or ask with --precision)"
         )
     if not search:
         return [], lines, f"{chip.name} supports none of bf16/fp16/fp8/int8"
