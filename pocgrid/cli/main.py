@@ -15,6 +15,7 @@ from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
+from pocgrid.comm.cli import register as register_comm
 from pocgrid.perf.cli import register as register_perf
 
 
@@ -111,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     register_perf(sub)
     register_adapt(sub)
+    register_comm(sub)
     return parser
 
 

@@ -6,9 +6,11 @@ the ring's bytes per link: all-reduce 2(p-1)/p, reduce-scatter and all-gather (p
 broadcast 1), the nccl-tests convention, so the figure compares with one link's rate. The
 ceiling is the bare transport: every rank pushes the same bytes per link to its ring
 successor over the same sockets with no framing, plan or reduction
-(:meth:`Communicator.transport_probe`). The modelled time is the alpha-beta virtual time of the
-same call on the emulated chips and network. A shared-memory copy between two ranks of this
-host is measured too, as what a same-host transport could reach.
+(:meth:`Communicator.transport_probe`), timed in the same round as the collective; the ratio
+is the median over rounds of (bare time / collective time). The modelled time is the
+alpha-beta virtual time of the same call on the emulated chips and network. A shared-memory
+copy between two ranks of this host is measured too, as what a same-host transport could
+reach.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from pocgrid.comm.communicator import Communicator
 from pocgrid.perf.collective import COLLECTIVE_KINDS, CollectiveKind, bus_factor
 
-DEFAULT_RANKS: Final = "ascend-910b2x8,a100-80gb-sxmx8,ascend-910b2x8,a100-80gb-sxmx8"
+DEFAULT_RANKS: Final = "ascend-910b2:8,a100-80gb-sxm:8,ascend-910b2:8,a100-80gb-sxm:8"
 DEFAULT_SIZES: Final = ("4K", "1M", "16M", "64M")
 _UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -58,16 +60,17 @@ def bench_rank(
         for kind_name in kinds:
             kind: CollectiveKind = kind_name  # type: ignore[assignment]
             res = _run_once(comm, kind, x)  # warm-up, and the algorithm chosen
-            walls = []
+            per_link = int(bus_factor(kind, p) * n * 4) if p > 1 else 0
+            walls, probes = [], []
+            # Interleaved rounds: the collective, then the bare transport with the same bytes
+            # per link, so a noisy neighbour slows both of a round alike.
             for _ in range(repeats):
                 comm.barrier()
                 start = time.perf_counter()
                 _run_once(comm, kind, x)
                 walls.append(time.perf_counter() - start)
-            per_link = int(bus_factor(kind, p) * n * 4) if p > 1 else 0
-            probes = []
-            for _ in range(repeats if per_link else 0):
-                probes.append(comm.transport_probe(per_link))
+                if per_link:
+                    probes.append(comm.transport_probe(per_link))
             rows.append(
                 {
                     "collective": kind,
@@ -76,6 +79,8 @@ def bench_rank(
                     "detail": res.detail,
                     "wall_s": statistics.median(walls),
                     "probe_s": statistics.median(probes) if probes else 0.0,
+                    "walls_s": walls,
+                    "probes_s": probes,
                     "link_bytes": per_link,
                     "virtual_s": res.virtual_s,
                     "candidates": [list(c) for c in res.candidates],
@@ -134,13 +139,16 @@ def report_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
         nranks = len(values["ranks"])
         bus = size / wall * bus_factor(kind, nranks) if wall > 0 else 0.0
         bare = row["link_bytes"] / row["probe_s"] if row["probe_s"] > 0 else 0.0
+        # lib/bare per round = bare time / collective time (same bytes per link).
+        ratios = sorted(b / w for w, b in zip(row["walls_s"], row["probes_s"], strict=False))
         out.append(
             dict(
                 row,
                 algbw_gbs=size / wall / 1e9 if wall > 0 else 0.0,
                 busbw_gbs=bus / 1e9,
                 bare_gbs=bare / 1e9,
-                ratio=bus / bare if bare > 0 else 0.0,
+                ratio=statistics.median(ratios) if ratios else 0.0,
+                ratio_range=[ratios[0], ratios[-1]] if ratios else [0.0, 0.0],
             )
         )
     return out
@@ -151,14 +159,14 @@ def format_table(values: dict[str, Any]) -> str:
     lines = ["ranks: " + "; ".join(values["ranks"])]
     head = (
         f"{'collective':<15}{'size':>9}  {'algorithm':<13}{'wall ms':>9}{'busbw GB/s':>12}"
-        f"{'bare GB/s':>11}{'lib/bare':>9}{'modelled ms':>13}"
+        f"{'bare GB/s':>11}{'lib/bare':>9}{'(min-max)':>12}{'modelled ms':>13}"
     )
     lines.append(head)
     for r in rows:
         lines.append(
             f"{r['collective']:<15}{_fmt_size(r['bytes']):>9}  {r['algorithm']:<13}"
             f"{r['wall_s'] * 1e3:>9.2f}{r['busbw_gbs']:>12.3f}{r['bare_gbs']:>11.3f}"
-            f"{r['ratio']:>9.2f}{r['virtual_s'] * 1e3:>13.4f}"
+            f"{r['ratio']:>9.2f}{_range(r['ratio_range']):>12}{r['virtual_s'] * 1e3:>13.4f}"
         )
     shm = values.get("shm")
     if shm:
@@ -168,6 +176,10 @@ def format_table(values: dict[str, Any]) -> str:
             f"{rate:.3f} GB/s ({shm['seconds'] * 1e3:.1f} ms)"
         )
     return "\n".join(lines)
+
+
+def _range(lohi: list[float]) -> str:
+    return f"{lohi[0]:.2f}-{lohi[1]:.2f}"
 
 
 def _fmt_size(n: int) -> str:

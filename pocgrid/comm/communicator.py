@@ -15,6 +15,7 @@ every later call raises :class:`~pocgrid.comm.errors.CommAbortedError` with the 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from pocgrid.comm.transport import (
     KIND_P2P,
     Connection,
     UniqueId,
+    _SendItem,
     bootstrap,
 )
 from pocgrid.perf.collective import CollectiveKind
@@ -40,9 +42,9 @@ from pocgrid.perf.collective import CollectiveKind
 ReduceOp: TypeAlias = Literal["sum", "max", "min", "avg"]
 REDUCE_OPS: Final[tuple[ReduceOp, ...]] = ("sum", "max", "min", "avg")
 _UFUNC: Final = {"sum": np.add, "avg": np.add, "max": np.maximum, "min": np.minimum}
-# Receives that reduce are taken in slices, each combined as soon as it lands, so the
-# reduction of one slice overlaps the kernel receiving the next.
-_REDUCE_SLICE_BYTES: Final = 1 << 20
+# Transfers move in frames of this size: each slice is reduced (or forwarded) as soon as it
+# lands, overlapping the kernel receiving the next one.
+_SLICE_BYTES: Final = int(os.environ.get("POCGRID_COMM_SLICE_BYTES", 1 << 20))
 DEFAULT_TIMEOUT_S: Final = 30.0
 
 log = logging.getLogger("pocgrid.comm")
@@ -380,59 +382,76 @@ class Communicator:
         return result
 
     def _execute(self, plan: Plan, work: Array, op: ReduceOp | None, seq: int, what: str) -> None:
+        """Run this rank's part of ``plan``, slice by slice.
+
+        Transfers go as frames of at most ``_SLICE_BYTES``. A range this rank receives in one
+        step and sends on in the next (every ring step, every tree level) is forwarded slice
+        by slice as each slice lands, so the next step's sends overlap this step's receives
+        instead of waiting for the whole chunk: the pipelining NCCL gets from its slices.
+        """
         flat = work.reshape(-1)
         raw = _bytes_view(flat)
         item = flat.itemsize
+        per = max(1, _SLICE_BYTES // item)
         ufunc = _UFUNC[op] if op is not None else None
         scratch: Array | None = None
+        mine = plan.transfers_of(self.rank)
         nsteps = len(plan.steps)
-        for index, sends, recvs in plan.transfers_of(self.rank):
+        early: set[tuple[int, Transfer]] = set()
+        pending: dict[int, list[tuple[Connection, _SendItem]]] = {}
+
+        def issue(index: int, t: Transfer) -> list[tuple[Connection, _SendItem]]:
+            conn = self._conns[t.dst]
+            return [
+                (conn, conn.send(KIND_COLLECTIVE, seq, index, raw[lo * item : hi * item], part))
+                for part, (lo, hi) in enumerate(_slices(t, per))
+            ]
+
+        for k, (index, sends, recvs) in enumerate(mine):
             step_what = f"{what} step {index + 1}/{nsteps}"
             if self._fault is not None:
                 self._fault(plan.kind, index)
-            pending = [
-                (
-                    self._conns[t.dst],
-                    self._conns[t.dst].send(
-                        KIND_COLLECTIVE, seq, index, raw[t.lo * item : t.hi * item]
-                    ),
-                )
-                for t in sends
-            ]
+            out = pending.setdefault(index, [])
+            for t in sends:
+                if (index, t) not in early:
+                    out.extend(issue(index, t))
+            following = mine[k + 1] if k + 1 < len(mine) else None
+            onward: list[Transfer] = []
+            if following is not None and following[0] == index + 1:
+                onward = following[1]
             for t in recvs:
                 conn = self._conns[t.src]
-                length = t.hi - t.lo
-                conn.expect(KIND_COLLECTIVE, seq, index, length * item, step_what)
-                if not t.reduce:
-                    conn.recv_into(raw[t.lo * item : t.hi * item], step_what)
-                    continue
-                assert ufunc is not None
-                if scratch is None or scratch.size < length:
-                    scratch = np.empty(length, dtype=flat.dtype)
-                self._recv_reduce(conn, flat, scratch, t, ufunc, step_what)
-            for conn, sent in pending:
+                forward = [u for u in onward if (u.lo, u.hi) == (t.lo, t.hi)]
+                fwd_conns = [self._conns[u.dst] for u in forward]
+                nxt = pending.setdefault(index + 1, []) if forward else []
+                for part, (lo, hi) in enumerate(_slices(t, per)):
+                    n = hi - lo
+                    conn.expect(KIND_COLLECTIVE, seq, index, n * item, step_what, part)
+                    if t.reduce:
+                        assert ufunc is not None
+                        if scratch is None:
+                            scratch = np.empty(min(per, t.hi - t.lo), dtype=flat.dtype)
+                        elif scratch.size < n:
+                            scratch = np.empty(n, dtype=flat.dtype)
+                        conn.recv_into(_bytes_view(scratch)[: n * item], step_what)
+                        target = flat[lo:hi]
+                        ufunc(target, scratch[:n], out=target)
+                    else:
+                        conn.recv_into(raw[lo * item : hi * item], step_what)
+                    view = raw[lo * item : hi * item]
+                    for fc in fwd_conns:
+                        nxt.append((fc, fc.send(KIND_COLLECTIVE, seq, index + 1, view, part)))
+                for u in forward:
+                    early.add((index + 1, u))
+            for conn, sent in pending.pop(index, []):
                 conn.wait_sent(sent, step_what)
+        for index, items in pending.items():
+            for conn, sent in items:
+                conn.wait_sent(sent, f"{what} step {index + 1}/{nsteps}")
 
-    @staticmethod
-    def _recv_reduce(
-        conn: Connection,
-        flat: Array,
-        scratch: Array,
-        t: Transfer,
-        ufunc: np.ufunc,
-        what: str,
-    ) -> None:
-        per = max(1, _REDUCE_SLICE_BYTES // flat.itemsize)
-        sview = _bytes_view(scratch)
-        item = flat.itemsize
-        lo = t.lo
-        while lo < t.hi:
-            hi = min(t.hi, lo + per)
-            k = hi - lo
-            conn.recv_into(sview[: k * item], what)
-            target = flat[lo:hi]
-            ufunc(target, scratch[:k], out=target)
-            lo = hi
+
+def _slices(t: Transfer, per: int) -> list[tuple[int, int]]:
+    return [(lo, min(t.hi, lo + per)) for lo in range(t.lo, t.hi, per)]
 
 
 class _AbortOnError:

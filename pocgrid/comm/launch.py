@@ -23,8 +23,11 @@ from typing import Any
 
 from pocgrid.comm.communicator import DEFAULT_TIMEOUT_S, Communicator
 from pocgrid.comm.errors import CommInputError
-from pocgrid.comm.topology import NetworkConfig
+from pocgrid.comm.topology import NetworkConfig, RankInfo, Topology
 from pocgrid.comm.transport import get_unique_id
+
+FAILURE_GRACE_S = 5.0
+"""After one rank fails, how long the others get to report before they are terminated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,22 +53,25 @@ class RankOutcome:
 
 
 def parse_ranks(text: str) -> list[RankSpec]:
-    """``chip[xDEVICES][@NODE],...`` e.g. ``ascend-910b2x8,a100-80gb-sxm@n1,a100-80gb-sxm@n1``."""
+    """``CHIP[:DEVICES][@NODE],...``, e.g. ``ascend-910b2:8,a100-80gb-sxm:8@n1,mlu370-x8:4``."""
     specs = []
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         if not part:
             continue
         node = ""
         if "@" in part:
             part, node = part.split("@", 1)
         devices = 1
-        head, sep, tail = part.rpartition("x")
-        if sep and tail.isdigit() and head:
-            part, devices = head, int(tail)
+        if ":" in part:
+            part, count = part.split(":", 1)
+            if not count.isdigit() or int(count) < 1:
+                raise CommInputError("ranks", f"{raw.strip()!r}: devices must be an integer >= 1")
+            devices = int(count)
         specs.append(RankSpec(part, devices, node))
     if not specs:
         raise CommInputError("ranks", "name at least one chip")
+    Topology([RankInfo(r, s.chip, s.devices, s.node) for r, s in enumerate(specs)])
     return specs
 
 
@@ -117,12 +123,14 @@ def run_ranks(
     """
     if not specs:
         raise CommInputError("specs", "need at least one rank")
+    Topology([RankInfo(r, s.chip, s.devices, s.node) for r, s in enumerate(specs)], network)
     uid = get_unique_id(timeout_s=timeout_s)
     env = dict(os.environ)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
     start = time.monotonic()
     outcomes: dict[int, RankOutcome] = {}
+    first_failure: int | None = None
     with tempfile.TemporaryDirectory(prefix="pgcx-") as tmp:
         procs: list[subprocess.Popen[bytes]] = []
         try:
@@ -158,6 +166,11 @@ def run_ranks(
                         continue
                     pending.discard(r)
                     outcomes[r] = _outcome(r, code, Path(tmp), time.monotonic() - start)
+                    if not outcomes[r].ok and first_failure is None:
+                        # The others fail on their own (peer lost) or would wait for a rank
+                        # that never joins; give them a moment to report, then stop them.
+                        first_failure = r
+                        deadline = min(deadline, time.monotonic() + FAILURE_GRACE_S)
                 if pending:
                     time.sleep(0.02)
         finally:
@@ -172,10 +185,13 @@ def run_ranks(
                     p.wait()
         for r in range(len(procs)):
             if r not in outcomes:
+                why = f"no result within {timeout_s:g} s"
+                if first_failure is not None:
+                    why = f"rank {first_failure} failed first"
                 outcomes[r] = RankOutcome(
                     r,
                     False,
-                    error=f"no result within {timeout_s:g} s (terminated)",
+                    error=f"{why} (terminated)",
                     error_type="LaunchTimeout",
                     seconds=time.monotonic() - start,
                     exitcode=procs[r].returncode,

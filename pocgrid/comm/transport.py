@@ -41,7 +41,7 @@ MAGIC: Final = b"PGCX"
 KIND_COLLECTIVE: Final = 1
 KIND_P2P: Final = 2
 KIND_ABORT: Final = 3
-_HEADER: Final = struct.Struct("!4sB16sQIQ")
+_HEADER: Final = struct.Struct("!4sB16sQIIQ")
 HEADER_BYTES: Final = _HEADER.size
 _LEN: Final = struct.Struct("!I")
 TOKEN_BYTES: Final = 16
@@ -207,6 +207,8 @@ class Header:
     comm: bytes
     seq: int
     step: int
+    part: int
+    """Slice of the step's transfer (large transfers go as several frames)."""
     nbytes: int
 
 
@@ -252,9 +254,11 @@ class Connection:
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, kind: int, seq: int, step: int, payload: memoryview | None) -> _SendItem:
+    def send(
+        self, kind: int, seq: int, step: int, payload: memoryview | None, part: int = 0
+    ) -> _SendItem:
         nbytes = 0 if payload is None else payload.nbytes
-        header = _HEADER.pack(MAGIC, kind, self.token, seq, step, nbytes)
+        header = _HEADER.pack(MAGIC, kind, self.token, seq, step, part, nbytes)
         item = _SendItem(header, payload)
         if self._closed:
             item.error = PeerLostError(f"connection to {self.describe_peer} is closed")
@@ -285,18 +289,27 @@ class Connection:
                 if item.payload is None or item.payload.nbytes == 0:
                     self.sock.sendall(item.header)
                 else:
-                    self.sock.sendall(item.header)
-                    self.sock.sendall(item.payload)
+                    self._send_two(item.header, item.payload)
             except BaseException as exc:  # reported to whoever waits on the item
                 item.error = exc
             finally:
                 item.done.set()
 
+    def _send_two(self, header: bytes, payload: memoryview) -> None:
+        """Header and payload in one system call where the kernel takes both."""
+        sent = self.sock.sendmsg([header, payload])
+        if sent < len(header):
+            self.sock.sendall(header[sent:])
+            sent = len(header)
+        rest = sent - len(header)
+        if rest < payload.nbytes:
+            self.sock.sendall(payload[rest:])
+
     # -- receiving ------------------------------------------------------------------------
 
     def recv_header(self, what: str) -> Header:
         raw = self._recv_exact_bytes(HEADER_BYTES, what)
-        magic, kind, comm, seq, step, nbytes = _HEADER.unpack(raw)
+        magic, kind, comm, seq, step, part, nbytes = _HEADER.unpack(raw)
         if magic != MAGIC:
             raise CommProtocolError(f"{what}: {self.describe_peer} sent a frame without magic")
         if comm != self.token:
@@ -304,20 +317,20 @@ class Connection:
                 f"{what}: {self.describe_peer} sent a frame of communicator "
                 f"{comm.hex()[:8]} on this communicator's connection"
             )
-        header = Header(kind, comm, seq, step, nbytes)
+        header = Header(kind, comm, seq, step, part, nbytes)
         if kind == KIND_ABORT:
             reason = self._recv_exact_bytes(nbytes, what).decode(errors="replace")
             raise CommAbortedError(f"{what}: {self.describe_peer} aborted: {reason}")
         return header
 
-    def expect(self, kind: int, seq: int, step: int, nbytes: int, what: str) -> None:
+    def expect(self, kind: int, seq: int, step: int, nbytes: int, what: str, part: int = 0) -> None:
         h = self.recv_header(what)
-        if (h.kind, h.seq, h.step, h.nbytes) != (kind, seq, step, nbytes):
+        if (h.kind, h.seq, h.step, h.part, h.nbytes) != (kind, seq, step, part, nbytes):
             raise CommProtocolError(
                 f"{what}: expected from {self.describe_peer} frame kind={kind} seq={seq} "
-                f"step={step} of {nbytes} bytes, got kind={h.kind} seq={h.seq} step={h.step} "
-                f"of {h.nbytes} bytes (ranks called different collectives, or with "
-                "different sizes)"
+                f"step={step}.{part} of {nbytes} bytes, got kind={h.kind} seq={h.seq} "
+                f"step={h.step}.{h.part} of {h.nbytes} bytes (ranks called different "
+                "collectives, or with different sizes)"
             )
 
     def recv_into(self, view: memoryview, what: str) -> None:
