@@ -160,3 +160,35 @@ def two_communicators(comm: Communicator, uid_b: str, rounds: int) -> dict[str, 
 
 def make_uid() -> str:
     return get_unique_id().encode()
+
+
+def agent_collectives(comm: Communicator, starve: int) -> dict[str, Any]:
+    """An agent's runtime under the communicator; rank ``starve`` has no device memory left."""
+    from pocgrid.catalog import default_catalog
+    from services.agent.collectives import AgentCollectives
+    from services.agent.runtime import create_runtime
+
+    info = comm.topology.ranks[comm.rank]
+    runtime = create_runtime(default_catalog().chip(info.chip), info.devices)
+    agent = AgentCollectives(runtime, comm)
+    used_before = runtime.memory_info(0).used_bytes
+    res = agent.all_reduce(np.full(1000, comm.rank + 1, dtype=np.float32))
+    streams = {i: [w.label for w in s.history] for i, s in runtime.streams.items()}
+    busy = runtime.synchronize()
+    out: dict[str, Any] = {
+        "sum": float(res.output[0]),
+        "virtual_s": res.virtual_s,
+        "busy_s": busy,
+        "labels": streams[0],
+        "library": agent.library,
+        "freed": runtime.memory_info(0).used_bytes == used_before,
+    }
+    if comm.rank == starve:
+        free = runtime.memory_info(0).free_bytes
+        runtime.malloc(0, free - 4096, tag="weights")
+    try:
+        agent.all_reduce(np.ones(1 << 16, dtype=np.float32))
+        out["second"] = "ok"
+    except Exception as exc:
+        out["second"] = f"{type(exc).__name__}: {exc}"
+    return out
