@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from devmesh.nats_server import NatsServer
+from devmesh.nats_server import NatsServer, NatsServerError
 from pocgrid.catalog import default_catalog
 from pocgrid.healthcheck import probe as health_ok
 from pocgrid.meshstate import MeshState, ProcessInfo
@@ -57,6 +57,8 @@ class _Child:
     started_at: float = field(default_factory=time.monotonic)
     quick_deaths: int = 0
     restart_at: float | None = None
+    log_file: Path | None = None
+    """Where it logs, when not logs/<name>.log."""
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LocalMesh:
     data_dir: Path | None = None
     """Databases and JetStream streams persist here across down/up; None: scratch in run_dir."""
     nats: NatsServer | None = None
+    _nats_child: _Child | None = None
     children: list[_Child] = field(default_factory=list)
     gateway: str = ""
 
@@ -100,6 +103,15 @@ class LocalMesh:
         # nats-server cannot watch its parent; the kernel's parent-death signal covers it. It is
         # started before this process opens any gRPC channel, so preexec_fn is still safe here.
         self.nats.start(preexec_fn=_die_with_parent, start_new_session=True)
+        assert self.nats.proc is not None
+        self._nats_child = _Child(
+            ProcessInfo("nats", self.nats.proc.pid, self.nats.url, kind="nats"),
+            self.nats.proc,
+            [],
+            {},
+            self.run_dir / "addr" / "nats",  # unused: its address is its URL
+            log_file=self.nats_dir / "nats-server.log",
+        )
         self.log(f"nats-server {self.nats.url} (JetStream, store {self.nats_dir / 'jetstream'})")
         registry = self._spawn("registry", ["-m", "services.registry"], {})
         self._wait_ready([registry], deadline)
@@ -231,14 +243,16 @@ class LocalMesh:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:
                 return f"killed by signal {-code}"
-        return f"exited with {code}: {exit_cause(self.log_path(child.info.name))}"
+        log = child.log_file or self.log_path(child.info.name)
+        return f"exited with {code}: {exit_cause(log)}"
 
     def supervise(self, now: float | None = None) -> bool:
         """One round: note children that died, restart those whose back-off has passed.
         Returns whether anything changed (the caller then rewrites the state file)."""
         now = time.monotonic() if now is None else now
         changed = False
-        for child in self.children:
+        nats = [] if self._nats_child is None else [self._nats_child]
+        for child in [*nats, *self.children]:
             if child.restart_at is None:
                 if child.proc.poll() is None:
                     continue
@@ -254,9 +268,23 @@ class LocalMesh:
             elif now >= child.restart_at:
                 # The same address: the others were given it (and agents registered it).
                 listen = child.info.address or "127.0.0.1:0"
-                child.proc = self._popen(
-                    child.info.name, child.args, child.extra, child.address_file, listen
-                )
+                if child.info.kind == "nats":
+                    # Not the parent-death signal now: Python between fork and exec is unsafe
+                    # once gRPC threads run. Stop (and `pocgrid down`) still end it.
+                    assert self.nats is not None
+                    try:
+                        self.nats.start(start_new_session=True)
+                    except NatsServerError as exc:
+                        child.info.last_exit = f"restart failed: {exc}"
+                        child.restart_at = now + RESTART_BACKOFF_S[1]
+                        changed = True
+                        continue
+                    assert self.nats.proc is not None
+                    child.proc = self.nats.proc
+                else:
+                    child.proc = self._popen(
+                        child.info.name, child.args, child.extra, child.address_file, listen
+                    )
                 child.info.pid = child.proc.pid
                 child.info.restarts += 1
                 child.info.state = "running"
@@ -269,8 +297,8 @@ class LocalMesh:
     # -- state ------------------------------------------------------------------------
     def state(self, supervisor_pid: int, status: str) -> MeshState:
         procs = [c.info for c in self.children]
-        if self.nats is not None and self.nats.proc is not None:
-            procs.insert(0, ProcessInfo("nats", self.nats.proc.pid, self.nats.url, kind="nats"))
+        if self._nats_child is not None:
+            procs.insert(0, self._nats_child.info)
         return MeshState(
             supervisor_pid=supervisor_pid,
             gateway=self.gateway,
@@ -297,6 +325,7 @@ class LocalMesh:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
+            self._nats_child = None
         if self.data_dir is None:
             # Without --data-dir a run's streams and databases are scratch (each `up` starts
             # afresh); its logs stay.

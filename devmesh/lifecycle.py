@@ -71,6 +71,7 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
         return fail(str(exc))
     # SIGTERM during start-up unwinds like Ctrl-C, so partly started children are stopped.
     signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
     mesh = _new_mesh(args, home, chips)
     pid = os.getpid()
     progress = Progress()
@@ -263,6 +264,7 @@ def demo(args: argparse.Namespace) -> int:
         "evaluator, gateway, one agent per emulated chip type)..."
     )
     signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
     try:
         mesh.start(timeout_s=_START_TIMEOUT_S)
         progress.done()

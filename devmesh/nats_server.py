@@ -60,7 +60,8 @@ class NatsServer:
                 "-a",
                 self.host,
                 "-p",
-                # A restart (NATS away and back, in tests) keeps the port clients reconnect to.
+                # A restart (the supervisor's, or a test's NATS outage) keeps the port clients
+                # reconnect to; a first start lets the server choose.
                 str(self.port) if self.port else "-1",
                 "-js",
                 "-sd",

@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 _FRAMES = "|/-\\"
+_REDRAW_S = 0.1
 
 
 class Progress:
@@ -24,6 +25,7 @@ class Progress:
         self._frame = 0
         self._last_wait = ""
         self._drawn = False
+        self._drawn_at = 0.0
 
     def step(self, message: str) -> None:
         self._clear()
@@ -32,6 +34,10 @@ class Progress:
 
     def waiting(self, message: str) -> None:
         if self._tty:
+            now = time.monotonic()
+            if message == self._last_wait and now - self._drawn_at < _REDRAW_S:
+                return
+            self._drawn_at = now
             self._frame = (self._frame + 1) % len(_FRAMES)
             line = f"{_FRAMES[self._frame]} {message} ({time.monotonic() - self._started:.0f} s)"
             self._out.write("\r\x1b[2K" + line)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal of a foreground `pocgrid up` closed; stop in order then too.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:

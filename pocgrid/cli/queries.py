@@ -65,11 +65,32 @@ def _local_processes(gateway: str) -> list[dict[str, Any]] | None:
     ]
 
 
+def _gateway_down(gateway: str, error: str, as_json: bool) -> int:
+    """The gateway does not answer: say so, with the local supervisor's record if it is ours."""
+    processes = _local_processes(gateway)
+    if as_json:
+        emit_json({"gateway": gateway, "gateway_error": error, "processes": processes or []})
+        return 1
+    say(f"gateway {gateway} does not answer ({error})")
+    if processes:
+        say()
+        say(
+            table(
+                ["process", "state", "restarts", "last exit"],
+                [[p["name"], p["state"], p["restarts"], p["last_exit"]] for p in processes],
+            )
+        )
+    return 1
+
+
 def status(args: argparse.Namespace) -> int:
     """Services' health from the gateway, then the nodes from the registry; a registry that
     does not answer costs the node list only (``nodes_error`` says why)."""
     with _client(args) as pg:
-        services = pg.gateway_service.CheckServices(gateway_pb2.CheckServicesRequest()).services
+        try:
+            services = pg.gateway_service.CheckServices(gateway_pb2.CheckServicesRequest()).services
+        except grpc.RpcError as exc:
+            return _gateway_down(pg.gateway, rpc_error_message(exc), args.json)
         nodes: list[dict[str, Any]] = []
         nodes_error = ""
         try:

@@ -139,6 +139,16 @@ def test_tenants_readme_example_restarts_and_status_without_registry(tmp_path: P
         assert not health["registry"]
         assert all(ok for name, ok in health.items() if name != "registry")
         assert data["nodes"] == [] and "DEADLINE_EXCEEDED" in data["nodes_error"]
+        os.kill(registry, signal.SIGCONT)
+        stopped.remove(registry)
+
+        # The gateway does not answer: status says so, with the supervisor's record.
+        gateway = _pid_of(home, "gateway")
+        os.kill(gateway, signal.SIGSTOP)
+        stopped.append(gateway)
+        code, data = _status(env, "--timeout", "1")
+        assert code == 1 and "DEADLINE_EXCEEDED" in data["gateway_error"]
+        assert {p["name"] for p in data["processes"]} >= {"nats", "gateway", *SERVICES}
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)

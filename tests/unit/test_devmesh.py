@@ -82,11 +82,13 @@ def test_progress_on_a_terminal_redraws_one_line():
     out = io.StringIO()
     progress = Progress(out, tty=True)
     progress.waiting("waiting for registry")
-    progress.waiting("waiting for registry")
+    progress.waiting("waiting for registry")  # within 0.1 s of the last draw: not redrawn
+    progress.waiting("waiting for gateway")
     progress.step("started registry 127.0.0.1:1")
     progress.done()
     text = out.getvalue()
-    assert text.count("\r\x1b[2K") >= 3 and text.count("\n") == 1
+    assert text.count("waiting for registry") == 1 and "waiting for gateway" in text
+    assert text.count("\r\x1b[2K") == 3 and text.count("\n") == 1
     assert "started registry" in text
 
 
