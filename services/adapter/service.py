@@ -12,11 +12,11 @@ from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import adapter_pb2, adapter_pb2_grpc
 from services.adapter.config import AdapterConfig
 from services.adapter.imports import ModelBook
+from services.adapter.migrations import MIGRATIONS
 from services.adapter.servicer import AdapterServicer
 from services.adapter.store import AdapterStore
 from services.core.config import CommonConfig
 from services.core.service import Service
-from services.core.storage import Database
 
 
 class AdapterServer(Service):
@@ -35,16 +35,12 @@ class AdapterServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-        self.db = Database(config.adapter_database_url or common.sqlite_url(self.name))
 
     async def on_start(self, server: grpc.aio.Server) -> None:
-        store = AdapterStore(self.db)
-        await store.init()
+        db = await self.open_database(self.config.adapter_database_url, MIGRATIONS)
+        store = AdapterStore(db)
         models = ModelBook(store, self.catalog, self.config.adapter_max_model_bytes)
         adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
             AdapterServicer(self.catalog, self.config, models), server
         )
         self.add_service(adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name)
-
-    async def on_stop(self) -> None:
-        await self.db.dispose()

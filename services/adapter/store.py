@@ -8,16 +8,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.adapter.tables import Base, ImportedModelRow, PlanRow
+from services.adapter.tables import ImportedModelRow, PlanRow
 from services.core.storage import Database, db_operation
 
 
 class AdapterStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def init(self) -> None:
-        await self._db.create_schema(Base)
 
     @db_operation
     async def put_model(self, row: ImportedModelRow) -> tuple[ImportedModelRow, bool]:

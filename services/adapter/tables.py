@@ -13,7 +13,7 @@ class Base(DeclarativeBase):
 
 
 class ImportedModelRow(Base):
-    __tablename__ = "imported_models"
+    __tablename__ = "adapter_imported_models"
 
     # Content-addressed per tenant: the same bytes imported twice are one row; two tenants
     # importing the same bytes each own a row.
@@ -31,7 +31,7 @@ class ImportedModelRow(Base):
 
 
 class PlanRow(Base):
-    __tablename__ = "plans"
+    __tablename__ = "adapter_plans"
 
     # sha256 of (model hash, chip, options): a plan depends on nothing else.
     cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)

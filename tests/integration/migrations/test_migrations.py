@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from pocgrid.v1 import events_pb2
+from services.adapter.migrations import MIGRATIONS as ADAPTER
 from services.core.migrations import BASELINE, MigrationError, Migrations, current_revision, migrate
 from services.core.storage import Database
 from services.metering.migrations import MIGRATIONS as METERING
@@ -212,7 +213,9 @@ async def test_metering_0_1_0_database_is_upgraded_in_place(db_url):
         await db.dispose()
 
 
-@pytest.mark.parametrize("migrations", [SCHEDULER, REGISTRY, METERING], ids=lambda m: m.package)
+@pytest.mark.parametrize(
+    "migrations", [SCHEDULER, REGISTRY, METERING, ADAPTER], ids=lambda m: m.package
+)
 async def test_a_new_database_is_built_by_the_revisions(db_url, migrations):
     db = Database(db_url)
     try:
@@ -226,14 +229,14 @@ async def test_services_can_share_one_database(db_url):
     # Each service keeps its own version table and outbox, so one PostgreSQL database may
     # hold them all (as tests/integration/test_postgres_storage.py does).
     everything = MetaData()
-    for m in (SCHEDULER, REGISTRY, METERING):
+    for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
         for table in m.metadata.tables.values():
             table.to_metadata(everything)
     db = Database(db_url)
     try:
-        for m in (SCHEDULER, REGISTRY, METERING):
+        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
             await migrate(db, m)
-        for m in (SCHEDULER, REGISTRY, METERING):
+        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
             await _assert_matches_head(db, m, everything)
     finally:
         await db.dispose()
@@ -251,5 +254,5 @@ async def test_a_partial_old_database_is_refused(tmp_path):
 
 
 def test_every_history_starts_at_the_baseline():
-    for migrations in (SCHEDULER, REGISTRY, METERING):
+    for migrations in (SCHEDULER, REGISTRY, METERING, ADAPTER):
         assert migrations.script().get_base() == BASELINE
