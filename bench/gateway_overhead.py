@@ -65,11 +65,12 @@ from bench._util import (
     wait_ready,
 )
 from devmesh.nats_server import NatsServer
+from gateway.routing import rpc_path
 from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import registry_pb2
 from services.core.config import CommonConfig
 
-METHOD = "/pocgrid.v1.RegistryService/GetChip"
+METHOD = rpc_path(registry_pb2.DESCRIPTOR.services_by_name["RegistryService"], "GetChip")
 CHIP = "ascend-910b2"
 API_KEY = "bench-key-0123456789"
 PATHS = ("direct", "bare", "bare+ctx", "gateway")

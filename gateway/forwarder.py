@@ -16,7 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
-from gateway.routing import Route
+from gateway.routing import GATEWAY_SERVICE, Route, rpc_path
 from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
@@ -26,6 +26,8 @@ from services.core.validation import decode_request
 
 log = get_logger()
 
+WHO_AM_I = rpc_path(GATEWAY_SERVICE, "WhoAmI")
+CHECK_SERVICES = rpc_path(GATEWAY_SERVICE, "CheckServices")
 _RETRY_BACKOFF_S = 0.05
 _HEALTH_TIMEOUT_S = 2.0
 
@@ -52,15 +54,13 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._backends = {field.removesuffix("_addr"): ch for field, ch in channels.items()}
         # The gateway's own methods take raw bytes and decode them after admission, so that a
         # corrupt request is INVALID_ARGUMENT like on every service (grpc would say UNKNOWN).
-        self._handlers["/pocgrid.v1.GatewayService/WhoAmI"] = grpc.unary_unary_rpc_method_handler(
+        self._handlers[WHO_AM_I] = grpc.unary_unary_rpc_method_handler(
             self._who_am_i,
             response_serializer=gateway_pb2.WhoAmIResponse.SerializeToString,
         )
-        self._handlers["/pocgrid.v1.GatewayService/CheckServices"] = (
-            grpc.unary_unary_rpc_method_handler(
-                self._check_services,
-                response_serializer=gateway_pb2.CheckServicesResponse.SerializeToString,
-            )
+        self._handlers[CHECK_SERVICES] = grpc.unary_unary_rpc_method_handler(
+            self._check_services,
+            response_serializer=gateway_pb2.CheckServicesResponse.SerializeToString,
         )
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -235,9 +235,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     async def _who_am_i(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.WhoAmIResponse:
-        path = "/pocgrid.v1.GatewayService/WhoAmI"
         span, admitted = await self._admit_own(
-            path, request, gateway_pb2.WhoAmIRequest.FromString, context
+            WHO_AM_I, request, gateway_pb2.WhoAmIRequest.FromString, context
         )
         span.end()
         return gateway_pb2.WhoAmIResponse(
@@ -247,9 +246,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     async def _check_services(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CheckServicesResponse:
-        path = "/pocgrid.v1.GatewayService/CheckServices"
         span, _ = await self._admit_own(
-            path, request, gateway_pb2.CheckServicesRequest.FromString, context
+            CHECK_SERVICES, request, gateway_pb2.CheckServicesRequest.FromString, context
         )
         # Probes end before the caller's deadline, so a service that does not answer is
         # reported as such instead of costing the whole answer.

@@ -42,16 +42,23 @@ class Route:
     retry_safe: bool
 
 
-def _path(method: MethodDescriptor) -> str:
+def method_path(method: MethodDescriptor) -> str:
+    """The gRPC path of a method, from its descriptor: ``/pocgrid.v1.RegistryService/GetChip``."""
     return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def rpc_path(service: ServiceDescriptor, method_name: str) -> str:
+    """The path of ``service``'s method ``method_name``; KeyError when the contract has none, so
+    a renamed RPC fails where its path is used instead of routing nowhere."""
+    return method_path(service.methods_by_name[method_name])
 
 
 def public_routes() -> dict[str, Route]:
     routes = {}
     for service, backend in PUBLIC_BACKENDS.items():
         for method in service.methods:
-            routes[_path(method)] = Route(
-                _path(method),
+            routes[method_path(method)] = Route(
+                method_path(method),
                 backend,
                 method.client_streaming,
                 method.server_streaming,

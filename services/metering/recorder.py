@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pocgrid.v1 import events_pb2, metering_pb2
 from services.core.bus import EventMeta, PoisonEvent
 from services.core.logging import get_logger
+from services.core.usage import COUNT_FIELDS, EVENT_TO_RECORD, QUANTITY_FIELDS, copy_fields
 from services.metering.store import UsageStore
 
 log = get_logger()
@@ -32,10 +33,10 @@ def problem(event: events_pb2.UsageRecorded, usage_id: str) -> str:
         return "no tenant"
     if not event.chip:
         return "no chip"
-    for name in ("tokens_in", "tokens_out", "samples"):
+    for name in COUNT_FIELDS:
         if getattr(event, name) < 0:
             return f"{name} < 0"
-    for name in ("busy_device_seconds", "memory_gib_seconds"):
+    for name in QUANTITY_FIELDS:
         value = getattr(event, name)
         if not math.isfinite(value) or value < 0:
             return f"{name} must be finite and >= 0"
@@ -49,19 +50,8 @@ def problem(event: events_pb2.UsageRecorded, usage_id: str) -> str:
 
 
 def to_record(event: events_pb2.UsageRecorded, usage_id: str) -> metering_pb2.UsageRecord:
-    record = metering_pb2.UsageRecord(
-        usage_id=usage_id,
-        tenant=event.tenant,
-        node_id=event.node_id,
-        chip=event.chip,
-        job_id=event.job_id,
-        model=event.model,
-        tokens_in=event.tokens_in,
-        tokens_out=event.tokens_out,
-        samples=event.samples,
-        busy_device_seconds=event.busy_device_seconds,
-        memory_gib_seconds=event.memory_gib_seconds,
-    )
+    record = metering_pb2.UsageRecord(usage_id=usage_id)
+    copy_fields(event, record, EVENT_TO_RECORD)
     # Usage counts where it ended; an event that does not say when falls back to when it was
     # emitted (then received), never to nothing.
     if event.HasField("ended_at"):

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pocgrid.v1 import metering_pb2
 from services.core.storage import Database, db_operation, utc
+from services.core.usage import AMOUNT_FIELDS, RECORD_SCALARS, RECORD_TIMES, copy_fields
 from services.metering.tables import UsageRow
 
 
@@ -44,22 +45,11 @@ class UsageStore:
     @db_operation
     async def record(self, record: metering_pb2.UsageRecord) -> bool:
         """Store a record once; False when its usage_id is already stored (a redelivery)."""
-        values = {
-            "usage_id": record.usage_id,
-            "tenant": record.tenant,
-            "node_id": record.node_id,
-            "chip": record.chip,
-            "job_id": record.job_id,
-            "model": record.model,
-            "tokens_in": record.tokens_in,
-            "tokens_out": record.tokens_out,
-            "samples": record.samples,
-            "busy_device_seconds": record.busy_device_seconds,
-            "memory_gib_seconds": record.memory_gib_seconds,
-            "started_at": record.started_at.ToDatetime(tzinfo=UTC),
-            "ended_at": record.ended_at.ToDatetime(tzinfo=UTC),
-            "recorded_at": datetime.now(UTC),
-        }
+        # Columns are named as the record's fields (tests/unit/metering checks it).
+        values: dict[str, Any] = {name: getattr(record, name) for name in RECORD_SCALARS}
+        for name in RECORD_TIMES:
+            values[name] = getattr(record, name).ToDatetime(tzinfo=UTC)
+        values["recorded_at"] = datetime.now(UTC)
         # INSERT ... ON CONFLICT DO NOTHING: one statement, no read-then-write race between
         # two replicas consuming the same redelivered event.
         dialect = postgresql if self._db.engine.dialect.name == "postgresql" else sqlite
@@ -90,50 +80,28 @@ class UsageStore:
 
     @db_operation
     async def summary(self, where: UsageFilter) -> list[metering_pb2.ChipUsage]:
+        sums = [func.coalesce(func.sum(getattr(UsageRow, name)), 0) for name in AMOUNT_FIELDS]
         query = (
-            select(
-                UsageRow.chip,
-                func.count(),
-                func.coalesce(func.sum(UsageRow.tokens_in), 0),
-                func.coalesce(func.sum(UsageRow.tokens_out), 0),
-                func.coalesce(func.sum(UsageRow.samples), 0),
-                func.coalesce(func.sum(UsageRow.busy_device_seconds), 0.0),
-                func.coalesce(func.sum(UsageRow.memory_gib_seconds), 0.0),
-            )
+            select(UsageRow.chip, func.count(), *sums)
             .where(*where.where())
             .group_by(UsageRow.chip)
             .order_by(UsageRow.chip)
         )
         async with self._db.session() as session:
             rows = (await session.execute(query)).all()
-        return [
-            metering_pb2.ChipUsage(
-                chip=chip,
-                records=int(count),
-                tokens_in=int(tokens_in),
-                tokens_out=int(tokens_out),
-                samples=int(samples),
-                busy_device_seconds=float(busy),
-                memory_gib_seconds=float(memory),
-            )
-            for chip, count, tokens_in, tokens_out, samples, busy, memory in rows
-        ]
+        out: list[metering_pb2.ChipUsage] = []
+        for chip, count, *amounts in rows:
+            usage = metering_pb2.ChipUsage(chip=chip, records=int(count))
+            for name, value in zip(AMOUNT_FIELDS, amounts, strict=True):
+                # The field's own type: SQL sums of integers may come back as Decimal.
+                setattr(usage, name, type(getattr(usage, name))(value))
+            out.append(usage)
+        return out
 
 
 def _row_to_record(row: UsageRow) -> metering_pb2.UsageRecord:
-    record = metering_pb2.UsageRecord(
-        usage_id=row.usage_id,
-        tenant=row.tenant,
-        node_id=row.node_id,
-        chip=row.chip,
-        job_id=row.job_id,
-        model=row.model,
-        tokens_in=row.tokens_in,
-        tokens_out=row.tokens_out,
-        samples=row.samples,
-        busy_device_seconds=row.busy_device_seconds,
-        memory_gib_seconds=row.memory_gib_seconds,
-    )
-    record.started_at.FromDatetime(utc(row.started_at))
-    record.ended_at.FromDatetime(utc(row.ended_at))
+    record = metering_pb2.UsageRecord()
+    copy_fields(row, record, RECORD_SCALARS)
+    for name in RECORD_TIMES:
+        getattr(record, name).FromDatetime(utc(getattr(row, name)))
     return record

@@ -8,6 +8,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import GatewayConfig
+from gateway.routing import GATEWAY_SERVICE, rpc_path
 from gateway.service import GatewayServer
 from pocgrid.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.registry.config import RegistryConfig
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.integration
 
 KEY = "test-key-123"
 AUTH = (("authorization", f"Bearer {KEY}"),)
+REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+NODE_LEASE = registry_pb2.DESCRIPTOR.services_by_name["NodeLeaseService"]
 
 
 async def _mesh(common, closer, span_processor=None, gateway_exports=True, **gw_overrides):
@@ -61,8 +64,8 @@ CORRUPT = b"\xff\xff\xff\xff not a protobuf message"
 @pytest.mark.parametrize(
     "method",
     [
-        "/pocgrid.v1.RegistryService/GetChip",  # forwarded: the registry decodes it
-        "/pocgrid.v1.GatewayService/WhoAmI",  # the gateway's own
+        rpc_path(REGISTRY, "GetChip"),  # forwarded: the registry decodes it
+        rpc_path(GATEWAY_SERVICE, "WhoAmI"),  # the gateway's own
     ],
 )
 async def test_corrupt_request_bytes_are_invalid_argument(common, closer, method):
@@ -81,7 +84,7 @@ async def test_corrupt_request_bytes_are_invalid_argument(common, closer, method
     # A service reached directly answers the same way, and keeps serving.
     async with grpc.aio.insecure_channel(reg.address) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await ch.unary_unary("/pocgrid.v1.RegistryService/ListChips")(CORRUPT)
+            await ch.unary_unary(rpc_path(REGISTRY, "ListChips"))(CORRUPT)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         chips = await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
             registry_pb2.ListChipsRequest()
@@ -133,10 +136,10 @@ async def test_reflection_only_client(common, closer):
                 return resp
 
         services = [s.name for s in (await ask(list_services="")).list_services_response.service]
-        assert "pocgrid.v1.RegistryService" in services
-        assert "pocgrid.v1.NodeLeaseService" not in services
+        assert REGISTRY.full_name in services
+        assert NODE_LEASE.full_name not in services
         files = (
-            await ask(file_containing_symbol="pocgrid.v1.RegistryService")
+            await ask(file_containing_symbol=REGISTRY.full_name)
         ).file_descriptor_response.file_descriptor_proto
         pool = descriptor_pool.DescriptorPool()
         protos = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in files]
@@ -146,11 +149,11 @@ async def test_reflection_only_client(common, closer):
                 if all(dep not in pending for dep in proto.dependency):
                     pool.Add(proto)
                     del pending[name]
-        method = pool.FindServiceByName("pocgrid.v1.RegistryService").FindMethodByName("GetChip")
+        method = pool.FindServiceByName(REGISTRY.full_name).FindMethodByName("GetChip")
         req_cls = message_factory.GetMessageClass(method.input_type)
         resp_cls = message_factory.GetMessageClass(method.output_type)
         call = ch.unary_unary(
-            "/pocgrid.v1.RegistryService/GetChip",
+            rpc_path(REGISTRY, "GetChip"),
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=resp_cls.FromString,
         )

@@ -36,6 +36,7 @@ from services.agent.work.numerics import OnnxRunner, describe
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
 from services.core.logging import get_logger
+from services.core.usage import AMOUNT_FIELDS, copy_fields
 
 log = get_logger()
 
@@ -152,27 +153,18 @@ class TaskExecutor:
         job_id: str,
         model: str,
         *,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        samples: int = 0,
-        busy: float,
-        mem_gib_s: float,
+        usage: events_pb2.UsageRecorded,
         span: _Span,
     ) -> str:
+        """Publish ``usage`` (its amounts set by the caller) as this unit of work's event."""
         usage_id = usage_event_id(self._node_id, tenant, kind, unit_id)
-        event = events_pb2.UsageRecorded(
-            event_id=usage_id,
-            tenant=tenant,
-            node_id=self._node_id,
-            chip=self._chip.name,
-            job_id=job_id,
-            model=model,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            samples=samples,
-            busy_device_seconds=busy,
-            memory_gib_seconds=mem_gib_s,
-        )
+        event = usage
+        event.event_id = usage_id
+        event.tenant = tenant
+        event.node_id = self._node_id
+        event.chip = self._chip.name
+        event.job_id = job_id
+        event.model = model
         event.occurred_at.GetCurrentTime()
         event.started_at.FromNanoseconds(int(span.start * 1e9))
         event.ended_at.FromNanoseconds(int(span.end * 1e9))
@@ -274,25 +266,17 @@ class TaskExecutor:
         )
         busy = cost.seconds * len(devices)
         mem = resident * len(devices) / GIB * cost.seconds
-        usage_id = await self._record(
-            tenant,
-            "task",
-            request.task_id,
-            request.job_id,
-            "onnx",
-            samples=batch,
-            busy=busy,
-            mem_gib_s=mem,
-            span=span,
+        usage = events_pb2.UsageRecorded(
+            samples=batch, busy_device_seconds=busy, memory_gib_seconds=mem
         )
-        return agent_pb2.RunTaskResponse(
+        usage_id = await self._record(
+            tenant, "task", request.task_id, request.job_id, "onnx", usage=usage, span=span
+        )
+        response = agent_pb2.RunTaskResponse(
             task_id=request.task_id,
             outputs=[from_array(n, np.asarray(a)) for n, a in outputs.items()],
             virtual_start_s=span.start,
             virtual_end_s=span.end,
-            busy_device_seconds=busy,
-            memory_gib_seconds=mem,
-            samples=batch,
             usage_id=usage_id,
             numerics=describe(precision),
             cost=agent_pb2.WorkCost(
@@ -303,6 +287,8 @@ class TaskExecutor:
                 fused_ops=cost.fused_ops,
             ),
         )
+        copy_fields(usage, response, AMOUNT_FIELDS)
+        return response
 
     def _llm_prediction(
         self, model: str, precision: str, devices: int, batch: int, input_len: int, output_len: int
@@ -336,30 +322,19 @@ class TaskExecutor:
             await self._pace(seconds)
         finally:
             self._free(allocations)
-        tokens_in = work.batch * work.input_len
-        tokens_out = work.batch * work.output_len
-        busy = seconds * len(devices)
-        mem = p.memory_gib * len(devices) * seconds
-        usage_id = await self._record(
-            tenant,
-            "task",
-            request.task_id,
-            request.job_id,
-            work.model,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            busy=busy,
-            mem_gib_s=mem,
-            span=span,
+        usage = events_pb2.UsageRecorded(
+            tokens_in=work.batch * work.input_len,
+            tokens_out=work.batch * work.output_len,
+            busy_device_seconds=seconds * len(devices),
+            memory_gib_seconds=p.memory_gib * len(devices) * seconds,
         )
-        return agent_pb2.RunTaskResponse(
+        usage_id = await self._record(
+            tenant, "task", request.task_id, request.job_id, work.model, usage=usage, span=span
+        )
+        response = agent_pb2.RunTaskResponse(
             task_id=request.task_id,
             virtual_start_s=span.start,
             virtual_end_s=span.end,
-            busy_device_seconds=busy,
-            memory_gib_seconds=mem,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
             usage_id=usage_id,
             ttft_ms=p.ttft_ms,
             tpot_ms=p.tpot_ms,
@@ -370,6 +345,8 @@ class TaskExecutor:
                 bound=str(p.decode_bound or p.prefill_bound or ""), kernels=work.output_len
             ),
         )
+        copy_fields(usage, response, AMOUNT_FIELDS)
+        return response
 
     # -- Generate -------------------------------------------------------------------------
     async def generate(
@@ -417,10 +394,12 @@ class TaskExecutor:
                         request.request_id,
                         request.job_id,
                         request.model,
-                        tokens_in=request.input_len,
-                        tokens_out=n,
-                        busy=seconds,
-                        mem_gib_s=p.memory_gib * seconds,
+                        usage=events_pb2.UsageRecorded(
+                            tokens_in=request.input_len,
+                            tokens_out=n,
+                            busy_device_seconds=seconds,
+                            memory_gib_seconds=p.memory_gib * seconds,
+                        ),
                         span=span,
                     )
                     finished = True
@@ -460,10 +439,12 @@ class TaskExecutor:
                 f"{request.request_id}:{produced}",
                 request.job_id,
                 request.model,
-                tokens_in=request.input_len,
-                tokens_out=produced,
-                busy=seconds,
-                mem_gib_s=memory_gib * seconds,
+                usage=events_pb2.UsageRecorded(
+                    tokens_in=request.input_len,
+                    tokens_out=produced,
+                    busy_device_seconds=seconds,
+                    memory_gib_seconds=memory_gib * seconds,
+                ),
                 span=_Span(span.start, span.start + seconds),
             )
         except Exception:
