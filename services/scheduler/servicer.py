@@ -59,10 +59,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         name = precision.PRECISION_NAME.get(spec.precision)
         if name is None:
             raise InvalidArgument("spec.precision", "is not a Precision value")
-        if chip is not None and chip.peak(name) is None:
-            known = ", ".join(sorted(chip.peak_tflops)) or "none"
+        # What the chip's runtime runs, as the agent and the adapter see it (the catalogue).
+        if chip is not None and name not in self._catalog.precisions(chip):
+            known = ", ".join(self._catalog.precisions(chip)) or "none"
             raise InvalidArgument(
-                "spec.precision", f"chip '{chip.name}' does not support {name} (it has: {known})"
+                "spec.precision", f"chip '{chip.name}' does not support {name} (it runs: {known})"
             )
         v.require_range("spec.priority", spec.priority, 0, MAX_PRIORITY)
         v.optional_text("spec.display_name", spec.display_name, 256)

@@ -209,7 +209,7 @@ async def test_list_filters_by_state_and_pages(common, closer):
         (scheduler_pb2.SubmitJobRequest(spec=_spec(priority=1001)), "spec.priority"),
         (scheduler_pb2.SubmitJobRequest(spec=_spec(priority=-1)), "spec.priority"),
         (scheduler_pb2.SubmitJobRequest(spec=_spec(precision=0)), "spec.precision"),
-        # The Ascend 910B2 publishes no fp8 rate.
+        # The Ascend 910B2 runtime runs no fp8 (vendors/ascend.json excludes it).
         (
             scheduler_pb2.SubmitJobRequest(spec=_spec(precision=common_pb2.PRECISION_FP8)),
             "spec.precision",

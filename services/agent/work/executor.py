@@ -66,6 +66,18 @@ def _perf_error(exc: PerfInputError) -> PocgridError:
     return InvalidArgument(exc.field, exc.rule)
 
 
+def _stream_usage(
+    request: agent_pb2.GenerateRequest, produced: int, seconds: float, memory_gib: float
+) -> events_pb2.UsageRecorded:
+    """What a Generate stream consumed: one device busy for ``seconds`` holding the model."""
+    return events_pb2.UsageRecorded(
+        tokens_in=request.input_len,
+        tokens_out=produced,
+        busy_device_seconds=seconds,
+        memory_gib_seconds=memory_gib * seconds,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Span:
     start: float
@@ -394,12 +406,7 @@ class TaskExecutor:
                         request.request_id,
                         request.job_id,
                         request.model,
-                        usage=events_pb2.UsageRecorded(
-                            tokens_in=request.input_len,
-                            tokens_out=n,
-                            busy_device_seconds=seconds,
-                            memory_gib_seconds=p.memory_gib * seconds,
-                        ),
+                        usage=_stream_usage(request, n, seconds, p.memory_gib),
                         span=span,
                     )
                     finished = True
@@ -439,12 +446,7 @@ class TaskExecutor:
                 f"{request.request_id}:{produced}",
                 request.job_id,
                 request.model,
-                usage=events_pb2.UsageRecorded(
-                    tokens_in=request.input_len,
-                    tokens_out=produced,
-                    busy_device_seconds=seconds,
-                    memory_gib_seconds=memory_gib * seconds,
-                ),
+                usage=_stream_usage(request, produced, seconds, memory_gib),
                 span=_Span(span.start, span.start + seconds),
             )
         except Exception:
