@@ -24,7 +24,16 @@ def _local_mesh_command(name: str) -> Callable[[argparse.Namespace], int]:
     so the SDK's other commands never import it."""
 
     def run(args: argparse.Namespace) -> int:
-        from devmesh import lifecycle
+        try:
+            from devmesh import lifecycle
+        except ImportError as exc:
+            if not (exc.name or "").startswith("devmesh"):
+                raise
+            return fail(
+                f"`pocgrid {name}` needs the local-mesh launcher (the devmesh package), which "
+                "this install lacks; install pocgrid from a source checkout, or point the CLI "
+                "at a running mesh with --gateway"
+            )
 
         func: Callable[[argparse.Namespace], int] = getattr(lifecycle, name)
         return func(args)

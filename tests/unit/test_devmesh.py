@@ -100,3 +100,16 @@ def test_progress_in_a_log_prints_each_change_once():
     progress.step("started b")
     assert out.getvalue() == "  ... waiting for a\n  ... waiting for b\n  started b\n"
     assert "\r" not in out.getvalue()
+
+
+def test_the_cli_without_devmesh_says_what_is_missing(monkeypatch, capsys):
+    import sys
+
+    import devmesh
+    from pocgrid.cli.main import main
+
+    # As if the install had no launcher: the module cannot be imported, nor found on the package.
+    monkeypatch.setitem(sys.modules, "devmesh.lifecycle", None)
+    monkeypatch.delattr(devmesh, "lifecycle", raising=False)
+    assert main(["up", "--detach"]) == 1
+    assert "needs the local-mesh launcher (the devmesh package)" in capsys.readouterr().err
