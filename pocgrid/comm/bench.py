@@ -37,14 +37,16 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def _run_once(comm: Communicator, kind: CollectiveKind, x: np.ndarray) -> Any:
+def _run_once(comm: Communicator, kind: CollectiveKind, x: np.ndarray, out: np.ndarray) -> Any:
+    """One call with caller-owned buffers, as an application makes it: the all-reduce in
+    place (as data-parallel training reduces its gradients), the others into ``out``."""
     if kind == "all_reduce":
-        return comm.all_reduce(x)
+        return comm.all_reduce(out, out=out)
     if kind == "reduce_scatter":
         return comm.reduce_scatter(x)
     if kind == "all_gather":
-        return comm.all_gather(x[: x.size // comm.size])
-    return comm.broadcast(x, 0)
+        return comm.all_gather(x[: x.size // comm.size], out=out)
+    return comm.broadcast(x, 0, out=out)
 
 
 def bench_rank(
@@ -57,9 +59,10 @@ def bench_rank(
         n = max(p, size // 4)
         n -= n % p
         x = np.ones(n, dtype=np.float32)
+        out = np.zeros(n, dtype=np.float32)
         for kind_name in kinds:
             kind: CollectiveKind = kind_name  # type: ignore[assignment]
-            res = _run_once(comm, kind, x)  # warm-up, and the algorithm chosen
+            res = _run_once(comm, kind, x, out)  # warm-up, and the algorithm chosen
             per_link = int(bus_factor(kind, p) * n * 4) if p > 1 else 0
             walls, probes = [], []
             # Interleaved rounds: the collective, then the bare transport with the same bytes
@@ -67,7 +70,7 @@ def bench_rank(
             for _ in range(repeats):
                 comm.barrier()
                 start = time.perf_counter()
-                _run_once(comm, kind, x)
+                _run_once(comm, kind, x, out)
                 walls.append(time.perf_counter() - start)
                 if per_link:
                     probes.append(comm.transport_probe(per_link))

@@ -92,6 +92,8 @@ class Communicator:
         self.virtual_clock_s = 0.0
         """Sum of the virtual time of every collective this rank ran."""
         self.history: list[CollectiveResult] = []
+        self._rs_work: tuple[tuple[int, str], Array] | None = None
+        self._probe_bufs: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None = None
         self._fault: Callable[[str, int], None] | None = None
 
     # -- joining --------------------------------------------------------------------------
@@ -157,10 +159,15 @@ class Communicator:
         out: Array | None = None,
         algorithm: str | None = None,
     ) -> CollectiveResult:
-        """Every rank gets the elementwise reduction of every rank's ``sendbuf``."""
+        """Every rank gets the elementwise reduction of every rank's ``sendbuf``.
+
+        ``out`` (optional, NCCL's recvbuff) receives the result; it may be ``sendbuf`` itself
+        (in place). Without it a new array is allocated.
+        """
         src = self._input(sendbuf, "sendbuf", op)
         work = self._work(src, out, src.size, "out")
-        work[...] = src.reshape(-1)
+        if work.ctypes.data != src.ctypes.data:
+            work[...] = src.reshape(-1)
         return self._run("all_reduce", work, op, algorithm, src.shape, 0, src.nbytes)
 
     def reduce_scatter(
@@ -176,30 +183,48 @@ class Communicator:
             raise CommInputError(
                 "sendbuf", f"length {src.size} must be a multiple of nranks={self.size}"
             )
-        work = np.array(src.reshape(-1), copy=True)
+        # The working copy is internal (the caller gets a copy of its chunk): reuse it.
+        key = (src.size, src.dtype.str)
+        if self._rs_work is None or self._rs_work[0] != key:
+            self._rs_work = (key, np.empty(src.size, dtype=src.dtype))
+        work = self._rs_work[1]
+        work[...] = src.reshape(-1)
         count = src.size // self.size
         result = self._run("reduce_scatter", work, op, algorithm, None, 0, src.nbytes)
         mine = work[self.rank * count : (self.rank + 1) * count].copy()
         return _with_output(result, mine)
 
     def all_gather(
-        self, sendbuf: npt.ArrayLike, *, algorithm: str | None = None
+        self,
+        sendbuf: npt.ArrayLike,
+        *,
+        out: Array | None = None,
+        algorithm: str | None = None,
     ) -> CollectiveResult:
-        """Every rank gets every rank's ``sendbuf``, concatenated in rank order (flat)."""
+        """Every rank gets every rank's ``sendbuf``, concatenated in rank order (flat), in
+        ``out`` when given (nranks x the input's elements)."""
         src = self._input(sendbuf, "sendbuf", None)
         count = src.size
-        work = np.empty(count * self.size, dtype=src.dtype)
+        work = self._work(src, out, count * self.size, "out")
         work[self.rank * count : (self.rank + 1) * count] = src.reshape(-1)
         return self._run("all_gather", work, None, algorithm, None, 0, work.nbytes)
 
     def broadcast(
-        self, buf: npt.ArrayLike, root: int = 0, *, algorithm: str | None = None
+        self,
+        buf: npt.ArrayLike,
+        root: int = 0,
+        *,
+        out: Array | None = None,
+        algorithm: str | None = None,
     ) -> CollectiveResult:
-        """Every rank gets ``root``'s ``buf``; the others pass an array of the same shape."""
+        """Every rank gets ``root``'s ``buf``; the others pass an array of the same shape.
+        The result goes to ``out`` when given (it may be ``buf`` itself: in place)."""
         if not 0 <= root < self.size:
             raise CommInputError("root", f"must be in 0..{self.size - 1}, got {root}")
         src = self._input(buf, "buf", None)
-        work = np.array(src.reshape(-1), copy=True)
+        work = self._work(src, out, src.size, "out")
+        if work.ctypes.data != src.ctypes.data:
+            work[...] = src.reshape(-1)
         return self._run("broadcast", work, None, algorithm, src.shape, root, src.nbytes)
 
     def barrier(self) -> CollectiveResult:
@@ -250,8 +275,11 @@ class Communicator:
         pos = order.index(self.rank)
         nxt = self._conns[order[(pos + 1) % self.size]].sock
         prv = self._conns[order[(pos - 1) % self.size]].sock
-        out = bytearray(nbytes)
-        data = bytes(nbytes)
+        # Buffers made and touched once, outside the timing, so no page fault is timed.
+        if self._probe_bufs is None or self._probe_bufs[0].size != nbytes:
+            self._probe_bufs = (np.ones(nbytes, dtype=np.uint8), np.ones(nbytes, dtype=np.uint8))
+        data = memoryview(self._probe_bufs[0].data)
+        view = memoryview(self._probe_bufs[1].data)
         errors: list[BaseException] = []
 
         def push() -> None:
@@ -263,7 +291,6 @@ class Communicator:
         start = time.perf_counter()
         sender = threading.Thread(target=push, daemon=True)
         sender.start()
-        view = memoryview(out)
         got = 0
         while got < nbytes:
             k = prv.recv_into(view[got:], nbytes - got)

@@ -100,6 +100,22 @@ def check_collectives(
             res = comm.broadcast(buf, 0)
             algorithms.add(f"broadcast:{res.algorithm}")
             check(f"broadcast n={big}", res.output, pattern(0, big, "float32"))
+    # NCCL-style caller buffers: in place, and a given output
+    for n in (1, 1001):
+        buf = pattern(r, n, "int64")
+        res = comm.all_reduce(buf, out=buf)
+        check(f"all_reduce in place n={n}", buf, expected_reduce(p, n, "int64", "sum"))
+        assert res.output.ctypes.data == buf.ctypes.data
+        got = np.zeros(n * p, dtype=np.int64)
+        comm.all_gather(pattern(r, n, "int64"), out=got)
+        check(
+            f"all_gather out n={n}", got, np.concatenate([pattern(k, n, "int64") for k in range(p)])
+        )
+        buf = pattern(r, n, "int64")
+        comm.broadcast(buf, p - 1, out=buf)
+        check(f"broadcast in place n={n}", buf, pattern(p - 1, n, "int64"))
+        twice = [comm.reduce_scatter(pattern(r, n * p, "int64")).output for _ in range(2)]
+        check(f"reduce_scatter reused work n={n}", twice[0], twice[1])
     return {"failures": failures, "algorithms": sorted(algorithms)}
 
 
