@@ -23,6 +23,7 @@ from pocgrid.adapt.plan import (
     Verdict,
     plan_llm,
     precision_choices,
+    simulate_plan,
     supported_precisions,
 )
 from pocgrid.adapt.signatures import operator_signature
@@ -114,11 +115,17 @@ class Adaptation:
         return out
 
 
-def adapt(catalog: Catalog, model: Model, chip: Chip, req: PlanRequest) -> Adaptation:
+def adapt(
+    catalog: Catalog, model: Model, chip: Chip, req: PlanRequest, *, simulate: bool = False
+) -> Adaptation:
+    """``simulate``: replay an LLM's best plan in the serving simulator (single plans; the
+    matrix leaves it off)."""
     coverage = chip_coverage(catalog, model, chip)
     runtime = catalog.precisions(chip)
     if model.arch is not None:
         plan = plan_llm(model, chip, req, coverage, runtime)
+        if simulate:
+            plan = simulate_plan(model, chip, plan)
         return Adaptation(
             model.name,
             chip.name,

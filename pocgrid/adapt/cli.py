@@ -123,7 +123,7 @@ def run_adapt(args: argparse.Namespace, out: TextIO | None = None) -> int:
             result = adapt_onnx(catalog, args.onnx.name, checked.model, chip, _request(args))
         else:
             model = catalog.find_model(args.model)
-            result = adapt(catalog, model, chip, _request(args))
+            result = adapt(catalog, model, chip, _request(args), simulate=True)
     except (UnknownNameError, PerfInputError, OnnxImportError, OSError) as exc:
         return _error(str(exc))
     if args.json:

@@ -51,7 +51,7 @@ from pocgrid.perf.llm import (
     LlmDeployment,
     window_sum,
 )
-from pocgrid.perf.serving import ServingConfig, kv_cache_blocks
+from pocgrid.perf.serving import ServingConfig, Workload, kv_cache_blocks, simulate
 
 Verdict = Literal[
     "runs_natively", "runs_with_supplementation", "needs_devices", "does_not_fit", "unsupported"
@@ -230,6 +230,36 @@ class PassResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatedCheck:
+    """The best plan replayed by the continuous-batching simulator under Poisson arrivals at
+    ``load`` of the throughput the steady state predicts, per replica."""
+
+    requests: int
+    requests_per_s: float
+    """Whole deployment."""
+    load: float
+    output_tokens_per_s: float
+    ttft_p99_ms: float
+    tpot_p99_ms: float
+    preemptions: int
+    meets_slo: bool
+    note: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "requests_per_s": self.requests_per_s,
+            "load": self.load,
+            "output_tokens_per_s": self.output_tokens_per_s,
+            "ttft_p99_ms": self.ttft_p99_ms,
+            "tpot_p99_ms": self.tpot_p99_ms,
+            "preemptions": self.preemptions,
+            "meets_slo": self.meets_slo,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     model: str
     chip: str
@@ -244,6 +274,8 @@ class Plan:
     explanation: tuple[str, ...]
     devices_needed: int | None
     evaluated: int = 0
+    simulated: SimulatedCheck | None = None
+    """The best plan replayed in the serving simulator (single plans, not the matrix)."""
     basis: str = (
         "steady-state estimate of continuous batching with chunked prefill on the pocgrid"
         " performance model; supplementation costs are estimates"
@@ -280,6 +312,7 @@ class Plan:
             "explanation": list(self.explanation),
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "configurations_evaluated": self.evaluated,
+            "simulated": None if self.simulated is None else self.simulated.to_dict(),
             "basis": self.basis,
         }
 
@@ -865,3 +898,72 @@ def _no_plan(
         explanation=(*lines, reason),
         devices_needed=devices_needed,
     )
+
+
+#: Requests per simulated replica: four times its concurrency (so it reaches a steady state),
+#: within these bounds.
+SIM_REQUESTS: Final = (200, 2000)
+SIM_LOAD: Final = 0.85
+
+
+def simulate_plan(model: Model, chip: Chip, plan: Plan, seed: int = 0) -> Plan:
+    """``plan`` with its best configuration replayed in the serving simulator (the same
+    supplemented deployment), so the steady-state estimate is checked against simulated p99s.
+    Speculative decoding and prefix caching are not in the simulator: it runs without them."""
+    best, req = plan.best, plan.request
+    if best is None:
+        return plan
+    supplemented: dict[str, Method] = {}
+    host: dict[str, int] = {}
+    if plan.coverage is not None:
+        for o in plan.coverage.by_status("supplemented"):
+            supplemented[o.op] = o.method
+            if o.method == "host":
+                host[o.op] = o.count
+    dep = SupplementedDeployment(
+        chip,
+        model,
+        best.precision,
+        best.tp,
+        supplemented=supplemented,
+        host_counts=host,
+        host_link=host_link(chip),
+        kv_bytes=1 if best.kv_cache != best.precision else None,
+    )
+    passes = [p for p in best.passes if p in ("speculative_decoding", "prefix_caching")]
+    per_replica = best.output_tokens_per_s / best.replicas
+    if passes:
+        # The simulator cannot apply these: load it at what the plan would do without them.
+        per_replica /= max(
+            (p.gain or 1.0 for p in plan.passes if p.name in passes and p.applied), default=1.0
+        )
+    qps = SIM_LOAD * per_replica / req.output_len
+    # Replicas are identical and split Poisson arrivals evenly: simulate one.
+    n = min(SIM_REQUESTS[1], max(SIM_REQUESTS[0], 4 * best.max_num_seqs))
+    workload = Workload.poisson(n, qps, req.input_len, req.output_len, seed)
+    config = ServingConfig(
+        max_num_seqs=best.max_num_seqs,
+        max_num_batched_tokens=max(best.prefill_chunk, best.max_num_seqs),
+    )
+    summary = simulate(dep, workload, config).summary()
+    ttft, tpot = summary.ttft_s.p99 * 1e3, summary.tpot_s.p99 * 1e3
+    note = f"simulated without {', '.join(passes)}" if passes else ""
+    check = SimulatedCheck(
+        requests=n * best.replicas,
+        requests_per_s=qps * best.replicas,
+        load=SIM_LOAD,
+        output_tokens_per_s=summary.output_tokens_per_s * best.replicas,
+        ttft_p99_ms=ttft,
+        tpot_p99_ms=tpot,
+        preemptions=summary.preemptions,
+        meets_slo=not req.slo.violation(ttft, tpot),
+        note=note,
+    )
+    line = (
+        f"serving simulator, {n} Poisson requests per replica at {SIM_LOAD:.0%} of the planned"
+        f" rate: TTFT p99 {ttft:.0f} ms, TPOT p99 {tpot:.1f} ms,"
+        f" {check.output_tokens_per_s:.0f} tokens/s"
+        + ("" if check.meets_slo else f" ({req.slo.violation(ttft, tpot)})")
+        + (f"; {note}" if note else "")
+    )
+    return replace(plan, simulated=check, explanation=(*plan.explanation, line))

@@ -633,6 +633,7 @@ class EstimateResponse(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
     BASIS_FIELD_NUMBER: _builtins.int
+    SIMULATED_FIELD_NUMBER: _builtins.int
     verdict: Global___AdaptVerdict.ValueType
     reason: _builtins.str
     samples_per_s: _builtins.float
@@ -657,6 +658,10 @@ class EstimateResponse(_message.Message):
     def explanation(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def operators(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorCoverage]: ...
+    @_builtins.property
+    def simulated(self) -> Global___SimulatedCheck:
+        """LLMs: the best plan replayed in the continuous-batching serving simulator."""
+
     def __init__(
         self,
         *,
@@ -673,11 +678,55 @@ class EstimateResponse(_message.Message):
         latency_ms: _builtins.float = ...,
         cached: _builtins.bool = ...,
         basis: _builtins.str = ...,
+        simulated: Global___SimulatedCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput", "simulated", b"simulated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "batch", b"batch", "best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput", "cached", b"cached", "explanation", b"explanation", "latency_ms", b"latency_ms", "operators", b"operators", "pareto", b"pareto", "passes", b"passes", "reason", b"reason", "samples_per_s", b"samples_per_s", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "batch", b"batch", "best_by_cost", b"best_by_cost", "best_by_throughput", b"best_by_throughput", "cached", b"cached", "explanation", b"explanation", "latency_ms", b"latency_ms", "operators", b"operators", "pareto", b"pareto", "passes", b"passes", "reason", b"reason", "samples_per_s", b"samples_per_s", "simulated", b"simulated", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EstimateResponse: _TypeAlias = EstimateResponse  # noqa: Y015
+
+@_typing.final
+class SimulatedCheck(_message.Message):
+    """The best plan under Poisson arrivals at 85 % of the rate its steady state predicts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_S_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    TPOT_P99_MS_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_FIELD_NUMBER: _builtins.int
+    MEETS_SLO_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    requests: _builtins.int
+    requests_per_s: _builtins.float
+    output_tokens_per_s: _builtins.float
+    ttft_p99_ms: _builtins.float
+    tpot_p99_ms: _builtins.float
+    preemptions: _builtins.int
+    meets_slo: _builtins.bool
+    note: _builtins.str
+    """What the simulator left out (passes it cannot apply)."""
+    def __init__(
+        self,
+        *,
+        requests: _builtins.int = ...,
+        requests_per_s: _builtins.float = ...,
+        output_tokens_per_s: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        tpot_p99_ms: _builtins.float = ...,
+        preemptions: _builtins.int = ...,
+        meets_slo: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meets_slo", b"meets_slo", "note", b"note", "output_tokens_per_s", b"output_tokens_per_s", "preemptions", b"preemptions", "requests", b"requests", "requests_per_s", b"requests_per_s", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulatedCheck: _TypeAlias = SimulatedCheck  # noqa: Y015

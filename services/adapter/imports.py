@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 
@@ -28,7 +29,7 @@ _VERDICTS = {
     "unsupported": adapter_pb2.ADAPT_VERDICT_UNSUPPORTED,
 }
 #: Bumped when a change to the planner changes its answers, so stored plans are not reused.
-PLANNER_VERSION = "1"
+PLANNER_VERSION = "2"
 
 
 def to_proto(row: ImportedModelRow) -> adapter_pb2.ImportedModel:
@@ -156,7 +157,9 @@ class ModelBook:
         if isinstance(model, onnx.ModelProto):
             result = await asyncio.to_thread(adapt_onnx, self._catalog, name, model, chip, req)
         else:
-            result = await asyncio.to_thread(adapt, self._catalog, model, chip, req)
+            result = await asyncio.to_thread(
+                functools.partial(adapt, self._catalog, model, chip, req, simulate=True)
+            )
         resp = estimate_response(result)
         await self._store.put_plan(key, digest, chip.name, options, resp.SerializeToString())
         return resp
@@ -215,6 +218,20 @@ def estimate_response(a: Adaptation) -> adapter_pb2.EstimateResponse:
             for p in plan.passes
         )
         resp.basis = plan.basis
+        if plan.simulated is not None:
+            sim = plan.simulated
+            resp.simulated.CopyFrom(
+                adapter_pb2.SimulatedCheck(
+                    requests=sim.requests,
+                    requests_per_s=sim.requests_per_s,
+                    output_tokens_per_s=sim.output_tokens_per_s,
+                    ttft_p99_ms=sim.ttft_p99_ms,
+                    tpot_p99_ms=sim.tpot_p99_ms,
+                    preemptions=sim.preemptions,
+                    meets_slo=sim.meets_slo,
+                    note=sim.note,
+                )
+            )
     resp.passes.extend(
         adapter_pb2.PassDecision(
             name=p.name,

@@ -173,6 +173,7 @@ async def test_estimate_is_stored_and_served_again(common, closer):
         assert best.precision == "fp8" and best.devices == 8 and best.tp * best.replicas == 8
         assert second.best_by_throughput == best
         assert first.pareto and first.explanation and first.passes
+        assert first.simulated.requests > 0 and first.simulated.tpot_p99_ms > 0
         other = await stub.Estimate(
             adapter_pb2.EstimateRequest(model="Llama-2-70B", chip="h100-80gb-sxm", devices=4),
             metadata=ACME,

@@ -176,6 +176,7 @@ def test_cli_adapt_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["precision"] == "fp8" and out["devices"] == 8
     assert out["tp"] * out["replicas"] == 8 and out["output_tokens_per_s"] > 0
     assert out["plan"]["pareto"] and out["plan"]["explanation"]
+    assert out["plan"]["simulated"]["output_tokens_per_s"] > 0
     assert main(["adapt", "--model", "nope", "--chip", "h100-80gb-sxm"]) == 2
 
 
@@ -205,3 +206,17 @@ def test_onnx_plan_measures_fusion_and_int8_accuracy_delta() -> None:
         assert a.to_dict()["passes_considered"]
         if not req.allow_quantized:
             assert not int8.applied and "--allow-quantized" in int8.reason
+
+
+def test_single_plan_is_replayed_in_the_serving_simulator() -> None:
+    model, chip = CAT.find_model("Llama-3.1-8B"), CAT.find_chip("mi300x")
+    req = PlanRequest(slo=Slo(ttft_ms=2000, tpot_ms=50))
+    a = adapt(CAT, model, chip, req, simulate=True)
+    assert a.plan is not None and a.plan.best is not None
+    sim = a.plan.simulated
+    assert sim is not None and sim.requests >= 200 and sim.output_tokens_per_s > 0
+    assert sim.ttft_p99_ms > 0 and sim.tpot_p99_ms > 0
+    # Below saturation the simulated rate is in the planned one's neighbourhood.
+    assert 0.5 < sim.output_tokens_per_s / (0.85 * a.plan.best.output_tokens_per_s) < 1.5
+    assert any("serving simulator" in line for line in a.explanation)
+    assert adapt(CAT, model, chip, req).plan.simulated is None
