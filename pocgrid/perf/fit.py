@@ -114,25 +114,28 @@ def check_fit(
             problems=tuple(problems),
         )
 
-    if chip.memory_gib is None:
+    # The memory the agent emulates: the chip table's, else the vendor file's SMI figure.
+    device_gib = cat.device_memory_gib(chip)
+    if device_gib is None:
         problems.append(f"the catalogue has no memory size for {chip.name}: cannot check the fit")
         return answer(None)
+    sizes = (batch, input_len, output_len)
     try:
-        memory = _memory_fit(chip, model, precision, devices, batch, input_len, output_len, eff)
+        memory = _memory_fit(chip, device_gib, model, precision, devices, sizes, eff)
     except PerfInputError as exc:
         # A split the model cannot take (tensor parallel must divide the attention heads).
         problems.append(
             f"{devices} devices cannot split {model.name} tensor-parallel (the tp degree "
             f"{exc.rule})"
         )
-        hint = _smallest_fit(chip, model, precision, batch, input_len, output_len, eff)
+        hint = _smallest_fit(chip, device_gib, model, precision, sizes, eff)
         if hint is not None:
             problems[-1] += f"; {hint} devices would hold it"
         return answer(None)
     if not memory.fits:
         why = memory.why_not() or ""
         problem = f"{model.name} at {precision} on {devices} x {chip.name} {why}"
-        hint = _smallest_fit(chip, model, precision, batch, input_len, output_len, eff)
+        hint = _smallest_fit(chip, device_gib, model, precision, sizes, eff)
         if hint is not None and hint > devices:
             problem += f"; {hint} devices would hold it"
         problems.append(problem)
@@ -141,43 +144,40 @@ def check_fit(
 
 def _memory_fit(
     chip: Chip,
+    device_gib: float,
     model: Model,
     precision: str,
     devices: int,
-    batch: int,
-    input_len: int,
-    output_len: int,
+    sizes: tuple[int, int, int],
     efficiency: EfficiencyData,
 ) -> MemoryFit:
     if model.arch is None:
-        assert chip.memory_gib is not None  # checked by the caller
         weights = model.params_b * 1e9 * PRECISION_BYTES[precision] / devices
         return MemoryFit(
             weights_gib=weights / GIB_BYTES,
             kv_cache_gib=0.0,
             activations_gib=0.0,
             reserve_gib=efficiency.params.runtime_reserve_gib,
-            available_gib=chip.memory_gib,
+            available_gib=device_gib,
         )
-    deployment = LlmDeployment(chip, model, precision, devices, efficiency=efficiency)
-    return static_memory_fit(deployment, batch, input_len, output_len)
+    deployment = LlmDeployment(
+        chip, model, precision, devices, efficiency=efficiency, memory_gib=device_gib
+    )
+    return static_memory_fit(deployment, *sizes)
 
 
 def _smallest_fit(
     chip: Chip,
+    device_gib: float,
     model: Model,
     precision: str,
-    batch: int,
-    input_len: int,
-    output_len: int,
+    sizes: tuple[int, int, int],
     efficiency: EfficiencyData,
 ) -> int | None:
     """The fewest devices that hold the workload, up to ``MAX_HINT_DEVICES``; None if none."""
     for devices in range(1, MAX_HINT_DEVICES + 1):
         try:
-            memory = _memory_fit(
-                chip, model, precision, devices, batch, input_len, output_len, efficiency
-            )
+            memory = _memory_fit(chip, device_gib, model, precision, devices, sizes, efficiency)
         except PerfInputError:
             continue
         if memory.fits:

@@ -296,7 +296,10 @@ class LlmDeployment:
         *,
         params: PerfParams | None = None,
         efficiency: EfficiencyData | None = None,
+        memory_gib: float | None = None,
     ) -> None:
+        """``memory_gib`` is one device's memory; default the chip table's (``predict`` and
+        ``check_fit`` pass ``Catalog.device_memory_gib``, the figure the agent emulates)."""
         if precision not in PRECISION_BYTES:
             raise PerfInputError("precision", f"must be one of {', '.join(PRECISIONS)}")
         if tp < 1:
@@ -309,8 +312,10 @@ class LlmDeployment:
                 "tp",
                 f"must divide the {self.shape.heads} attention heads of {model.name}, got {tp}",
             )
-        if chip.memory_gib is None:
+        memory = chip.memory_gib if memory_gib is None else memory_gib
+        if memory is None:
             raise UnsupportedInput("chip", f"{chip.name} has no memory size in the catalogue")
+        self.memory_gib: float = memory
         self.precision = precision
         self.tp = tp
         eff = default_efficiency() if efficiency is None else efficiency
@@ -386,13 +391,12 @@ class LlmDeployment:
         self, *, kv_cache_bytes: float, max_tokens: float, max_logits: float
     ) -> MemoryFit:
         gb = GIB_BYTES
-        assert self.chip.memory_gib is not None  # checked in __init__
         return MemoryFit(
             weights_gib=self.weights_bytes_device() / gb,
             kv_cache_gib=kv_cache_bytes / gb,
             activations_gib=self.activation_bytes(max_tokens, max_logits) / gb,
             reserve_gib=self.params.runtime_reserve_gib,
-            available_gib=self.chip.memory_gib,
+            available_gib=self.memory_gib,
         )
 
     # -- the operator table -------------------------------------------------------------------

@@ -171,9 +171,12 @@ def predict(
             "batch", f"must be divisible by the {replicas} replicas (devices / tp), got {batch}"
         )
 
-    chip_ = resolve_chip(chip, catalog)
-    model_ = resolve_model(model, catalog)
-    deployment = LlmDeployment(chip_, model_, precision, tp_)
+    cat = default_catalog() if catalog is None else catalog
+    chip_ = resolve_chip(chip, cat)
+    model_ = resolve_model(model, cat)
+    deployment = LlmDeployment(
+        chip_, model_, precision, tp_, memory_gib=cat.device_memory_gib(chip_)
+    )
     c = deployment.ceilings
     efficiency: dict[str, str] = {
         "gemm": c.gemm.status,
@@ -198,7 +201,7 @@ def predict(
         fits=False,
         why_not_fits=None,
         memory_gib=0.0,
-        memory_available_gib=chip_.memory_gib or 0.0,
+        memory_available_gib=deployment.memory_gib,
         output_tokens_per_s=None,
         ttft_ms=None,
         tpot_ms=None,

@@ -267,8 +267,7 @@ class SimResult:
 
 def kv_cache_blocks(deployment: LlmDeployment, config: ServingConfig) -> int:
     """KV blocks per replica: memory left after weights, activations and reserve."""
-    assert deployment.chip.memory_gib is not None
-    budget = deployment.chip.memory_gib * GIB_BYTES * config.gpu_memory_utilization
+    budget = deployment.memory_gib * GIB_BYTES * config.gpu_memory_utilization
     used = (
         deployment.weights_bytes_device()
         + deployment.activation_bytes(config.max_num_batched_tokens, config.max_num_seqs)

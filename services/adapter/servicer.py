@@ -139,7 +139,7 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
         return adapter_pb2.CheckFitResponse(
             fits=fit.fits,
             weights_gib_per_device=0.0 if memory is None else memory.weights_gib,
-            memory_gib_per_device=chip.memory_gib or 0.0,
+            memory_gib_per_device=self._catalog.device_memory_gib(chip) or 0.0,
             reserve_gib_per_device=0.0 if memory is None else memory.reserve_gib,
             kv_cache_gib_per_device=0.0 if memory is None else memory.kv_cache_gib,
             activations_gib_per_device=0.0 if memory is None else memory.activations_gib,

@@ -100,10 +100,20 @@ async def test_unsupported_precision(common, closer):
 
 async def test_chip_without_memory_size_cannot_be_checked(common, closer):
     resp = await _check(
-        common, closer, model="Qwen2.5-7B", chip="mlu590", precision=FP16, devices=1
+        common, closer, model="Qwen2.5-7B", chip="kunlun-p800", precision=FP16, devices=1
     )
     assert not resp.fits and resp.memory_gib_per_device == 0
-    assert "no memory size for mlu590" in resp.reason
+    assert "no memory size for kunlun-p800" in resp.reason
+
+
+async def test_memory_is_what_the_agent_emulates(common, closer):
+    # The chip table has no MLU590 memory; the Cambricon vendor file has cnmon's 96 GiB, which
+    # the agent emulates, so the fit uses it too.
+    resp = await _check(
+        common, closer, model="Qwen2.5-7B", chip="mlu590", precision=FP16, devices=1
+    )
+    assert resp.memory_gib_per_device == 96.0
+    assert resp.fits, resp.reason
 
 
 @pytest.mark.parametrize(
