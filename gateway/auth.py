@@ -58,14 +58,17 @@ class ApiKeys:
     def authenticate(self, authorization: str | None) -> Tenant:
         if not authorization:
             raise Unauthenticated(
-                "missing credentials: send metadata 'authorization: Bearer <api key>'"
+                "missing credentials: send metadata 'authorization: Bearer <api key>'",
+                reason="CREDENTIALS_MISSING",
             )
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("authorization metadata must be 'Bearer <api key>'")
+            raise Unauthenticated(
+                "authorization metadata must be 'Bearer <api key>'", reason="CREDENTIALS_MALFORMED"
+            )
         tenant = self._by_digest.get(digest(key.strip()))
         if tenant is None:
-            raise Unauthenticated("unknown API key")
+            raise Unauthenticated("unknown API key", reason="API_KEY_UNKNOWN")
         return tenant
 
 

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
 from gateway.routing import GATEWAY_SERVICE, Route, rpc_path
+from pocgrid.error_details import DETAILS_METADATA_KEY, rich_status
 from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
@@ -128,7 +129,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             error=exc.message,
             trace_id=f"{span.get_span_context().trace_id:032x}",
         )
-        await context.abort(exc.code, exc.message)
+        status = exc.status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
         raise AssertionError("abort returned")
 
     async def _relay_error(
@@ -136,9 +138,20 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     ) -> NoReturn:
         span.set_status(Status(StatusCode.ERROR, exc.code().name))
         details = exc.details() or ""
+        # The backend's google.rpc.Status trailer goes on as it came (the client reads the
+        # vendor code, field violations, retry delay from it); only where the gateway rewords
+        # the text does the status get the same words, so the two never disagree.
+        rich = rich_status(exc)
+        trailer = next(
+            (v for k, v in exc.trailing_metadata() or () if k == DETAILS_METADATA_KEY), None
+        )
         if exc.code() is grpc.StatusCode.UNAVAILABLE:
             details = f"{route.backend_field.removesuffix('_addr')} unavailable: {details}"
-        await context.abort(exc.code(), details)
+            if rich is not None:
+                rich.message = details
+                trailer = rich.SerializeToString()
+        trailing = () if trailer is None else ((DETAILS_METADATA_KEY, trailer),)
+        await context.abort(exc.code(), details, trailing)
         raise AssertionError("abort returned")
 
     def _forwarding_handler(

@@ -32,6 +32,13 @@ class RateLimiter:
             wait_ms = (1.0 - bucket.tokens) / tenant.rate_per_s * 1000
             raise ResourceExhausted(
                 f"rate limit exceeded for tenant '{tenant.name}': {tenant.rate_per_s:g} "
-                f"requests/s, burst {tenant.burst}; retry in {wait_ms:.0f} ms"
+                f"requests/s, burst {tenant.burst}; retry in {wait_ms:.0f} ms",
+                retry_after_s=wait_ms / 1000,
+                reason="RATE_LIMITED",
+                metadata={
+                    "tenant": tenant.name,
+                    "rate_per_s": f"{tenant.rate_per_s:g}",
+                    "burst": str(tenant.burst),
+                },
             )
         bucket.tokens -= 1.0

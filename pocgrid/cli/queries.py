@@ -10,6 +10,7 @@ import grpc
 from pocgrid.cli.output import emit_json, say, table
 from pocgrid.cli.target import local_mesh, resolve
 from pocgrid.client import Client
+from pocgrid.error_details import error_details
 from pocgrid.v1 import common_pb2, gateway_pb2, registry_pb2
 
 
@@ -278,6 +279,7 @@ def whoami(args: argparse.Namespace) -> int:
 
 
 def rpc_error_message(exc: grpc.RpcError) -> str:
-    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return f"{code}: {details}"
+    """``CODE [REASON]: text``: the reason is the stable name a script can match on."""
+    info = error_details(exc)
+    head = f"{info.code.name} [{info.reason}]" if info.reason else info.code.name
+    return f"{head}: {info.message}"

@@ -29,7 +29,9 @@ def require_tenant() -> str:
     if not tenant:
         raise Unauthenticated(
             f"no tenant: work on an agent is done for a tenant, named in the "
-            f"'{TENANT_METADATA_KEY}' metadata (the gateway sets it for its callers)"
+            f"'{TENANT_METADATA_KEY}' metadata (the gateway sets it for its callers)",
+            reason="TENANT_REQUIRED",
+            metadata={"metadata_key": TENANT_METADATA_KEY},
         )
     return tenant
 

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pocgrid.metadata import TENANT_METADATA_KEY
 from services.core import rpc_context, telemetry
-from services.core.errors import PocgridError
+from services.core.errors import PocgridError, internal_status
 from services.core.logging import get_logger
 from services.core.validation import decode_request
 
@@ -108,12 +108,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
             span.set_status(Status(StatusCode.ERROR, exc.message))
             log.info("rpc.rejected", method=method, code=exc.code.name, error=exc.message)
-            await context.abort(exc.code, exc.message)
+            status = exc.status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
         trace_id = telemetry.current_trace_id()
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         log.exception("rpc.failed", method=method, trace_id=trace_id)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
+        status = internal_status(trace_id)
+        await context.abort(status.code, status.details, status.trailing_metadata)
         raise AssertionError("context.abort returned")
 
     def _wrap_unary(

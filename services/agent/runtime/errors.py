@@ -14,9 +14,14 @@ from services.core.errors import PocgridError
 
 
 class VendorRuntimeError(PocgridError):
-    """A call into an emulated vendor runtime failed the way that vendor's runtime fails."""
+    """A call into an emulated vendor runtime failed the way that vendor's runtime fails.
+
+    Its ErrorInfo metadata carries the vendor's words for programs: ``family``, ``api``,
+    ``vendor_symbol``, ``vendor_code`` (decimal), ``vendor_message``, ``device_index``.
+    """
 
     code = grpc.StatusCode.INTERNAL
+    reason = "VENDOR_RUNTIME_ERROR"
 
     def __init__(
         self,
@@ -29,7 +34,18 @@ class VendorRuntimeError(PocgridError):
         device_index: int | None = None,
     ) -> None:
         # The str() form is what a log line on the real stack would show: API, symbol, code, text.
-        super().__init__(f"{api} failed: {vendor_symbol} ({vendor_code}): {vendor_message}")
+        metadata = {
+            "family": family,
+            "api": api,
+            "vendor_symbol": vendor_symbol,
+            "vendor_code": str(vendor_code),
+            "vendor_message": vendor_message,
+        }
+        if device_index is not None:
+            metadata["device_index"] = str(device_index)
+        super().__init__(
+            f"{api} failed: {vendor_symbol} ({vendor_code}): {vendor_message}", metadata=metadata
+        )
         self.family = family
         self.api = api
         self.vendor_symbol = vendor_symbol
@@ -42,6 +58,7 @@ class DeviceOutOfMemory(VendorRuntimeError):
     """An allocation did not fit; nothing was allocated."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "DEVICE_OUT_OF_MEMORY"
 
     def __init__(
         self,
@@ -69,21 +86,29 @@ class DeviceOutOfMemory(VendorRuntimeError):
         self.framework_message = framework_message
         self.requested_bytes = requested_bytes
         self.free_bytes = free_bytes
+        self.metadata.update(
+            framework_message=framework_message,
+            requested_bytes=str(requested_bytes),
+            free_bytes=str(free_bytes),
+        )
 
 
 class InvalidHandle(VendorRuntimeError):
     """A free of memory this runtime does not own (never allocated, or already freed)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "VENDOR_INVALID_HANDLE"
 
 
 class InvalidArgument(VendorRuntimeError):
     """A call with an argument the vendor runtime rejects (size 0, bad device ordinal, ...)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "VENDOR_INVALID_ARGUMENT"
 
 
 class DeviceUnavailable(VendorRuntimeError):
     """The device was marked FAILED (fault injection); the runtime reports it as gone."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    reason = "DEVICE_UNAVAILABLE"
