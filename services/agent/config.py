@@ -28,6 +28,10 @@ class AgentConfig(EnvConfig):
     speed_factor: float = 0.0
     """Pace work in real time at this many virtual seconds per second; 0 = as fast as possible."""
 
+    agent_database_url: str = ""
+    """Where the agent keeps its outbox of usage events; empty = a SQLite file named after the
+    node in the data directory. One database per agent (agents do not share an outbox)."""
+
     def __post_init__(self) -> None:
         if self.speed_factor < 0:
             raise ConfigError(f"{env_name('speed_factor')}: must be >= 0")

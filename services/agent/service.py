@@ -6,16 +6,20 @@ import socket
 from collections.abc import Iterable, Mapping
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc, registry_pb2_grpc
 from services.agent.config import AgentConfig
 from services.agent.lease import LeaseKeeper
+from services.agent.migrations import MIGRATIONS
 from services.agent.runtime.runtime import VendorRuntime, create_runtime
 from services.agent.servicer import AgentServicer
+from services.agent.tables import OUTBOX
 from services.agent.work.executor import TaskExecutor
 from services.core.config import CommonConfig, ConfigError
+from services.core.outbox import Outbox, OutboxEvent
 from services.core.service import Service
 
 
@@ -52,9 +56,22 @@ class AgentServer(Service):
         self.executor: TaskExecutor | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
-        bus = await self.connect_bus()
+        await self.connect_bus()
+        db = await self.open_database(
+            self.config.agent_database_url, MIGRATIONS, file_name=f"agent-{self.node_id}"
+        )
+        outbox = Outbox(db, OUTBOX)
+        relay = self.start_outbox_relay(outbox)
+
+        async def emit_usage(subject: str, event: Message, event_id: str) -> None:
+            # Written before the task is answered, published by the relay: finished work is
+            # never failed (nor held) by the bus, and its usage is sent once NATS is back.
+            # Usage events are independent: each is its own aggregate, none holds back another.
+            await outbox.emit(OutboxEvent(subject, event, event_id, aggregate=event_id))
+            relay.notify()
+
         self.executor = TaskExecutor(
-            self.node_id, self.chip, self.runtime, bus.publish, self.config.speed_factor
+            self.node_id, self.chip, self.runtime, emit_usage, self.config.speed_factor
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.node_id, self.chip.name, self.runtime, self.executor), server

@@ -2,7 +2,8 @@
 model on the devices' virtual streams, numerics from onnxruntime, usage as events.
 
 Each finished unit of work (a task, a generated stream, or the part of a stream produced before
-its client went away) publishes one ``UsageRecorded`` whose id is derived from the node, the
+its client went away) emits one ``UsageRecorded`` (the agent writes it to its outbox, and the
+outbox relay publishes it: the answer never waits on the bus) whose id is derived from the node, the
 tenant and the client's task/request id, so a retried call or publish is stored once downstream
 while two tenants that pick the same task id stay two units of work.
 
@@ -40,6 +41,7 @@ from services.core.usage import AMOUNT_FIELDS, copy_fields
 
 log = get_logger()
 
+#: Where usage events go: subject, event, event id (the agent's outbox).
 Publish = Callable[[str, Message, str], Awaitable[None]]
 GIB = float(1 << 30)
 _RESULT_CACHE = 1024

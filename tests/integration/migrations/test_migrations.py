@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from pocgrid.v1 import events_pb2
 from services.adapter.migrations import MIGRATIONS as ADAPTER
+from services.agent.migrations import MIGRATIONS as AGENT
 from services.core.migrations import BASELINE, MigrationError, Migrations, current_revision, migrate
 from services.core.storage import Database
 from services.metering.migrations import MIGRATIONS as METERING
@@ -214,7 +215,7 @@ async def test_metering_0_1_0_database_is_upgraded_in_place(db_url):
 
 
 @pytest.mark.parametrize(
-    "migrations", [SCHEDULER, REGISTRY, METERING, ADAPTER], ids=lambda m: m.package
+    "migrations", [SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT], ids=lambda m: m.package
 )
 async def test_a_new_database_is_built_by_the_revisions(db_url, migrations):
     db = Database(db_url)
@@ -254,5 +255,5 @@ async def test_a_partial_old_database_is_refused(tmp_path):
 
 
 def test_every_history_starts_at_the_baseline():
-    for migrations in (SCHEDULER, REGISTRY, METERING, ADAPTER):
+    for migrations in (SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT):
         assert migrations.script().get_base() == BASELINE
