@@ -21,6 +21,7 @@ from pocgrid.error_details import DETAILS_METADATA_KEY, rich_status
 from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
+from services.core.bus import BUS_HEALTH
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
 from services.core.validation import decode_request
@@ -283,13 +284,29 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
 async def _probe(
     name: str, channel: grpc.aio.Channel, timeout_s: float
 ) -> gateway_pb2.ServiceHealth:
+    stub = health_pb2_grpc.HealthStub(channel)
     try:
-        resp = await health_pb2_grpc.HealthStub(channel).Check(
+        resp = await stub.Check(
             health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
         )
     except grpc.aio.AioRpcError as exc:
         return gateway_pb2.ServiceHealth(name=name, healthy=False, status=exc.code().name)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    bus = await _probe_bus(stub, timeout_s)
     return gateway_pb2.ServiceHealth(
-        name=name, healthy=resp.status == health_pb2.HealthCheckResponse.SERVING, status=status
+        name=name,
+        healthy=resp.status == health_pb2.HealthCheckResponse.SERVING and bus != "NOT_SERVING",
+        status=status,
+        bus_status=bus,
     )
+
+
+async def _probe_bus(stub: health_pb2_grpc.HealthStub, timeout_s: float) -> str:
+    """Status of the service's bus; '' when it has none (its health does not know the name)."""
+    try:
+        resp = await stub.Check(
+            health_pb2.HealthCheckRequest(service=BUS_HEALTH), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        return "" if exc.code() == grpc.StatusCode.NOT_FOUND else str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))

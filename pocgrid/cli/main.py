@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from pocgrid.adapt.cli import register as register_adapt
-from pocgrid.cli import queries
+from pocgrid.cli import admin, queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
 from pocgrid.comm.cli import register as register_comm
@@ -122,6 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     register_perf(sub)
     register_adapt(sub)
     register_comm(sub)
+    admin.register(sub)
     return parser
 
 

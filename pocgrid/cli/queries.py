@@ -103,7 +103,8 @@ def status(args: argparse.Namespace) -> int:
         out: dict[str, Any] = {
             "gateway": pg.gateway,
             "services": [
-                {"name": s.name, "healthy": s.healthy, "status": s.status} for s in services
+                {"name": s.name, "healthy": s.healthy, "status": s.status, "bus": s.bus_status}
+                for s in services
             ],
             "nodes": nodes,
         }
@@ -119,10 +120,19 @@ def status(args: argparse.Namespace) -> int:
     say(f"gateway {out['gateway']}\n")
     say(
         table(
-            ["service", "healthy", "status"],
-            [[s["name"], "yes" if s["healthy"] else "NO", s["status"]] for s in out["services"]],
+            ["service", "healthy", "status", "bus (NATS + consumers)"],
+            [
+                [s["name"], "yes" if s["healthy"] else "NO", s["status"], s["bus"] or "-"]
+                for s in out["services"]
+            ],
         )
     )
+    no_bus = [s["name"] for s in out["services"] if s["bus"] and s["bus"] != "SERVING"]
+    if no_bus:
+        say(
+            f"\nNATS or an event consumer is down for: {', '.join(no_bus)} (RPCs are still "
+            "answered; events wait in outboxes, usage is not metered until it is back)"
+        )
     if processes is not None:
         restarted = [p for p in processes if p["restarts"] or p["state"] != "running"]
         total = sum(p["restarts"] for p in processes)

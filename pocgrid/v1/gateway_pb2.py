@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\"\x16\n\x14\x43heckServicesRequest\">\n\rServiceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\"D\n\x15\x43heckServicesResponse\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ServiceHealth2\xb1\x01\n\x0eGatewayService\x12\x44\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponse\"\x03\x90\x02\x01\x12Y\n\rCheckServices\x12 .pocgrid.v1.CheckServicesRequest\x1a!.pocgrid.v1.CheckServicesResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pocgrid/v1/gateway.proto\x12\npocgrid.v1\"\x0f\n\rWhoAmIRequest\"I\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10rate_limit_per_s\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x05\"\x16\n\x14\x43heckServicesRequest\"R\n\rServiceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nbus_status\x18\x04 \x01(\t\"D\n\x15\x43heckServicesResponse\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.pocgrid.v1.ServiceHealth2\xb1\x01\n\x0eGatewayService\x12\x44\n\x06WhoAmI\x12\x19.pocgrid.v1.WhoAmIRequest\x1a\x1a.pocgrid.v1.WhoAmIResponse\"\x03\x90\x02\x01\x12Y\n\rCheckServices\x12 .pocgrid.v1.CheckServicesRequest\x1a!.pocgrid.v1.CheckServicesResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKSERVICESREQUEST']._serialized_start=132
   _globals['_CHECKSERVICESREQUEST']._serialized_end=154
   _globals['_SERVICEHEALTH']._serialized_start=156
-  _globals['_SERVICEHEALTH']._serialized_end=218
-  _globals['_CHECKSERVICESRESPONSE']._serialized_start=220
-  _globals['_CHECKSERVICESRESPONSE']._serialized_end=288
-  _globals['_GATEWAYSERVICE']._serialized_start=291
-  _globals['_GATEWAYSERVICE']._serialized_end=468
+  _globals['_SERVICEHEALTH']._serialized_end=238
+  _globals['_CHECKSERVICESRESPONSE']._serialized_start=240
+  _globals['_CHECKSERVICESRESPONSE']._serialized_end=308
+  _globals['_GATEWAYSERVICE']._serialized_start=311
+  _globals['_GATEWAYSERVICE']._serialized_end=488
 # @@protoc_insertion_point(module_scope)

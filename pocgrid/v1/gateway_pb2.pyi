@@ -80,21 +80,30 @@ class ServiceHealth(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    BUS_STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """registry, scheduler, metering, adapter, evaluator, gateway."""
     healthy: _builtins.bool
     status: _builtins.str
-    """grpc.health.v1 status name, or the error when the check failed."""
+    """grpc.health.v1 status name of the service (health name ""), or the error when the check
+    failed. A publisher stays SERVING with NATS down (its RPCs never wait on the bus); a service
+    whose consumer cannot recover goes NOT_SERVING.
+    """
+    bus_status: _builtins.str
+    """The service's NATS connection and consumers (health name "pocgrid.bus"): SERVING,
+    NOT_SERVING (NATS unreachable or a consumer failing), or empty for a service without a bus.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         healthy: _builtins.bool = ...,
         status: _builtins.str = ...,
+        bus_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["healthy", b"healthy", "name", b"name", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bus_status", b"bus_status", "healthy", b"healthy", "name", b"name", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,7 +59,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckServices(self, request, context):
-        """Health of every service behind the gateway (standard gRPC health checks, run now).
+        """Health of every service behind the gateway (standard gRPC health checks, run now); healthy
+        means the service is SERVING and so is its bus.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

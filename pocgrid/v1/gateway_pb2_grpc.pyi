@@ -36,7 +36,9 @@ class GatewayServiceStub:
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]
     """Who the presented API key belongs to, and its limits."""
     CheckServices: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CheckServicesRequest, _gateway_pb2.CheckServicesResponse]
-    """Health of every service behind the gateway (standard gRPC health checks, run now)."""
+    """Health of every service behind the gateway (standard gRPC health checks, run now); healthy
+    means the service is SERVING and so is its bus.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -46,7 +48,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the presented API key belongs to, and its limits."""
     CheckServices: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CheckServicesRequest, _gateway_pb2.CheckServicesResponse]  # type: ignore[assignment]
-    """Health of every service behind the gateway (standard gRPC health checks, run now)."""
+    """Health of every service behind the gateway (standard gRPC health checks, run now); healthy
+    means the service is SERVING and so is its bus.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Public: served by the gateway itself."""
@@ -65,6 +69,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.CheckServicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CheckServicesResponse, _abc.Awaitable[_gateway_pb2.CheckServicesResponse]]:
-        """Health of every service behind the gateway (standard gRPC health checks, run now)."""
+        """Health of every service behind the gateway (standard gRPC health checks, run now); healthy
+        means the service is SERVING and so is its bus.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
