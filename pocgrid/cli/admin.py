@@ -64,13 +64,20 @@ def nats_url(args: argparse.Namespace) -> str:
     return str(url)
 
 
+async def _quiet(exc: Exception) -> None:
+    # nats-py logs every failed attempt with a traceback; the command reports the outcome.
+    return None
+
+
 def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
     url = nats_url(args)
 
     async def go() -> int:
+        wait_s = min(args.timeout, 10.0)
         try:
-            nc = await nats.connect(
-                url, connect_timeout=min(args.timeout, 10.0), max_reconnect_attempts=0
+            nc = await asyncio.wait_for(
+                nats.connect(url, connect_timeout=wait_s, allow_reconnect=False, error_cb=_quiet),
+                wait_s + 1.0,
             )
         except Exception as exc:
             return fail(f"cannot reach NATS at {url}: {exc!r}")

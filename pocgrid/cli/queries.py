@@ -130,8 +130,8 @@ def status(args: argparse.Namespace) -> int:
     no_bus = [s["name"] for s in out["services"] if s["bus"] and s["bus"] != "SERVING"]
     if no_bus:
         say(
-            f"\nNATS or an event consumer is down for: {', '.join(no_bus)} (RPCs are still "
-            "answered; events wait in outboxes, usage is not metered until it is back)"
+            f"\nNATS or an event consumer is down for: {', '.join(no_bus)} (they still answer "
+            "RPCs; events flow again, and usage is metered, once it is back)"
         )
     if processes is not None:
         restarted = [p for p in processes if p["restarts"] or p["state"] != "running"]

@@ -131,6 +131,8 @@ class EventBus:
         self._consumers: list[asyncio.Task[None]] = []
         self._states: dict[str, ConsumerState] = {}
         self._closing = asyncio.Event()
+        #: Set (and replaced) on reconnect, so consumers in back-off retry at once.
+        self._wake = asyncio.Event()
 
     # -- connection -----------------------------------------------------------------------
     async def connect(self, timeout_s: float = 10.0) -> None:
@@ -140,6 +142,10 @@ class EventBus:
             connect_timeout=timeout_s,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            # A server that stops answering (hung, partitioned) is noticed within about two
+            # intervals, not nats-py's default four minutes.
+            ping_interval=max(1, round(self._config.nats_ping_interval_s)),
+            max_outstanding_pings=2,
             drain_timeout=int(CLOSE_TIMEOUT_S),
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
@@ -163,6 +169,8 @@ class EventBus:
 
     async def _on_reconnected(self) -> None:
         log.info("nats.reconnected", url=self._url)
+        self._wake.set()
+        self._wake = asyncio.Event()
         # A server that came back empty has lost the streams; publishers need them too.
         try:
             await self.ensure_streams()
@@ -276,12 +284,21 @@ class EventBus:
                     await self._unsubscribe(sub)
                     sub = None
                     await self._failed(state, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._closing.wait(), self._config.consumer_backoff_s(state.failures)
-                        )
+                    await self._pause(self._config.consumer_backoff_s(state.failures))
         finally:
             await self._unsubscribe(sub)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Back off for ``delay_s``, or less if the bus closes or reconnects meanwhile."""
+        waiters = [
+            asyncio.ensure_future(self._closing.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _subscribe(self, spec: _Consumer) -> Any:
         await self.ensure_streams()

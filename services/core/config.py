@@ -111,6 +111,10 @@ class CommonConfig(EnvConfig):
     downstream_timeout_cap_s: float = 10.0
     """Upper bound on any call to another service, whatever the caller's deadline."""
 
+    nats_ping_interval_s: float = 5.0
+    """Seconds between the NATS client's pings (whole seconds); two unanswered pings mark the
+    connection stale, so a hung server turns the bus NOT_SERVING and the client reconnects."""
+
     consumer_fetch_wait_s: float = 1.0
     """How long one JetStream pull waits for messages; also how soon a consumer notices stop."""
 
@@ -160,6 +164,7 @@ class CommonConfig(EnvConfig):
             "consumer_ack_wait_s",
             "consumer_backoff_initial_s",
             "consumer_check_interval_s",
+            "nats_ping_interval_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)}: must be > 0")

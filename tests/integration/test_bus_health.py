@@ -4,6 +4,9 @@ cannot recover turns its service NOT_SERVING, and all of it recovers when NATS i
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,12 +55,8 @@ class UsageSink(Service):
 
 
 def _fast(common: CommonConfig) -> CommonConfig:
-    return CommonConfig(
-        listen=common.listen,
-        nats_url=common.nats_url,
-        data_dir=common.data_dir,
-        log_format=common.log_format,
-        shutdown_grace_s=common.shutdown_grace_s,
+    return dataclasses.replace(
+        common,
         consumer_fetch_wait_s=0.2,
         consumer_backoff_initial_s=0.05,
         consumer_backoff_max_s=0.2,
@@ -187,3 +186,23 @@ async def _is(check: Callable[[str], Awaitable[str]], name: str, status: str) ->
 
 async def _all(check: Callable[[str], Awaitable[str]], names: list[str], status: str) -> bool:
     return all([await check(n) == status for n in names])
+
+
+async def test_a_hung_nats_server_is_noticed_by_its_pings(
+    common: CommonConfig, nats_server: NatsServer, closer: list[object]
+):
+    # A stopped (SIGSTOP) server keeps its sockets open: only unanswered pings reveal it.
+    common = dataclasses.replace(_fast(common), nats_ping_interval_s=1.0)
+    registry = RegistryServer(common, RegistryConfig())
+    await registry.start()
+    closer.append(registry)
+    health = _health(registry.address)
+    assert nats_server.proc is not None
+    pid = nats_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: _is(health, BUS_HEALTH, NOT_SERVING), what="bus NOT_SERVING")
+        assert await health("") == SERVING
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_for(lambda: _is(health, BUS_HEALTH, SERVING), within=20, what="bus SERVING")
