@@ -286,9 +286,7 @@ async def _probe(
 ) -> gateway_pb2.ServiceHealth:
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        resp = await stub.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-        )
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
     except grpc.aio.AioRpcError as exc:
         return gateway_pb2.ServiceHealth(name=name, healthy=False, status=exc.code().name)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

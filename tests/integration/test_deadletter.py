@@ -4,6 +4,7 @@ their reason, the consumer keeps consuming, and `pocgrid admin dlq` lists and re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -17,6 +18,9 @@ from pocgrid.cli.main import main as cli
 from pocgrid.v1 import events_pb2
 from services.core.bus import EventBus, EventMeta, PoisonEvent
 from services.core.config import CommonConfig
+from services.metering.config import MeteringConfig
+from services.metering.service import MeteringServer
+from services.metering.store import UsageFilter
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -206,3 +210,35 @@ async def test_replay_delivers_the_event_again_under_its_own_id(
     finally:
         await nc.close()
         await bus.close()
+
+
+async def test_metering_dead_letters_usage_it_can_never_store(
+    common: CommonConfig, nats_server: NatsServer, closer: list[object]
+):
+    metering = MeteringServer(
+        dataclasses.replace(common, consumer_fetch_wait_s=0.1), MeteringConfig()
+    )
+    await metering.start()
+    closer.append(metering)
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        for event in (_usage("u-no-tenant", tenant=""), _usage("u-ok")):
+            await js.publish(
+                "usage.recorded",
+                event.SerializeToString(),
+                headers={"Nats-Msg-Id": event.event_id},
+            )
+
+        async def recorded() -> bool:
+            rows, _ = await metering.store.query(UsageFilter(tenant="acme"), 0, 10)
+            return [r.usage_id for r in rows] == ["u-ok"]
+
+        await wait_for(recorded, what="the storable usage recorded")
+        (letter,) = await _dead_letters(js)
+        assert (letter.event_id, letter.consumer) == ("u-no-tenant", "metering")
+        assert letter.reason == (
+            "rejected by the handler: usage event 'u-no-tenant' cannot be stored: no tenant"
+        )
+    finally:
+        await nc.close()
