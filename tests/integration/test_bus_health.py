@@ -4,12 +4,15 @@ cannot recover turns its service NOT_SERVING, and all of it recovers when NATS i
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -105,7 +108,9 @@ async def _stop(server: NatsServer) -> None:
 
 
 async def test_nats_down_is_reported_and_recovers(
-    common: CommonConfig, nats_server: NatsServer, closer: list[object], tmp_path: Path
+    common: CommonConfig,
+    nats_server: NatsServer,
+    closer: list[object],
 ):
     common = _fast(common)
     sink = UsageSink(common)
@@ -160,6 +165,16 @@ async def test_nats_down_is_reported_and_recovers(
     assert await sink_health(BUS_HEALTH) == NOT_SERVING
     view = await gateway_view()
     assert view["registry"] == (False, SERVING, NOT_SERVING)
+    # And `pocgrid status`, as an operator runs it, says so (and exits 1).
+    rc, out = await _status_json(gw.address)
+    assert rc == 1
+    by_name = {s["name"]: s for s in out["services"]}
+    assert by_name["registry"] == {
+        "name": "registry",
+        "healthy": False,
+        "status": SERVING,
+        "bus": NOT_SERVING,
+    }
 
     _restart_same_port(nats_server)
     await wait_for(lambda: _accepts(nats_server.host, nats_server.port), what="nats-server back")
@@ -171,6 +186,9 @@ async def test_nats_down_is_reported_and_recovers(
     await wait_for(lambda: _is(reg_health, BUS_HEALTH, SERVING), what="registry's bus SERVING")
     view = await gateway_view()
     assert view["registry"] == (True, SERVING, SERVING)
+    rc, out = await _status_json(gw.address)
+    buses = {s["name"]: s["bus"] for s in out["services"]}
+    assert (buses["gateway"], buses["registry"]) == ("", SERVING)
 
     # And the consumer consumes again.
     assert registry.bus is not None
@@ -178,6 +196,27 @@ async def test_nats_down_is_reported_and_recovers(
         "usage.recorded", events_pb2.UsageRecorded(event_id="after"), "after"
     )
     await wait_for(lambda: "after" in sink.seen, what="an event after NATS came back")
+
+
+async def _status_json(gateway: str) -> tuple[int, dict[str, Any]]:
+    # A child process, as an operator runs it (and with a stdout of its own: this process's
+    # services log to ours).
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pocgrid.cli.main",
+        "--gateway",
+        gateway,
+        "--api-key",
+        KEY,
+        "--timeout",
+        "10",
+        "status",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return int(proc.returncode or 0), json.loads(out)
 
 
 async def _is(check: Callable[[str], Awaitable[str]], name: str, status: str) -> bool:
