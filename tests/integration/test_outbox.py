@@ -1,5 +1,6 @@
-"""The core outbox: order per aggregate through a failure, and the scheduler's job events
-through a real nats-server outage (stopped and started again on the same port and store)."""
+"""The core outbox: order per aggregate through a failure, and every publisher (scheduler job
+events, registry node events) through a real nats-server outage: stopped, and
+started again on the same port and JetStream store."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ import pytest
 from nats.js.api import DeliverPolicy
 from sqlalchemy import MetaData
 
-from pocgrid.v1 import common_pb2, events_pb2, scheduler_pb2, scheduler_pb2_grpc
+from pocgrid.v1 import (
+    common_pb2,
+    events_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 from services.core.outbox import Outbox, OutboxEvent, OutboxRelay, outbox_table
 from services.core.storage import Database
+from services.registry.config import RegistryConfig
+from services.registry.service import RegistryServer
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service import SchedulerServer
 from tests.conftest import wait_for
@@ -145,6 +155,47 @@ async def test_job_events_of_an_outage_arrive_once_each_in_order(common, closer,
         for job_id, order in expected.items():
             assert [e.event_id for e in received if e.job_id == job_id] == order
         assert {e.state for e in received} == {"JOB_STATE_QUEUED", "JOB_STATE_CANCELLED"}
+    finally:
+        await nc.close()
+
+
+async def test_node_events_of_an_outage_are_published_when_nats_is_back(
+    common, closer, nats_server
+):
+    # Until the outbox, a node event whose publish failed was logged and lost.
+    reg = RegistryServer(common, RegistryConfig())
+    await reg.start()
+    closer.append(reg)
+    nats_server.stop()
+    try:
+        async with grpc.aio.insecure_channel(reg.address) as ch:
+            lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
+            request = registry_pb2.RegisterNodeRequest(
+                node_id="offline-node",
+                chip="ascend-910b2",
+                agent_address="127.0.0.1:1",
+                devices=[
+                    registry_pb2.Device(device_id="npu:0", index=0, memory_total_bytes=1 << 30)
+                ],
+            )
+            _, took = await _timed(lease.RegisterNode(request))
+            assert took < PROMPT_S, f"RegisterNode took {took:.2f} s with NATS down"
+            await lease.DeregisterNode(
+                registry_pb2.DeregisterNodeRequest(node_id="offline-node", reason="maintenance")
+            )
+    finally:
+        nats_server.start()
+    nc = await nats.connect(nats_server.url)
+    try:
+        subjects: list[str] = []
+
+        async def on_msg(msg):
+            subjects.append(msg.subject)
+
+        await nc.jetstream().subscribe("registry.>", cb=on_msg, deliver_policy=DeliverPolicy.ALL)
+        await wait_for(lambda: len(subjects) >= 2, within=20, what="the node's two events")
+        await asyncio.sleep(0.3)
+        assert subjects == ["registry.node.registered", "registry.node.deregistered"]
     finally:
         await nc.close()
 
