@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -46,6 +47,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     insert,
     select,
@@ -194,6 +196,16 @@ class Outbox:
             await session.execute(update(t).where(t.c.seq.in_(list(seqs))).values(published_at=at))
 
     @db_operation
+    async def purge_published(self, before: datetime) -> int:
+        """Delete events published before ``before`` (never an unpublished one); returns how
+        many. JetStream deduplicates a re-publish only within its duplicate window, so an old
+        published row is kept for an operator's look, not for correctness."""
+        t = self.table
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(delete(t).where(t.c.published_at < before))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    @db_operation
     async def mark_failed(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
@@ -217,6 +229,7 @@ class OutboxRelay:
         batch: int = 500,
         max_failures_per_pass: int = 3,
         ready: Callable[[], bool] | None = None,
+        retain_published_s: float = 24 * 3600.0,
     ) -> None:
         self._outbox = outbox
         self._publish = publish
@@ -229,6 +242,8 @@ class OutboxRelay:
         # False while the bus is known to be disconnected: a publish then would only wait out
         # its timeout, and nats-py would still send the buffered copy after reconnecting.
         self._ready = ready
+        self._retain_s = retain_published_s
+        self._next_purge = 0.0  # time.monotonic() of the next purge of published rows
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()
         self.last_pass_failed = False
@@ -307,6 +322,7 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.publish_pending()
+                await self._purge_now_and_then()
             except Exception:
                 self.last_pass_failed = True
                 log.exception("outbox.pass_failed")
@@ -316,6 +332,17 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()
+
+    async def _purge_now_and_then(self) -> None:
+        # Published rows would otherwise pile up for ever; once a minute is plenty.
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + min(60.0, self._retain_s)
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._retain_s)
+        purged = await self._outbox.purge_published(cutoff)
+        if purged:
+            log.info("outbox.purged", events=purged)
 
 
 def _raise_if_cancelling() -> None:

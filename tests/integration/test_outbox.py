@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import nats
@@ -70,6 +71,10 @@ async def test_a_failure_holds_back_its_aggregate_only_and_order_holds(tmp_path)
         assert await relay.publish_pending() == 2
         assert sent == ["a/1", "b/1", "b/2", "a/2", "a/3"]
         assert await relay.publish_pending() == 0 and not relay.last_pass_failed
+        # Published rows are purged after their retention; pending ones never are.
+        await outbox.emit(_event("c", 1))
+        assert await outbox.purge_published(datetime.now(UTC) + timedelta(seconds=1)) == 5
+        assert await outbox.count_pending() == 1
     finally:
         await db.dispose()
 
