@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -20,6 +21,7 @@ import pytest
 from pocgrid.client import Client, NoLocalMeshError
 from pocgrid.meshstate import MeshState, pid_alive
 from pocgrid.v1 import common_pb2, scheduler_pb2
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,14 +160,24 @@ def test_tenants_readme_example_restarts_and_status_without_registry(tmp_path: P
     assert not [p for p in pids if pid_alive(p)]
 
 
-async def _stream_messages(nats_url: str) -> dict[str, int]:
+async def _stream_messages(
+    nats_url: str, until: Callable[[dict[str, int]], bool], within_s: float = 30.0
+) -> dict[str, int]:
+    """The registry and scheduler streams' message counts, once ``until`` holds: the outbox
+    relays publish after the RPC that wrote the event has returned, so a count read at once
+    can still miss it."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        return {
-            name: (await js.stream_info(name)).state.messages
-            for name in ("POCGRID_REGISTRY", "POCGRID_SCHEDULER")
-        }
+        counts: dict[str, int] = {}
+
+        async def read() -> bool:
+            for name in ("POCGRID_REGISTRY", "POCGRID_SCHEDULER"):
+                counts[name] = (await js.stream_info(name)).state.messages
+            return until(counts)
+
+        await wait_for(read, within=within_s, every=0.2, what="the outbox events in the streams")
+        return dict(counts)
     finally:
         await nc.close()
 
@@ -186,8 +198,12 @@ def test_data_dir_keeps_databases_and_streams_across_down_and_up(tmp_path: Path)
                     idempotency_key="data-dir-1",
                 )
             ).job
-        before = asyncio.run(_stream_messages(_state(home).nats_url))
-        assert before["POCGRID_REGISTRY"] >= 1 and before["POCGRID_SCHEDULER"] >= 1
+        before = asyncio.run(
+            _stream_messages(
+                _state(home).nats_url,
+                lambda c: c["POCGRID_REGISTRY"] >= 1 and c["POCGRID_SCHEDULER"] >= 1,
+            )
+        )
     finally:
         assert _cli(env, "down").returncode == 0
     assert (data / "data").is_dir() and (data / "nats" / "jetstream").is_dir()
@@ -198,8 +214,15 @@ def test_data_dir_keeps_databases_and_streams_across_down_and_up(tmp_path: Path)
         with Client.from_local_mesh(home) as pg:
             jobs = pg.scheduler.ListJobs(scheduler_pb2.ListJobsRequest()).jobs
         assert job.job_id in {j.job_id for j in jobs}
-        after = asyncio.run(_stream_messages(_state(home).nats_url))
-        assert after["POCGRID_SCHEDULER"] >= before["POCGRID_SCHEDULER"]
-        assert after["POCGRID_REGISTRY"] > before["POCGRID_REGISTRY"]  # kept, and one more up
+        # Kept across down/up, and the second up's node registration added one more.
+        asyncio.run(
+            _stream_messages(
+                _state(home).nats_url,
+                lambda c: (
+                    c["POCGRID_SCHEDULER"] >= before["POCGRID_SCHEDULER"]
+                    and c["POCGRID_REGISTRY"] > before["POCGRID_REGISTRY"]
+                ),
+            )
+        )
     finally:
         assert _cli(env, "down").returncode == 0
