@@ -1,0 +1,374 @@
+"""Meters, versioned price books, charge models and time-of-use multipliers (pure: no I/O).
+
+Quantities are integers in each meter's unit (tokens, samples, device-microseconds,
+byte-seconds), so sums are exact. Money is exact too: every charge is computed with
+``fractions.Fraction`` and rounded once, to ``MONEY_PLACES`` decimal places (half to even),
+when it becomes a ``Decimal``.
+
+Charge models (Lago's names), each over the total quantity ``Q`` of one meter, chip type and
+billing period:
+
+- ``Standard(unit_price)``: ``Q * unit_price``.
+- ``Graduated(tiers)``: each unit is priced by the tier it falls in; a tier's flat fee is
+  charged once when any unit reaches it.
+- ``Volume(tiers)``: every unit is priced at the tier that ``Q`` falls in, plus that tier's flat
+  fee (nothing for ``Q == 0``).
+- ``Package(size, price, free_units)``: ``ceil((Q - free_units) / size)`` packages.
+
+Time of use: each quantity is attributed to the tariff period (peak, flat, valley) of the
+instant its usage ended (the window rule of the store: usage counts where it ended). The
+charge of the period's total is then weighted by the quantities' multipliers:
+``charge = base(Q) * sum(q_p * m_p) / Q``. For ``Standard`` this is exactly
+``sum(q_p * unit_price * m_p)``; for tiered models the tier is chosen by the whole quantity
+(a team is not pushed into a dearer tier by splitting its work over periods) and the
+multiplier is the quantity-weighted mean.
+
+Price books are versioned: ``PriceBooks.at(t)`` is the book in force at ``t``, and every
+``Charge`` names the version it was priced with.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Final
+
+MONEY_PLACES: Final = 6
+"""Decimal places of a rounded charge (micro-units of the currency)."""
+ANY_CHIP: Final = "*"
+"""A price book entry for every chip type without its own."""
+
+
+class Unit(enum.StrEnum):
+    TOKEN = "token"
+    SAMPLE = "sample"
+    DEVICE_MICROSECOND = "device_us"
+    BYTE_SECOND = "byte_second"
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    name: str
+    unit: Unit
+    source_field: str
+    """The usage record's field it sums."""
+    scale: int = 1
+    """Integer units per unit of the source field (1e6 device-us per device-second)."""
+
+    def quantity(self, value: float | int) -> int:
+        """The record field's value in this meter's integer unit."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{self.source_field} is not finite: {value!r}")
+        if value < 0:
+            raise ValueError(f"{self.source_field} < 0: {value!r}")
+        if isinstance(value, int):
+            return value * self.scale
+        # Fraction(value) is the float's exact value, so rounding happens once, here.
+        return round(Fraction(value) * self.scale)
+
+
+METERS: Final[Mapping[str, Meter]] = {
+    m.name: m
+    for m in (
+        Meter("input_tokens", Unit.TOKEN, "tokens_in"),
+        Meter("output_tokens", Unit.TOKEN, "tokens_out"),
+        Meter("samples", Unit.SAMPLE, "samples"),
+        Meter("busy_device_us", Unit.DEVICE_MICROSECOND, "busy_device_seconds", 1_000_000),
+        Meter("memory_byte_seconds", Unit.BYTE_SECOND, "memory_gib_seconds", 1 << 30),
+    )
+}
+"""The meters of a usage record, by name."""
+
+
+def record_quantities(record: object) -> dict[str, int]:
+    """Every meter's integer quantity in one usage record (or event, or row)."""
+    return {name: m.quantity(getattr(record, m.source_field)) for name, m in METERS.items()}
+
+
+# --- charge models -----------------------------------------------------------------------------
+
+
+def _price(value: Decimal | int | str) -> Fraction:
+    d = Decimal(value)
+    if not d.is_finite() or d < 0:
+        raise ValueError(f"price must be finite and >= 0, got {value!r}")
+    return Fraction(d)
+
+
+def _check_quantity(quantity: int) -> None:
+    if quantity < 0:
+        raise ValueError(f"quantity must be >= 0, got {quantity}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    up_to: int | None
+    """Last unit of the tier (inclusive); None for the last, unbounded tier."""
+    unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)
+
+
+def _check_tiers(tiers: Sequence[Tier]) -> None:
+    if not tiers:
+        raise ValueError("at least one tier is needed")
+    if tiers[-1].up_to is not None:
+        raise ValueError("the last tier must be unbounded (up_to=None)")
+    last = 0
+    for tier in tiers[:-1]:
+        if tier.up_to is None or tier.up_to <= last:
+            raise ValueError("tiers must have increasing up_to > 0; only the last is unbounded")
+        last = tier.up_to
+    for tier in tiers:
+        _price(tier.unit_price)
+        _price(tier.flat_fee)
+
+
+@dataclass(frozen=True, slots=True)
+class Standard:
+    unit_price: Decimal
+
+    def __post_init__(self) -> None:
+        _price(self.unit_price)
+
+    def charge(self, quantity: int) -> Fraction:
+        _check_quantity(quantity)
+        return quantity * _price(self.unit_price)
+
+
+@dataclass(frozen=True, slots=True)
+class Graduated:
+    tiers: tuple[Tier, ...]
+
+    def __post_init__(self) -> None:
+        _check_tiers(self.tiers)
+
+    def charge(self, quantity: int) -> Fraction:
+        _check_quantity(quantity)
+        total = Fraction(0)
+        lower = 0
+        for tier in self.tiers:
+            if quantity <= lower:
+                break
+            upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
+            total += (upper - lower) * _price(tier.unit_price) + _price(tier.flat_fee)
+            lower = upper if tier.up_to is None else tier.up_to
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    tiers: tuple[Tier, ...]
+
+    def __post_init__(self) -> None:
+        _check_tiers(self.tiers)
+
+    def charge(self, quantity: int) -> Fraction:
+        _check_quantity(quantity)
+        if quantity == 0:
+            return Fraction(0)
+        for tier in self.tiers:
+            if tier.up_to is None or quantity <= tier.up_to:
+                return quantity * _price(tier.unit_price) + _price(tier.flat_fee)
+        raise AssertionError("unreachable: the last tier is unbounded")
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    size: int
+    price: Decimal
+    free_units: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError("package size must be > 0")
+        if self.free_units < 0:
+            raise ValueError("free_units must be >= 0")
+        _price(self.price)
+
+    def charge(self, quantity: int) -> Fraction:
+        _check_quantity(quantity)
+        billable = max(0, quantity - self.free_units)
+        return -(-billable // self.size) * _price(self.price)
+
+
+ChargeModel = Standard | Graduated | Volume | Package
+
+
+# --- time of use -------------------------------------------------------------------------------
+
+
+class Period(enum.StrEnum):
+    PEAK = "peak"
+    FLAT = "flat"
+    VALLEY = "valley"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeOfUse:
+    """A daily tariff: which period each hour of the day is in, and each period's multiplier.
+
+    ``hours`` maps the start hour (0..23, local time at ``utc_offset``) of each band to its
+    period; a band runs until the next start hour (wrapping at midnight). Hour 0 need not be a
+    start: the band before midnight wraps into it.
+    """
+
+    hours: Mapping[int, Period]
+    multipliers: Mapping[Period, Decimal]
+    utc_offset: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        if not self.hours:
+            raise ValueError("a time-of-use tariff needs at least one band")
+        for hour in self.hours:
+            if not 0 <= hour <= 23:
+                raise ValueError(f"band start hour {hour} is not in 0..23")
+        for period in set(self.hours.values()):
+            if period not in self.multipliers:
+                raise ValueError(f"no multiplier for period {period}")
+            _price(self.multipliers[period])
+
+    def period(self, at: datetime) -> Period:
+        if at.tzinfo is None:
+            raise ValueError("time-of-use needs an aware datetime")
+        hour = (at.astimezone(UTC) + self.utc_offset).hour
+        starts = sorted(self.hours)
+        before = [h for h in starts if h <= hour]
+        return self.hours[before[-1] if before else starts[-1]]
+
+    def multiplier(self, period: Period) -> Fraction:
+        return _price(self.multipliers[period])
+
+
+FLAT_RATE: Final = TimeOfUse({0: Period.FLAT}, {Period.FLAT: Decimal(1)})
+"""No time of use: every hour flat, multiplier 1."""
+
+
+# --- price books -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    model: ChargeModel
+    time_of_use: TimeOfUse = FLAT_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBook:
+    version: str
+    effective_from: datetime
+    currency: str
+    prices: Mapping[tuple[str, str], Price]
+    """(chip type or ANY_CHIP, meter name) -> price."""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            raise ValueError("a price book needs a version")
+        if self.effective_from.tzinfo is None:
+            raise ValueError("effective_from must be an aware datetime")
+        for _chip, meter in self.prices:
+            if meter not in METERS:
+                raise ValueError(f"unknown meter {meter!r}; known: {', '.join(METERS)}")
+
+    def price(self, chip: str, meter: str) -> Price | None:
+        """The chip's own price for the meter, else the book's price for any chip, else None."""
+        return self.prices.get((chip, meter)) or self.prices.get((ANY_CHIP, meter))
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBooks:
+    """Every version of the price book, each in force from its ``effective_from``."""
+
+    books: tuple[PriceBook, ...]
+
+    def __post_init__(self) -> None:
+        versions = [b.version for b in self.books]
+        if len(set(versions)) != len(versions):
+            raise ValueError("price book versions must be unique")
+        starts = [b.effective_from for b in self.books]
+        if starts != sorted(starts) or len(set(starts)) != len(starts):
+            raise ValueError("price books must be in strictly increasing effective_from order")
+
+    def at(self, when: datetime) -> PriceBook:
+        current: PriceBook | None = None
+        for book in self.books:
+            if book.effective_from <= when:
+                current = book
+        if current is None:
+            raise LookupError(f"no price book is in force at {when.isoformat()}")
+        return current
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One metered quantity: how much of a meter a chip type used, ending at ``ended_at``."""
+
+    chip: str
+    meter: str
+    quantity: int
+    ended_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    chip: str
+    meter: str
+    unit: Unit
+    quantity: int
+    by_period: Mapping[Period, int]
+    amount: Decimal
+    currency: str
+    price_version: str
+    exact: Fraction = field(repr=False)
+    """The amount before rounding."""
+
+
+def round_money(value: Fraction) -> Decimal:
+    """``value`` to MONEY_PLACES decimal places, half to even, exactly (Fraction's round)."""
+    units = round(value * 10**MONEY_PLACES)
+    return Decimal(units).scaleb(-MONEY_PLACES)
+
+
+def rate(book: PriceBook, usage: Iterable[Usage]) -> list[Charge]:
+    """Charges of one billing period's usage under one price book: one per (chip, meter),
+    sorted by chip then meter. Raises LookupError for usage the book has no price for."""
+    grouped: dict[tuple[str, str], dict[Period, int]] = {}
+    for u in usage:
+        if u.meter not in METERS:
+            raise ValueError(f"unknown meter {u.meter!r}")
+        _check_quantity(u.quantity)
+        price = book.price(u.chip, u.meter)
+        if price is None:
+            raise LookupError(
+                f"price book {book.version} has no price for meter {u.meter} on chip {u.chip}"
+            )
+        period = price.time_of_use.period(u.ended_at)
+        periods = grouped.setdefault((u.chip, u.meter), {})
+        periods[period] = periods.get(period, 0) + u.quantity
+    charges: list[Charge] = []
+    for (chip, meter), periods in sorted(grouped.items()):
+        price = book.price(chip, meter)
+        assert price is not None
+        total = sum(periods.values())
+        exact = Fraction(0)
+        if total:
+            weighted = sum(q * price.time_of_use.multiplier(p) for p, q in periods.items())
+            exact = price.model.charge(total) * weighted / total
+        charges.append(
+            Charge(
+                chip=chip,
+                meter=meter,
+                unit=METERS[meter].unit,
+                quantity=total,
+                by_period=dict(periods),
+                amount=round_money(exact),
+                currency=book.currency,
+                price_version=book.version,
+                exact=exact,
+            )
+        )
+    return charges
