@@ -15,6 +15,7 @@ from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import admin, queries
 from pocgrid.cli.output import fail
 from pocgrid.cli.target import NoMeshError
+from pocgrid.cli.usage import register as register_usage
 from pocgrid.comm.cli import register as register_comm
 from pocgrid.perf.cli import register as register_perf
 
@@ -119,6 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
     p.set_defaults(func=_local_mesh_command("demo"))
 
+    register_usage(sub)
     register_perf(sub)
     register_adapt(sub)
     register_comm(sub)
