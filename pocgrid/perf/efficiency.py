@@ -17,13 +17,13 @@ from importlib import resources
 from typing import Final, Literal, TypeAlias, cast
 
 from pocgrid.catalog import Chip
-from pocgrid.perf.errors import UnsupportedInput
+from pocgrid.perf.errors import UnknownNameInput, UnsupportedInput
 
 Status: TypeAlias = Literal["measured", "spec-derived", "estimated"]
 STATUSES: Final[tuple[Status, ...]] = ("measured", "spec-derived", "estimated")
 
 DATA_FILE: Final = "efficiency.json"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 TERA: Final = 1e12
 GIGA: Final = 1e9
@@ -64,6 +64,12 @@ class PerfParams:
     """Share of the extra query heads of a grouped-query attention group that read their KV
     head from memory again in decode: 0 when the kernel loads each KV head once per group,
     1 when it loads it once per query head."""
+    moe_gemm_efficiency: float
+    """Share of the dense GEMM rate that routed-expert GEMMs reach (token permutation,
+    grouped GEMMs of uneven size, routing)."""
+    request_overhead_s: float
+    """Seconds between a request leaving the client and reaching the engine's queue (HTTP or
+    gRPC front end, tokenisation): part of every TTFT and latency, none of TPOT."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -109,6 +115,58 @@ class ChipCeilings:
     """Per direction (half the catalogue's bidirectional figure)."""
 
 
+Batching: TypeAlias = Literal["static", "in-flight"]
+ServingValue: TypeAlias = float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class StackProfile:
+    """The software a prediction assumes: (chip families, serving stack, version).
+
+    Software moves as fast as silicon, so the global parameters that describe software rather
+    than the chip (fixed costs, kernel quality, scheduler settings) belong to a profile, and
+    every prediction names the profile it used.
+    """
+
+    name: str
+    families: tuple[str, ...]
+    """Vendor families the profile describes; ``*`` for any."""
+    stack: str
+    version: str
+    batching: Batching
+    basis: str
+    """How its numbers were obtained: calibrated on which rows, or assumed from which profile
+    and why."""
+    params: PerfParams
+    provenance: Mapping[str, tuple[str, str]]
+    """Parameter -> (status, reason), for the parameters the profile sets itself."""
+    serving: Mapping[str, ServingValue]
+    """Engine settings (ServingConfig field -> value) the stack runs with by default."""
+    inherits: str | None = None
+
+    def covers(self, family: str) -> bool:
+        return "*" in self.families or family in self.families
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "families": list(self.families),
+            "stack": self.stack,
+            "version": self.version,
+            "batching": self.batching,
+            "basis": self.basis,
+            "inherits": self.inherits,
+        }
+
+
+STATIC_PROFILE: Final = "trtllm-0.6-static"
+"""The profile fitted on TensorRT-LLM 0.5/0.6 static-batch tables: the default for static
+batches, and the one every figure before profiles existed used."""
+CURRENT_PROFILE: Final = "trtllm-0.17-ifb"
+"""The current in-flight-batching profile, the default for serving modes on any chip whose
+family has no profile of its own."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     share: float | None
@@ -133,8 +191,11 @@ class EfficiencyData:
         provenance: Mapping[str, tuple[str, str]],
         chips: Mapping[str, _ChipFactors],
         measurements: tuple[Mapping[str, object], ...],
+        profiles: Mapping[str, StackProfile] | None = None,
     ) -> None:
         self.params = params
+        self.profiles: dict[str, StackProfile] = dict(profiles or {})
+        """Software-stack profiles by name (their params already resolved)."""
         self.provenance = dict(provenance)
         """Parameter name -> (status, reason)."""
         self._chips = dict(chips)
@@ -174,11 +235,40 @@ class EfficiencyData:
         if not isinstance(raw_measurements, list):
             raise ValueError(f"{DATA_FILE}: measurements must be a list")
         measurements = tuple(_obj(m, "measurements[]") for m in raw_measurements)
-        return cls(PerfParams(**values), provenance, chips, measurements)
+        params = PerfParams(**values)
+        profiles = _profiles(_obj(doc.get("profiles"), "profiles"), params, provenance)
+        return cls(params, provenance, chips, measurements, profiles)
 
     def with_params(self, params: PerfParams) -> EfficiencyData:
         """The same per-chip factors and measurements under other global parameters."""
-        return EfficiencyData(params, self.provenance, self._chips, self.measurements)
+        return EfficiencyData(
+            params, self.provenance, self._chips, self.measurements, self.profiles
+        )
+
+    def with_profile(self, profile: StackProfile) -> EfficiencyData:
+        """A copy with ``profile`` added or replaced (calibration and tests)."""
+        profiles = {**self.profiles, profile.name: profile}
+        return EfficiencyData(
+            self.params, self.provenance, self._chips, self.measurements, profiles
+        )
+
+    def profile(self, name: str) -> StackProfile:
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise UnknownNameInput(
+                "profile", f"no profile {name!r} (known: {', '.join(sorted(self.profiles))})"
+            ) from None
+
+    def default_profile(self, family: str, batching: Batching) -> StackProfile:
+        """The profile a prediction uses when none is named: static batches use the static
+        profile; serving modes use the family's own in-flight profile, else the current one."""
+        if batching == "static":
+            return self.profile(STATIC_PROFILE)
+        for profile in self.profiles.values():
+            if profile.batching == "in-flight" and family in profile.families:
+                return profile
+        return self.profile(CURRENT_PROFILE)
 
     def listed_chips(self) -> tuple[str, ...]:
         """Chips with at least one non-default factor."""
@@ -374,3 +464,61 @@ def _entry(raw: object, what: str, absolute_key: str) -> _Entry:
         status=status,
         reason=_text(body.get("reason"), f"{what}.reason"),
     )
+
+
+def _profiles(
+    raw: Mapping[str, object], base: PerfParams, base_provenance: Mapping[str, tuple[str, str]]
+) -> dict[str, StackProfile]:
+    """Profiles in file order; each starts from the global parameters, or from the profile it
+    ``inherits`` (which must come earlier), and overrides some of them."""
+    out: dict[str, StackProfile] = {}
+    for name, body_raw in raw.items():
+        what = f"profiles.{name}"
+        body = _obj(body_raw, what)
+        parent_name = body.get("inherits")
+        params, provenance, serving = base, dict(base_provenance), {}
+        if parent_name is not None:
+            parent = out.get(_text(parent_name, f"{what}.inherits"))
+            if parent is None:
+                raise ValueError(f"{DATA_FILE}: {what}.inherits must name an earlier profile")
+            params, provenance, serving = (
+                parent.params,
+                dict(parent.provenance),
+                dict(parent.serving),
+            )
+        overrides: dict[str, float] = {}
+        for key, entry_raw in _obj(body.get("params", {}), f"{what}.params").items():
+            if key not in PerfParams.names():
+                raise ValueError(f"{DATA_FILE}: {what}.params.{key} is not a parameter")
+            entry = _obj(entry_raw, f"{what}.params.{key}")
+            overrides[key] = _num(entry.get("value"), f"{what}.params.{key}.value")
+            provenance[key] = (
+                _text(entry.get("status"), f"{what}.params.{key}.status"),
+                _text(entry.get("reason"), f"{what}.params.{key}.reason"),
+            )
+        for key, value in _obj(body.get("serving", {}), f"{what}.serving").items():
+            if value is not None and not isinstance(value, int | float | bool):
+                raise ValueError(f"{DATA_FILE}: {what}.serving.{key} must be a number or bool")
+            serving[key] = value
+        families = body.get("families")
+        if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
+            raise ValueError(f"{DATA_FILE}: {what}.families must be a list of strings")
+        batching = _text(body.get("batching"), f"{what}.batching")
+        if batching not in ("static", "in-flight"):
+            raise ValueError(f"{DATA_FILE}: {what}.batching must be static or in-flight")
+        out[name] = StackProfile(
+            name=name,
+            families=tuple(families),
+            stack=_text(body.get("stack"), f"{what}.stack"),
+            version=_text(body.get("version"), f"{what}.version"),
+            batching=cast("Batching", batching),
+            basis=_text(body.get("basis"), f"{what}.basis"),
+            params=params.with_values(**overrides),
+            provenance=provenance,
+            serving=serving,
+            inherits=None if parent_name is None else str(parent_name),
+        )
+    for required in (STATIC_PROFILE, CURRENT_PROFILE):
+        if required not in out:
+            raise ValueError(f"{DATA_FILE}: profiles must include {required}")
+    return out

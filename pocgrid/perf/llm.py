@@ -32,6 +32,18 @@ from pocgrid.perf.efficiency import (
 from pocgrid.perf.errors import PerfInputError, UnsupportedInput
 from pocgrid.perf.roofline import FloatArray, OpTable
 
+QUANTIZED: Final[dict[str, str]] = {
+    "w8a8": "8-bit weights and activations (SmoothQuant-style int8 GEMMs), 16-bit KV cache",
+    "w4a16": "4-bit weights in groups with a 16-bit scale each (GPTQ/AWQ), 16-bit GEMMs "
+    "after in-kernel dequantisation, 16-bit KV cache",
+}
+"""Quantised-weight schemes the cost model accepts where a precision is."""
+PERF_PRECISIONS: Final = (*PRECISIONS, *QUANTIZED)
+"""The catalogue's precisions and the quantised-weight schemes."""
+DEFAULT_GROUP_SIZE: Final = 128
+"""Weights per 16-bit scale in w4a16 (GPTQ's and AWQ's usual group)."""
+SCALE_BYTES: Final = 2.0
+
 # Step features: every operator's FLOPs and bytes are linear in these (per device).
 F_CONST: Final = 0
 F_TOKENS: Final = 1
@@ -297,11 +309,15 @@ class LlmDeployment:
         params: PerfParams | None = None,
         efficiency: EfficiencyData | None = None,
         memory_gib: float | None = None,
+        group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         """``memory_gib`` is one device's memory; default the chip table's (``predict`` and
-        ``check_fit`` pass ``Catalog.device_memory_gib``, the figure the agent emulates)."""
-        if precision not in PRECISION_BYTES:
-            raise PerfInputError("precision", f"must be one of {', '.join(PRECISIONS)}")
+        ``check_fit`` pass ``Catalog.device_memory_gib``, the figure the agent emulates).
+        ``group_size`` is the quantisation group of ``w4a16`` weights."""
+        if precision not in PERF_PRECISIONS:
+            raise PerfInputError("precision", f"must be one of {', '.join(PERF_PRECISIONS)}")
+        if group_size < 1:
+            raise PerfInputError("group_size", "must be >= 1")
         if tp < 1:
             raise PerfInputError("tp", "must be >= 1")
         self.chip = chip
@@ -321,17 +337,32 @@ class LlmDeployment:
         eff = default_efficiency() if efficiency is None else efficiency
         self.params = eff.params if params is None else params
         self._efficiency = eff
-        self.weight_bytes = PRECISION_BYTES[precision]
-        self.kv_bytes = PRECISION_BYTES[precision]
+        self.group_size = group_size
+        self.weight_bytes: float
+        if precision == "w8a8":
+            # int8 GEMMs on int8 weights and activations; the KV cache stays 16-bit.
+            gemm_precision = "int8"
+            self.weight_bytes, self.kv_bytes = 1.0, 2.0
+        elif precision == "w4a16":
+            # Weights are stored in 4 bits plus one 16-bit scale per group and dequantised
+            # inside the GEMM, which runs at the 16-bit rate.
+            gemm_precision = "bf16" if chip.peak("fp16") is None and chip.peak("bf16") else "fp16"
+            self.weight_bytes, self.kv_bytes = 0.5 + SCALE_BYTES / group_size, 2.0
+        else:
+            gemm_precision = precision
+            self.weight_bytes = float(PRECISION_BYTES[precision])
+            self.kv_bytes = float(PRECISION_BYTES[precision])
+        self.gemm_precision = gemm_precision
         self.act_bytes = 4 if precision in ("fp32", "tf32") else 2
         # Quantised deployments keep the LM head in 16 bits (it is accuracy-critical).
-        self.lm_head_bytes = self.act_bytes if precision in LOW_PRECISIONS else self.weight_bytes
+        quantized = precision in LOW_PRECISIONS or precision in QUANTIZED
+        self.lm_head_bytes = self.act_bytes if quantized else self.weight_bytes
 
     @cached_property
     def ceilings(self) -> ChipCeilings:
         """Achieved rates at this precision; raises UnsupportedInput when the catalogue lacks a
         number speed needs (a peak at the precision). Memory sizing does not need them."""
-        return self._efficiency.ceilings(self.chip, self.precision, self.params)
+        return self._efficiency.ceilings(self.chip, self.gemm_precision, self.params)
 
     # -- per-device sizes -------------------------------------------------------------------
 
@@ -439,7 +470,7 @@ class LlmDeployment:
             b[F_TOKENS] = s.dense_ffn_layers * (2 * s.hidden + ffn_mats_io * s.ffn_width / tp) * ab
         if s.moe is not None and s.moe_layers:
             moe = s.moe
-            f, b, _ = add("moe experts", gemm_rate)
+            f, b, _ = add("moe experts", gemm_rate * self.params.moe_gemm_efficiency)
             active = moe.experts_per_token * moe.expert_weights + moe.shared_weights
             f[F_TOKENS] = s.moe_layers * 2 * active / tp
             b[F_CONST] = s.moe_layers * moe.shared_weights / tp * wb
@@ -519,16 +550,29 @@ class LlmDeployment:
         x[F_EXPERTS] = self.experts_loaded(tokens)
         return x
 
-    def decode_features(self, batch: int, cached: FloatArray) -> FloatArray:
-        """Decode steps of ``batch`` sequences; column j has ``cached[j]`` tokens in cache."""
+    def decode_features(self, batch: int, cached: FloatArray, draft_tokens: int = 0) -> FloatArray:
+        """Decode steps of ``batch`` sequences; column j has ``cached[j]`` tokens in cache.
+
+        With ``draft_tokens`` k > 0 each step is a speculative verification: every sequence
+        runs k + 1 query tokens through the model (k drafted + the next one) in one pass.
+        The weights and each cached KV byte are still read once; GEMMs, the LM head and the
+        extra queries' attention math grow k + 1 fold (the extra queries are priced as
+        prefill-like query-key pairs over the cached context).
+        """
         steps = cached.shape[0]
         x = np.zeros((len(FEATURES), steps))
         attended = cached + 1.0
         window = self.shape.sliding_window
+        per_seq = 1 + draft_tokens
         x[F_CONST] = 1.0
-        x[F_TOKENS] = batch
-        x[F_LOGITS] = batch
+        x[F_TOKENS] = batch * per_seq
+        x[F_LOGITS] = batch * per_seq
         x[F_DEC_CTX] = batch * attended
-        x[F_DEC_CTX_WIN] = batch * (attended if window is None else np.minimum(attended, window))
-        x[F_EXPERTS] = self.experts_loaded(batch)
+        capped = attended if window is None else np.minimum(attended, window)
+        x[F_DEC_CTX_WIN] = batch * capped
+        if draft_tokens:
+            x[F_PRE_PAIRS] = batch * draft_tokens * attended
+            x[F_PRE_PAIRS_WIN] = batch * draft_tokens * capped
+            x[F_PRE_TOKENS] = batch * draft_tokens
+        x[F_EXPERTS] = self.experts_loaded(batch * per_seq)
         return x

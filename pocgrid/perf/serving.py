@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -45,6 +45,7 @@ from pocgrid.perf.llm import (
     window_sum,
 )
 from pocgrid.perf.roofline import FloatArray
+from pocgrid.perf.static_batch import SpecDecoding
 
 IntArray = NDArray[np.int64]
 
@@ -68,6 +69,14 @@ class ServingConfig:
     """Split long prompts across steps and mix them with decodes (vLLM V1)."""
     gpu_memory_utilization: float = 0.9
     """Share of device memory the engine may use (weights + activations + KV cache)."""
+    kv_cache_free_fraction: float | None = None
+    """When set, the KV cache gets this share of the memory left after weights, activations
+    and the reserve (TensorRT-LLM's ``kv_cache_free_gpu_mem_fraction``) instead of
+    ``gpu_memory_utilization`` of the whole device (vLLM)."""
+    reserve_kv_at_admission: bool = False
+    """Reserve a request's whole KV cache (prompt + every output token) when it is admitted, so
+    it is never preempted (TensorRT-LLM's GUARANTEED_NO_EVICT scheduler); False allocates
+    blocks as tokens arrive and preempts the newest request when they run out (vLLM)."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -78,6 +87,8 @@ class ServingConfig:
             raise PerfInputError("block_size", "must be >= 1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise PerfInputError("gpu_memory_utilization", "must be in (0, 1]")
+        if self.kv_cache_free_fraction is not None and not 0.0 < self.kv_cache_free_fraction <= 1:
+            raise PerfInputError("kv_cache_free_fraction", "must be in (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +98,14 @@ class Workload:
     arrival_s: FloatArray
     input_len: IntArray
     output_len: IntArray
+    concurrency: int | None = None
+    """Closed loop: this many clients, each sending its next request the moment its previous
+    one finishes (``--max-concurrency``); ``arrival_s`` is then ignored and the realised
+    arrivals are in the result's workload."""
 
     def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise PerfInputError("concurrency", "must be >= 1")
         n = self.arrival_s.shape[0]
         if n < 1:
             raise PerfInputError("requests", "must be >= 1")
@@ -111,6 +128,20 @@ class Workload:
         if n < 1:
             raise PerfInputError("requests", "must be >= 1")
         return cls(np.zeros(n), np.full(n, input_len, np.int64), np.full(n, output_len, np.int64))
+
+    @classmethod
+    def closed_loop(cls, n: int, concurrency: int, input_len: int, output_len: int) -> Workload:
+        """Fixed concurrency: ``concurrency`` clients keep one request each in flight."""
+        if n < 1:
+            raise PerfInputError("requests", "must be >= 1")
+        if concurrency < 1:
+            raise PerfInputError("concurrency", "must be >= 1")
+        return cls(
+            np.zeros(n),
+            np.full(n, input_len, np.int64),
+            np.full(n, output_len, np.int64),
+            concurrency=concurrency,
+        )
 
     @classmethod
     def poisson(cls, n: int, qps: float, input_len: int, output_len: int, seed: int) -> Workload:
@@ -204,6 +235,11 @@ class SimResult:
     """Integral of the engine's running-request count over time."""
     peak_kv_blocks: int
     """Most KV blocks in use at once."""
+    step_tokens: FloatArray
+    """Output tokens each engine step emitted (an expectation under speculative decoding)."""
+    last_admission_s: float
+    """End of the last step after which requests were still waiting or yet to arrive: from
+    here on the engine only drains what it holds."""
     _summary: ServingSummary | None = field(default=None, repr=False)
 
     @property
@@ -267,22 +303,46 @@ class SimResult:
 
 def kv_cache_blocks(deployment: LlmDeployment, config: ServingConfig) -> int:
     """KV blocks per replica: memory left after weights, activations and reserve."""
-    budget = deployment.memory_gib * GIB_BYTES * config.gpu_memory_utilization
+    memory = deployment.memory_gib * GIB_BYTES
     used = (
         deployment.weights_bytes_device()
         + deployment.activation_bytes(config.max_num_batched_tokens, config.max_num_seqs)
         + deployment.params.runtime_reserve_gib * GIB_BYTES
     )
+    if config.kv_cache_free_fraction is not None:
+        kv_budget = (memory - used) * config.kv_cache_free_fraction
+    else:
+        kv_budget = memory * config.gpu_memory_utilization - used
     block_bytes = config.block_size * deployment.kv_bytes_per_token_device()
-    return max(0, int((budget - used) // block_bytes))
+    return max(0, int(kv_budget // block_bytes))
+
+
+def request_concurrency(
+    deployment: LlmDeployment, config: ServingConfig, input_len: int, output_len: int
+) -> int:
+    """Requests of these lengths one replica can hold at once: the sequence limit, or the
+    KV cache divided by one whole request's blocks (0 when one does not fit)."""
+    per_request = _blocks(input_len + output_len, config.block_size)
+    return min(config.max_num_seqs, kv_cache_blocks(deployment, config) // per_request)
 
 
 def _blocks(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
-def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfig) -> SimResult:
-    """Run ``workload`` through one replica of ``deployment`` and return what happened."""
+def simulate(
+    deployment: LlmDeployment,
+    workload: Workload,
+    config: ServingConfig,
+    spec: SpecDecoding | None = None,
+) -> SimResult:
+    """Run ``workload`` through one replica of ``deployment`` and return what happened.
+
+    With ``spec`` every decode step is a speculative verification that emits, on average,
+    ``acceptance_length`` tokens per sequence; it needs ``reserve_kv_at_admission`` (the KV a
+    request will hold is then known whatever the acceptance) and a model without sliding
+    windows. ``token_times`` then gives one time per verification step.
+    """
     bs = config.block_size
     total_blocks = kv_cache_blocks(deployment, config)
     longest = int((workload.input_len + workload.output_len).max())
@@ -301,8 +361,29 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
     table = deployment.op_table
     window = deployment.shape.sliding_window
     moe = deployment.shape.moe
+    reserve = config.reserve_kv_at_admission
+    accept = 1.0 if spec is None else spec.acceptance_length
+    drafted = 0 if spec is None else spec.drafted
+    speculative = drafted > 0 or accept != 1.0
+    draft_cost = 0.0 if spec is None else spec.draft_cost * drafted
+    if speculative and not reserve:
+        raise UnsupportedInput(
+            "acceptance_length",
+            "speculative decoding in the simulator needs reserve_kv_at_admission",
+        )
+    if speculative and window is not None:
+        raise UnsupportedInput(
+            "acceptance_length", "speculative decoding is not simulated for sliding windows"
+        )
     n = workload.size
-    arrival = workload.arrival_s.tolist()
+    closed = workload.concurrency
+    # The engine sees a request once the front end has handed it over.
+    front = deployment.params.request_overhead_s
+    arrival = (workload.arrival_s + front).tolist()
+    if closed is not None:
+        # The first ``closed`` clients send at t=0; each later request follows a completion.
+        arrival = [front if i < closed else math.inf for i in range(n)]
+    released = min(n, closed) if closed is not None else n
     prompt_len = workload.input_len.tolist()
     out_len = workload.output_len.tolist()
 
@@ -330,6 +411,8 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
     s = 0
     n_dec = 0
     k_sum = 0  # sum(ctx0 - s0): decode contexts sum to k_sum + n_dec * s
+    c_sum = 0  # sum(ctx0) and sum(s0), for speculative steps (context grows by accept)
+    s0_sum = 0
     phase = [0] * bs
     finish_at: dict[int, list[tuple[int, int]]] = {}
     n_under = 0  # decode sequences still inside the sliding window
@@ -338,7 +421,9 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
     under = [False] * n
 
     step_end: list[float] = []
+    step_tokens: list[float] = []  # output tokens emitted by each step
     decode_steps: list[int] = []
+    last_admission_step = -1
     now = 0.0
     running_seconds = 0.0
     next_arrival = 0
@@ -346,14 +431,21 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
     x = np.zeros(len(FEATURES))
     x[F_CONST] = 1.0
 
+    def decode_steps_left(rid: int) -> int:
+        remaining = out_len[rid] - gen0[rid]
+        return math.ceil(remaining / accept) if speculative else remaining
+
     def enter_decode(rid: int, start: int) -> None:
-        nonlocal n_dec, k_sum, n_under, k_under
+        nonlocal n_dec, k_sum, n_under, k_under, c_sum, s0_sum
         state[rid] = _DECODE
         s0[rid], ctx0[rid], gen0[rid] = start, prompt_eff[rid], generated[rid]
         n_dec += 1
         k_sum += ctx0[rid] - start
-        phase[(ctx0[rid] - start) % bs] += 1
-        last = start + out_len[rid] - gen0[rid] - 1
+        c_sum += ctx0[rid]
+        s0_sum += start
+        if not reserve:
+            phase[(ctx0[rid] - start) % bs] += 1
+        last = start + decode_steps_left(rid) - 1
         finish_at.setdefault(last, []).append((rid, version[rid]))
         if window is not None:
             cross = start + window - ctx0[rid]
@@ -365,19 +457,28 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
 
     def leave_decode(rid: int, at: int) -> int:
         """Drop ``rid`` from the decode aggregates at counter ``at``; returns its blocks."""
-        nonlocal n_dec, k_sum, n_under, k_under
+        nonlocal n_dec, k_sum, n_under, k_under, c_sum, s0_sum
         n_dec -= 1
         k_sum -= ctx0[rid] - s0[rid]
-        phase[(ctx0[rid] - s0[rid]) % bs] -= 1
+        c_sum -= ctx0[rid]
+        s0_sum -= s0[rid]
+        if not reserve:
+            phase[(ctx0[rid] - s0[rid]) % bs] -= 1
         if under[rid]:
             under[rid] = False
             n_under -= 1
             k_under -= ctx0[rid] - s0[rid]
-        generated[rid] = gen0[rid] + at - s0[rid]
+        if speculative:
+            generated[rid] = min(out_len[rid], gen0[rid] + math.ceil(accept * (at - s0[rid])))
+        else:
+            generated[rid] = gen0[rid] + at - s0[rid]
         opened = run_open[rid]
         if opened is not None:
             runs[rid].append((opened[0], opened[1], at))
             run_open[rid] = None
+        if reserve:
+            blocks, held[rid] = held[rid], 0
+            return blocks
         return _blocks(ctx0[rid] + at - s0[rid], bs)
 
     def preempt(rid: int) -> None:
@@ -434,7 +535,7 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
             while waiting and len(running) < config.max_num_seqs:
                 rid = waiting[0]
                 p = prompt_eff[rid]
-                need = _blocks(p, bs)
+                need = _blocks(p + out_len[rid] - generated[rid] if reserve else p, bs)
                 if p > budget or need > free:
                     break
                 waiting.popleft()
@@ -446,7 +547,7 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 chunks.append((rid, 0, p))
                 budget -= p
         if not chunks and n_dec:
-            need = phase[(-s) % bs]
+            need = 0 if reserve else phase[(-s) % bs]
             while free < need:
                 # Preempting a decoding request also removes its own block need.
                 preempt(next(reversed(running)))
@@ -462,7 +563,7 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 if rid not in prefilling:  # preempted to make room for an earlier one
                     continue
                 c = min(prompt_eff[rid] - done[rid], budget)
-                need = _blocks(done[rid] + c, bs) - held[rid]
+                need = max(0, _blocks(done[rid] + c, bs) - held[rid])
                 if not make_room(need, rid):
                     preempt(rid)
                     continue
@@ -473,7 +574,9 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
             while waiting and budget > 0 and len(running) < config.max_num_seqs:
                 rid = waiting[0]
                 c = min(prompt_eff[rid], budget)
-                need = _blocks(c, bs)
+                need = _blocks(
+                    prompt_eff[rid] + out_len[rid] - generated[rid] if reserve else c, bs
+                )
                 if need > free:
                     break
                 waiting.popleft()
@@ -486,6 +589,8 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 budget -= c
         if not chunks and not decoding:
             raise RuntimeError("scheduler made no progress; KV-cache accounting is inconsistent")
+        if waiting or next_arrival < n:
+            last_admission_step = len(step_end)
 
         # -- price the step ------------------------------------------------------------
         tokens = n_dec if decoding else 0
@@ -500,10 +605,17 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 pairs_win += window_sum(start + 1, start + c, window)
             if start + c == prompt_eff[rid]:
                 logits += 1
+        if decoding and speculative:
+            # Each sequence verifies its drafts: k + 1 query tokens through the model.
+            tokens += drafted * n_dec
+            logits += drafted * n_dec
         x[F_TOKENS] = tokens
         x[F_LOGITS] = logits
         if decoding:
-            ctx_sum = k_sum + n_dec * (s + 1)
+            if speculative:
+                ctx_sum = c_sum + accept * (n_dec * s - s0_sum) + n_dec
+            else:
+                ctx_sum = k_sum + n_dec * (s + 1)
             x[F_DEC_CTX] = ctx_sum
             if window is not None:
                 under_sum = k_under + n_under * (s + 1)
@@ -517,23 +629,43 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
         x[F_PRE_PAIRS_WIN] = pairs_win if window is not None else pairs
         x[F_PRE_TOKENS] = pre_tokens
         x[F_PRE_CTX_READ] = pre_read
+        if decoding and speculative and drafted:
+            # The drafted queries' attention over the cached context, priced as prefill pairs.
+            x[F_PRE_PAIRS] += drafted * ctx_sum
+            x[F_PRE_PAIRS_WIN] += drafted * ctx_sum
+            x[F_PRE_TOKENS] += drafted * n_dec
         x[F_EXPERTS] = 0.0 if moe is None else moe.experts_loaded(tokens)
         dt = table.seconds(x)
+        if decoding and draft_cost:
+            # Drafting: k draft tokens, each a share of a plain decode step of this batch.
+            plain = np.zeros(len(FEATURES))
+            plain[F_CONST] = 1.0
+            plain[F_TOKENS] = plain[F_LOGITS] = n_dec
+            plain[F_DEC_CTX] = plain[F_DEC_CTX_WIN] = ctx_sum
+            plain[F_EXPERTS] = 0.0 if moe is None else moe.experts_loaded(n_dec)
+            dt += draft_cost * table.seconds(plain)
         min_free = min(min_free, free)
         running_seconds += len(running) * dt
         now += dt
         step = len(step_end)
         step_end.append(now)
         next_s = s
+        emitted = 0.0
         if decoding:
             decode_steps.append(step)
             next_s = s + 1
+            emitted = n_dec * accept
+        finished_before = completed
 
         # -- outcomes --------------------------------------------------------------------
         if decoding and s in finish_at:
             for rid, ver in finish_at.pop(s):
                 if ver != version[rid] or state[rid] != _DECODE:
                     continue
+                if speculative:
+                    # The last verification emits only what was left, not a full ``accept``.
+                    left = out_len[rid] - gen0[rid] - accept * (decode_steps_left(rid) - 1)
+                    emitted += left - accept
                 free += leave_decode(rid, next_s)
                 state[rid] = _DONE
                 finish[rid] = now
@@ -545,6 +677,7 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 continue
             del prefilling[rid]
             generated[rid] += 1
+            emitted += 1
             if math.isnan(first_token[rid]):
                 first_token[rid] = now
             if generated[rid] >= out_len[rid]:
@@ -557,12 +690,22 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
                 completed += 1
                 continue
             run_open[rid] = (step, next_s)
-            held[rid] = 0  # from here the decode counter accounts for its blocks
+            if not reserve:
+                held[rid] = 0  # from here the decode counter accounts for its blocks
             enter_decode(rid, next_s)
         s = next_s
+        step_tokens.append(emitted)
+        if closed is not None:
+            # Each completion frees a client, which sends its next request at once.
+            while finished_before < completed and released < n:
+                arrival[released] = now + front
+                released += 1
+                finished_before += 1
 
     if free != total_blocks:  # every block must come back once all requests are done
         raise RuntimeError(f"KV-cache accounting leaked {total_blocks - free} blocks")
+    if closed is not None:
+        workload = replace(workload, arrival_s=np.array(arrival) - front)
     return SimResult(
         workload=workload,
         first_token_s=np.array(first_token),
@@ -574,4 +717,180 @@ def simulate(deployment: LlmDeployment, workload: Workload, config: ServingConfi
         kv_cache_blocks=total_blocks,
         running_seconds=running_seconds,
         peak_kv_blocks=total_blocks - min_free,
+        step_tokens=np.array(step_tokens, dtype=np.float64),
+        last_admission_s=step_end[last_admission_step] if last_admission_step >= 0 else 0.0,
+    )
+
+
+MIN_STEADY_COMPLETIONS: Final = 50
+"""Completions the measured window must hold before its figures count as a steady state."""
+WARMUP_SHARE: Final = 0.1
+"""Share of the completions always counted as warm-up, whatever the concurrency."""
+TURNOVERS_FOR_STEADY_STATE: Final = 3
+"""A run needs this many batch turnovers (requests = this x concurrency): one to warm up,
+one measured, one to drain."""
+SATURATION_TOLERANCE: Final = 0.05
+"""Open-loop load is saturated when completions in the window fall this far short of
+arrivals (the queue grows instead of settling)."""
+
+
+def steady_state_min_requests(concurrency: int) -> int:
+    """Requests one replica needs to reach a steady state at ``concurrency`` sequences: one
+    turnover to warm up, one to drain, and ``max(MIN_STEADY_COMPLETIONS, concurrency)``
+    completions measured between them (the warm-up is at least ``WARMUP_SHARE`` of all)."""
+    c = max(1, concurrency)
+    needed = max(MIN_STEADY_COMPLETIONS, c)
+    return max(
+        needed + (TURNOVERS_FOR_STEADY_STATE - 1) * c, math.ceil((needed + c) / (1 - WARMUP_SHARE))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SteadyState:
+    """The run's figures over its steady-state window.
+
+    The window runs from the completion that ends warm-up (the first ``concurrency``
+    completions, one turnover of the running batch, and at least ``WARMUP_SHARE`` of all) to
+    the completion that starts the drain (the last ``concurrency`` completions), and never
+    past the last step after which requests were still waiting or yet to arrive.
+    """
+
+    reached: bool
+    reason: str
+    """Why it was or was not reached, in words."""
+    start_s: float
+    end_s: float
+    completions: int
+    """Requests that finished inside the window."""
+    output_tokens_per_s: float
+    requests_per_s: float
+    """Completions per second inside the window."""
+    arrivals_per_s: float
+    """Arrivals per second inside the window (the offered load, open loop)."""
+    mean_in_flight: float
+    """Time-weighted mean of requests in the system inside the window."""
+    saturated: bool
+    """Open-loop arrivals outran completions: the queue grows for as long as load is offered,
+    so latencies are not a property of the deployment but of the run's length."""
+    ttft_s: Percentiles
+    """Over requests that finished inside the window."""
+    tpot_s: Percentiles
+    latency_s: Percentiles
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "reached": self.reached,
+            "reason": self.reason,
+            "window_s": [self.start_s, self.end_s],
+            "completions": self.completions,
+            "output_tokens_per_s": self.output_tokens_per_s,
+            "requests_per_s": self.requests_per_s,
+            "arrivals_per_s": self.arrivals_per_s,
+            "mean_in_flight": self.mean_in_flight,
+            "saturated": self.saturated,
+            "ttft_ms": self.ttft_s.scaled(1e3),
+            "tpot_ms": self.tpot_s.scaled(1e3),
+            "latency_ms": self.latency_s.scaled(1e3),
+        }
+
+
+def steady_state(
+    result: SimResult,
+    *,
+    concurrency: int | None = None,
+    open_loop: bool = True,
+    min_completions: int = MIN_STEADY_COMPLETIONS,
+) -> SteadyState:
+    """The steady-state window of ``result`` and whether the run reached it.
+
+    ``concurrency`` is the batch the run should settle at (the engine's limit for a
+    max-throughput run, the client count for a closed loop); by default the run's own mean
+    running count. Only open-loop arrivals (Poisson) can saturate.
+    """
+    w = result.workload
+    n = w.size
+    arrival, finish = w.arrival_s, result.finish_s
+    c = concurrency
+    if c is None:
+        c = max(1, math.ceil(result.summary().mean_running))
+    ordered = np.sort(finish)
+    first = max(c, math.ceil(WARMUP_SHARE * n))
+    last = n - c
+    nan = Percentiles.of(np.zeros(0))
+    start = float(ordered[min(first, n) - 1])
+    end = min(float(ordered[last - 1]), result.last_admission_s) if last >= 1 else start
+    if open_loop and bool(np.any(arrival > 0)):
+        # Offered load stops with the last arrival; what follows is drain.
+        end = min(end, float(arrival.max()))
+    if not end > start:
+        return SteadyState(
+            reached=False,
+            reason=(
+                f"no steady-state window: {n} requests do not warm up, fill and drain a batch"
+                f" of {c} (that takes at least {steady_state_min_requests(c)}), or every"
+                " arrival came before the warm-up ended (offered load above capacity)"
+            ),
+            start_s=start,
+            end_s=end,
+            completions=0,
+            output_tokens_per_s=math.nan,
+            requests_per_s=math.nan,
+            arrivals_per_s=math.nan,
+            mean_in_flight=math.nan,
+            saturated=False,
+            ttft_s=nan,
+            tpot_s=nan,
+            latency_s=nan,
+        )
+    span = end - start
+    steps = (result.step_end_s > start) & (result.step_end_s <= end)
+    tokens = float(result.step_tokens[steps].sum())
+    done = (finish > start) & (finish <= end)
+    # By rank, so completions that share the warm-up's last step are not lost to the tie.
+    completions = max(0, int(np.searchsorted(ordered, end, side="right")) - first)
+    arrivals_per_s = float(((arrival > start) & (arrival <= end)).sum()) / span
+    requests_per_s = completions / span
+    # In-flight integral over the window: each request's overlap with it.
+    overlap = np.clip(np.minimum(finish, end) - np.maximum(arrival, start), 0.0, None)
+    mean_in_flight = float(overlap.sum()) / span
+    saturated = (
+        open_loop
+        and bool(np.any(arrival > 0))
+        and requests_per_s < (1.0 - SATURATION_TOLERANCE) * arrivals_per_s
+    )
+    needed = max(min_completions, c)
+    if saturated:
+        reached, reason = (
+            False,
+            (
+                f"saturated: {arrivals_per_s:.4g} req/s offered, {requests_per_s:.4g} req/s served;"
+                " the queue grows for as long as load is offered"
+            ),
+        )
+    elif completions < needed:
+        reached, reason = (
+            False,
+            (
+                f"{completions} completions in the window, fewer than the {needed} needed"
+                f" (one turnover of a batch of {c}); give at least"
+                f" {steady_state_min_requests(c)} requests"
+            ),
+        )
+    else:
+        reached, reason = True, f"{completions} completions in a {span:.4g} s window"
+    latency = result.latency_s
+    return SteadyState(
+        reached=reached,
+        reason=reason,
+        start_s=start,
+        end_s=end,
+        completions=completions,
+        output_tokens_per_s=tokens / span,
+        requests_per_s=requests_per_s,
+        arrivals_per_s=arrivals_per_s,
+        mean_in_flight=mean_in_flight,
+        saturated=saturated,
+        ttft_s=Percentiles.of(result.ttft_s[done]),
+        tpot_s=Percentiles.of(result.tpot_s[done]),
+        latency_s=Percentiles.of(latency[done]),
     )

@@ -7,6 +7,7 @@ steps yield the rest. No scheduler, no queueing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +64,45 @@ def static_memory_fit(
     return deployment.memory_fit(kv_cache_bytes=kv, max_tokens=batch * input_len, max_logits=batch)
 
 
+@dataclass(frozen=True, slots=True)
+class SpecDecoding:
+    """Speculative decoding: a draft proposes ``draft_tokens`` tokens, the model verifies them
+    in one pass, and on average ``acceptance_length`` tokens per sequence come out of each
+    verification (the accepted drafts plus the one the model adds itself)."""
+
+    acceptance_length: float
+    """Mean tokens emitted per verification step, 1 <= a <= draft_tokens + 1 (EAGLE, MTP and
+    Medusa papers report it for their draft length)."""
+    draft_tokens: int | None = None
+    """Tokens drafted per step, k; default ceil(a) - 1, the fewest that can reach ``a``."""
+    draft_cost: float = 0.0
+    """Time to draft one token, as a share of the model's own plain decode step at the same
+    batch and context (0.05-0.1 for a small draft model; 0 when the draft heads' cost is
+    negligible)."""
+
+    def __post_init__(self) -> None:
+        if not (self.acceptance_length >= 1.0 and math.isfinite(self.acceptance_length)):
+            raise PerfInputError("acceptance_length", "must be a number >= 1")
+        if self.draft_tokens is not None and self.draft_tokens < 0:
+            raise PerfInputError("draft_tokens", "must be >= 0")
+        if self.acceptance_length > self.drafted + 1:
+            raise PerfInputError("acceptance_length", "must be <= draft_tokens + 1")
+        if not (self.draft_cost >= 0.0 and math.isfinite(self.draft_cost)):
+            raise PerfInputError("draft_cost", "must be >= 0")
+
+    @property
+    def drafted(self) -> int:
+        if self.draft_tokens is not None:
+            return self.draft_tokens
+        return max(0, math.ceil(self.acceptance_length) - 1)
+
+
 def predict_static(
-    deployment: LlmDeployment, batch: int, input_len: int, output_len: int
+    deployment: LlmDeployment,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    spec: SpecDecoding | None = None,
 ) -> StaticBatchResult:
     """Price a static batch on one replica of ``deployment``."""
     validate_lengths(batch, input_len, output_len)
@@ -75,10 +113,17 @@ def predict_static(
     decode_bound: Bound | None = None
     decode_s = 0.0
     if output_len > 1:
-        # Step k (1-based) decodes with input_len + k - 1 tokens already cached.
-        cached = input_len + np.arange(output_len - 1, dtype=np.float64)
-        decode = table.evaluate(deployment.decode_features(batch, cached))
+        accept = 1.0 if spec is None else spec.acceptance_length
+        drafted = 0 if spec is None else spec.drafted
+        # Verification step j (0-based) starts with input_len + accept * j tokens cached and
+        # emits ``accept`` tokens per sequence on average: ceil((out - 1) / accept) steps.
+        steps = math.ceil((output_len - 1) / accept)
+        cached = input_len + accept * np.arange(steps, dtype=np.float64)
+        decode = table.evaluate(deployment.decode_features(batch, cached, drafted))
         decode_s = float(decode.seconds.sum())
+        if spec is not None and drafted and spec.draft_cost:
+            plain = table.evaluate(deployment.decode_features(batch, cached))
+            decode_s += spec.draft_cost * drafted * float(plain.seconds.sum())
         decode_bound = decode.dominant_bound()
     if not memory.fits:
         return StaticBatchResult(
