@@ -432,7 +432,7 @@ def simulate(
     x[F_CONST] = 1.0
 
     def decode_steps_left(rid: int) -> int:
-        remaining = out_len[rid] - gen0[rid]
+        remaining: int = out_len[rid] - gen0[rid]
         return math.ceil(remaining / accept) if speculative else remaining
 
     def enter_decode(rid: int, start: int) -> None:

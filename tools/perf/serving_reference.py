@@ -30,6 +30,7 @@ from pocgrid.perf.llm import LlmDeployment
 from pocgrid.perf.predict import predict, serving_config
 from pocgrid.perf.roofline import FloatArray
 from pocgrid.perf.serving import Workload, simulate
+from tools.perf.calibrate import nelder_mead
 
 SERVING_FILE: Final = "llm_serving.csv"
 POISSON_REQUESTS: Final = 500
@@ -177,8 +178,6 @@ def fit_serving(
 ) -> ServingFit:
     """Fit ``names`` of ``profile`` on ``rows`` (mean squared log error, Nelder-Mead from the
     middle of every range, as the static calibration does)."""
-    from pocgrid.perf.calibrate import nelder_mead
-
     eff = default_efficiency() if efficiency is None else efficiency
     stack = eff.profile(profile)
     base = stack.params
