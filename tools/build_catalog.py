@@ -22,15 +22,17 @@ import json
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from pocgrid.catalog import (
+    PROVENANCES,
     Catalog,
     CatalogDataError,
     Chip,
+    Confidence,
     LlmArch,
     Metric,
     Model,
@@ -558,6 +560,104 @@ def load_kept(data_dir: Path) -> tuple[Mapping[VendorFamily, VendorProfile], Ope
     return profiles, operators
 
 
+SUPPLEMENT_FILE: Final = "chip_supplement.json"
+SUPPLEMENT_SCHEMA: Final = 1
+_CONFIDENCE_WORDS: Final = ("high", "medium", "low")
+
+
+def row_confidence(text: str) -> Confidence:
+    """The CSV's free-text row confidence as one word; ranges take their lower end."""
+    words = re.findall(r"high|medium|low", text.lower())
+    if not words:
+        return "low"
+    worst = max(_CONFIDENCE_WORDS.index(w) for w in words[:2])
+    return cast("Confidence", _CONFIDENCE_WORDS[worst])
+
+
+def with_confidence(chip: Chip) -> Chip:
+    """Every figure gets a confidence: estimated ones low, published ones the row's."""
+    row = row_confidence(chip.confidence)
+    conf: dict[str, Confidence] = {}
+    for key, prov in chip.provenance.items():
+        conf[key] = "low" if prov == "estimated" else row
+    return replace(chip, figure_confidence={**conf, **chip.figure_confidence})
+
+
+def load_supplement(data_dir: Path) -> Mapping[str, Mapping[str, object]]:
+    path = data_dir / SUPPLEMENT_FILE
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("schema_version") != SUPPLEMENT_SCHEMA:
+        raise BuildError(f"{SUPPLEMENT_FILE}: schema_version must be {SUPPLEMENT_SCHEMA}")
+    chips = doc.get("chips")
+    if not isinstance(chips, dict):
+        raise BuildError(f"{SUPPLEMENT_FILE}: chips must be an object")
+    return cast("Mapping[str, Mapping[str, object]]", chips)
+
+
+_SUPPLEMENT_FIELDS: Final = frozenset(NUMERIC_CHIP_COLUMNS.values())
+
+
+def apply_supplement(chip: Chip, entry: Mapping[str, object]) -> Chip:
+    """Fill the figures chips.csv leaves empty, with their own sources, provenance, confidence
+    and (for estimates) method. Never overrides a figure the CSV has."""
+    where = f"{SUPPLEMENT_FILE} {chip.display_name!r}"
+    fields = entry.get("fields")
+    if not isinstance(fields, dict) or not fields:
+        raise BuildError(f"{where}: fields must be a non-empty object")
+    values: dict[str, float] = {}
+    provenance: dict[str, Provenance] = dict(chip.provenance)
+    confidence: dict[str, Confidence] = dict(chip.figure_confidence)
+    methods: dict[str, str] = dict(chip.estimation_methods)
+    sources = list(chip.sources)
+    for key, raw in fields.items():
+        if key not in _SUPPLEMENT_FIELDS:
+            raise BuildError(f"{where}: {key!r} is not a numeric chip field")
+        if not isinstance(raw, dict):
+            raise BuildError(f"{where}: {key} must be an object")
+        if key in chip.provenance:
+            raise BuildError(
+                f"{where}: {key} is already in chips.csv; a supplement never overrides"
+            )
+        value = raw.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise BuildError(f"{where}: {key}.value must be a positive number")
+        prov = raw.get("provenance")
+        if prov not in PROVENANCES:
+            raise BuildError(f"{where}: {key}.provenance must be one of {PROVENANCES}")
+        conf = raw.get("confidence")
+        if conf not in _CONFIDENCE_WORDS:
+            raise BuildError(f"{where}: {key}.confidence must be one of {_CONFIDENCE_WORDS}")
+        cited = raw.get("sources")
+        if not isinstance(cited, list) or not cited or not all(isinstance(c, str) for c in cited):
+            raise BuildError(f"{where}: {key}.sources must list at least one source")
+        method = raw.get("method")
+        if prov == "estimated":
+            if not isinstance(method, str) or not method:
+                raise BuildError(f"{where}: {key} is estimated and needs its method")
+            methods[key] = method
+        values[key] = float(value)
+        provenance[key] = cast("Provenance", prov)
+        confidence[key] = cast("Confidence", conf)
+        sources.extend(c for c in cited if c not in sources)
+    peaks = {k.removeprefix("peak_tflops."): v for k, v in values.items() if "." in k}
+    note = entry.get("note")
+    return replace(
+        chip,
+        memory_gib=values.get("memory_gib", chip.memory_gib),
+        memory_bw_gbs=values.get("memory_bw_gbs", chip.memory_bw_gbs),
+        interconnect_bw_gbs=values.get("interconnect_bw_gbs", chip.interconnect_bw_gbs),
+        tdp_w=values.get("tdp_w", chip.tdp_w),
+        peak_tflops={**chip.peak_tflops, **peaks},
+        provenance=provenance,
+        figure_confidence=confidence,
+        estimation_methods=methods,
+        sources=tuple(sources),
+        notes=chip.notes + (f" {note}" if isinstance(note, str) and note else ""),
+    )
+
+
 def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
     """File name -> exact text to write; ``data_dir`` holds the kept vendor files."""
     chips_csv = source / "chips.csv"
@@ -567,6 +667,16 @@ def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
     profiles, operators = load_kept(data_dir)
     vendors = vendors_by_source_name(profiles)
     chips = [build_chip(r, vendors) for r in read_csv(chips_csv, CHIP_COLUMNS)]
+    supplement = load_supplement(data_dir)
+    unknown = set(supplement) - {c.display_name for c in chips}
+    if unknown:
+        raise BuildError(f"{SUPPLEMENT_FILE}: no chips.csv row for {sorted(unknown)}")
+    chips = [
+        with_confidence(
+            apply_supplement(c, supplement[c.display_name]) if c.display_name in supplement else c
+        )
+        for c in chips
+    ]
     llm_rows = read_csv(models_csv, LLM_COLUMNS)
     by_name = {r["name"].strip(): r for r in llm_rows}
     models = [build_llm(r, by_name) for r in llm_rows]
@@ -589,7 +699,12 @@ def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
             {
                 "schema_version": SCHEMA_VERSION,
                 "generated_by": GENERATED_BY,
-                "inputs": {chips_csv.name: _digest(chips_csv)},
+                "inputs": {
+                    chips_csv.name: _digest(chips_csv),
+                    **(
+                        {SUPPLEMENT_FILE: _digest(data_dir / SUPPLEMENT_FILE)} if supplement else {}
+                    ),
+                },
                 "chips": [c.to_dict() for c in chips],
             }
         ),

@@ -44,12 +44,14 @@ from pocgrid.catalog.loader import Catalog, default_catalog
 from pocgrid.catalog.operators import FamilyOperators, OperatorCatalog, OperatorGap
 from pocgrid.catalog.records import (
     CHIP_SCALAR_FIELDS,
+    CONFIDENCES,
     MODEL_KINDS,
     PRECISION_BYTES,
     PRECISIONS,
     PROVENANCES,
     VENDOR_FAMILIES,
     Chip,
+    Confidence,
     LlmArch,
     Metric,
     Model,
@@ -72,6 +74,7 @@ from pocgrid.catalog.vendors import (
 
 __all__ = [
     "CHIP_SCALAR_FIELDS",
+    "CONFIDENCES",
     "MODEL_KINDS",
     "PRECISIONS",
     "PRECISION_BYTES",
@@ -81,6 +84,7 @@ __all__ = [
     "CatalogDataError",
     "Chip",
     "ChipFacts",
+    "Confidence",
     "ErrorSpec",
     "ErrorTable",
     "FamilyOperators",

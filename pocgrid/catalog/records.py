@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias, TypeVar, cast, get_args
 
@@ -44,6 +44,8 @@ if tuple(PRECISION_BYTES) != PRECISIONS:  # pragma: no cover - a definition erro
 
 Provenance: TypeAlias = Literal["spec", "estimated", "measured"]
 PROVENANCES: Final = cast("tuple[Provenance, ...]", get_args(Provenance))
+Confidence: TypeAlias = Literal["high", "medium", "low"]
+CONFIDENCES: Final = cast("tuple[Confidence, ...]", get_args(Confidence))
 
 ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp"]
 MODEL_KINDS: Final = cast("tuple[ModelKind, ...]", get_args(ModelKind))
@@ -93,11 +95,23 @@ class Chip:
     sources: tuple[str, ...]
     provenance: Mapping[str, Provenance]
     """Field name (``peak_tflops.fp16`` style for peaks) -> where the number comes from."""
+    figure_confidence: Mapping[str, Confidence] = field(default_factory=dict)
+    """Field name -> how far the number can be trusted: ``high`` (vendor datasheet or a
+    measurement), ``medium`` (consistent secondary sources), ``low`` (one secondary source, or
+    derived)."""
+    estimation_methods: Mapping[str, str] = field(default_factory=dict)
+    """Field name -> how an ``estimated`` number was derived, for the ones that say so."""
 
     def __post_init__(self) -> None:
         # Read-only views keep a shared, cached catalogue from being mutated by a caller.
         object.__setattr__(self, "peak_tflops", MappingProxyType(dict(self.peak_tflops)))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
+        object.__setattr__(
+            self, "figure_confidence", MappingProxyType(dict(self.figure_confidence))
+        )
+        object.__setattr__(
+            self, "estimation_methods", MappingProxyType(dict(self.estimation_methods))
+        )
         for key in self.peak_tflops:
             if key not in PRECISIONS:
                 raise CatalogDataError(f"chip {self.name!r}: unknown precision {key!r}")
@@ -147,6 +161,8 @@ class Chip:
             "notes": self.notes,
             "sources": list(self.sources),
             "provenance": dict(self.provenance),
+            "figure_confidence": dict(self.figure_confidence),
+            "estimation_methods": dict(self.estimation_methods),
         }
 
     @classmethod
@@ -176,6 +192,11 @@ class Chip:
                     k: _check_choice(f"provenance[{k!r}]", v, PROVENANCES)
                     for k, v in _str_map(data, "provenance").items()
                 },
+                figure_confidence={
+                    k: _check_choice(f"figure_confidence[{k!r}]", v, CONFIDENCES)
+                    for k, v in _opt_str_map(data, "figure_confidence").items()
+                },
+                estimation_methods=_opt_str_map(data, "estimation_methods"),
             )
             if "emulatable" in data and data["emulatable"] != chip.emulatable:
                 raise CatalogDataError("'emulatable' disagrees with the numbers it is derived from")
@@ -464,6 +485,11 @@ def _str_tuple(data: Mapping[str, object], key: str, *, required: bool = True) -
 def _float_map(data: Mapping[str, object], key: str) -> dict[str, float]:
     value = _as_mapping(key, _field(data, key))
     return {str(k): _number(f"{key}.{k}", v) for k, v in value.items()}
+
+
+def _opt_str_map(data: Mapping[str, object], key: str) -> dict[str, str]:
+    """Like ``_str_map``, empty when the key is absent (fields added after schema 2)."""
+    return _str_map(data, key) if key in data else {}
 
 
 def _str_map(data: Mapping[str, object], key: str) -> dict[str, str]:

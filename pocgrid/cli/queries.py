@@ -197,6 +197,8 @@ def chips(args: argparse.Namespace) -> int:
             "emulatable": c.emulatable,
             "confidence": c.confidence,
             "provenance": dict(c.provenance),
+            "figure_confidence": dict(c.figure_confidence),
+            "estimation_methods": dict(c.estimation_methods),
             "sources": list(c.sources),
         }
         for c in resp.chips

@@ -308,6 +308,10 @@ class EfficiencyData:
             if entry.absolute is not None:
                 return Ceiling(entry.absolute * TERA, spec, entry.status, entry.reason)
             if spec is not None and entry.share is not None:
+                if chip.provenance.get(f"peak_tflops.{precision}") == "estimated":
+                    # A measured share of a peak that is itself an estimate is an estimate.
+                    reason = f"{entry.reason}; the {precision} peak itself is an estimate"
+                    return Ceiling(spec * entry.share, spec, "estimated", reason)
                 return Ceiling(spec * entry.share, spec, entry.status, entry.reason)
         if spec is None:
             have = ", ".join(sorted(chip.peak_tflops)) or "none"

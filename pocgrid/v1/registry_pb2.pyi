@@ -92,6 +92,46 @@ class Chip(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class FigureConfidenceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EstimationMethodsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     VENDOR_FIELD_NUMBER: _builtins.int
@@ -112,6 +152,8 @@ class Chip(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     EMULATABLE_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    FIGURE_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ESTIMATION_METHODS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable slug, e.g. "ascend-910b2"."""
     display_name: _builtins.str
@@ -144,6 +186,14 @@ class Chip(_message.Message):
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def figure_confidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """How far each number can be trusted: field -> "high" | "medium" | "low"."""
+
+    @_builtins.property
+    def estimation_methods(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """How each "estimated" number was derived: field -> method, in words."""
+
     def __init__(
         self,
         *,
@@ -167,10 +217,12 @@ class Chip(_message.Message):
         confidence: _builtins.str = ...,
         emulatable: _builtins.bool = ...,
         scope: _builtins.str = ...,
+        figure_confidence: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        estimation_methods: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gib", b"_memory_gib", "_tdp_w", b"_tdp_w", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gib", b"memory_gib", "tdp_w", b"tdp_w"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gib", b"_memory_gib", "_tdp_w", b"_tdp_w", "collective_library", b"collective_library", "confidence", b"confidence", "display_name", b"display_name", "domestic", b"domestic", "emulatable", b"emulatable", "interconnect", b"interconnect", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gib", b"memory_gib", "memory_type", b"memory_type", "name", b"name", "notes", b"notes", "peak_tflops", b"peak_tflops", "provenance", b"provenance", "scope", b"scope", "software_stack", b"software_stack", "sources", b"sources", "tdp_w", b"tdp_w", "vendor", b"vendor", "vendor_family", b"vendor_family"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs", "_memory_bw_gbs", b"_memory_bw_gbs", "_memory_gib", b"_memory_gib", "_tdp_w", b"_tdp_w", "collective_library", b"collective_library", "confidence", b"confidence", "display_name", b"display_name", "domestic", b"domestic", "emulatable", b"emulatable", "estimation_methods", b"estimation_methods", "figure_confidence", b"figure_confidence", "interconnect", b"interconnect", "interconnect_bw_gbs", b"interconnect_bw_gbs", "memory_bw_gbs", b"memory_bw_gbs", "memory_gib", b"memory_gib", "memory_type", b"memory_type", "name", b"name", "notes", b"notes", "peak_tflops", b"peak_tflops", "provenance", b"provenance", "scope", b"scope", "software_stack", b"software_stack", "sources", b"sources", "tdp_w", b"tdp_w", "vendor", b"vendor", "vendor_family", b"vendor_family"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__interconnect_bw_gbs: _TypeAlias = _typing.Literal["interconnect_bw_gbs"]  # noqa: Y015
     _WhichOneofArgType__interconnect_bw_gbs: _TypeAlias = _typing.Literal["_interconnect_bw_gbs", b"_interconnect_bw_gbs"]  # noqa: Y015

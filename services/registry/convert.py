@@ -19,6 +19,8 @@ def chip_to_proto(chip: Chip) -> registry_pb2.Chip:
         software_stack=chip.software_stack or "",
         collective_library=chip.collective_library or "",
         provenance=dict(chip.provenance),
+        figure_confidence=dict(chip.figure_confidence),
+        estimation_methods=dict(chip.estimation_methods),
         sources=list(chip.sources),
         notes=chip.notes,
         confidence=chip.confidence,

@@ -70,8 +70,17 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
         chips = _cli(env, "chips", "--json")
         assert chips.returncode == 0, chips.stderr
         rows = json.loads(chips.stdout)
-        assert sum(1 for r in rows if r["domestic"] and r["emulatable"]) >= 10
+        assert sum(1 for r in rows if r["domestic"] and r["emulatable"]) >= 16
         assert all({"name", "vendor", "domestic", "memory_gib", "sources"} <= set(r) for r in rows)
+        emulatable = _cli(env, "chips", "--emulatable", "--json")
+        assert emulatable.returncode == 0, emulatable.stderr
+        em_rows = json.loads(emulatable.stdout)
+        assert {r["vendor_family"] for r in em_rows if r["domestic"]} >= {
+            "ascend", "cambricon", "hygon", "kunlunxin", "moorethreads", "iluvatar", "metax",
+            "biren", "enflame",
+        }  # fmt: skip
+        for r in em_rows:  # every chip sourced, every figure with a confidence
+            assert r["sources"] and set(r["figure_confidence"]) >= set(r["provenance"]), r["name"]
         assert all(isinstance(r["domestic"], bool) for r in rows)
 
         models = _cli(env, "models", "--json")

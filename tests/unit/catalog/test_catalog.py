@@ -208,19 +208,51 @@ def test_sources_are_carried(catalog: Catalog) -> None:
 
 @needs_shared
 def test_chip_numbers_come_from_the_csv(catalog: Catalog) -> None:
+    """Every number is the CSV's, or the kept supplement's for a cell the CSV leaves empty."""
+    supplement = json.loads((DATA / "chip_supplement.json").read_text(encoding="utf-8"))
     for row in _rows("chips.csv"):
         chip = catalog.find_chip(row["model"])
+        extra = supplement["chips"].get(row["model"], {}).get("fields", {})
         estimated = {c.strip() for c in row["estimated_fields"].split(";") if c.strip()}
         expected_provenance: dict[str, str] = {}
         for column, field in NUMERIC_CHIP_COLUMNS.items():
             cell = row[column].strip()
+            if field in extra:
+                assert not cell, (chip.name, field, "a supplement never overrides the CSV")
+                assert _get(chip, field) == extra[field]["value"], (chip.name, field)
+                expected_provenance[field] = extra[field]["provenance"]
+                assert chip.figure_confidence[field] == extra[field]["confidence"]
+                continue
             assert _get(chip, field) == (float(cell) if cell else None), (chip.name, field)
             if cell:
                 expected_provenance[field] = "estimated" if column in estimated else "spec"
         expected_provenance.update({c: "estimated" for c in estimated if c == "memory_type"})
         assert dict(chip.provenance) == expected_provenance, chip.name
         assert chip.display_name == row["model"]
-        assert chip.notes == row["notes"].strip()
+        assert chip.notes.startswith(row["notes"].strip())
+
+
+def test_every_emulatable_chip_is_sourced_with_a_confidence_per_figure(catalog: Catalog) -> None:
+    emulatable = catalog.emulatable_chips()
+    domestic = [c for c in emulatable if c.domestic]
+    assert len(domestic) >= 16
+    assert {c.vendor_family for c in domestic} == {
+        "ascend", "cambricon", "hygon", "kunlunxin", "moorethreads", "iluvatar", "metax",
+        "biren", "enflame",
+    }  # fmt: skip
+    names = {c.name for c in domestic}
+    assert {"kunlun-p800", "mtt-s5000", "ascend-910c", "mlu590"} <= names
+    assert any(c.vendor_family == "metax" for c in domestic)
+    for chip in emulatable:
+        assert chip.sources, chip.name
+        assert set(chip.figure_confidence) >= set(chip.provenance), chip.name
+        assert set(chip.figure_confidence.values()) <= {"high", "medium", "low"}
+        for field, prov in chip.provenance.items():
+            if prov == "estimated":
+                assert chip.figure_confidence[field] == "low", (chip.name, field)
+    for chip in catalog.chips:
+        for field in chip.estimation_methods:
+            assert chip.provenance[field] == "estimated", (chip.name, field)
 
 
 @needs_shared
@@ -301,8 +333,10 @@ def test_known_chip_values(catalog: Catalog) -> None:
     h100 = catalog.chip("h100-80gb-sxm")
     assert (h100.peak("fp8"), h100.memory_bw_gbs, h100.domestic) == (1978.9, 3350.0, False)
 
+    # No published FP16 peak: the supplement assumes the sibling C500's, and says how.
     c550 = catalog.chip("metax-c550")
-    assert c550.peak("fp16") is None and not c550.emulatable
+    assert c550.peak("fp16") == 280.0 and c550.provenance["peak_tflops.fp16"] == "estimated"
+    assert "C500" in c550.estimation_methods["peak_tflops.fp16"] and c550.emulatable
 
 
 def test_known_model_values(catalog: Catalog) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from importlib import resources
 from typing import Any
@@ -222,7 +223,9 @@ def test_per_chip_lookups_combine_the_chip_table_and_the_vendor_file() -> None:
     assert cat.compute_units(b2) is not None
     assert cat.native_operators(b2) == cat.operators.base - set(cat.operator_gaps(b2))
     s60 = cat.chip("enflame-s60")
-    assert s60.memory_gib is None and cat.device_memory_gib(s60) is not None
+    assert s60.memory_gib == 48.0 == cat.device_memory_gib(s60)  # table and vendor file agree
+    # Without a table figure, the vendor file's SMI figure answers.
+    assert cat.device_memory_gib(dataclasses.replace(s60, memory_gib=None)) == 48.0
     bare = Catalog(cat.chips, cat.models)
     with pytest.raises(CatalogDataError, match="without vendor profiles"):
         bare.precisions(b2)
