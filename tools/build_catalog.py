@@ -571,7 +571,7 @@ def row_confidence(text: str) -> Confidence:
     if not words:
         return "low"
     worst = max(_CONFIDENCE_WORDS.index(w) for w in words[:2])
-    return cast("Confidence", _CONFIDENCE_WORDS[worst])
+    return _CONFIDENCE_WORDS[worst]
 
 
 def with_confidence(chip: Chip) -> Chip:
