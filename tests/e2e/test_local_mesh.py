@@ -68,7 +68,7 @@ def test_up_refuses_a_bad_fleet_before_starting_anything(tmp_path: Path):
     for args, cause in [
         (["--chips", "nope"], "unknown chip 'nope'"),
         (["--chips", "bi-v100,bi-v100"], "'bi-v100' is listed twice"),
-        (["--chips", "mlu590"], "'mlu590' cannot be emulated"),
+        (["--chips", "enflame-s60"], "'enflame-s60' cannot be emulated"),
         (["--devices", "0"], "--devices: must be 1..64"),
         (["--detach", "--devices", "65"], "--devices: must be 1..64"),
     ]:

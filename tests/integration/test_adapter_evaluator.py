@@ -100,15 +100,15 @@ async def test_unsupported_precision(common, closer):
 
 async def test_chip_without_memory_size_cannot_be_checked(common, closer):
     resp = await _check(
-        common, closer, model="Qwen2.5-7B", chip="kunlun-p800", precision=FP16, devices=1
+        common, closer, model="Qwen2.5-7B", chip="enflame-i20", precision=FP16, devices=1
     )
     assert not resp.fits and resp.memory_gib_per_device == 0
-    assert "no memory size for kunlun-p800" in resp.reason
+    assert "no memory size for enflame-i20" in resp.reason
 
 
 async def test_memory_is_what_the_agent_emulates(common, closer):
-    # The chip table has no MLU590 memory; the Cambricon vendor file has cnmon's 96 GiB, which
-    # the agent emulates, so the fit uses it too.
+    # MLU590 memory is cnmon's 96 GiB (the Cambricon vendor file, carried into the chip table by
+    # the catalogue supplement), which the agent emulates, so the fit uses it too.
     resp = await _check(
         common, closer, model="Qwen2.5-7B", chip="mlu590", precision=FP16, devices=1
     )
