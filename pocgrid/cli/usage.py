@@ -13,19 +13,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pocgrid.cli.output import emit_json, say, table
 from pocgrid.cli.target import resolve
 from pocgrid.client import Client
+from pocgrid.meters import METERS
 from pocgrid.v1 import common_pb2, metering_pb2
 
 _WINDOW_RE: Final = re.compile(r"^([1-9][0-9]*)(m|h|d)$")
 _WINDOW_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
 
-#: Meters in integer units: (meter, unit, record field, integer units per field unit).
-METERS: Final = (
-    ("input_tokens", "token", "tokens_in", 1),
-    ("output_tokens", "token", "tokens_out", 1),
-    ("samples", "sample", "samples", 1),
-    ("busy_device_us", "device_us", "busy_device_seconds", 1_000_000),
-    ("memory_byte_seconds", "byte_second", "memory_gib_seconds", 1 << 30),
-)
 AMOUNTS: Final = tuple(
     f.name for f in metering_pb2.ChipUsage.DESCRIPTOR.fields if f.name not in ("chip", "records")
 )
@@ -82,11 +75,11 @@ def _by_meter(records: list[metering_pb2.UsageRecord]) -> list[dict[str, Any]]:
     # Each record's amount becomes whole units first, so totals are exact integer sums.
     return [
         {
-            "meter": meter,
-            "unit": unit,
-            "quantity": sum(round(getattr(r, field) * scale) for r in records),
+            "meter": meter.name,
+            "unit": str(meter.unit),
+            "quantity": sum(meter.quantity(getattr(r, meter.source_field)) for r in records),
         }
-        for meter, unit, field, scale in METERS
+        for meter in METERS.values()
     ]
 
 

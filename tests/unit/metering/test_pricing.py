@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from pocgrid.meters import METERS, record_quantities
 from services.core.usage import AMOUNT_FIELDS
 from services.metering.pricing import (
     ANY_CHIP,
-    METERS,
     Graduated,
     Package,
     Period,
@@ -25,7 +25,6 @@ from services.metering.pricing import (
     Usage,
     Volume,
     rate,
-    record_quantities,
     round_money,
 )
 
