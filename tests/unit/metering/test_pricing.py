@@ -10,18 +10,17 @@ from types import SimpleNamespace
 import pytest
 
 from pocgrid.meters import METERS, record_quantities
+from pocgrid.tariff import Period, TimeOfUse
 from services.core.usage import AMOUNT_FIELDS
 from services.metering.pricing import (
     ANY_CHIP,
     Graduated,
     Package,
-    Period,
     Price,
     PriceBook,
     PriceBooks,
     Standard,
     Tier,
-    TimeOfUse,
     Usage,
     Volume,
     rate,
