@@ -14,6 +14,7 @@ import grpc
 from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import admin, queries
 from pocgrid.cli.output import fail
+from pocgrid.cli.prices import register as register_prices
 from pocgrid.cli.target import NoMeshError
 from pocgrid.cli.usage import register as register_usage
 from pocgrid.comm.cli import register as register_comm
@@ -121,6 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_local_mesh_command("demo"))
 
     register_usage(sub)
+    register_prices(sub)
     register_perf(sub)
     register_adapt(sub)
     register_comm(sub)

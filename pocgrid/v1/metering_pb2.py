@@ -26,17 +26,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pocgrid.v1 import common_pb2 as pocgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pocgrid/v1/metering.proto\x12\npocgrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pocgrid/v1/common.proto\"\xbc\x02\n\x0bUsageRecord\x12\x10\n\x08usage_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\ttokens_in\x18\x07 \x01(\x03\x12\x12\n\ntokens_out\x18\x08 \x01(\x03\x12\x0f\n\x07samples\x18\t \x01(\x03\x12\x1b\n\x13\x62usy_device_seconds\x18\n \x01(\x01\x12\x1a\n\x12memory_gib_seconds\x18\x0b \x01(\x01\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x10ListUsageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04page\x18\x05 \x01(\x0b\x32\x17.pocgrid.v1.PageRequest\"e\n\x11ListUsageResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.pocgrid.v1.UsageRecord\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.pocgrid.v1.PageResponse\"n\n\x16GetUsageSummaryRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\tChipUsage\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x11\n\ttokens_in\x18\x03 \x01(\x03\x12\x12\n\ntokens_out\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x1b\n\x13\x62usy_device_seconds\x18\x06 \x01(\x01\x12\x1a\n\x12memory_gib_seconds\x18\x07 \x01(\x01\"Q\n\x17GetUsageSummaryResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\x07\x62y_chip\x18\x02 \x03(\x0b\x32\x15.pocgrid.v1.ChipUsage2\xc1\x01\n\x0fMeteringService\x12M\n\tListUsage\x12\x1c.pocgrid.v1.ListUsageRequest\x1a\x1d.pocgrid.v1.ListUsageResponse\"\x03\x90\x02\x01\x12_\n\x0fGetUsageSummary\x12\".pocgrid.v1.GetUsageSummaryRequest\x1a#.pocgrid.v1.GetUsageSummaryResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pocgrid/v1/metering.proto\x12\npocgrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pocgrid/v1/common.proto\"\xbc\x02\n\x0bUsageRecord\x12\x10\n\x08usage_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\ttokens_in\x18\x07 \x01(\x03\x12\x12\n\ntokens_out\x18\x08 \x01(\x03\x12\x0f\n\x07samples\x18\t \x01(\x03\x12\x1b\n\x13\x62usy_device_seconds\x18\n \x01(\x01\x12\x1a\n\x12memory_gib_seconds\x18\x0b \x01(\x01\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x10ListUsageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04page\x18\x05 \x01(\x0b\x32\x17.pocgrid.v1.PageRequest\"e\n\x11ListUsageResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.pocgrid.v1.UsageRecord\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.pocgrid.v1.PageResponse\"n\n\x16GetUsageSummaryRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\tChipUsage\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x11\n\ttokens_in\x18\x03 \x01(\x03\x12\x12\n\ntokens_out\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x1b\n\x13\x62usy_device_seconds\x18\x06 \x01(\x01\x12\x1a\n\x12memory_gib_seconds\x18\x07 \x01(\x01\"Q\n\x17GetUsageSummaryResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\x07\x62y_chip\x18\x02 \x03(\x0b\x32\x15.pocgrid.v1.ChipUsage\"K\n\x13GetPriceBookRequest\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x63hip\x18\x02 \x01(\t\";\n\x14GetPriceBookResponse\x12#\n\x04\x62ook\x18\x01 \x01(\x0b\x32\x15.pocgrid.v1.PriceBook\"\xc6\x01\n\tPriceBook\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12$\n\x05\x63\x61rds\x18\x04 \x03(\x0b\x32\x15.pocgrid.v1.CardPrice\x12&\n\x06prices\x18\x05 \x03(\x0b\x32\x16.pocgrid.v1.MeterPrice\x12\x14\n\x0cmemory_share\x18\x06 \x01(\t\"\xa7\x01\n\tCardPrice\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\x11\n\tcard_hour\x18\x02 \x01(\t\x12\x18\n\x10\x62usy_device_hour\x18\x03 \x01(\t\x12\x17\n\x0fmemory_gib_hour\x18\x04 \x01(\t\x12%\n\x05\x62\x61sis\x18\x05 \x01(\x0e\x32\x16.pocgrid.v1.PriceBasis\x12\x0f\n\x07sources\x18\x06 \x03(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\"@\n\tPriceTier\x12\r\n\x05up_to\x18\x01 \x01(\x03\x12\x12\n\nunit_price\x18\x02 \x01(\t\x12\x10\n\x08\x66lat_fee\x18\x03 \x01(\t\"3\n\rTimeOfUseBand\x12\x12\n\nstart_hour\x18\x01 \x01(\x05\x12\x0e\n\x06period\x18\x02 \x01(\t\"\x86\x03\n\nMeterPrice\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\r\n\x05meter\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nunit_price\x18\x05 \x01(\t\x12\x0b\n\x03per\x18\x06 \x01(\x03\x12$\n\x05tiers\x18\x07 \x03(\x0b\x32\x15.pocgrid.v1.PriceTier\x12\x14\n\x0cpackage_size\x18\x08 \x01(\x03\x12\x15\n\rpackage_price\x18\t \x01(\t\x12\x12\n\nfree_units\x18\n \x01(\x03\x12(\n\x05\x62\x61nds\x18\x0b \x03(\x0b\x32\x19.pocgrid.v1.TimeOfUseBand\x12<\n\x0bmultipliers\x18\x0c \x03(\x0b\x32\'.pocgrid.v1.MeterPrice.MultipliersEntry\x12\x1a\n\x12utc_offset_minutes\x18\r \x01(\x05\x1a\x32\n\x10MultipliersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*z\n\nPriceBasis\x12\x1b\n\x17PRICE_BASIS_UNSPECIFIED\x10\x00\x12\x19\n\x15PRICE_BASIS_PUBLISHED\x10\x01\x12\x19\n\x15PRICE_BASIS_CONVERTED\x10\x02\x12\x19\n\x15PRICE_BASIS_ESTIMATED\x10\x03\x32\x99\x02\n\x0fMeteringService\x12M\n\tListUsage\x12\x1c.pocgrid.v1.ListUsageRequest\x1a\x1d.pocgrid.v1.ListUsageResponse\"\x03\x90\x02\x01\x12_\n\x0fGetUsageSummary\x12\".pocgrid.v1.GetUsageSummaryRequest\x1a#.pocgrid.v1.GetUsageSummaryResponse\"\x03\x90\x02\x01\x12V\n\x0cGetPriceBook\x12\x1f.pocgrid.v1.GetPriceBookRequest\x1a .pocgrid.v1.GetPriceBookResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METERPRICE_MULTIPLIERSENTRY']._loaded_options = None
+  _globals['_METERPRICE_MULTIPLIERSENTRY']._serialized_options = b'8\001'
   _globals['_METERINGSERVICE'].methods_by_name['ListUsage']._loaded_options = None
   _globals['_METERINGSERVICE'].methods_by_name['ListUsage']._serialized_options = b'\220\002\001'
   _globals['_METERINGSERVICE'].methods_by_name['GetUsageSummary']._loaded_options = None
   _globals['_METERINGSERVICE'].methods_by_name['GetUsageSummary']._serialized_options = b'\220\002\001'
+  _globals['_METERINGSERVICE'].methods_by_name['GetPriceBook']._loaded_options = None
+  _globals['_METERINGSERVICE'].methods_by_name['GetPriceBook']._serialized_options = b'\220\002\001'
+  _globals['_PRICEBASIS']._serialized_start=2071
+  _globals['_PRICEBASIS']._serialized_end=2193
   _globals['_USAGERECORD']._serialized_start=100
   _globals['_USAGERECORD']._serialized_end=416
   _globals['_LISTUSAGEREQUEST']._serialized_start=419
@@ -49,6 +55,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHIPUSAGE']._serialized_end=965
   _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=967
   _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=1048
-  _globals['_METERINGSERVICE']._serialized_start=1051
-  _globals['_METERINGSERVICE']._serialized_end=1244
+  _globals['_GETPRICEBOOKREQUEST']._serialized_start=1050
+  _globals['_GETPRICEBOOKREQUEST']._serialized_end=1125
+  _globals['_GETPRICEBOOKRESPONSE']._serialized_start=1127
+  _globals['_GETPRICEBOOKRESPONSE']._serialized_end=1186
+  _globals['_PRICEBOOK']._serialized_start=1189
+  _globals['_PRICEBOOK']._serialized_end=1387
+  _globals['_CARDPRICE']._serialized_start=1390
+  _globals['_CARDPRICE']._serialized_end=1557
+  _globals['_PRICETIER']._serialized_start=1559
+  _globals['_PRICETIER']._serialized_end=1623
+  _globals['_TIMEOFUSEBAND']._serialized_start=1625
+  _globals['_TIMEOFUSEBAND']._serialized_end=1676
+  _globals['_METERPRICE']._serialized_start=1679
+  _globals['_METERPRICE']._serialized_end=2069
+  _globals['_METERPRICE_MULTIPLIERSENTRY']._serialized_start=2019
+  _globals['_METERPRICE_MULTIPLIERSENTRY']._serialized_end=2069
+  _globals['_METERINGSERVICE']._serialized_start=2196
+  _globals['_METERINGSERVICE']._serialized_end=2477
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pocgrid.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,31 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PriceBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriceBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PriceBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRICE_BASIS_UNSPECIFIED: _PriceBasis.ValueType  # 0
+    PRICE_BASIS_PUBLISHED: _PriceBasis.ValueType  # 1
+    """A public on-demand rental price, as listed."""
+    PRICE_BASIS_CONVERTED: _PriceBasis.ValueType  # 2
+    """A public price in another currency, converted at the rate `method` states."""
+    PRICE_BASIS_ESTIMATED: _PriceBasis.ValueType  # 3
+    """No public price: derived from a priced chip by the rule `method` states."""
+
+class PriceBasis(_PriceBasis, metaclass=_PriceBasisEnumTypeWrapper): ...
+
+PRICE_BASIS_UNSPECIFIED: PriceBasis.ValueType  # 0
+PRICE_BASIS_PUBLISHED: PriceBasis.ValueType  # 1
+"""A public on-demand rental price, as listed."""
+PRICE_BASIS_CONVERTED: PriceBasis.ValueType  # 2
+"""A public price in another currency, converted at the rate `method` states."""
+PRICE_BASIS_ESTIMATED: PriceBasis.ValueType  # 3
+"""No public price: derived from a priced chip by the rule `method` states."""
+Global___PriceBasis: _TypeAlias = PriceBasis  # noqa: Y015
 
 @_typing.final
 class UsageRecord(_message.Message):
@@ -221,3 +247,276 @@ class GetUsageSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageSummaryResponse: _TypeAlias = GetUsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class GetPriceBookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    """Only this chip type's prices (a catalogue slug, e.g. "ascend-910b"); all when empty."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The book in force at this instant; now when unset."""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        chip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "chip", b"chip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPriceBookRequest: _TypeAlias = GetPriceBookRequest  # noqa: Y015
+
+@_typing.final
+class GetPriceBookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def book(self) -> Global___PriceBook: ...
+    def __init__(
+        self,
+        *,
+        book: Global___PriceBook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPriceBookResponse: _TypeAlias = GetPriceBookResponse  # noqa: Y015
+
+@_typing.final
+class PriceBook(_message.Message):
+    """A versioned price book. Money is a decimal string in `currency` (exact; never a double)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    CARDS_FIELD_NUMBER: _builtins.int
+    PRICES_FIELD_NUMBER: _builtins.int
+    MEMORY_SHARE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    currency: _builtins.str
+    memory_share: _builtins.str
+    """Share of a card-hour charged for its memory (the rest is charged for busy device time)."""
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cards(self) -> _containers.RepeatedCompositeFieldContainer[Global___CardPrice]:
+        """What renting a whole card costs per hour, per chip type: where the consumption prices come
+        from, and what an invoice's rental comparison charges for the time held.
+        """
+
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeterPrice]:
+        """(chip, meter) -> charge model. chip "*" applies to every chip without its own entry."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        currency: _builtins.str = ...,
+        cards: _abc.Iterable[Global___CardPrice] | None = ...,
+        prices: _abc.Iterable[Global___MeterPrice] | None = ...,
+        memory_share: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "currency", b"currency", "effective_from", b"effective_from", "memory_share", b"memory_share", "prices", b"prices", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceBook: _TypeAlias = PriceBook  # noqa: Y015
+
+@_typing.final
+class CardPrice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHIP_FIELD_NUMBER: _builtins.int
+    CARD_HOUR_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_HOUR_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_HOUR_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    card_hour: _builtins.str
+    """Renting one whole card for an hour."""
+    busy_device_hour: _builtins.str
+    """One busy device-hour and one GiB of device memory held for an hour, as the book charges
+    them (card_hour x (1 - memory_share), card_hour x memory_share / memory GiB).
+    """
+    memory_gib_hour: _builtins.str
+    basis: Global___PriceBasis.ValueType
+    method: _builtins.str
+    """How the price was obtained: the listing read, the conversion, or the estimate's rule."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        chip: _builtins.str = ...,
+        card_hour: _builtins.str = ...,
+        busy_device_hour: _builtins.str = ...,
+        memory_gib_hour: _builtins.str = ...,
+        basis: Global___PriceBasis.ValueType = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "busy_device_hour", b"busy_device_hour", "card_hour", b"card_hour", "chip", b"chip", "memory_gib_hour", b"memory_gib_hour", "method", b"method", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CardPrice: _TypeAlias = CardPrice  # noqa: Y015
+
+@_typing.final
+class PriceTier(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    FLAT_FEE_FIELD_NUMBER: _builtins.int
+    up_to: _builtins.int
+    """Last unit of the tier (inclusive); 0 for the last, unbounded tier."""
+    unit_price: _builtins.str
+    flat_fee: _builtins.str
+    def __init__(
+        self,
+        *,
+        up_to: _builtins.int = ...,
+        unit_price: _builtins.str = ...,
+        flat_fee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flat_fee", b"flat_fee", "unit_price", b"unit_price", "up_to", b"up_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceTier: _TypeAlias = PriceTier  # noqa: Y015
+
+@_typing.final
+class TimeOfUseBand(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_HOUR_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    start_hour: _builtins.int
+    """Start hour (0..23, local at the tariff's utc offset); the band runs to the next start."""
+    period: _builtins.str
+    """"peak", "flat" or "valley"."""
+    def __init__(
+        self,
+        *,
+        start_hour: _builtins.int = ...,
+        period: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "start_hour", b"start_hour"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeOfUseBand: _TypeAlias = TimeOfUseBand  # noqa: Y015
+
+@_typing.final
+class MeterPrice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MultipliersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHIP_FIELD_NUMBER: _builtins.int
+    METER_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    PER_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    PACKAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PACKAGE_PRICE_FIELD_NUMBER: _builtins.int
+    FREE_UNITS_FIELD_NUMBER: _builtins.int
+    BANDS_FIELD_NUMBER: _builtins.int
+    MULTIPLIERS_FIELD_NUMBER: _builtins.int
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    meter: _builtins.str
+    """A meter name (pocgrid.meters: input_tokens, output_tokens, samples, busy_device_us,
+    memory_byte_seconds) and its integer unit.
+    """
+    unit: _builtins.str
+    model: _builtins.str
+    """"standard", "graduated", "volume" or "package"."""
+    unit_price: _builtins.str
+    """standard: unit_price per `per` units."""
+    per: _builtins.int
+    package_size: _builtins.int
+    """package: package_price per package_size units after free_units."""
+    package_price: _builtins.str
+    free_units: _builtins.int
+    utc_offset_minutes: _builtins.int
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceTier]:
+        """graduated, volume: tiers; unit prices per unit."""
+
+    @_builtins.property
+    def bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeOfUseBand]:
+        """Time of use: bands and each period's multiplier (a decimal string)."""
+
+    @_builtins.property
+    def multipliers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        chip: _builtins.str = ...,
+        meter: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        model: _builtins.str = ...,
+        unit_price: _builtins.str = ...,
+        per: _builtins.int = ...,
+        tiers: _abc.Iterable[Global___PriceTier] | None = ...,
+        package_size: _builtins.int = ...,
+        package_price: _builtins.str = ...,
+        free_units: _builtins.int = ...,
+        bands: _abc.Iterable[Global___TimeOfUseBand] | None = ...,
+        multipliers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        utc_offset_minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "chip", b"chip", "free_units", b"free_units", "meter", b"meter", "model", b"model", "multipliers", b"multipliers", "package_price", b"package_price", "package_size", b"package_size", "per", b"per", "tiers", b"tiers", "unit", b"unit", "unit_price", b"unit_price", "utc_offset_minutes", b"utc_offset_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeterPrice: _TypeAlias = MeterPrice  # noqa: Y015

@@ -45,6 +45,11 @@ class MeteringServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetPriceBook = channel.unary_unary(
+                '/pocgrid.v1.MeteringService/GetPriceBook',
+                request_serializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -63,6 +68,14 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPriceBook(self, request, context):
+        """The price book in force at a time (now by default): what the scheduler's cost policy and
+        the evaluator's cost per million tokens price work with. The same for every tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetUsageSummary,
                     request_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryResponse.SerializeToString,
+            ),
+            'GetPriceBook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPriceBook,
+                    request_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class MeteringService:
             '/pocgrid.v1.MeteringService/GetUsageSummary',
             pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryRequest.SerializeToString,
             pocgrid_dot_v1_dot_metering__pb2.GetUsageSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPriceBook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.MeteringService/GetPriceBook',
+            pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.SerializeToString,
+            pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.FromString,
             options,
             channel_credentials,
             insecure,

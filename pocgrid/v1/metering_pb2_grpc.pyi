@@ -35,6 +35,10 @@ class MeteringServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MeteringServiceAsyncStub: ...
     ListUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ListUsageRequest, _metering_pb2.ListUsageResponse]
     GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetUsageSummaryRequest, _metering_pb2.GetUsageSummaryResponse]
+    GetPriceBook: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetPriceBookRequest, _metering_pb2.GetPriceBookResponse]
+    """The price book in force at a time (now by default): what the scheduler's cost policy and
+    the evaluator's cost per million tokens price work with. The same for every tenant.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -43,6 +47,10 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.ListUsageRequest, _metering_pb2.ListUsageResponse]  # type: ignore[assignment]
     GetUsageSummary: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetUsageSummaryRequest, _metering_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
+    GetPriceBook: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetPriceBookRequest, _metering_pb2.GetPriceBookResponse]  # type: ignore[assignment]
+    """The price book in force at a time (now by default): what the scheduler's cost policy and
+    the evaluator's cost per million tokens price work with. The same for every tenant.
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """Public: what a tenant consumed. Records arrive as usage events over JetStream."""
@@ -60,5 +68,15 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metering_pb2.GetUsageSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.GetUsageSummaryResponse, _abc.Awaitable[_metering_pb2.GetUsageSummaryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPriceBook(
+        self,
+        request: _metering_pb2.GetPriceBookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.GetPriceBookResponse, _abc.Awaitable[_metering_pb2.GetPriceBookResponse]]:
+        """The price book in force at a time (now by default): what the scheduler's cost policy and
+        the evaluator's cost per million tokens price work with. The same for every tenant.
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

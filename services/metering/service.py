@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
+from pocgrid.price_book import default_price_book
 from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
 from services.core.config import CommonConfig
 from services.core.service import Service
@@ -43,7 +44,7 @@ class MeteringServer(Service):
         self.store = UsageStore(db)
         await self.connect_bus()
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-            MeteringServicer(self.store), server
+            MeteringServicer(self.store, (default_price_book(),)), server
         )
         self.add_service(metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name)
 

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pocgrid.price_book import SourcedBook, to_proto
 from pocgrid.v1 import common_pb2, metering_pb2, metering_pb2_grpc
 from services.core import rpc_context
 from services.core import validation as v
-from services.core.errors import InvalidArgument, Unauthenticated
+from services.core.errors import InvalidArgument, NotFound, Unauthenticated
 from services.metering.store import UsageFilter, UsageStore
 
 
@@ -42,8 +43,15 @@ def _window(
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, store: UsageStore) -> None:
+    def __init__(self, store: UsageStore, books: tuple[SourcedBook, ...]) -> None:
         self._store = store
+        self._books = sorted(books, key=lambda b: b.book.effective_from)
+
+    def book_at(self, when: datetime) -> SourcedBook:
+        current = [b for b in self._books if b.book.effective_from <= when]
+        if not current:
+            raise NotFound("price book", f"in force at {when.isoformat()}")
+        return current[-1]
 
     async def ListUsage(
         self, request: metering_pb2.ListUsageRequest, context: grpc.aio.ServicerContext
@@ -69,3 +77,15 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         since, until = _window(request)
         by_chip = await self._store.summary(UsageFilter(tenant, since=since, until=until))
         return metering_pb2.GetUsageSummaryResponse(tenant=tenant, by_chip=by_chip)
+
+    async def GetPriceBook(
+        self, request: metering_pb2.GetPriceBookRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.GetPriceBookResponse:
+        # Prices are public to every authenticated caller; only the gateway's key check applies.
+        caller_tenant()
+        chip = v.optional_text("chip", request.chip, 64)
+        at = _time("at", request.at, request.HasField("at")) or datetime.now(UTC)
+        sourced = self.book_at(at)
+        if chip and chip not in sourced.cards:
+            raise NotFound("chip", chip, "the price book lists the catalogue's chip types")
+        return metering_pb2.GetPriceBookResponse(book=to_proto(sourced, chip))

@@ -15,6 +15,7 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.service import GatewayServer
 from pocgrid.cli.main import main
+from pocgrid.price_book import default_price_book, from_proto
 from pocgrid.v1 import metering_pb2, metering_pb2_grpc
 from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
@@ -132,3 +133,42 @@ def test_pocgrid_usage_window_is_checked(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--gateway", "127.0.0.1:1", "--api-key", "k", "usage", "--window", "0h"])
     assert "is not a window" in capsys.readouterr().err
+
+
+async def test_the_price_book_in_force_through_the_gateway(
+    common, closer, nats_server, capsys
+) -> None:
+    gw, _ = await _mesh(common, closer, nats_server)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = metering_pb2_grpc.MeteringServiceStub(ch)
+        resp = await stub.GetPriceBook(metering_pb2.GetPriceBookRequest(), metadata=_auth(KEY_A))
+        book, cards = from_proto(resp.book)
+        assert book == default_price_book().book
+        assert cards["a100-80gb-sxm"].basis == "published"
+        one = await stub.GetPriceBook(
+            metering_pb2.GetPriceBookRequest(chip="ascend-910b"), metadata=_auth(KEY_B)
+        )
+        assert [(c.chip, c.card_hour, c.busy_device_hour) for c in one.book.cards] == [
+            ("ascend-910b", "1.63", "1.304")
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetPriceBook(
+                metering_pb2.GetPriceBookRequest(chip="no-such-chip"), metadata=_auth(KEY_A)
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no-such-chip" in (err.value.details() or "")
+        before = metering_pb2.GetPriceBookRequest()
+        before.at.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetPriceBook(before, metadata=_auth(KEY_A))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetPriceBook(metering_pb2.GetPriceBookRequest(), metadata=_auth("nope"))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    argv = ["--gateway", gw.address, "--api-key", KEY_A, "prices", "--chip", "mlu370-x8", "--json"]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    doc = json.JSONDecoder().raw_decode(out, out.index("\n{") + 1)[0]
+    assert doc["cards"][0]["chip"] == "mlu370-x8"
+    assert doc["cards"][0]["basis"] == "PRICE_BASIS_ESTIMATED"

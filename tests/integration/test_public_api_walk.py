@@ -149,6 +149,9 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         "MeteringService/GetUsageSummary": lambda: metering.GetUsageSummary(
             metering_pb2.GetUsageSummaryRequest(), metadata=AUTH
         ),
+        "MeteringService/GetPriceBook": lambda: metering.GetPriceBook(
+            metering_pb2.GetPriceBookRequest(chip="mtt-s4000"), metadata=AUTH
+        ),
         "AdapterService/CheckFit": lambda: adapt.CheckFit(
             adapter_pb2.CheckFitRequest(
                 model="Qwen2.5-7B", chip="mtt-s4000", precision=common_pb2.PRECISION_FP16, devices=1

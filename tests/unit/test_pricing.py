@@ -10,9 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from pocgrid.meters import METERS, record_quantities
-from pocgrid.tariff import Period, TimeOfUse
-from services.core.usage import AMOUNT_FIELDS
-from services.metering.pricing import (
+from pocgrid.pricing import (
     ANY_CHIP,
     Graduated,
     Package,
@@ -26,6 +24,8 @@ from services.metering.pricing import (
     rate,
     round_money,
 )
+from pocgrid.tariff import Period, TimeOfUse
+from services.core.usage import AMOUNT_FIELDS
 
 D = Decimal
 T0 = datetime(2026, 12, 1, tzinfo=UTC)

@@ -1,5 +1,8 @@
 """Meters, versioned price books, charge models and time-of-use multipliers (pure: no I/O).
 
+Below every service: metering rates usage with it, the scheduler's ``cost`` policy and its
+simulator and the evaluator's cost per million tokens price work with the same code.
+
 Quantities are integers in each meter's unit (tokens, samples, device-microseconds,
 byte-seconds), so sums are exact. Money is exact too: every charge is computed with
 ``fractions.Fraction`` and rounded once, to ``MONEY_PLACES`` decimal places (half to even),
@@ -8,7 +11,7 @@ when it becomes a ``Decimal``.
 Charge models (Lago's names), each over the total quantity ``Q`` of one meter, chip type and
 billing period:
 
-- ``Standard(unit_price)``: ``Q * unit_price``.
+- ``Standard(unit_price, per)``: ``Q * unit_price / per`` (``per`` units are quoted together).
 - ``Graduated(tiers)``: each unit is priced by the tier it falls in; a tier's flat fee is
   charged once when any unit reaches it.
 - ``Volume(tiers)``: every unit is priced at the tier that ``Q`` falls in, plus that tier's flat
@@ -86,13 +89,19 @@ def _check_tiers(tiers: Sequence[Tier]) -> None:
 @dataclass(frozen=True, slots=True)
 class Standard:
     unit_price: Decimal
+    """Price of ``per`` units."""
+    per: int = 1
+    """Units the price is quoted for: a device-hour is 3.6e9 device-us, and 1.59 per
+    3,600,000,000 is exact where 1.59 / 3.6e9 has no finite decimal."""
 
     def __post_init__(self) -> None:
         _price(self.unit_price)
+        if self.per <= 0:
+            raise ValueError(f"per must be > 0, got {self.per}")
 
     def charge(self, quantity: int) -> Fraction:
         _check_quantity(quantity)
-        return quantity * _price(self.unit_price)
+        return quantity * _price(self.unit_price) / self.per
 
 
 @dataclass(frozen=True, slots=True)
