@@ -61,6 +61,21 @@ class AgentServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.StartTask = channel.unary_unary(
+                '/pocgrid.v1.AgentService/StartTask',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.StartTaskRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.StartTaskResponse.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/pocgrid.v1.AgentService/GetTask',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.GetTaskResponse.FromString,
+                _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/pocgrid.v1.AgentService/CancelTask',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
         self.Generate = channel.unary_stream(
                 '/pocgrid.v1.AgentService/Generate',
                 request_serializer=pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
@@ -107,6 +122,30 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartTask(self, request, context):
+        """Task lifecycle (what the scheduler places): batch work of `steps` units, each one RunTask
+        of `work` (its own usage event), run in the background. Idempotent on (tenant, task_id): a
+        retried start returns the task already there. Its state is kept in the agent's database, so
+        after an agent restart a running task resumes at its next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTask(self, request, context):
+        """Stops a task checkpoint-style: the step in progress finishes (and is billed), no further
+        step starts; the answer carries the steps done. Cancelling a finished task changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Generate(self, request, context):
         """Serving: one LLM request; each token arrives with the virtual time it would leave the chip.
         """
@@ -141,6 +180,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RunTask,
                     request_deserializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.SerializeToString,
+            ),
+            'StartTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTask,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.StartTaskRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.StartTaskResponse.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.GetTaskRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.CancelTaskRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.CancelTaskResponse.SerializeToString,
             ),
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
@@ -285,6 +339,87 @@ class AgentService:
             '/pocgrid.v1.AgentService/RunTask',
             pocgrid_dot_v1_dot_agent__pb2.RunTaskRequest.SerializeToString,
             pocgrid_dot_v1_dot_agent__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/StartTask',
+            pocgrid_dot_v1_dot_agent__pb2.StartTaskRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.StartTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/GetTask',
+            pocgrid_dot_v1_dot_agent__pb2.GetTaskRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/CancelTask',
+            pocgrid_dot_v1_dot_agent__pb2.CancelTaskRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

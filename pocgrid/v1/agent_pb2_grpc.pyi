@@ -45,6 +45,17 @@ class AgentServiceStub:
     emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
     a retry gets the first answer, and its usage is recorded once.
     """
+    StartTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StartTaskRequest, _agent_pb2.StartTaskResponse]
+    """Task lifecycle (what the scheduler places): batch work of `steps` units, each one RunTask
+    of `work` (its own usage event), run in the background. Idempotent on (tenant, task_id): a
+    retried start returns the task already there. Its state is kept in the agent's database, so
+    after an agent restart a running task resumes at its next step.
+    """
+    GetTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetTaskRequest, _agent_pb2.GetTaskResponse]
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]
+    """Stops a task checkpoint-style: the step in progress finishes (and is billed), no further
+    step starts; the answer carries the steps done. Cancelling a finished task changes nothing.
+    """
     Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
 
@@ -64,6 +75,17 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
     emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
     a retry gets the first answer, and its usage is recorded once.
+    """
+    StartTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.StartTaskRequest, _agent_pb2.StartTaskResponse]  # type: ignore[assignment]
+    """Task lifecycle (what the scheduler places): batch work of `steps` units, each one RunTask
+    of `work` (its own usage event), run in the background. Idempotent on (tenant, task_id): a
+    retried start returns the task already there. Its state is kept in the agent's database, so
+    after an agent restart a running task resumes at its next step.
+    """
+    GetTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetTaskRequest, _agent_pb2.GetTaskResponse]  # type: ignore[assignment]
+    CancelTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    """Stops a task checkpoint-style: the step in progress finishes (and is billed), no further
+    step starts; the answer carries the steps done. Cancelling a finished task changes nothing.
     """
     Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
@@ -111,6 +133,35 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Batch work: ONNX inference with real numerics on the host CPU (the chip's precision
         emulated), or an LLM batch priced by the performance model. Idempotent on (tenant, task_id):
         a retry gets the first answer, and its usage is recorded once.
+        """
+
+    @_abc_1.abstractmethod
+    def StartTask(
+        self,
+        request: _agent_pb2.StartTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.StartTaskResponse, _abc.Awaitable[_agent_pb2.StartTaskResponse]]:
+        """Task lifecycle (what the scheduler places): batch work of `steps` units, each one RunTask
+        of `work` (its own usage event), run in the background. Idempotent on (tenant, task_id): a
+        retried start returns the task already there. Its state is kept in the agent's database, so
+        after an agent restart a running task resumes at its next step.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _agent_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.GetTaskResponse, _abc.Awaitable[_agent_pb2.GetTaskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelTask(
+        self,
+        request: _agent_pb2.CancelTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.CancelTaskResponse, _abc.Awaitable[_agent_pb2.CancelTaskResponse]]:
+        """Stops a task checkpoint-style: the step in progress finishes (and is billed), no further
+        step starts; the answer carries the steps done. Cancelling a finished task changes nothing.
         """
 
     @_abc_1.abstractmethod

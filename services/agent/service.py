@@ -18,6 +18,7 @@ from services.agent.runtime.runtime import VendorRuntime, create_runtime
 from services.agent.servicer import AgentServicer
 from services.agent.tables import OUTBOX
 from services.agent.work.executor import TaskExecutor
+from services.agent.work.tasks import TaskRunner, TaskStore
 from services.core.config import CommonConfig, ConfigError
 from services.core.outbox import Outbox, OutboxEvent
 from services.core.service import Service
@@ -54,6 +55,7 @@ class AgentServer(Service):
         )
         self.lease: LeaseKeeper | None = None
         self.executor: TaskExecutor | None = None
+        self.tasks: TaskRunner | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         await self.connect_bus()
@@ -73,8 +75,10 @@ class AgentServer(Service):
         self.executor = TaskExecutor(
             self.node_id, self.chip, self.runtime, emit_usage, self.config.speed_factor
         )
+        self.tasks = TaskRunner(TaskStore(db), self.executor)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.node_id, self.chip.name, self.runtime, self.executor), server
+            AgentServicer(self.node_id, self.chip.name, self.runtime, self.executor, self.tasks),
+            server,
         )
         self.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
         stub = registry_pb2_grpc.NodeLeaseServiceStub(self.channel(self.config.registry_addr))
@@ -87,9 +91,14 @@ class AgentServer(Service):
         )
 
     async def on_serving(self) -> None:
-        assert self.lease is not None
+        assert self.lease is not None and self.tasks is not None
+        # Tasks a previous process of this node left RUNNING go on at their next step.
+        await self.tasks.resume_all()
         self.spawn(self.lease.run(), "lease")
 
     async def on_drain(self) -> None:
+        if self.tasks is not None:
+            # Left RUNNING in the table: a restarted agent resumes them where they stopped.
+            await self.tasks.stop()
         if self.lease is not None and self.lease.registered.is_set():
             await self.lease.deregister("agent shutting down")

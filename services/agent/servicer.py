@@ -18,6 +18,7 @@ from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
 from services.agent.work.executor import TaskExecutor
+from services.agent.work.tasks import TaskRunner
 from services.core import rpc_context
 from services.core import validation as v
 from services.core.errors import InvalidArgument, NotFound, Unauthenticated
@@ -38,12 +39,18 @@ def require_tenant() -> str:
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
-        self, node_id: str, chip: str, runtime: VendorRuntime, executor: TaskExecutor
+        self,
+        node_id: str,
+        chip: str,
+        runtime: VendorRuntime,
+        executor: TaskExecutor,
+        tasks: TaskRunner,
     ) -> None:
         self._node_id = node_id
         self._chip = chip
         self._runtime = runtime
         self._executor = executor
+        self._tasks = tasks
         self._allocations: dict[str, Allocation] = {}
 
     def _check_index(self, field: str, index: int) -> None:
@@ -110,6 +117,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.RunTaskRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunTaskResponse:
         return await self._executor.run_task(require_tenant(), request)
+
+    async def StartTask(
+        self, request: agent_pb2.StartTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.StartTaskResponse:
+        return agent_pb2.StartTaskResponse(task=await self._tasks.start(require_tenant(), request))
+
+    async def GetTask(
+        self, request: agent_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.GetTaskResponse:
+        return agent_pb2.GetTaskResponse(
+            task=await self._tasks.get(require_tenant(), request.task_id)
+        )
+
+    async def CancelTask(
+        self, request: agent_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.CancelTaskResponse:
+        task = await self._tasks.cancel(require_tenant(), request.task_id, request.reason)
+        return agent_pb2.CancelTaskResponse(task=task)
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext

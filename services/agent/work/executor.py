@@ -186,6 +186,32 @@ class TaskExecutor:
         return usage_id
 
     # -- RunTask --------------------------------------------------------------------------
+    def check(self, request: agent_pb2.RunTaskRequest) -> None:
+        """What ``run_task`` would refuse before running anything, checked without running it:
+        ``StartTask`` answers bad work with its status instead of a task that fails later."""
+        v.optional_text("work.job_id", request.job_id, 128)
+        kind = request.WhichOneof("work")
+        if kind not in ("onnx", "llm_batch"):
+            raise InvalidArgument("work.work", "must be onnx or llm_batch")
+        precision = self._precision("work.precision", request.precision)
+        devices = self._devices(request.device_indexes)
+        if kind == "onnx":
+            if len(devices) != 1:
+                raise InvalidArgument("work.device_indexes", "ONNX work runs on one device")
+            if not request.onnx.model:
+                raise InvalidArgument("work.onnx.model", "must not be empty")
+            return
+        work = request.llm_batch
+        v.require_text("work.llm_batch.model", work.model, 128)
+        v.require_range("work.llm_batch.batch", work.batch, 1, 65536)
+        v.require_range("work.llm_batch.input_len", work.input_len, 1, MAX_LLM_LEN)
+        v.require_range("work.llm_batch.output_len", work.output_len, 1, MAX_LLM_LEN)
+        p = self._llm_prediction(
+            work.model, precision, len(devices), work.batch, work.input_len, work.output_len
+        )
+        if not p.fits:
+            raise FailedPrecondition(p.why_not_fits or "the deployment does not fit")
+
     async def run_task(
         self, tenant: str, request: agent_pb2.RunTaskRequest
     ) -> agent_pb2.RunTaskResponse:
