@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,8 @@ class LocalMesh:
     _nats_child: _Child | None = None
     children: list[_Child] = field(default_factory=list)
     gateway: str = ""
+    openai: str = ""
+    """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint."""
 
     # -- start ------------------------------------------------------------------------
     def start(self, timeout_s: float = 120.0) -> None:
@@ -120,7 +123,14 @@ class LocalMesh:
         self._wait_ready(backends, deadline)
         for b in backends:
             addrs[f"POCGRID_{b.info.name.upper()}_ADDR"] = b.info.address
-        gateway = self._spawn("gateway", ["-m", "gateway"], {**addrs, **self._gateway_keys()})
+        # The OpenAI-compatible endpoint gets a port chosen here, not port 0, so that a restarted
+        # gateway serves it where clients were told it is (as gRPC keeps its address).
+        self.openai = f"127.0.0.1:{_free_port()}"
+        gateway = self._spawn(
+            "gateway",
+            ["-m", "gateway"],
+            {**addrs, **self._gateway_keys(), "POCGRID_OPENAI_LISTEN": self.openai},
+        )
         self._wait_ready([gateway], deadline)
         self.gateway = gateway.info.address
         agents = [
@@ -302,6 +312,7 @@ class LocalMesh:
         return MeshState(
             supervisor_pid=supervisor_pid,
             gateway=self.gateway,
+            openai=self.openai,
             api_key=self.api_key,
             nats_url=self.nats.url if self.nats else "",
             run_dir=str(self.run_dir),
@@ -379,3 +390,11 @@ def exit_cause(log: Path, tail_bytes: int = 16384) -> str:
         if not line.startswith(("File ", "Traceback", "^", "~")) and ":" in line:
             return line
     return f"see {log}"
+
+
+def _free_port() -> int:
+    """A port free on loopback now (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

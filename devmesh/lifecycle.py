@@ -107,10 +107,11 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
         state.save(path)
         if foreground:
             if args.json:
-                emit_json({"gateway": mesh.gateway, "api_key": mesh.api_key})
+                emit_json({"gateway": mesh.gateway, "api_key": mesh.api_key, "openai": mesh.openai})
             else:
                 say(f"\npocgrid mesh is up: {len(mesh.fleet())} agents, logs in {mesh.run_dir}")
                 say(f"  gateway  {mesh.gateway}\n  api key  {mesh.api_key}")
+                say(f"  openai   http://{mesh.openai}/v1 (OpenAI-compatible, same key)")
                 if mesh.data_dir is not None:
                     say(f"  data     {mesh.data_dir} (kept across down/up)")
                 say("Press Ctrl-C to stop.")
@@ -175,10 +176,13 @@ def up(args: argparse.Namespace) -> int:
             if state.status == "ready":
                 progress.done()
                 if args.json:
-                    emit_json({"gateway": state.gateway, "api_key": state.api_key})
+                    emit_json(
+                        {"gateway": state.gateway, "api_key": state.api_key, "openai": state.openai}
+                    )
                 else:
                     say(f"pocgrid mesh is up (supervisor pid {proc.pid})")
                     say(f"  gateway  {state.gateway}\n  api key  {state.api_key}")
+                    say(f"  openai   http://{state.openai}/v1 (OpenAI-compatible, same key)")
                     if state.data_dir:
                         say(f"  data     {state.data_dir} (kept across down/up)")
                     say("Stop it with `pocgrid down`.")

@@ -36,9 +36,20 @@ class GatewayConfig(EnvConfig):
     evaluator_addr: str = ""
     """HOST:PORT of the evaluator."""
 
+    openai_listen: str = ""
+    """HOST:PORT of the OpenAI-compatible HTTP endpoint (port 0: a free port); empty: none."""
+
+    openai_speed_factor: float = 1.0
+    """Real seconds per virtual second the endpoint streams tokens at, inverted: 1.0 paces
+    tokens in real time, 2.0 twice as fast, 0 sends each as soon as the agent produces it."""
+
     def __post_init__(self) -> None:
         if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1:
             raise ConfigError("rate limits must be positive")
+        if self.openai_speed_factor < 0:
+            raise ConfigError(f"{env_name('openai_speed_factor')}: must be >= 0")
+        if self.openai_listen:
+            parse_hostport("openai_listen", self.openai_listen)
         for name in (
             "registry_addr",
             "scheduler_addr",

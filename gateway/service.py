@@ -10,9 +10,10 @@ from opentelemetry.sdk.trace import SpanProcessor
 from gateway.auth import ApiKeys
 from gateway.config import GatewayConfig
 from gateway.forwarder import GatewayHandler
+from gateway.openai_http import OpenAIEndpoint
 from gateway.ratelimit import RateLimiter
 from gateway.routing import public_routes, public_service_names
-from services.core.config import CommonConfig
+from services.core.config import CommonConfig, ConfigError
 from services.core.service import Service
 
 
@@ -36,6 +37,9 @@ class GatewayServer(Service):
         self.keys = ApiKeys.load(
             config.api_keys, config.api_keys_file, config.rate_limit_per_s, config.rate_limit_burst
         )
+        self.limiter = RateLimiter()
+        self.openai: OpenAIEndpoint | None = None
+        self._agent_channels: dict[str, grpc.aio.Channel] = {}
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         routes = public_routes()
@@ -50,7 +54,7 @@ class GatewayServer(Service):
                     routes,
                     channels,
                     self.keys,
-                    RateLimiter(),
+                    self.limiter,
                     self.tracer_provider,
                     self.common.downstream_timeout_cap_s,
                 ),
@@ -58,3 +62,35 @@ class GatewayServer(Service):
         )
         for name in public_service_names():
             self.add_service(name)
+        if self.config.openai_listen:
+            if not self.config.registry_addr:
+                raise ConfigError(
+                    "POCGRID_OPENAI_LISTEN needs POCGRID_REGISTRY_ADDR (it finds "
+                    "the chips' nodes in the registry)"
+                )
+            self.openai = OpenAIEndpoint(
+                self.config.openai_listen,
+                self.keys,
+                # One bucket per tenant across gRPC and HTTP: a tenant's limit is its limit.
+                self.limiter,
+                self.channel(self.config.registry_addr),
+                self._agent_channel,
+                speed_factor=self.config.openai_speed_factor,
+                shutdown_s=self.common.shutdown_grace_s,
+            )
+            await self.openai.start()
+
+    def _agent_channel(self, address: str) -> grpc.aio.Channel:
+        """One channel per agent, closed with the gateway."""
+        if address not in self._agent_channels:
+            self._agent_channels[address] = self.channel(address)
+        return self._agent_channels[address]
+
+    async def on_drain(self) -> None:
+        # Streams in flight finish (up to the grace period) before the channels they read close.
+        if self.openai is not None:
+            await self.openai.stop()
+
+    async def on_stop(self) -> None:
+        if self.openai is not None:  # start() failed part-way: on_drain did not run
+            await self.openai.stop()

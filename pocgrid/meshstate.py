@@ -35,6 +35,8 @@ class ProcessInfo:
 class MeshState:
     supervisor_pid: int
     gateway: str = ""
+    openai: str = ""
+    """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint (``http://HOST:PORT/v1``)."""
     api_key: str = ""
     nats_url: str = ""
     run_dir: str = ""

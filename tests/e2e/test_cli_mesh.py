@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import openai
 import pytest
 
 from pocgrid.catalog import default_catalog
@@ -49,7 +50,7 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
     up = _cli(env, "up", "--detach", "--json", "--devices", "2")
     assert up.returncode == 0, up.stderr + (tmp_path / "home" / "supervisor.log").read_text()
     info = json.loads(up.stdout)
-    assert set(info) == {"gateway", "api_key"}
+    assert set(info) == {"gateway", "api_key", "openai"}
     state = MeshState.load(tmp_path / "home" / "mesh.json")
     assert state is not None and state.status == "ready"
     pids = [state.supervisor_pid] + [p.pid for p in state.processes]
@@ -65,6 +66,10 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
         fleet = {c.name for c in default_catalog().emulatable_chips()}
         assert {n["chip"] for n in data["nodes"]} == fleet
         assert all(n["state"] == "READY" and n["devices"] == 2 for n in data["nodes"])
+        # The gateway's OpenAI-compatible endpoint is where `up` said, with the same key.
+        client = openai.OpenAI(base_url=f"http://{info['openai']}/v1", api_key=info["api_key"])
+        assert "Qwen2.5-7B@ascend-910b2" in [m.id for m in client.models.list()]
+        client.close()
         assert set(data["nodes"][0]) >= {"node_id", "chip", "vendor", "devices", "state"}
 
         chips = _cli(env, "chips", "--json")
