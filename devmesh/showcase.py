@@ -6,7 +6,10 @@ reads the metered usage back through the gateway: agent -> NATS JetStream -> met
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 
 import grpc
@@ -77,3 +80,44 @@ def run_showcase(client: Client, tenant: str, say: Callable[[str], None]) -> lis
                 f"{usage.busy_device_seconds * 1e6:.1f} busy device-us"
             )
     return rows
+
+
+def stream_completion(
+    openai_addr: str, api_key: str, model: str, max_tokens: int = 48
+) -> tuple[str, float, float, float]:
+    """One streamed completion through the gateway's OpenAI-compatible endpoint, read as any
+    HTTP client would (server-sent events); returns the text, the client-measured TTFT (s), the
+    mean gap between later tokens (s), and the last token's virtual time (s)."""
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": "Which accelerator should serve our chat assistant?",
+            "max_tokens": max_tokens,
+            "stream": True,
+            "seed": 1,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"http://{openai_addr}/v1/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+    start = time.monotonic()
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    virtual = 0.0
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            choices = event.get("choices") or []
+            if choices and choices[0].get("text"):
+                arrivals.append(time.monotonic() - start)
+                pieces.append(choices[0]["text"])
+                virtual = float(event.get("pocgrid_virtual_time_s", virtual))
+    if not arrivals:
+        raise RuntimeError(f"{model}: the stream carried no tokens")
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    return "".join(pieces), arrivals[0], (sum(gaps) / len(gaps) if gaps else 0.0), virtual

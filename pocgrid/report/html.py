@@ -59,9 +59,14 @@ def _namer(items: Sequence[Doc]) -> Callable[[Doc], str]:
 
 
 def _slo(r: Doc, doc: Doc) -> Mapping[str, Any]:
-    for source in (r.get("slo"), doc.get("slo")):
-        if isinstance(source, Mapping):
-            return source
+    """The bounds a result was judged by: its own, else the evaluation's; a pack's components
+    each have their own, so a pack's evaluation-wide SLO is not drawn on a component."""
+    own = r.get("slo")
+    if isinstance(own, Mapping):
+        return own
+    whole = doc.get("slo")
+    if isinstance(whole, Mapping) and doc.get("scenario_kind") != "pack":
+        return whole
     return {}
 
 
@@ -142,7 +147,7 @@ def _charts(scenario: str, items: Sequence[Doc], doc: Doc, index: int) -> list[s
                 dashed=not r.get("domestic", True),
             )
         )
-    bound = number(slo.get("p99_ttft_ms" if llm else "p99_latency_ms"))
+    bound = number(slo.get("ttft_p99_ms" if llm else "e2el_p99_ms"))
     out.append(
         line_chart(
             f"latency-{index}",

@@ -1,8 +1,9 @@
 """Progress bars while an evaluation runs, fed by the ``WatchEvaluation`` stream.
 
-Each message of the stream is the evaluation now (its ``progress``: runs done of runs total and
-what runs at the moment). On a terminal, rich draws a bar with the elapsed time; in a pipe or a
-log a line is written each time a run finishes, so the output stays short.
+Each message of the stream carries the evaluation now (its ``progress``: runs done of runs
+total and what runs at the moment); ``follow`` takes those evaluations. On a terminal, rich
+draws a bar with the elapsed time; in a pipe or a log a line is written each time a run
+finishes, so the output stays short.
 """
 
 from __future__ import annotations
@@ -36,21 +37,15 @@ class _Evaluation(Protocol):
     def progress(self) -> _Progress: ...
 
 
-class _Update(Protocol):
-    @property
-    def evaluation(self) -> _Evaluation: ...
-
-
-def follow(updates: Iterable[_Update], stream: TextIO | None = None) -> Any:
-    """Show the progress of each update until the stream ends; returns the last evaluation
-    (None when the stream carried nothing)."""
+def follow(evaluations: Iterable[_Evaluation], stream: TextIO | None = None) -> Any:
+    """Show the progress of each evaluation update until the stream ends; returns the last
+    one (None when the stream carried nothing)."""
     out = stream or sys.stderr
     console = Console(file=out)
     last: Any = None
     if not console.is_terminal:
         done = -1
-        for update in updates:
-            last = update.evaluation
+        for last in evaluations:
             p = last.progress
             if p.runs_done != done:
                 done = p.runs_done
@@ -68,8 +63,7 @@ def follow(updates: Iterable[_Update], stream: TextIO | None = None) -> Any:
         transient=False,
     ) as bar:
         task = None
-        for update in updates:
-            last = update.evaluation
+        for last in evaluations:
             p = last.progress
             if task is None:
                 task = bar.add_task(

@@ -132,7 +132,7 @@ def sample_doc() -> dict[str, Any]:
         "evaluation_id": "ev-test",
         "scenario": "finance",
         "model": "Qwen2.5-7B",
-        "slo": {"p99_ttft_ms": 200.0, "p99_tpot_ms": 50.0, "p99_latency_ms": 0.0},
+        "slo": {"ttft_p99_ms": 200.0, "tpot_p99_ms": 50.0, "e2el_p99_ms": None},
         "results": results + digits,
         "recommendation": {
             "cheapest": "ascend-910b2",

@@ -76,9 +76,7 @@ def test_frontier_keeps_exactly_the_undominated_points() -> None:
 def test_progress_in_a_pipe_writes_a_line_per_finished_run() -> None:
     def update(done: int, current: str) -> SimpleNamespace:
         progress = SimpleNamespace(runs_total=3, runs_done=done, current=current, message="")
-        return SimpleNamespace(
-            evaluation=SimpleNamespace(evaluation_id="ev1", state=2, progress=progress)
-        )
+        return SimpleNamespace(evaluation_id="ev1", state=2, progress=progress)
 
     buf = io.StringIO()
     updates = [update(0, "a"), update(0, "a"), update(1, "b"), update(3, "")]
