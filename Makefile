@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 
-.PHONY: demo test lint layers typecheck protos protos-check catalog-check unit integration bench clean nats
+.PHONY: demo test kustomize chromium lint layers typecheck protos protos-check catalog-check unit integration bench clean nats
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,16 @@ nats:
 chromium:
 	@scripts/ensure_chromium.sh
 
+## kustomize: renders deploy/k8s in the manifest test (pinned release binary, .cache/bin)
+kustomize:
+	@scripts/ensure_kustomize.sh >/dev/null
+
 ## demo: start the whole mesh, show the pool, stop it
 demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 
 ## test: lint, type-check, generated-code drift check, then every test
-test: $(STAMP) nats chromium lint layers typecheck protos-check catalog-check
+test: $(STAMP) nats chromium kustomize lint layers typecheck protos-check catalog-check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -87,7 +87,7 @@ class AgentServer(Service):
             self.node_id,
             self.chip.name,
             self.runtime,
-            lambda: self.config.advertise_addr or self.address,
+            lambda: self.config.advertise_addr or reachable_address(self.address),
         )
 
     async def on_serving(self) -> None:
@@ -102,3 +102,18 @@ class AgentServer(Service):
             await self.tasks.stop()
         if self.lease is not None and self.lease.registered.is_set():
             await self.lease.deregister("agent shutting down")
+
+
+def reachable_address(bound: str) -> str:
+    """The address peers dial when none is configured: a wildcard bind (``0.0.0.0`` in a
+    container) is replaced by this host's own address, so ``docker compose --scale`` replicas
+    each advertise their container's IP instead of one shared, unreachable name."""
+    host, _, port = bound.rpartition(":")
+    if host.strip("[]") not in ("0.0.0.0", "::", ""):
+        return bound
+    try:
+        ip = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return f"127.0.0.1:{port}"
+    return f"{ip}:{port}"
+

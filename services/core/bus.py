@@ -185,6 +185,9 @@ class EventBus:
                 subjects=list(spec.subjects),
                 duplicate_window=DUPLICATE_WINDOW_S,
                 max_age=spec.max_age_s,
+                # 3 on a 3-node JetStream cluster (deploy/k8s), so a stream survives a lost
+                # server; 1 on the single local nats-server.
+                num_replicas=self._config.stream_replicas,
             )
             try:
                 await self._js.add_stream(config)

@@ -144,9 +144,15 @@ class CommonConfig(EnvConfig):
     service's gRPC health, reports NOT_SERVING; the next successful pull reports SERVING again."""
     outbox_sweep_ms: int = 1_000
     """How often a publisher retries outbox events whose publish failed (NATS down or slow)."""
+    stream_replicas: int = 1
+    """JetStream replicas of every stream the mesh creates: 1 on one nats-server, 3 on the
+    3-node cluster of deploy/k8s (a stream then survives the loss of one server)."""
 
     def __post_init__(self) -> None:
         parse_hostport("listen", self.listen)
+        if not 1 <= self.stream_replicas <= 5:
+            # JetStream's own bound: a stream has 1..5 replicas.
+            raise ConfigError(f"{env_name('stream_replicas')}: must be 1..5")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"{env_name('log_format')}: must be auto, json or console")
         if self.log_level not in ("debug", "info", "warning", "error"):

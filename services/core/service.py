@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Final, Self, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +32,10 @@ from services.core.storage import Database
 from services.core.telemetry import PocgridTracerProvider, create_tracer_provider
 
 log = get_logger()
+
+
+LIVENESS: Final = "pocgrid.liveness"
+"""Health name that is SERVING while the server runs (the Kubernetes liveness probe's)."""
 
 
 class Service:
@@ -149,6 +153,9 @@ class Service:
             overall = ok if self.bus is None or self.bus.consumers_healthy else bad
             for svc in ["", *self._service_names]:
                 await self.health.set(svc, overall)
+            # Liveness: the process answers. Kept apart from "" so an orchestrator restarts a
+            # wedged process, not one whose NATS is down (a restart would not bring NATS back).
+            await self.health.set(LIVENESS, ok)
             for name, serving in (self.bus.health() if self.bus is not None else {}).items():
                 await self.health.set(name, ok if serving else bad)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 from pathlib import Path
@@ -11,38 +10,14 @@ import pytest
 import yaml
 
 from pocgrid.catalog import default_catalog
-from services.core.config import CommonConfig, EnvConfig, env_name
+from services.core.config import CommonConfig
+from tests.unit.deploy.config_names import env_read_by, package_of
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = {"registry", "scheduler", "metering", "adapter", "evaluator", "gateway"}
 # Set by the launcher for its own children, not meant for operators.
-LAUNCHER_ONLY = {"POCGRID_ADDRESS_FILE", "POCGRID_PARENT_PID"}
-
-
-def _package(service_name: str) -> str:
-    if service_name == "gateway":
-        return "gateway"
-    if service_name.startswith("agent-"):
-        return "services.agent"
-    return f"services.{service_name}"
-
-
-def _env_read_by(package: str) -> set[str]:
-    """POCGRID_* names the package's config classes (and CommonConfig) read."""
-    names = set(LAUNCHER_ONLY) | {env_name(f.name) for f in dataclasses.fields(CommonConfig)}
-    module_name = f"{package}.config"
-    if importlib.util.find_spec(module_name) is None:
-        return names
-    module = importlib.import_module(module_name)
-    for obj in vars(module).values():
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, EnvConfig)
-            and dataclasses.is_dataclass(obj)
-            and obj.__module__ == module_name
-        ):
-            names.update(env_name(f.name) for f in dataclasses.fields(obj))
-    return names
+#: Not pocgrid's: the infrastructure the services use.
+INFRA = {"nats", "postgres", "otel-collector", "jaeger"}
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +30,66 @@ def test_every_service_and_one_agent_per_emulatable_chip(compose):
     assert names >= SERVICES
     agents = {n.removeprefix("agent-") for n in names if n.startswith("agent-")}
     assert agents == {c.name for c in default_catalog().emulatable_chips()}
-    assert "nats" in names
+    assert names >= INFRA
     assert "-js" in compose["services"]["nats"]["command"]
+    assert "nats-data:/data" in compose["services"]["nats"]["volumes"]
+
+
+def test_compose_matches_the_compose_spec_schema(compose):
+    """Validated against the compose-spec JSON schema (vendored by check-jsonschema)."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads(
+        resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
+    )
+    jsonschema.validate(compose, schema)
+    broken = dict(compose, services={"gateway": {"ports": "50051"}})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_generated_manifests_are_current():
+    from tools import gen_deploy
+
+    assert gen_deploy.main(["--check"]) == 0, "run python -m tools.gen_deploy"
+
+
+def test_no_key_or_password_is_committed(compose):
+    gw = compose["services"]["gateway"]
+    assert "POCGRID_API_KEYS" not in gw["environment"]
+    assert gw["environment"]["POCGRID_API_KEYS_FILE"].startswith("/run/secrets/")
+    assert compose["secrets"]["api_keys"]["file"].startswith("./deploy/secrets/")
+    password = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert password.startswith("${POCGRID_DB_PASSWORD:?"), "the password comes from .env"
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert {".env", "deploy/secrets/"} <= set(ignored)
+
+
+def test_agents_scale_without_colliding(compose):
+    """`--scale agent-x=3`: no fixed node id, address or host port, so replicas differ."""
+    for name, svc in compose["services"].items():
+        if name.startswith("agent-"):
+            env = svc["environment"]
+            assert "POCGRID_NODE_ID" not in env and "POCGRID_ADVERTISE_ADDR" not in env, name
+            assert "ports" not in svc and "container_name" not in svc, name
+
+
+def test_wildcard_bind_advertises_the_host_address():
+    from services.agent.service import reachable_address
+
+    assert reachable_address("10.1.2.3:50051") == "10.1.2.3:50051"
+    host, _, port = reachable_address("0.0.0.0:50051").rpartition(":")
+    assert port == "50051" and host not in ("0.0.0.0", "")
 
 
 def test_commands_are_real_modules_with_health_checks(compose):
     for name, svc in compose["services"].items():
-        if name == "nats":
+        if name in INFRA:
             continue
         command = svc["command"]
         assert command[:2] == ["python", "-m"], name
@@ -71,12 +99,12 @@ def test_commands_are_real_modules_with_health_checks(compose):
 
 def test_env_names_are_read_by_that_service(compose):
     for name, svc in compose["services"].items():
-        if name == "nats":
+        if name in INFRA:
             continue
-        known = _env_read_by(_package(name))
+        known = env_read_by(package_of(name))
         for var in svc.get("environment", {}):
             if var.startswith("POCGRID_"):
-                assert var in known, f"{name}: {var} is not read by {_package(name)}.config"
+                assert var in known, f"{name}: {var} is not read by {package_of(name)}.config"
 
 
 def test_addresses_point_at_listening_services(compose):
@@ -85,17 +113,22 @@ def test_addresses_point_at_listening_services(compose):
 
     for name, svc in compose["services"].items():
         for var, value in svc.get("environment", {}).items():
-            if var.endswith("_ADDR") and var != "POCGRID_ADVERTISE_ADDR":
+            if var.endswith("_ADDR"):
                 host, _, port = str(value).rpartition(":")
                 assert host in compose["services"], f"{name}: {var} -> unknown host {host}"
                 assert port == port_of(compose["services"][host]), f"{name}: {var} port"
     gw_env = compose["services"]["gateway"]["environment"]
     for backend in SERVICES - {"gateway"}:
         assert f"POCGRID_{backend.upper()}_ADDR" in gw_env
+
+
+def test_database_urls_name_the_postgres_service(compose):
     for name, svc in compose["services"].items():
-        if name.startswith("agent-"):
-            env = svc["environment"]
-            assert env["POCGRID_ADVERTISE_ADDR"] == f"{name}:{port_of(svc)}"
+        for var, value in svc.get("environment", {}).items():
+            if var.endswith("_DATABASE_URL"):
+                assert value.startswith("postgresql+asyncpg://"), name
+                assert f"@postgres:5432/{name}" in value, name
+                assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_config_values_in_compose_validate(compose):
@@ -105,7 +138,7 @@ def test_config_values_in_compose_validate(compose):
     from services.registry.config import RegistryConfig
 
     for name, svc in compose["services"].items():
-        if name == "nats":
+        if name in INFRA:
             continue
         env = {k: str(v) for k, v in svc["environment"].items()}
         CommonConfig.from_env(env)
