@@ -24,7 +24,7 @@ from gateway.service import GatewayServer
 from pocgrid.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.core.bus import BUS_HEALTH, EventMeta, consumer_health_name
 from services.core.config import CommonConfig
-from services.core.service import Service
+from services.core.service import LIVENESS, Service
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from tests.conftest import wait_for
@@ -163,6 +163,8 @@ async def test_nats_down_is_reported_and_recovers(
     await wait_for(lambda: _is(sink_health, consumer, NOT_SERVING), what="the consumer unhealthy")
     await wait_for(lambda: _is(sink_health, "", NOT_SERVING), what="the sink NOT_SERVING")
     assert await sink_health(BUS_HEALTH) == NOT_SERVING
+    # Liveness stays SERVING: restarting the process would not bring NATS back.
+    assert await sink_health(LIVENESS) == SERVING
     view = await gateway_view()
     assert view["registry"] == (False, SERVING, NOT_SERVING)
     # And `pocgrid status`, as an operator runs it, says so (and exits 1).
