@@ -116,4 +116,3 @@ def reachable_address(bound: str) -> str:
     except OSError:
         return f"127.0.0.1:{port}"
     return f"{ip}:{port}"
-
