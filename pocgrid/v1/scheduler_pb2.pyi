@@ -21,6 +21,64 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _JobKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_KIND_UNSPECIFIED: _JobKind.ValueType  # 0
+    """Read as BATCH."""
+    JOB_KIND_BATCH: _JobKind.ValueType  # 1
+    """Offline inference or training: `batch` work in steps on the agents; may be deferrable (a
+    deadline) and preemptible (checkpoint-style: steps done are kept).
+    """
+    JOB_KIND_EVALUATION: _JobKind.ValueType  # 2
+    """An evaluation run: devices held for the evaluator, which drives load at the agents and
+    ends the job with CompleteJob.
+    """
+    JOB_KIND_SERVING: _JobKind.ValueType  # 3
+    """A serving deployment: `replicas` x `devices`, long-running until cancelled."""
+
+class JobKind(_JobKind, metaclass=_JobKindEnumTypeWrapper): ...
+
+JOB_KIND_UNSPECIFIED: JobKind.ValueType  # 0
+"""Read as BATCH."""
+JOB_KIND_BATCH: JobKind.ValueType  # 1
+"""Offline inference or training: `batch` work in steps on the agents; may be deferrable (a
+deadline) and preemptible (checkpoint-style: steps done are kept).
+"""
+JOB_KIND_EVALUATION: JobKind.ValueType  # 2
+"""An evaluation run: devices held for the evaluator, which drives load at the agents and
+ends the job with CompleteJob.
+"""
+JOB_KIND_SERVING: JobKind.ValueType  # 3
+"""A serving deployment: `replicas` x `devices`, long-running until cancelled."""
+Global___JobKind: _TypeAlias = JobKind  # noqa: Y015
+
+class _ChipChoice:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChipChoiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChipChoice.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHIP_CHOICE_UNSPECIFIED: _ChipChoice.ValueType  # 0
+    """`chip`, else `allowed_chips`, else any chip type of the pool."""
+    CHIP_CHOICE_ADAPTER_FITS: _ChipChoice.ValueType  # 1
+    """Of those, only the chip types the performance model (the adapter's CheckFit) says the model
+    fits at `precision` on `devices` devices.
+    """
+
+class ChipChoice(_ChipChoice, metaclass=_ChipChoiceEnumTypeWrapper): ...
+
+CHIP_CHOICE_UNSPECIFIED: ChipChoice.ValueType  # 0
+"""`chip`, else `allowed_chips`, else any chip type of the pool."""
+CHIP_CHOICE_ADAPTER_FITS: ChipChoice.ValueType  # 1
+"""Of those, only the chip types the performance model (the adapter's CheckFit) says the model
+fits at `precision` on `devices` devices.
+"""
+Global___ChipChoice: _TypeAlias = ChipChoice  # noqa: Y015
+
 class _JobState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -47,6 +105,40 @@ JOB_STATE_PREEMPTED: JobState.ValueType  # 6
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
+class BatchWork(_message.Message):
+    """Batch work: `steps` units, each one LLM batch of the job's model (the agent's RunTask)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
+    steps: _builtins.int
+    """0 means 1."""
+    batch: _builtins.int
+    """0 means 1."""
+    input_len: _builtins.int
+    """0 means 128."""
+    output_len: _builtins.int
+    """0 means 128."""
+    def __init__(
+        self,
+        *,
+        steps: _builtins.int = ...,
+        batch: _builtins.int = ...,
+        input_len: _builtins.int = ...,
+        output_len: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "input_len", b"input_len", "output_len", b"output_len", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchWork: _TypeAlias = BatchWork  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -56,6 +148,16 @@ class JobSpec(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEVICE_SHARE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOWED_CHIPS_FIELD_NUMBER: _builtins.int
+    CHIP_CHOICE_FIELD_NUMBER: _builtins.int
+    GANG_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Catalogue model name, e.g. "Qwen2.5-7B"."""
     chip: _builtins.str
@@ -65,6 +167,34 @@ class JobSpec(_message.Message):
     priority: _builtins.int
     """Higher runs first; 0..1000."""
     display_name: _builtins.str
+    kind: Global___JobKind.ValueType
+    device_share: _builtins.float
+    """A fraction of one device's compute, 0 < share < 1 (then devices must be 1): the device is
+    shared with other fractional jobs. 0 means whole devices.
+    """
+    memory_bytes: _builtins.int
+    """Device memory held per device, bytes; 0 means what the performance model says the model
+    needs at `precision` (whole devices hold all their memory).
+    """
+    chip_choice: Global___ChipChoice.ValueType
+    gang: _builtins.bool
+    """All-or-nothing across devices and nodes: every device is placed at once, or none. A job
+    larger than one node, or with replicas, is placed as a gang only when this is set.
+    """
+    replicas: _builtins.int
+    """Serving: replicas of `devices` devices each; 0 means 1."""
+    preemptible: _builtins.bool
+    """Batch: may be stopped (checkpoint-style) for higher-priority work and resumed later."""
+    @_builtins.property
+    def allowed_chips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Chip types the job may run on (catalogue slugs), when `chip` is empty; empty means any."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """Deferrable batch work: the time it must finish by; unset means no deadline."""
+
+    @_builtins.property
+    def batch(self) -> Global___BatchWork: ...
     def __init__(
         self,
         *,
@@ -74,14 +204,77 @@ class JobSpec(_message.Message):
         precision: _common_pb2.Precision.ValueType = ...,
         priority: _builtins.int = ...,
         display_name: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
+        device_share: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        allowed_chips: _abc.Iterable[_builtins.str] | None = ...,
+        chip_choice: Global___ChipChoice.ValueType = ...,
+        gang: _builtins.bool = ...,
+        replicas: _builtins.int = ...,
+        preemptible: _builtins.bool = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        batch: Global___BatchWork | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "devices", b"devices", "display_name", b"display_name", "model", b"model", "precision", b"precision", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_chips", b"allowed_chips", "batch", b"batch", "chip", b"chip", "chip_choice", b"chip_choice", "deadline", b"deadline", "device_share", b"device_share", "devices", b"devices", "display_name", b"display_name", "gang", b"gang", "kind", b"kind", "memory_bytes", b"memory_bytes", "model", b"model", "precision", b"precision", "preemptible", b"preemptible", "priority", b"priority", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class Assignment(_message.Message):
+    """Where a job runs now: one task (or held slot) on one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    AGENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEXES_FIELD_NUMBER: _builtins.int
+    DEVICE_SHARE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEPS_DONE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    chip: _builtins.str
+    agent_address: _builtins.str
+    device_share: _builtins.float
+    """Compute share held on each of those devices (1 for whole devices)."""
+    memory_bytes: _builtins.int
+    """Memory held on each of those devices, bytes."""
+    task_id: _builtins.str
+    """The agent task (batch work); empty for held devices."""
+    replica: _builtins.int
+    steps: _builtins.int
+    """Steps this task was given, and those it has finished (as last seen)."""
+    steps_done: _builtins.int
+    @_builtins.property
+    def device_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        agent_address: _builtins.str = ...,
+        device_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        device_share: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        replica: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        steps_done: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "chip", b"chip", "device_indexes", b"device_indexes", "device_share", b"device_share", "memory_bytes", b"memory_bytes", "node_id", b"node_id", "replica", b"replica", "steps", b"steps", "steps_done", b"steps_done", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -94,16 +287,34 @@ class Job(_message.Message):
     STATE_REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    STEPS_DONE_FIELD_NUMBER: _builtins.int
+    PENDING_REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     tenant: _builtins.str
     state: Global___JobState.ValueType
     state_reason: _builtins.str
+    attempt: _builtins.int
+    """Placements so far, 1 until a preempted or requeued job is placed again."""
+    steps_done: _builtins.int
+    """Batch: steps finished in earlier attempts and kept (checkpoints), plus the current
+    attempt's as last seen.
+    """
+    pending_reason: _builtins.str
+    """QUEUED: a stable code for why it waits (Kueue-style), e.g. "QuotaExceeded",
+    "InsufficientCapacity", "NoNodeOfAllowedChips"; the words are in state_reason.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
+        """Where it runs now (RUNNING); empty otherwise."""
+
     def __init__(
         self,
         *,
@@ -114,10 +325,14 @@ class Job(_message.Message):
         state_reason: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
+        steps_done: _builtins.int = ...,
+        pending_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "job_id", b"job_id", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "tenant", b"tenant", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "attempt", b"attempt", "created_at", b"created_at", "job_id", b"job_id", "pending_reason", b"pending_reason", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "steps_done", b"steps_done", "tenant", b"tenant", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,3 +509,221 @@ class CancelJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class CompleteJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteJobRequest: _TypeAlias = CompleteJobRequest  # noqa: Y015
+
+@_typing.final
+class CompleteJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteJobResponse: _TypeAlias = CompleteJobResponse  # noqa: Y015
+
+@_typing.final
+class GetQueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQueueRequest: _TypeAlias = GetQueueRequest  # noqa: Y015
+
+@_typing.final
+class QueueEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """1-based place among every tenant's queued jobs."""
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueEntry: _TypeAlias = QueueEntry  # noqa: Y015
+
+@_typing.final
+class GetQueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    QUEUED_TOTAL_FIELD_NUMBER: _builtins.int
+    queued_total: _builtins.int
+    """Queued jobs of every tenant (only the caller's are listed)."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___QueueEntry] | None = ...,
+        queued_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "queued_total", b"queued_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQueueResponse: _TypeAlias = GetQueueResponse  # noqa: Y015
+
+@_typing.final
+class GetPoolRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolRequest: _TypeAlias = GetPoolRequest  # noqa: Y015
+
+@_typing.final
+class DeviceHolding(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_SHARE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Empty for another tenant's job."""
+    device_share: _builtins.float
+    memory_bytes: _builtins.int
+    own: _builtins.bool
+    """False for another tenant's job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        device_share: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        own: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_share", b"device_share", "job_id", b"job_id", "memory_bytes", b"memory_bytes", "own", b"own"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceHolding: _TypeAlias = DeviceHolding  # noqa: Y015
+
+@_typing.final
+class DeviceAllocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEX_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_HELD_BYTES_FIELD_NUMBER: _builtins.int
+    SHARE_HELD_FIELD_NUMBER: _builtins.int
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    NODE_STATE_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    chip: _builtins.str
+    device_index: _builtins.int
+    device_id: _builtins.str
+    memory_total_bytes: _builtins.int
+    memory_held_bytes: _builtins.int
+    share_held: _builtins.float
+    node_state: _builtins.str
+    """READY nodes only are placed on."""
+    health: _common_pb2.DeviceHealth.ValueType
+    @_builtins.property
+    def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceHolding]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        device_index: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        memory_total_bytes: _builtins.int = ...,
+        memory_held_bytes: _builtins.int = ...,
+        share_held: _builtins.float = ...,
+        holdings: _abc.Iterable[Global___DeviceHolding] | None = ...,
+        node_state: _builtins.str = ...,
+        health: _common_pb2.DeviceHealth.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "device_id", b"device_id", "device_index", b"device_index", "health", b"health", "holdings", b"holdings", "memory_held_bytes", b"memory_held_bytes", "memory_total_bytes", b"memory_total_bytes", "node_id", b"node_id", "node_state", b"node_state", "share_held", b"share_held"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceAllocation: _TypeAlias = DeviceAllocation  # noqa: Y015
+
+@_typing.final
+class GetPoolResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceAllocation]: ...
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceAllocation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolResponse: _TypeAlias = GetPoolResponse  # noqa: Y015

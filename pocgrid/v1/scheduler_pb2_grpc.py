@@ -55,6 +55,21 @@ class SchedulerServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.CompleteJob = channel.unary_unary(
+                '/pocgrid.v1.SchedulerService/CompleteJob',
+                request_serializer=pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobResponse.FromString,
+                _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/pocgrid.v1.SchedulerService/GetQueue',
+                request_serializer=pocgrid_dot_v1_dot_scheduler__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.GetQueueResponse.FromString,
+                _registered_method=True)
+        self.GetPool = channel.unary_unary(
+                '/pocgrid.v1.SchedulerService/GetPool',
+                request_serializer=pocgrid_dot_v1_dot_scheduler__pb2.GetPoolRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.GetPoolResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -85,6 +100,29 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteJob(self, request, context):
+        """Ends a running evaluation or serving job (their work is driven by the caller, not by a
+        task on the agents): SUCCEEDED, its devices released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueue(self, request, context):
+        """What waits, in placement order, and why (Kueue-style pending reasons): the caller's jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPool(self, request, context):
+        """Per-device allocation of the pool (HAMi-style): memory and compute share held, and by
+        which of the caller's jobs (another tenant's holdings show without their job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +145,21 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.CancelJobRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_scheduler__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'CompleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteJob,
+                    request_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobResponse.SerializeToString,
+            ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.GetQueueRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_scheduler__pb2.GetQueueResponse.SerializeToString,
+            ),
+            'GetPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPool,
+                    request_deserializer=pocgrid_dot_v1_dot_scheduler__pb2.GetPoolRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_scheduler__pb2.GetPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +271,87 @@ class SchedulerService:
             '/pocgrid.v1.SchedulerService/CancelJob',
             pocgrid_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
             pocgrid_dot_v1_dot_scheduler__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.SchedulerService/CompleteJob',
+            pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobRequest.SerializeToString,
+            pocgrid_dot_v1_dot_scheduler__pb2.CompleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.SchedulerService/GetQueue',
+            pocgrid_dot_v1_dot_scheduler__pb2.GetQueueRequest.SerializeToString,
+            pocgrid_dot_v1_dot_scheduler__pb2.GetQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.SchedulerService/GetPool',
+            pocgrid_dot_v1_dot_scheduler__pb2.GetPoolRequest.SerializeToString,
+            pocgrid_dot_v1_dot_scheduler__pb2.GetPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,16 @@ class SchedulerServiceStub:
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.GetJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _scheduler_pb2.CancelJobResponse]
+    CompleteJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CompleteJobRequest, _scheduler_pb2.CompleteJobResponse]
+    """Ends a running evaluation or serving job (their work is driven by the caller, not by a
+    task on the agents): SUCCEEDED, its devices released.
+    """
+    GetQueue: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetQueueRequest, _scheduler_pb2.GetQueueResponse]
+    """What waits, in placement order, and why (Kueue-style pending reasons): the caller's jobs."""
+    GetPool: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetPoolRequest, _scheduler_pb2.GetPoolResponse]
+    """Per-device allocation of the pool (HAMi-style): memory and compute share held, and by
+    which of the caller's jobs (another tenant's holdings show without their job).
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -47,6 +57,16 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.GetJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _scheduler_pb2.CancelJobResponse]  # type: ignore[assignment]
+    CompleteJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CompleteJobRequest, _scheduler_pb2.CompleteJobResponse]  # type: ignore[assignment]
+    """Ends a running evaluation or serving job (their work is driven by the caller, not by a
+    task on the agents): SUCCEEDED, its devices released.
+    """
+    GetQueue: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetQueueRequest, _scheduler_pb2.GetQueueResponse]  # type: ignore[assignment]
+    """What waits, in placement order, and why (Kueue-style pending reasons): the caller's jobs."""
+    GetPool: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetPoolRequest, _scheduler_pb2.GetPoolResponse]  # type: ignore[assignment]
+    """Per-device allocation of the pool (HAMi-style): memory and compute share held, and by
+    which of the caller's jobs (another tenant's holdings show without their job).
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Public: jobs on the virtual pool."""
@@ -78,5 +98,33 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.CancelJobResponse, _abc.Awaitable[_scheduler_pb2.CancelJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CompleteJob(
+        self,
+        request: _scheduler_pb2.CompleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.CompleteJobResponse, _abc.Awaitable[_scheduler_pb2.CompleteJobResponse]]:
+        """Ends a running evaluation or serving job (their work is driven by the caller, not by a
+        task on the agents): SUCCEEDED, its devices released.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueue(
+        self,
+        request: _scheduler_pb2.GetQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetQueueResponse, _abc.Awaitable[_scheduler_pb2.GetQueueResponse]]:
+        """What waits, in placement order, and why (Kueue-style pending reasons): the caller's jobs."""
+
+    @_abc_1.abstractmethod
+    def GetPool(
+        self,
+        request: _scheduler_pb2.GetPoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetPoolResponse, _abc.Awaitable[_scheduler_pb2.GetPoolResponse]]:
+        """Per-device allocation of the pool (HAMi-style): memory and compute share held, and by
+        which of the caller's jobs (another tenant's holdings show without their job).
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

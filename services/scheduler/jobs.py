@@ -1,8 +1,6 @@
-"""Jobs of the virtual pool: submission (idempotent per tenant and key), queries, cancellation.
+"""Jobs of the virtual pool: submission (idempotent per tenant and key), queries, cancellation
+and completion. The placement loop (``placement.Placer``) moves them QUEUED -> RUNNING and on.
 
-Placement on agents is not implemented yet: a submitted job enters QUEUED and stays there until
-the placement loop (a later change) moves it to RUNNING. Nothing here pretends a job ran; the
-only transitions today are QUEUED -> CANCELLED and, once placement exists, RUNNING -> CANCELLED.
 Every transition writes ``JobStateChanged`` (subject ``scheduler.job.<state>``, id
 ``job/<job_id>/<attempt>/<state>``) to the outbox in its own transaction; the relay publishes it
 after the commit, so no RPC here waits on NATS.
@@ -11,7 +9,9 @@ after the commit, so no RPC here waits on NATS.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from pocgrid.v1 import events_pb2, scheduler_pb2
 from services.core.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -28,7 +28,8 @@ PREEMPTED = scheduler_pb2.JOB_STATE_PREEMPTED
 #: States a job can still leave by cancellation (PREEMPTED waits to be queued again).
 CANCELLABLE = (QUEUED, RUNNING, PREEMPTED)
 
-QUEUED_REASON = "waiting for placement (placement on agents is not implemented yet)"
+SUCCEEDED = scheduler_pb2.JOB_STATE_SUCCEEDED
+QUEUED_REASON = "waiting for the next placement round"
 
 
 def state_slug(state: int) -> str:
@@ -65,10 +66,23 @@ def state_event(
     )
 
 
+#: Cancels a released job's tasks on its agents (the placement loop's ``stop_tasks``).
+StopTasks = Callable[[str, Sequence[scheduler_pb2.Assignment], str], Coroutine[Any, Any, None]]
+
+
 class JobBook:
-    def __init__(self, store: JobStore, relay: OutboxRelay) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        relay: OutboxRelay,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        stop_tasks: StopTasks | None = None,
+    ) -> None:
         self._store = store
         self._relay = relay
+        self._wake = wake
+        self._stop_tasks = stop_tasks
 
     async def submit(
         self, tenant: str, spec: scheduler_pb2.JobSpec, idempotency_key: str
@@ -84,6 +98,8 @@ class JobBook:
             spec=spec,
             state=QUEUED,
             state_reason=QUEUED_REASON,
+            attempt=1,
+            pending_reason="Submitted",
         )
         job.created_at.FromDatetime(now)
         job.updated_at.FromDatetime(now)
@@ -102,6 +118,7 @@ class JobBook:
             devices=spec.devices,
         )
         self._relay.notify()
+        self._wake()
         return job
 
     async def get(self, tenant: str, job_id: str) -> scheduler_pb2.Job:
@@ -119,6 +136,7 @@ class JobBook:
     async def cancel(self, tenant: str, job_id: str, reason: str) -> scheduler_pb2.Job:
         now = datetime.now(UTC)
         reason = reason or "cancelled by the caller"
+        before = await self.get(tenant, job_id)
         job = await self._store.transition(
             tenant,
             job_id,
@@ -137,6 +155,43 @@ class JobBook:
             )
         log.info("job.cancelled", job_id=job_id, tenant=tenant, reason=reason)
         self._relay.notify()
+        self._wake()
+        if before.assignments and self._stop_tasks is not None:
+            # After the commit: the devices are free in the record whatever the agents answer.
+            await self._stop_tasks(tenant, before.assignments, reason)
+        return job
+
+    async def complete(self, tenant: str, job_id: str, reason: str) -> scheduler_pb2.Job:
+        """A running evaluation or serving job ends (its caller drove the work): SUCCEEDED."""
+        current = await self.get(tenant, job_id)
+        if current.spec.kind not in (
+            scheduler_pb2.JOB_KIND_EVALUATION,
+            scheduler_pb2.JOB_KIND_SERVING,
+        ):
+            raise FailedPrecondition(
+                f"job '{job_id}' is a batch job: it succeeds when its steps are done on the "
+                "agents; CompleteJob ends evaluation and serving jobs"
+            )
+        now = datetime.now(UTC)
+        reason = reason or "completed by the caller"
+        job = await self._store.transition(
+            tenant,
+            job_id,
+            (RUNNING,),
+            SUCCEEDED,
+            reason,
+            now,
+            lambda attempt: state_event(job_id, tenant, attempt, SUCCEEDED, reason, now),
+        )
+        if job is None:
+            state = scheduler_pb2.JobState.Name(current.state)
+            raise FailedPrecondition(
+                f"job '{job_id}' is {state}: only a running job can be completed (wait until "
+                "GetJob shows JOB_STATE_RUNNING)"
+            )
+        log.info("job.completed", job_id=job_id, tenant=tenant)
+        self._relay.notify()
+        self._wake()
         return job
 
 

@@ -1,7 +1,5 @@
-"""The scheduler process: servicer, job storage and the outbox relay of job events.
-
-Placement on agents is not implemented yet, so submitted jobs stay QUEUED (see ``jobs``).
-"""
+"""The scheduler process: servicer, job storage, the placement loop over the live pool, the
+node-lost consumer and the outbox relay of job events."""
 
 from __future__ import annotations
 
@@ -11,15 +9,21 @@ import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
-from pocgrid.v1 import scheduler_pb2, scheduler_pb2_grpc
+from pocgrid.sched import make_policy
+from pocgrid.v1 import events_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.config import CommonConfig
 from services.core.outbox import OutboxRelay
 from services.core.service import Service
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.jobs import JobBook
 from services.scheduler.migrations import MIGRATIONS
+from services.scheduler.placement import AgentCalls, Placer
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.store import JobStore
+
+#: The registry's stream and the durable consumer of lost nodes.
+REGISTRY_STREAM = "POCGRID_REGISTRY"
+NODE_LOST_DURABLE = "scheduler-node-lost"
 
 
 class SchedulerServer(Service):
@@ -39,13 +43,47 @@ class SchedulerServer(Service):
         self.config = config
         self.catalog = catalog or default_catalog()
         self.relay: OutboxRelay | None = None
+        self.placer: Placer | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.scheduler_database_url, MIGRATIONS)
         store = JobStore(db)
         await self.connect_bus()
         self.relay = self.start_outbox_relay(store.outbox)
+        nodes = None
+        if self.config.registry_addr:
+            registry = registry_pb2_grpc.RegistryServiceStub(
+                self.channel(self.config.registry_addr)
+            )
+            self.placer = Placer(
+                store,
+                self.relay,
+                make_policy(self.config.scheduler_policy, self.config.quota_book()),
+                registry,
+                AgentCalls(self.channel),
+                self.config.placement_interval_ms / 1000,
+            )
+            nodes = self.placer.nodes
+        book = JobBook(
+            store,
+            self.relay,
+            wake=self.placer.notify if self.placer else lambda: None,
+            stop_tasks=self.placer.stop_tasks if self.placer else None,
+        )
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-            SchedulerServicer(self.catalog, JobBook(store, self.relay)), server
+            SchedulerServicer(self.catalog, book, store, nodes), server
         )
         self.add_service(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
+
+    async def on_serving(self) -> None:
+        if self.placer is None:
+            return
+        assert self.bus is not None
+        self.bus.consume(
+            stream=REGISTRY_STREAM,
+            durable=NODE_LOST_DURABLE,
+            subject="registry.node.lost",
+            message_type=events_pb2.NodeLost,
+            handler=self.placer.on_node_lost,
+        )
+        self.spawn(self.placer.run(), "placement")

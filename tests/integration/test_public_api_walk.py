@@ -61,9 +61,10 @@ MINI_CONFIG = json.dumps(
 
 async def test_every_public_rpc_through_the_gateway(common, closer):
     reg = RegistryServer(common, RegistryConfig())
+    await reg.start()
+    closer.append(reg)
     backends = [
-        reg,
-        SchedulerServer(common, SchedulerConfig()),
+        SchedulerServer(common, SchedulerConfig(registry_addr=reg.address)),
         MeteringServer(common, MeteringConfig()),
         AdapterServer(common, AdapterConfig()),
         EvaluatorServer(common, EvaluatorConfig()),
@@ -71,7 +72,7 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     for svc in backends:
         await svc.start()
         closer.append(svc)
-    sched, meter, adapter, evaluator = (b.address for b in backends[1:])
+    sched, meter, adapter, evaluator = (b.address for b in backends)
     gw = GatewayServer(
         common,
         GatewayConfig(
@@ -106,13 +107,42 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         resp = await scheduler.SubmitJob(
             scheduler_pb2.SubmitJobRequest(
                 spec=scheduler_pb2.JobSpec(
-                    model="Qwen2.5-7B", devices=1, precision=common_pb2.PRECISION_BF16
+                    model="Qwen2.5-7B",
+                    devices=1,
+                    precision=common_pb2.PRECISION_BF16,
+                    kind=scheduler_pb2.JOB_KIND_EVALUATION,
                 )
             ),
             metadata=AUTH,
         )
         job["id"] = resp.job.job_id
         return resp
+
+    async def complete() -> Any:
+        # An evaluation job ends when its caller says so: wait for it to hold its device.
+        held = await scheduler.SubmitJob(
+            scheduler_pb2.SubmitJobRequest(
+                spec=scheduler_pb2.JobSpec(
+                    model="Qwen2.5-7B",
+                    chip="mtt-s4000",
+                    devices=1,
+                    precision=common_pb2.PRECISION_FP16,
+                    kind=scheduler_pb2.JOB_KIND_EVALUATION,
+                )
+            ),
+            metadata=AUTH,
+        )
+
+        async def running() -> bool:
+            got = await scheduler.GetJob(
+                scheduler_pb2.GetJobRequest(job_id=held.job.job_id), metadata=AUTH
+            )
+            return got.job.state == scheduler_pb2.JOB_STATE_RUNNING
+
+        await wait_for(running, within=20, what="evaluation job running")
+        return await scheduler.CompleteJob(
+            scheduler_pb2.CompleteJobRequest(job_id=held.job.job_id), metadata=AUTH
+        )
 
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "RegistryService/ListChips": lambda: registry.ListChips(
@@ -142,6 +172,13 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         ),
         "SchedulerService/CancelJob": lambda: scheduler.CancelJob(
             scheduler_pb2.CancelJobRequest(job_id=job["id"], reason="walk"), metadata=AUTH
+        ),
+        "SchedulerService/CompleteJob": complete,
+        "SchedulerService/GetQueue": lambda: scheduler.GetQueue(
+            scheduler_pb2.GetQueueRequest(), metadata=AUTH
+        ),
+        "SchedulerService/GetPool": lambda: scheduler.GetPool(
+            scheduler_pb2.GetPoolRequest(), metadata=AUTH
         ),
         "MeteringService/ListUsage": lambda: metering.ListUsage(
             metering_pb2.ListUsageRequest(), metadata=AUTH
@@ -196,6 +233,8 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert results["RegistryService/GetNode"].node.devices[0].device_id == "musa:0"
     assert results["SchedulerService/GetJob"].job.tenant == "walker"
     assert results["SchedulerService/CancelJob"].job.state == scheduler_pb2.JOB_STATE_CANCELLED
+    assert results["SchedulerService/CompleteJob"].job.state == scheduler_pb2.JOB_STATE_SUCCEEDED
+    assert len(results["SchedulerService/GetPool"].devices) == 2
     assert results["AdapterService/CheckFit"].fits
     assert len(results["AdapterService/ListImportedModels"].models) == 2
     assert results["AdapterService/Estimate"].best_by_throughput.output_tokens_per_s > 0
