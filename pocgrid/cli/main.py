@@ -13,6 +13,7 @@ import grpc
 
 from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import admin, queries
+from pocgrid.cli.jobs import register as register_jobs
 from pocgrid.cli.output import fail
 from pocgrid.cli.prices import register as register_prices
 from pocgrid.cli.target import NoMeshError
@@ -121,6 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
     p.set_defaults(func=_local_mesh_command("demo"))
 
+    register_jobs(sub)
     register_usage(sub)
     register_prices(sub)
     register_perf(sub)
