@@ -92,6 +92,17 @@ def gateway_backends() -> dict[str, str]:
     }
 
 
+def service_addrs(spec: ServiceSpec) -> dict[str, str]:
+    """Other services a (non-gateway) service calls: the ``*_addr`` fields of its config that
+    name one, e.g. the scheduler's registry_addr (its live pool)."""
+    names = {s.name for s in SERVICES} - {spec.name}
+    return {
+        f.removesuffix("_addr"): env_name(f)
+        for f in _config_fields(spec.module)
+        if f.endswith("_addr") and f.removesuffix("_addr") in names
+    }
+
+
 def chips() -> list[str]:
     return sorted(c.name for c in default_catalog().emulatable_chips())
 
@@ -111,6 +122,10 @@ def _compose_service(spec: ServiceSpec) -> dict[str, Any]:
         depends["postgres"] = {"condition": "service_healthy"}
     if spec.name == "registry":
         env |= {"POCGRID_LEASE_TTL_MS": "10000", "POCGRID_HEARTBEAT_INTERVAL_MS": "2000"}
+    if spec.name != "gateway":
+        for backend, var in service_addrs(spec).items():
+            env[var] = f"{backend}:{PORT}"
+            depends[backend] = {"condition": "service_healthy"}
     svc: dict[str, Any] = {
         "<<": "*pocgrid",
         "command": ["python", "-m", spec.module],
@@ -368,6 +383,11 @@ def service_manifests(spec: ServiceSpec) -> Iterator[dict[str, Any]]:
                 "name": db,
                 "valueFrom": {"secretKeyRef": {"name": "pocgrid-database", "key": spec.name}},
             }
+        )
+    if spec.name != "gateway":
+        env.extend(
+            {"name": var, "value": f"{backend}:{PORT}"}
+            for backend, var in service_addrs(spec).items()
         )
     if spec.name == "gateway":
         env.append({"name": "POCGRID_API_KEYS_FILE", "value": "/etc/pocgrid/keys/keys.json"})
