@@ -177,7 +177,10 @@ def submit(args: argparse.Namespace) -> int:
 def _chips(job: scheduler_pb2.Job) -> str:
     if job.spec.chip:
         return job.spec.chip
-    return ",".join(job.spec.allowed_chips) or "any"
+    chips = list(job.spec.allowed_chips)
+    if len(chips) > 3:
+        return f"{','.join(chips[:2])} +{len(chips) - 2} more"
+    return ",".join(chips) or "any"
 
 
 def _where(job: scheduler_pb2.Job) -> str:

@@ -158,6 +158,8 @@ class Placer:
         while True:
             try:
                 await self.round()
+            except grpc.aio.AioRpcError as exc:  # the registry is away: the next round retries
+                log.warning("placement.round_skipped", code=exc.code().name, details=exc.details())
             except Exception:  # the loop outlives any one bad round; the next retries
                 log.exception("placement.round_failed")
             with contextlib.suppress(TimeoutError):

@@ -14,10 +14,18 @@ from pocgrid.sched.policy import default_order
 from pocgrid.v1 import common_pb2, registry_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.core import rpc_context
 from services.core import validation as v
-from services.core.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from services.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+)
+from services.core.logging import get_logger
 from services.scheduler.jobs import JobBook
-from services.scheduler.spec import GIB, SpecChecker, chips_of, demand
+from services.scheduler.spec import GIB, SpecChecker, demand
 from services.scheduler.store import JobStore
+
+log = get_logger()
 
 #: Every node the registry knows (any state): what the pool can ever have. None: no registry.
 Nodes = Callable[[], Awaitable[list[registry_pb2.Node]]]
@@ -44,23 +52,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         """Refuse at submit what the pool can never hold, rather than queue it forever."""
         if self._nodes is None:
             return
+        try:
+            nodes = await self._nodes()
+        except grpc.aio.AioRpcError as exc:
+            # Submitting does not depend on the registry being up: the job is accepted, and the
+            # placement loop says why it waits (PoolTooSmallNow) if the pool cannot hold it.
+            log.warning("submit.pool_unchecked", code=exc.code().name)
+            return
         pool = Pool()
-        for node in await self._nodes():
+        for node in nodes:
             for d in node.devices:
                 pool.add_device(node.node_id, d.index, node.chip, d.memory_total_bytes / GIB)
         reason = never_fits(demand(job), pool)
         if reason is None:
             return
         spec = job.spec
-        chips = sorted(chips_of(spec)) or ["any"]
         field = "spec.devices" if spec.devices > 1 or spec.replicas > 1 else "spec.chip"
         if "GiB" in reason.message:
             field = "spec.memory_bytes"
         elif "no device of chip type" in reason.message:
             field = "spec.chip" if spec.chip else "spec.allowed_chips"
         raise FailedPrecondition(
-            f"{field}: the pool can never hold this job ({', '.join(chips)}): {reason.message}"
-            f"{'' if spec.gang else ' (without spec.gang all devices must be on one node)'}",
+            f"{field}: the pool can never hold this job: {reason.message}"
+            + (
+                " (without spec.gang all devices must be on one node)"
+                if field == "spec.devices" and not spec.gang
+                else ""
+            ),
             reason="POOL_TOO_SMALL",
             metadata={"field": field},
         )
@@ -140,7 +158,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetPoolRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.GetPoolResponse:
         tenant = caller_tenant()
-        nodes = await self._nodes() if self._nodes is not None else []
+        try:
+            nodes = await self._nodes() if self._nodes is not None else []
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"the registry (the pool's nodes) did not answer: {exc.code().name}; retry"
+            ) from None
         held: dict[tuple[str, int], list[scheduler_pb2.DeviceHolding]] = {}
         owners = {
             j.job_id: j.tenant

@@ -135,9 +135,17 @@ class SpecChecker:
                     f"chip '{chip.name}' does not support {precision} (it runs: "
                     f"{', '.join(runs) or 'none'})",
                 )
+        if not candidates:
+            # "Any" chip type means any whose runtime runs the precision: named, so the policy
+            # never places the job where the agent would refuse it.
+            candidates = [
+                c
+                for c in self.catalog.emulatable_chips()
+                if precision in self.catalog.precisions(c)
+            ]
         memory_gib = spec.memory_bytes / GIB
         if spec.chip_choice == scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS:
-            pool = candidates or list(self.catalog.emulatable_chips())
+            pool = candidates
             fitting: list[Chip] = []
             why: list[str] = []
             for chip in pool:
@@ -168,14 +176,6 @@ class SpecChecker:
                     f"{field}: a slice of one {chip.name} has at most {chip.memory_gib:g} GiB; "
                     f"the job needs {memory_gib:.3g} GiB (spec.memory_bytes)"
                 )
-        if not candidates:
-            # "Any" chip type means any whose runtime runs the precision: named, so the policy
-            # never places the job where the agent would refuse it.
-            candidates = [
-                c
-                for c in self.catalog.emulatable_chips()
-                if precision in self.catalog.precisions(c)
-            ]
         names = [c.name for c in candidates]
         out = scheduler_pb2.JobSpec()
         out.CopyFrom(spec)

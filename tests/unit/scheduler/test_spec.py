@@ -1,0 +1,126 @@
+"""The scheduler's JobSpec rules, without a mesh: normalisation, refusals naming the field and
+the rule, the chip types a job may use, and the library demand it becomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pocgrid.catalog import default_catalog
+from pocgrid.sched import WHOLE
+from pocgrid.v1 import common_pb2, scheduler_pb2
+from services.core.config import ConfigError
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.spec import GIB, SpecChecker, demand
+
+CHECK = SpecChecker(default_catalog())
+
+
+def _spec(**overrides: Any) -> scheduler_pb2.JobSpec:
+    fields: dict[str, Any] = {
+        "model": "qwen2.5-7b",
+        "devices": 1,
+        "precision": common_pb2.PRECISION_FP16,
+    }
+    fields.update(overrides)
+    return scheduler_pb2.JobSpec(**fields)
+
+
+def test_defaults_are_filled_and_any_means_chips_that_run_the_precision():
+    out = CHECK.normalise(_spec(precision=common_pb2.PRECISION_BF16))
+    cat = default_catalog()
+    assert out.model == "Qwen2.5-7B" and out.kind == scheduler_pb2.JOB_KIND_BATCH
+    assert out.batch == scheduler_pb2.BatchWork(steps=1, batch=1, input_len=128, output_len=128)
+    assert set(out.allowed_chips) == {
+        c.name for c in cat.emulatable_chips() if "bf16" in cat.precisions(c)
+    }
+    assert "ascend-910" not in out.allowed_chips  # the 910's runtime has no bf16
+    assert out.replicas == 1
+
+
+def test_a_fraction_of_a_device_holds_what_the_model_needs():
+    out = CHECK.normalise(_spec(chip="ascend-910b2", device_share=0.5))
+    # Qwen2.5-7B fp16 weights alone are about 14 GiB; the whole device has 64.
+    assert 14 * GIB < out.memory_bytes < 64 * GIB
+    d = demand(scheduler_pb2.Job(job_id="j", tenant="t", spec=out))
+    assert d.share_milli == WHOLE // 2 and d.memory_gib == pytest.approx(out.memory_bytes / GIB)
+    assert d.chips == frozenset({"ascend-910b2"}) and d.single_node
+
+
+def test_adapter_fits_keeps_only_the_chip_types_the_model_fits():
+    out = CHECK.normalise(
+        _spec(
+            model="Qwen2.5-72B",
+            devices=4,
+            allowed_chips=["ascend-910b2", "rtx-4090", "h200-141gb-sxm"],
+            chip_choice=scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS,
+        )
+    )
+    # 72B at fp16 is about 145 GB of weights: four 24 GB RTX 4090s cannot hold it.
+    assert list(out.allowed_chips) == ["ascend-910b2", "h200-141gb-sxm"]
+    with pytest.raises(FailedPrecondition) as err:
+        CHECK.normalise(
+            _spec(
+                model="Qwen2.5-72B",
+                allowed_chips=["rtx-4090"],
+                chip_choice=scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS,
+            )
+        )
+    assert err.value.message.startswith("spec.chip_choice")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"chip": "nosuch"}, "spec.chip"),
+        ({"allowed_chips": ["ascend-910b2", "nosuch"]}, "spec.allowed_chips[1]"),
+        ({"model": "gpt-17"}, "spec.model"),
+        ({"devices": 0}, "spec.devices"),
+        ({"devices": 65}, "spec.devices"),
+        ({"device_share": 1.5}, "spec.device_share"),
+        ({"devices": 2, "device_share": 0.5}, "spec.devices"),
+        ({"replicas": 2}, "spec.replicas"),
+        ({"kind": scheduler_pb2.JOB_KIND_SERVING, "preemptible": True}, "spec.preemptible"),
+        ({"chip": "ascend-910", "precision": common_pb2.PRECISION_BF16}, "spec.precision"),
+        ({"batch": scheduler_pb2.BatchWork(steps=2_000_000)}, "spec.batch.steps"),
+        ({"memory_bytes": -1}, "spec.memory_bytes"),
+        ({"precision": common_pb2.PRECISION_UNSPECIFIED}, "spec.precision"),
+        ({"kind": 9}, "spec.kind"),
+    ],
+)
+def test_bad_specs_name_the_field(overrides, field):
+    with pytest.raises(InvalidArgument) as err:
+        CHECK.normalise(_spec(**overrides))
+    assert err.value.field == field
+
+
+def test_serving_replicas_are_one_demand_and_gang_may_span_nodes():
+    out = CHECK.normalise(
+        _spec(kind=scheduler_pb2.JOB_KIND_SERVING, devices=2, replicas=3, gang=True)
+    )
+    d = demand(scheduler_pb2.Job(job_id="j", tenant="t", spec=out))
+    assert d.devices == 6 and not d.single_node and d.kind == "serving" and d.work == 0
+    assert not out.HasField("batch")
+
+
+def test_batch_demand_counts_the_steps_left():
+    out = CHECK.normalise(_spec(batch=scheduler_pb2.BatchWork(steps=10), preemptible=True))
+    d = demand(scheduler_pb2.Job(job_id="j", tenant="t", spec=out, steps_done=4))
+    assert d.work == 6 and d.preemptible and d.kind == "batch"
+
+
+def test_quota_settings():
+    book = SchedulerConfig(scheduler_quotas="acme=4:2, globex=1.5").quota_book()
+    assert book is not None
+    assert book.quota("acme").guaranteed_milli == 4000
+    assert book.quota("acme").borrow_limit_milli == 2000
+    assert book.quota("globex").borrow_limit_milli is None
+    assert book.quota("someone").guaranteed_milli == 0
+    assert SchedulerConfig().quota_book() is None
+    for bad in ("acme", "acme=x", "=3"):
+        with pytest.raises(ConfigError, match="POCGRID_SCHEDULER_QUOTAS"):
+            SchedulerConfig(scheduler_quotas=bad)
+    with pytest.raises(ConfigError, match="POCGRID_SCHEDULER_POLICY"):
+        SchedulerConfig(scheduler_policy="lottery")
