@@ -12,6 +12,7 @@ holds per device.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -19,6 +20,7 @@ from pocgrid import precision as precisions
 from pocgrid.catalog import Catalog, Chip, UnknownNameError
 from pocgrid.perf.errors import PerfInputError
 from pocgrid.perf.fit import check_fit
+from pocgrid.perf.predict import predict
 from pocgrid.sched import WHOLE, Demand
 from pocgrid.v1 import common_pb2, scheduler_pb2
 from services.core import validation as v
@@ -164,9 +166,30 @@ class SpecChecker:
                 )
             candidates = fitting
             field = "spec.allowed_chips"
+        if kind == "batch":
+            # Batch work runs where the performance model says one step fits (the agent refuses
+            # it elsewhere): "any" and a list keep those chip types, a named chip must fit.
+            timed = [
+                (c, step_seconds(c.name, spec.devices, model.name, precision, *_work(batch)))
+                for c in candidates
+            ]
+            if not any(t is not None for _, t in timed):
+                reason = _why_not(candidates[0].name, spec.devices, model.name, precision, batch)
+                raise FailedPrecondition(
+                    f"{field}: one step of {model.name} {precision} (batch {batch.batch}, "
+                    f"{batch.input_len}+{batch.output_len} tokens) on {spec.devices} device(s) "
+                    f"runs on none of {', '.join(c.name for c in candidates[:5])}"
+                    f"{' ...' if len(candidates) > 5 else ''}: {reason}"
+                )
+            candidates = [c for c, t in timed if t is not None]
         if spec.device_share and not spec.memory_bytes:
             # A slice of a device holds what the model needs, as the agent will allocate it.
-            needed = [self._needed_gib(c, model.name, precision, batch) for c in candidates]
+            needed = [
+                step_memory_gib(c.name, model.name, precision, *_work(batch))
+                if kind == "batch"
+                else self._needed_gib(c, model.name, precision, batch)
+                for c in candidates
+            ]
             known = [n for n in needed if n is not None]
             if known:
                 memory_gib = max(known)
@@ -233,6 +256,54 @@ class SpecChecker:
         return m.weights_gib + m.kv_cache_gib + m.activations_gib
 
 
+def _why_not(
+    chip: str, devices: int, model: str, precision: str, batch: scheduler_pb2.BatchWork
+) -> str:
+    """The performance model's words for why a step cannot run there."""
+    try:
+        p = predict(chip, devices, model, precision, *_work(batch))
+    except PerfInputError as exc:
+        return str(exc)
+    return f"{chip}: {p.why_not_fits or 'the deployment does not fit'}"
+
+
+def _work(batch: scheduler_pb2.BatchWork) -> tuple[int, int, int]:
+    return batch.batch, batch.input_len, batch.output_len
+
+
+@functools.lru_cache(maxsize=8192)
+def step_seconds(
+    chip: str,
+    devices: int,
+    model: str,
+    precision: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+) -> float | None:
+    """Virtual seconds one batch step takes on ``devices`` devices of ``chip``, as the agent's
+    executor computes it (the same prediction); None when it does not fit or cannot run."""
+    try:
+        p = predict(chip, devices, model, precision, batch, input_len, output_len)
+    except PerfInputError:
+        return None
+    if not p.fits or p.ttft_ms is None or p.tpot_ms is None:
+        return None
+    return (p.ttft_ms + p.tpot_ms * (output_len - 1)) / 1000
+
+
+@functools.lru_cache(maxsize=8192)
+def step_memory_gib(
+    chip: str, model: str, precision: str, batch: int, input_len: int, output_len: int
+) -> float | None:
+    """Memory one batch step allocates on one device of ``chip`` (what the agent allocates)."""
+    try:
+        p = predict(chip, 1, model, precision, batch, input_len, output_len)
+    except PerfInputError:
+        return None
+    return p.memory_gib
+
+
 def chips_of(spec: scheduler_pb2.JobSpec) -> frozenset[str]:
     return frozenset([spec.chip]) if spec.chip else frozenset(spec.allowed_chips)
 
@@ -247,6 +318,23 @@ def demand(job: scheduler_pb2.Job) -> Demand:
         spec.deadline.ToDatetime(tzinfo=UTC).timestamp() if spec.HasField("deadline") else None
     )
     steps_left = max(0, spec.batch.steps - job.steps_done) if kind == "batch" else 0
+    work = 0.0
+    speed: dict[str, float] = {}
+    if kind == "batch":
+        # The job x chip matrix heterogeneity-aware policies read: work in seconds of the first
+        # allowed chip type, speed relative to it (from the performance model).
+        name = precisions.PRECISION_NAME.get(spec.precision, "")
+        times = {
+            c: t
+            for c in (spec.allowed_chips or [spec.chip])
+            if (t := step_seconds(c, spec.devices, spec.model, name, *_work(spec.batch)))
+        }
+        if times:
+            ref = next(iter(times.values()))
+            work = steps_left * ref
+            speed = {c: ref / t for c, t in times.items()}
+        else:
+            work = float(steps_left)
     return Demand(
         job_id=job.job_id,
         tenant=job.tenant,
@@ -260,6 +348,7 @@ def demand(job: scheduler_pb2.Job) -> Demand:
         deferrable=deadline is not None,
         deadline=deadline,
         preemptible=spec.preemptible,
-        work=float(steps_left),
+        work=work,
+        speed=speed,
         submitted_at=job.created_at.ToDatetime(tzinfo=UTC).timestamp(),
     )

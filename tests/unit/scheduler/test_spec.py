@@ -13,7 +13,7 @@ from pocgrid.v1 import common_pb2, scheduler_pb2
 from services.core.config import ConfigError
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.spec import GIB, SpecChecker, demand
+from services.scheduler.spec import GIB, SpecChecker, demand, step_seconds
 
 CHECK = SpecChecker(default_catalog())
 
@@ -33,9 +33,19 @@ def test_defaults_are_filled_and_any_means_chips_that_run_the_precision():
     cat = default_catalog()
     assert out.model == "Qwen2.5-7B" and out.kind == scheduler_pb2.JOB_KIND_BATCH
     assert out.batch == scheduler_pb2.BatchWork(steps=1, batch=1, input_len=128, output_len=128)
+    # Batch work: those whose runtime runs bf16 and where the performance model can price a
+    # step (some chips publish no bf16 peak, and the agent could not time the work there).
     assert set(out.allowed_chips) == {
-        c.name for c in cat.emulatable_chips() if "bf16" in cat.precisions(c)
+        c.name
+        for c in cat.emulatable_chips()
+        if "bf16" in cat.precisions(c)
+        and step_seconds(c.name, 1, "Qwen2.5-7B", "bf16", 1, 128, 128) is not None
     }
+    assert "mlu590" not in out.allowed_chips  # no published bf16 peak
+    held = CHECK.normalise(
+        _spec(precision=common_pb2.PRECISION_BF16, kind=scheduler_pb2.JOB_KIND_EVALUATION)
+    )
+    assert "mlu590" in held.allowed_chips  # an evaluation only holds devices
     assert "ascend-910" not in out.allowed_chips  # the 910's runtime has no bf16
     assert out.replicas == 1
 
@@ -105,10 +115,31 @@ def test_serving_replicas_are_one_demand_and_gang_may_span_nodes():
     assert not out.HasField("batch")
 
 
-def test_batch_demand_counts_the_steps_left():
-    out = CHECK.normalise(_spec(batch=scheduler_pb2.BatchWork(steps=10), preemptible=True))
+def test_batch_demand_is_the_steps_left_priced_per_chip_by_the_performance_model():
+    out = CHECK.normalise(
+        _spec(
+            allowed_chips=["ascend-910b2", "h100-80gb-sxm"],
+            batch=scheduler_pb2.BatchWork(steps=10),
+            preemptible=True,
+        )
+    )
     d = demand(scheduler_pb2.Job(job_id="j", tenant="t", spec=out, steps_done=4))
-    assert d.work == 6 and d.preemptible and d.kind == "batch"
+    npu = step_seconds("ascend-910b2", 1, "Qwen2.5-7B", "fp16", 1, 128, 128)
+    gpu = step_seconds("h100-80gb-sxm", 1, "Qwen2.5-7B", "fp16", 1, 128, 128)
+    assert npu and gpu
+    assert d.work == pytest.approx(6 * npu) and d.preemptible and d.kind == "batch"
+    # Seconds on a chip type are work over its speed: six steps of that chip's step time.
+    assert d.work / d.speed_on("h100-80gb-sxm") == pytest.approx(6 * gpu)
+    assert d.speed_on("ascend-910b2") == 1.0
+
+
+def test_batch_work_that_fits_no_allowed_chip_is_refused():
+    with pytest.raises(FailedPrecondition) as err:
+        CHECK.normalise(_spec(model="Qwen2.5-72B", chip="rtx-4090"))
+    assert err.value.message.startswith("spec.chip: one step of Qwen2.5-72B")
+    assert "rtx-4090" in err.value.message and "GiB" in err.value.message
+    out = CHECK.normalise(_spec(model="Qwen2.5-72B", allowed_chips=["rtx-4090", "h200-141gb-sxm"]))
+    assert list(out.allowed_chips) == ["h200-141gb-sxm"]
 
 
 def test_quota_settings():
