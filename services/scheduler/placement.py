@@ -403,14 +403,21 @@ class Placer:
         placement: Placement,
         ready: dict[str, registry_pb2.Node],
     ) -> None:
-        by_node: dict[str, list[Slot]] = {}
-        for s in placement.slots:
-            by_node.setdefault(s.node, []).append(s)
         batch = KIND_NAMES[job.spec.kind] == "batch"
+        # One task per node (tensor parallel over its devices), or per device for a gang's batch
+        # work (data parallel, see spec.tensor_parallel); held devices: one row per node.
+        groups: list[tuple[str, list[Slot]]] = []
+        if batch and job.spec.gang:
+            groups = [(s.node, [s]) for s in placement.slots]
+        else:
+            by_node: dict[str, list[Slot]] = {}
+            for s in placement.slots:
+                by_node.setdefault(s.node, []).append(s)
+            groups = list(by_node.items())
         remaining = max(0, job.spec.batch.steps - job.steps_done) if batch else 0
-        parts = len(by_node)
+        parts = len(groups)
         new: list[NewAssignment] = []
-        for k, (node_id, slots) in enumerate(by_node.items()):
+        for k, (node_id, slots) in enumerate(groups):
             steps = remaining // parts + (1 if k < remaining % parts else 0) if batch else 0
             node = ready[node_id]
             new.append(

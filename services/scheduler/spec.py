@@ -169,15 +169,16 @@ class SpecChecker:
         if kind == "batch":
             # Batch work runs where the performance model says one step fits (the agent refuses
             # it elsewhere): "any" and a list keep those chip types, a named chip must fit.
+            tp = tensor_parallel(spec)
             timed = [
-                (c, step_seconds(c.name, spec.devices, model.name, precision, *_work(batch)))
+                (c, step_seconds(c.name, tp, model.name, precision, *_work(batch)))
                 for c in candidates
             ]
             if not any(t is not None for _, t in timed):
-                reason = _why_not(candidates[0].name, spec.devices, model.name, precision, batch)
+                reason = _why_not(candidates[0].name, tp, model.name, precision, batch)
                 raise FailedPrecondition(
                     f"{field}: one step of {model.name} {precision} (batch {batch.batch}, "
-                    f"{batch.input_len}+{batch.output_len} tokens) on {spec.devices} device(s) "
+                    f"{batch.input_len}+{batch.output_len} tokens) on {tp} device(s) "
                     f"runs on none of {', '.join(c.name for c in candidates[:5])}"
                     f"{' ...' if len(candidates) > 5 else ''}: {reason}"
                 )
@@ -256,6 +257,13 @@ class SpecChecker:
         return m.weights_gib + m.kv_cache_gib + m.activations_gib
 
 
+def tensor_parallel(spec: scheduler_pb2.JobSpec) -> int:
+    """Devices one batch step runs on: all of them (tensor parallel on one node), or one for a
+    gang, whose devices may sit on several nodes and each run their share of the steps (data
+    parallel: a step never spans nodes, and a node's part of a gang may be any size)."""
+    return 1 if spec.gang else spec.devices
+
+
 def _why_not(
     chip: str, devices: int, model: str, precision: str, batch: scheduler_pb2.BatchWork
 ) -> str:
@@ -327,11 +335,12 @@ def demand(job: scheduler_pb2.Job) -> Demand:
         times = {
             c: t
             for c in (spec.allowed_chips or [spec.chip])
-            if (t := step_seconds(c, spec.devices, spec.model, name, *_work(spec.batch)))
+            if (t := step_seconds(c, tensor_parallel(spec), spec.model, name, *_work(spec.batch)))
         }
         if times:
             ref = next(iter(times.values()))
-            work = steps_left * ref
+            # Data-parallel tasks of a gang share the steps.
+            work = steps_left * ref / (spec.devices // tensor_parallel(spec))
             speed = {c: ref / t for c, t in times.items()}
         else:
             work = float(steps_left)

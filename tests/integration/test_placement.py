@@ -229,10 +229,12 @@ async def test_gang_never_starts_partially(mesh):
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
     await stub.CompleteJob(scheduler_pb2.CompleteJobRequest(job_id=holder.job_id), metadata=ACME)
     running = await _wait_state(stub, gang.job_id, RUNNING)
-    # All four devices at once, over both nodes, the steps split between the two tasks.
+    # All four devices at once, over both nodes, the steps split between a task per device.
     assert sorted((x.node_id, tuple(x.device_indexes)) for x in running.assignments) == [
-        ("npu-a", (0, 1)),
-        ("npu-b", (0, 1)),
+        ("npu-a", (0,)),
+        ("npu-a", (1,)),
+        ("npu-b", (0,)),
+        ("npu-b", (1,)),
     ]
     assert sum(x.steps for x in running.assignments) == 4
     done = await _wait_state(stub, gang.job_id, SUCCEEDED)
