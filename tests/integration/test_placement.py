@@ -165,16 +165,21 @@ async def _wait_state(stub, job_id, state, md=ACME, within=30.0) -> scheduler_pb
 
 async def _job_events(url: str, job_id: str) -> list[str]:
     """Ids of the job's state events on the stream, in order."""
+    return [event_id for event_id, _ in await _job_event_reasons(url, job_id)]
+
+
+async def _job_event_reasons(url: str, job_id: str) -> list[tuple[str, str]]:
+    """(id, reason) of the job's state events on the stream, in order."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     sub = await js.subscribe("scheduler.job.>", stream="POCGRID_SCHEDULER", ordered_consumer=True)
-    ids: list[str] = []
+    ids: list[tuple[str, str]] = []
     try:
         while True:
             msg = await sub.next_msg(timeout=1)
             event = events_pb2.JobStateChanged.FromString(msg.data)
             if event.job_id == job_id:
-                ids.append(event.event_id)
+                ids.append((event.event_id, event.reason))
     except (TimeoutError, nats.errors.TimeoutError):
         pass
     finally:
@@ -357,7 +362,13 @@ async def test_sigkilled_agents_task_is_requeued_and_completes_elsewhere(mesh, c
             proc.kill()
             await proc.wait()
     assert done.attempt == 2 and done.steps_done == 12
-    assert "lost" in done.state_reason or "steps done" in done.state_reason
+    reasons = dict(await _job_event_reasons(nats_server.url, job.job_id))
+    # Requeued because the registry said the node was lost (its event, or the next round).
+    assert "npu-doomed" in reasons[f"job/{job.job_id}/2/queued"]
+    assert (
+        "LOST" in reasons[f"job/{job.job_id}/2/queued"]
+        or "lost" in reasons[f"job/{job.job_id}/2/queued"]
+    )
     ids = await _events_until(nats_server.url, job.job_id, f"job/{job.job_id}/2/succeeded")
     assert ids[:2] == [f"job/{job.job_id}/1/queued", f"job/{job.job_id}/1/running"]
     assert ids[-3:] == [
@@ -466,3 +477,37 @@ async def test_tenant_b_can_neither_see_nor_cancel_tenant_as_jobs(mesh):
     (device,) = (await stub.GetPool(scheduler_pb2.GetPoolRequest(), metadata=GLOBEX)).devices
     assert [(h.own, h.job_id) for h in device.holdings] == [(False, "")]
     assert (await _get(stub, held.job_id)).state == RUNNING
+
+
+async def test_a_node_that_comes_back_has_its_requeued_task_cancelled(mesh):
+    first = await mesh.agent("npu-a", devices=1, speed=1.0)
+    stub = await mesh.start_scheduler()
+    job = await _submit(
+        stub, _spec(batch=scheduler_pb2.BatchWork(steps=20, batch=1, input_len=16, output_len=16))
+    )
+
+    async def started() -> bool:
+        j = await _get(stub, job.job_id)
+        return j.state == RUNNING and j.steps_done >= 1
+
+    await wait_for(started, within=30, what="job running on npu-a")
+    task_id = (await _get(stub, job.job_id)).assignments[0].task_id
+    # The agent stops: its task stays RUNNING in its database, to resume when it restarts.
+    await first.stop()
+    await mesh.agent("npu-b", devices=1, speed=0.0)
+    done = await _wait_state(stub, job.job_id, SUCCEEDED, within=40)
+    assert done.attempt == 2 and done.steps_done == 20
+    # npu-a comes back and resumes the task; the scheduler, which moved the job, cancels it.
+    back = await mesh.agent("npu-a", devices=1, speed=1.0)
+    async with grpc.aio.insecure_channel(back.address) as ch:
+        agent = agent_pb2_grpc.AgentServiceStub(ch)
+
+        async def cancelled() -> bool:
+            task = (
+                await agent.GetTask(agent_pb2.GetTaskRequest(task_id=task_id), metadata=ACME)
+            ).task
+            return task.state == agent_pb2.TASK_STATE_CANCELLED
+
+        await wait_for(cancelled, within=20, what="the resumed task cancelled")
+        task = (await agent.GetTask(agent_pb2.GetTaskRequest(task_id=task_id), metadata=ACME)).task
+    assert "requeued elsewhere" in task.reason and task.steps_done < 20
