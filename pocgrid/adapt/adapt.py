@@ -92,6 +92,7 @@ class Adaptation:
             if p
             else (d.devices if d else (self.plan.devices_needed if self.plan else None)),
             "tp": p.tp if p else (1 if d else None),
+            "pp": p.pp if p else (1 if d else None),
             "replicas": p.replicas if p else (1 if d else None),
             "passes": passes,
             "output_tokens_per_s": None if p is None else p.output_tokens_per_s,
@@ -101,7 +102,15 @@ class Adaptation:
             "max_num_seqs": None if p is None else p.max_num_seqs,
             "batch": None if d is None else d.batch,
             "explanation": list(self.explanation),
+            "pass_gains": {
+                q.name: {"gain": q.gain, "applied": q.applied, "measured_gain": q.measured_gain}
+                for q in self.all_passes()
+            },
         }
+
+    def all_passes(self) -> tuple[PassResult, ...]:
+        """Every pass considered: an LLM plan's, or a non-LLM model's."""
+        return (*(() if self.plan is None else self.plan.passes), *self.passes)
 
     def to_dict(self) -> dict[str, object]:
         out = self.cell()
@@ -179,7 +188,50 @@ def adapt(
         coverage,
         dense=dense,
         explanation=tuple(lines),
+        passes=tuple(_dense_passes(model, chip, req, coverage, dense, catalog)),
     )
+
+
+def _dense_passes(
+    model: Model,
+    chip: Chip,
+    req: PlanRequest,
+    coverage: Coverage | None,
+    best: DensePlan,
+    catalog: Catalog,
+) -> list[PassResult]:
+    """A catalogue model without a graph: int8 priced on the roofline, fusion not modelled."""
+    out = [
+        PassResult(
+            "operator_fusion",
+            False,
+            None,
+            "no graph here for a catalogue model (its roofline already prices fused kernels);"
+            " import its ONNX export for a modelled and a measured figure",
+        )
+    ]
+    if "int8" not in supported_precisions(chip, catalog.precisions(chip)):
+        out.append(PassResult("int8_ptq", False, None, f"{chip.name} has no priced int8"))
+    elif best.precision == "int8":
+        out.append(
+            PassResult(
+                "int8_ptq", True, None, "int8 is the plan's precision (asked for or the only one)"
+            )
+        )
+    else:
+        q, _ = plan_dense(model, chip, ["int8"], req, coverage, req.slo.latency_ms)
+        gain = None if q is None else q.samples_per_s / best.samples_per_s
+        out.append(
+            PassResult(
+                "int8_ptq",
+                False,
+                gain,
+                (f"int8 weights would give x{gain:.2f} samples/s" if gain else "no int8 batch")
+                + "; not applied: lossy, and without the weights its accuracy cannot be measured"
+                " here (import the ONNX graph to measure it)",
+            )
+        )
+    return out + not_llm_passes()
 
 
 def matrix(catalog: Catalog, req: PlanRequest | None = None) -> list[Adaptation]:
@@ -297,22 +349,29 @@ def _onnx_passes(
 ) -> tuple[list[PassResult], DensePlan]:
     out: list[PassResult] = []
     fusion = measure_fusion(model)
+    shapes = _input_shapes(model, best.batch)
+    fused_s = graph_cost(runnable, shapes, chip, best.precision).seconds
+    unfused_s = graph_cost(runnable, shapes, chip, best.precision, fuse=False).seconds
     out.append(
         PassResult(
             "operator_fusion",
             True,
-            fusion.speedup,
-            f"measured on this CPU with onnxruntime: {fusion.unfused_ms:.3f} ms unoptimized vs"
-            f" {fusion.fused_ms:.3f} ms with every graph optimization; the chip estimate fuses"
-            " elementwise chains into their producing kernel",
+            unfused_s / fused_s,
+            f"modelled on {chip.name}: elementwise chains fused into their producing kernel,"
+            f" {unfused_s * 1e3:.3f} ms unfused vs {fused_s * 1e3:.3f} ms per batch of"
+            f" {best.batch}; measured on this CPU with onnxruntime: {fusion.unfused_ms:.3f} ms"
+            f" unoptimized vs {fusion.fused_ms:.3f} ms with every graph optimization"
+            f" (x{fusion.speedup:.2f})",
             measured=True,
+            measured_gain=fusion.speedup,
+            assumption="the graph cost model's fusion rule (elementwise ops join their"
+            " single-consumer producer, as vendor graph compilers do)",
         )
     )
     if "int8" not in supported_precisions(chip, catalog.precisions(chip)):
         out.append(PassResult("int8_ptq", False, None, f"{chip.name} has no priced int8"))
     else:
         q = measure_int8(model)
-        shapes = _input_shapes(model, best.batch)
         int8_s = graph_cost(runnable, shapes, chip, "int8").seconds
         base_s = graph_cost(runnable, shapes, chip, best.precision).seconds
         gain = base_s / int8_s
@@ -338,5 +397,19 @@ def _onnx_passes(
             )
         )
         out.append(PassResult("int8_ptq", apply, gain, why, measured=True, accuracy_delta=delta))
-    out.append(PassResult("kv_cache_quantized", False, None, "no KV cache: not a decoder LLM"))
+    out += not_llm_passes()
     return out, best
+
+
+def not_llm_passes() -> list[PassResult]:
+    """The LLM-only passes, for a model that is not a decoder LLM (every pass is reported)."""
+    why = "not a decoder LLM: no KV cache and no autoregressive decode"
+    return [
+        PassResult(name, False, None, why)
+        for name in (
+            "kv_cache_quantized",
+            "speculative_decoding_mtp",
+            "speculative_decoding",
+            "prefix_caching",
+        )
+    ]

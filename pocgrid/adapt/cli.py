@@ -59,10 +59,14 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
         "--spec-accept",
         type=float,
         default=None,
-        help="speculative decoding: mean tokens accepted per verify step",
+        help="speculative decoding: mean tokens emitted per verification (applies it; the MTP"
+        " module where the model has one, else a draft model)",
     )
     p.add_argument(
-        "--prefix-hit", type=float, default=0.0, help="prefix caching: share of prompt tokens hit"
+        "--prefix-hit",
+        type=float,
+        default=0.0,
+        help="prefix caching: share of prompt tokens hit (applies it)",
     )
     p.add_argument("--price", type=float, default=None, help="price per device-hour")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -143,7 +147,9 @@ def format_adaptation(a: Adaptation) -> str:
         best = a.plan.best if a.plan else None
         assert best is not None
         lines.append(
-            f"  plan: {best.precision}, {best.devices} devices = tp {best.tp} x {best.replicas}"
+            f"  plan: {best.precision}, {best.devices} devices = "
+            + (f"pp {best.pp} x " if best.pp > 1 else "")
+            + f"tp {best.tp} x {best.replicas}"
             f" replicas, {best.max_num_seqs} sequences, chunk {best.prefill_chunk}:"
             f" {best.output_tokens_per_s:.0f} tokens/s ({best.output_tokens_per_s_per_device:.0f}"
             f" per device, {best.tokens_per_s_per_user:.1f} per user), TTFT p99"
@@ -157,10 +163,14 @@ def format_adaptation(a: Adaptation) -> str:
         )
     for line in a.explanation:
         lines.append(f"  - {line}")
-    for p in (*(a.plan.passes if a.plan is not None else ()), *a.passes):
-        gain = "" if p.gain is None else f" x{p.gain:.2f}"
+    for p in a.all_passes():
+        gain = "modelled gain -" if p.gain is None else f"modelled gain x{p.gain:.2f}"
+        if p.measured_gain is not None:
+            gain += f", measured here x{p.measured_gain:.2f}"
         state = "applied" if p.applied else "not applied"
-        lines.append(f"  pass {p.name}: {state}{gain} - {p.reason}")
+        lines.append(f"  pass {p.name}: {state}, {gain} - {p.reason}")
+        if p.assumption:
+            lines.append(f"      assumes {p.assumption}")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@
 No network at view time: the styles, the script and the data are inline. Rows are models,
 columns chips; a cell's colour is its verdict, its shade the throughput relative to the best
 chip for that model (tokens/s for LLMs, samples/s otherwise); hovering shows the reason and
-clicking shows the whole explanation.
+clicking shows the whole explanation with every pass's modelled gain. "Shade by" switches the
+heatmap to one pass's modelled gain on every chip (also from the URL: ``#shade=PASS``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def matrix_html(cells: Sequence[Mapping[str, object]], seconds: float | None = N
         f'<span class="key" style="background: rgb{_COLOURS[v]}"></span>{html.escape(label)}'
         for v, label in _LABELS.items()
     )
+    pass_names = sorted(
+        {str(n) for c in cells for n in dict(c.get("pass_gains") or {})}  # type: ignore[call-overload]
+    )
+    options = '<option value="">throughput</option>' + "".join(
+        f'<option value="{html.escape(n, quote=True)}">gain of {html.escape(n)}</option>'
+        for n in pass_names
+    )
     data = json.dumps(details).replace("</", "<\\/")
     timing = "" if seconds is None else f" Computed in {seconds:.1f} s."
     return f"""<!DOCTYPE html>
@@ -112,6 +120,8 @@ td.cell.selected {{ outline: 2px solid #000; }}
 <p>{len(models)} models x {len(chips)} emulatable chips. Shade: throughput relative to the best
 chip for the model. Hover a cell for the reason; click it for the full explanation.{timing}</p>
 <p>{legend}</p>
+<p><label>Shade by <select id="shade">{options}</select></label>
+<span id="shade-note"></span></p>
 <table id="matrix"><thead><tr><th></th>{head}</tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <div id="detail">Click a cell.</div>
@@ -135,10 +145,57 @@ document.getElementById("matrix").addEventListener("click", (ev) => {{
     if (v === null || v === undefined) continue;
     lines.push(k + ": " + (typeof v === "number" ? Math.round(v * 10) / 10 : v));
   }}
-  if (c.passes.length) lines.push("passes: " + c.passes.join(", "));
+  if (c.passes.length) lines.push("passes applied: " + c.passes.join(", "));
+  for (const [name, p] of Object.entries(c.pass_gains || {{}})) {{
+    const g = p.gain === null ? "no figure" : "x" + p.gain.toFixed(2);
+    const m = p.measured_gain ? ", measured here x" + p.measured_gain.toFixed(2) : "";
+    lines.push("pass " + name + ": " + (p.applied ? "applied" : "not applied") + ", modelled "
+      + g + m);
+  }}
   for (const e of c.explanation || []) lines.push("- " + e);
   detail.textContent = lines.join("\\n");
 }});
+// Shade every cell by one pass's modelled gain (1.0 light, the largest gain full colour).
+const tds = Array.from(document.querySelectorAll("td.cell"));
+const original = tds.map((td) => [td.style.background, td.textContent]);
+const shade = document.getElementById("shade");
+function applyShade(name) {{
+  let top = 1.0;
+  for (const c of cells) {{
+    const p = (c.pass_gains || {{}})[name];
+    if (p && p.gain !== null && p.gain > top) top = p.gain;
+  }}
+  let shown = 0;
+  tds.forEach((td, i) => {{
+    if (!name) {{
+      td.style.background = original[i][0];
+      td.textContent = original[i][1];
+      return;
+    }}
+    const p = (cells[Number(td.dataset.i)].pass_gains || {{}})[name];
+    if (!p || p.gain === null) {{
+      td.style.background = "rgba(110,110,110,0.25)";
+      td.textContent = "-";
+      return;
+    }}
+    const share = top > 1.0 ? 0.2 + 0.8 * Math.max(0, p.gain - 1.0) / (top - 1.0) : 0.2;
+    td.style.background = (p.applied ? "rgba(20,120,60," : "rgba(120,60,160,")
+      + share.toFixed(2) + ")";
+    td.textContent = "x" + p.gain.toFixed(2);
+    shown += 1;
+  }});
+  document.getElementById("shade-note").textContent = name
+    ? " " + shown + " cells with a figure; green: applied, purple: not applied"
+    : "";
+  document.body.dataset.shade = name;
+  document.body.dataset.shaded = String(shown);
+}}
+shade.addEventListener("change", () => applyShade(shade.value));
+const asked = new URLSearchParams(location.hash.slice(1)).get("shade");
+if (asked) {{
+  shade.value = asked;
+  applyShade(asked);
+}}
 // Read by the browser test: the script ran to the end and drew this many cells.
 document.body.dataset.drawn = String(document.querySelectorAll("td.cell").length);
 </script>

@@ -1,29 +1,23 @@
-"""Automatic optimization of an LLM deployment: precision, TP x DP, concurrency, prefill chunk.
+"""Automatic optimization of an LLM deployment: precision, TP x PP x DP, concurrency, prefill chunk.
 
 For a model, a chip type, a device budget and an SLO, every combination of
 
 - precision: what the chip supports (16-bit by default; fp8/int8 weights when quantization is
   allowed or asked for),
-- tensor-parallel degree ``tp`` (a power of two dividing the heads) x data-parallel replicas,
+- tensor-parallel degree ``tp`` (a power of two dividing the heads, at most one node's 8) x
+  pipeline stages ``pp`` (across nodes, when one node's TP cannot hold the model or it pays) x
+  data-parallel replicas,
 - max concurrent sequences per replica (vLLM's ``max_num_seqs``, capped by the KV cache),
 - prefill chunk size (``max_num_batched_tokens``),
-- the software passes that apply (KV cache in fp8/int8, speculative decoding, prefix caching),
+- the software passes that apply (:mod:`pocgrid.adapt.passes`),
 
-is priced by the one performance model (:mod:`pocgrid.perf`, with the costs of operator
-supplementation added, :mod:`pocgrid.adapt.supplemented_cost`) in a closed-form steady state of
-continuous batching with chunked prefill:
-
-- each engine step decodes ``b`` sequences (at the mean context ``input + output / 2``) and
-  prefills the prompt tokens that keep the batch full, ``P = input * b / output`` on average;
-- a step that carries a whole chunk ``C`` is the slow step: TPOT p99 is its time, and a
-  prompt needs ``ceil(input / C)`` of them, which bounds TTFT p99;
-- when ``C < P`` the prefill cannot keep up and the sustained concurrency drops to
-  ``C * output / input``.
-
-This is an estimate of the steady state below saturation, not a simulation: the serving
-simulator (``pocgrid perf predict --scenario server``) replays arrivals for a chosen plan.
-Every choice is explained in the plan; the Pareto frontier of throughput per device against
-tokens/s per user lists the non-dominated configurations.
+is priced by the one performance model: the closed-form steady state of continuous batching
+with chunked prefill (:func:`pocgrid.perf.closed_form.chunked_steady_state`, speculative
+decoding as :class:`pocgrid.perf.static_batch.SpecDecoding`), on the deployment with the costs
+of operator supplementation added (:mod:`pocgrid.adapt.supplemented_cost`). Every pass's gain
+is reported on every chip, applied or not. A single plan is then replayed in the serving
+simulator. Every choice is explained in the plan; the Pareto frontier of throughput per device
+against tokens/s per user lists the non-dominated configurations.
 """
 
 from __future__ import annotations
@@ -35,23 +29,16 @@ from typing import Final, Literal
 
 import numpy as np
 
+from pocgrid.adapt import passes as P
 from pocgrid.adapt.coverage import Coverage, Method
 from pocgrid.adapt.hostlink import host_link
+from pocgrid.adapt.signatures import operator_signature
 from pocgrid.adapt.supplemented_cost import SupplementedDeployment
 from pocgrid.catalog import Chip, Model
+from pocgrid.perf.closed_form import SteadyGrid, chunked_steady_state, replica_capacity
 from pocgrid.perf.errors import PerfInputError
-from pocgrid.perf.llm import (
-    F_CONST,
-    F_EXPERTS,
-    F_LOGITS,
-    F_PRE_PAIRS,
-    F_PRE_PAIRS_WIN,
-    F_PRE_TOKENS,
-    F_TOKENS,
-    LlmDeployment,
-    window_sum,
-)
-from pocgrid.perf.serving import ServingConfig, Workload, kv_cache_blocks, simulate
+from pocgrid.perf.llm import LlmDeployment
+from pocgrid.perf.serving import ServingConfig, Workload, simulate
 
 Verdict = Literal[
     "runs_natively", "runs_with_supplementation", "needs_devices", "does_not_fit", "unsupported"
@@ -59,15 +46,16 @@ Verdict = Literal[
 SIXTEEN_BIT: Final = ("bf16", "fp16")
 QUANTIZED: Final = ("fp8", "int8")
 #: Tensor parallelism stays inside one node's scale-up domain (8 devices on every emulatable
-#: chip's boards); beyond it a model would need pipeline parallelism, which is not modelled.
+#: chip's boards); pipeline stages go across nodes, up to 8 nodes of 8 (``MAX_DEVICES``).
 TP_CHOICES: Final = (1, 2, 4, 8)
+PP_CHOICES: Final = (1, 2, 4, 8)
 MAX_DEVICES: Final = 64
 BATCH_CHOICES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CHUNK_CHOICES: Final = (512, 1024, 2048, 4096, 8192)
 #: A pass is applied when it raises the objective by at least this much.
 MIN_GAIN: Final = 1.02
-#: Draft tokens proposed per verify step when speculative decoding is on.
-SPEC_DRAFT_TOKENS: Final = 3
+#: Largest acceptance length a request may give (tokens per verification).
+MAX_SPEC_ACCEPTANCE: Final = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +98,12 @@ class PlanRequest:
     """Let the planner choose fp8/int8 weights and a quantized KV cache (lossy, accuracy not
     measured for LLMs without weights)."""
     spec_acceptance: float | None = None
-    """Mean tokens accepted per verify step (draft model or multi-token prediction); None: off."""
+    """Mean tokens emitted per verification (the model's MTP module where it has one and
+    ``a <= modules + 1``, else a draft model); None: not applied (MTP models still draft with
+    their module at the published acceptance)."""
     prefix_hit_rate: float = 0.0
-    """Share of prompt tokens found in the prefix cache."""
+    """Share of prompt tokens found in the prefix cache; 0: prefix caching not applied (its
+    gain is still reported at ``passes.DEFAULT_PREFIX_HIT_RATE``)."""
     price_per_device_hour: float | None = None
 
     def __post_init__(self) -> None:
@@ -124,10 +115,10 @@ class PlanRequest:
         if not 0.0 <= self.prefix_hit_rate < 1.0:
             raise PerfInputError("prefix_hit_rate", "must be in [0, 1)")
         if self.spec_acceptance is not None and not (
-            1.0 <= self.spec_acceptance <= SPEC_DRAFT_TOKENS + 1
+            1.0 <= self.spec_acceptance <= MAX_SPEC_ACCEPTANCE
         ):
             raise PerfInputError(
-                "spec_acceptance", f"must be in [1, {SPEC_DRAFT_TOKENS + 1}] tokens per step"
+                "spec_acceptance", f"must be in [1, {MAX_SPEC_ACCEPTANCE:g}] tokens per step"
             )
         if self.price_per_device_hour is not None and not self.price_per_device_hour > 0:
             raise PerfInputError("price_per_device_hour", "must be > 0")
@@ -167,10 +158,12 @@ class Candidate:
     slo_violation: str
     kv_limited: bool
     """Concurrency was capped by the KV cache rather than by the choice list."""
+    pp: int = 1
+    """Pipeline stages of a replica (each ``tp`` devices)."""
 
     @property
     def devices(self) -> int:
-        return self.tp * self.replicas
+        return self.tp * self.pp * self.replicas
 
     @property
     def output_tokens_per_s_per_device(self) -> float:
@@ -190,6 +183,7 @@ class Candidate:
             "kv_cache": self.kv_cache,
             "devices": self.devices,
             "tp": self.tp,
+            "pp": self.pp,
             "replicas": self.replicas,
             "max_num_seqs": self.max_num_seqs,
             "prefill_chunk": self.prefill_chunk,
@@ -211,12 +205,19 @@ class PassResult:
     name: str
     applied: bool
     gain: float | None
-    """Modelled throughput-per-device ratio with the pass over without it, at the best plan
-    (measured on this machine where ``measured``)."""
+    """Modelled ratio on this chip, with the pass over without it, at the plan's precision and
+    parallelism (throughput per device for LLMs, samples/s otherwise); None when the pass
+    cannot run on the chip or no configuration without it meets the SLO (``reason`` says)."""
     reason: str
     measured: bool = False
+    """A figure of this pass was measured on this machine (``measured_gain``,
+    ``accuracy_delta``)."""
     accuracy_delta: float | None = None
     """Measured output error of a lossy pass (largest error relative to the output's range)."""
+    measured_gain: float | None = None
+    """Speed-up measured on this machine's CPU (ONNX graphs)."""
+    assumption: str = ""
+    """What the modelled gain assumes (acceptance length, hit rate), with its source."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -226,6 +227,8 @@ class PassResult:
             "reason": self.reason,
             "measured": self.measured,
             "accuracy_delta": self.accuracy_delta,
+            "measured_gain": self.measured_gain,
+            "assumption": self.assumption,
         }
 
 
@@ -278,7 +281,8 @@ class Plan:
     """The best plan replayed in the serving simulator (single plans, not the matrix)."""
     basis: str = (
         "steady-state estimate of continuous batching with chunked prefill on the pocgrid"
-        " performance model; supplementation costs are estimates"
+        " performance model; supplementation costs, pipeline hand-offs and pass assumptions"
+        " are estimates"
     )
 
     @property
@@ -296,6 +300,7 @@ class Plan:
             "precision": None if best is None else best.precision,
             "devices": None if best is None else best.devices,
             "tp": None if best is None else best.tp,
+            "pp": None if best is None else best.pp,
             "replicas": None if best is None else best.replicas,
             "max_num_seqs": None if best is None else best.max_num_seqs,
             "prefill_chunk": None if best is None else best.prefill_chunk,
@@ -309,6 +314,7 @@ class Plan:
             "best_by_cost": None if self.best_by_cost is None else self.best_by_cost.to_dict(price),
             "pareto": [c.to_dict(price) for c in self.pareto],
             "passes_considered": [p.to_dict() for p in self.passes],
+            "pass_gains": {p.name: p.gain for p in self.passes},
             "explanation": list(self.explanation),
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "configurations_evaluated": self.evaluated,
@@ -317,75 +323,7 @@ class Plan:
         }
 
 
-# -- steady state ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Point:
-    tokens_per_s: float
-    """One replica."""
-    step_s: float
-    ttft_s: float
-    tpot_s: float
-    batch: int
-
-
-def _mixed_step(
-    dep: LlmDeployment, batch: float, ctx: float, prefill_tokens: float, prompt: int
-) -> float:
-    """One engine step: ``batch`` decodes at context ``ctx`` plus ``prefill_tokens`` of prompts
-    of ``prompt`` tokens (each chunk attends to half a prompt on average)."""
-    x = dep.decode_features(max(1, round(batch)), np.array([ctx]))[:, 0]
-    if batch != round(batch):
-        x = x * (batch / max(1, round(batch)))
-        x[F_CONST] = 1.0
-    if prefill_tokens > 0:
-        x[F_TOKENS] += prefill_tokens
-        x[F_PRE_TOKENS] += prefill_tokens
-        pairs_per_token = window_sum(1, prompt, None) / prompt
-        x[F_PRE_PAIRS] += prefill_tokens * pairs_per_token
-        x[F_PRE_PAIRS_WIN] += prefill_tokens * (
-            window_sum(1, prompt, dep.shape.sliding_window) / prompt
-        )
-        x[F_LOGITS] += prefill_tokens / prompt
-    x[F_EXPERTS] = dep.experts_loaded(float(x[F_TOKENS]))
-    return dep.op_table.seconds(x)
-
-
-def _steady_state(
-    dep: LlmDeployment,
-    batch: int,
-    chunk: int,
-    input_len: int,
-    output_len: int,
-    prefix_hit_rate: float,
-    spec_acceptance: float | None,
-) -> _Point:
-    prompt = max(1, math.ceil(input_len * (1.0 - prefix_hit_rate)))
-    # Tokens each sequence gains per step and tokens a verify step processes per sequence.
-    per_step = 1.0 if spec_acceptance is None else spec_acceptance
-    width = 1.0 if spec_acceptance is None else SPEC_DRAFT_TOKENS + 1.0
-    steps_per_request = output_len / per_step
-    need = prompt * batch / steps_per_request
-    sustained = float(batch) if need <= chunk else chunk * steps_per_request / prompt
-    ctx = input_len + output_len / 2.0
-    prefill = prompt * sustained / steps_per_request
-    step = _mixed_step(dep, sustained * width, ctx, prefill, prompt)
-    if spec_acceptance is not None:
-        # Drafting: multi-token prediction heads cost about one layer per draft token.
-        step += SPEC_DRAFT_TOKENS * step / max(1, dep.shape.num_layers)
-    slow = _mixed_step(dep, sustained * width, ctx, float(min(chunk, prompt)), prompt)
-    chunks = math.ceil(prompt / chunk)
-    return _Point(
-        tokens_per_s=sustained * per_step / step,
-        step_s=step,
-        ttft_s=(chunks + 1) * slow,
-        tpot_s=slow / per_step,
-        batch=max(1, math.floor(sustained)),
-    )
-
-
-# -- the search --------------------------------------------------------------------------------
+# -- precisions ------------------------------------------------------------------------------
 
 
 def supported_precisions(chip: Chip, runtime: Collection[str]) -> list[str]:
@@ -455,128 +393,220 @@ def precision_choices(
     return search, lines, None
 
 
+# -- the search --------------------------------------------------------------------------------
+
+
 def _tp_choices(model: Model, devices: int) -> list[int]:
     heads = model.arch.num_attention_heads if model.arch is not None else 1
     return [t for t in TP_CHOICES if t <= devices and heads % t == 0]
 
 
-def _fits_one(dep: LlmDeployment, req: PlanRequest) -> int:
+def _layouts(model: Model, devices: int, pipeline: bool) -> list[tuple[int, int]]:
+    """(tp, pp) a replica can take within ``devices``, fewest devices first. Pipeline stages
+    are only for a model one node's tensor parallelism cannot hold: each stage is then a
+    whole node's widest TP, and the stages hand activations over the network."""
+    layers = model.arch.num_layers if model.arch is not None else 1
+    tps = _tp_choices(model, min(devices, TP_CHOICES[-1]))
+    if not pipeline:
+        return [(tp, 1) for tp in tps]
+    widest = max(_tp_choices(model, TP_CHOICES[-1]))
+    return [(widest, pp) for pp in PP_CHOICES[1:] if widest * pp <= devices and pp <= layers]
+
+
+#: The KV-cache sizing a plan uses (vLLM's allocation: 90 % of memory, a 512-token chunk).
+_CAPACITY_CONFIG: Final = ServingConfig(max_num_seqs=1, max_num_batched_tokens=CHUNK_CHOICES[0])
+
+
+def _capacity(dep: LlmDeployment, req: PlanRequest, pp: int) -> int:
     """Sequences of full length one replica's KV cache holds (0: the model does not fit)."""
-    config = ServingConfig(max_num_seqs=1, max_num_batched_tokens=CHUNK_CHOICES[0])
-    blocks = kv_cache_blocks(dep, config)
-    per_seq = -(-(req.input_len + req.output_len) // config.block_size)
-    return blocks // per_seq
+    return replica_capacity(dep, _CAPACITY_CONFIG, req.input_len + req.output_len, pp)
 
 
 class _Deployments:
-    """Deployments built once per (precision, kv bytes, tp)."""
+    """Deployments built once per (precision, kv bytes, tp, fusion state)."""
 
     def __init__(
-        self, chip: Chip, model: Model, supplemented: Mapping[str, Method], host: Mapping[str, int]
+        self,
+        chip: Chip,
+        model: Model,
+        supplemented: Mapping[str, Method],
+        host: Mapping[str, int],
+        fusable: Collection[str],
     ) -> None:
         self.chip, self.model = chip, model
-        self.supplemented, self.host = supplemented, host
+        self.supplemented, self.host = dict(supplemented), host
         self.link = host_link(chip)
-        self._cache: dict[tuple[str, int | None, int], LlmDeployment] = {}
+        #: Fused operators of the model's graph that a rewrite prices.
+        self.fusable = tuple(op for op in P.FUSABLE_OPS if op in fusable)
+        self.native_fused = tuple(op for op in self.fusable if op not in self.supplemented)
+        self._cache: dict[tuple[str, float | None, int, str], LlmDeployment] = {}
 
-    def get(self, precision: str, kv_bytes: int | None, tp: int) -> LlmDeployment:
-        key = (precision, kv_bytes, tp)
+    def get(
+        self, precision: str, kv_bytes: float | None, tp: int, fusion: str = "runtime"
+    ) -> LlmDeployment:
+        """``fusion``: ``runtime`` (fused where the runtime has the kernel), ``none`` (every
+        fusable operator as primitives), ``all`` (every one fused)."""
+        key = (precision, kv_bytes, tp, fusion)
         dep = self._cache.get(key)
         if dep is None:
+            sup = dict(self.supplemented)
+            if fusion == "none":
+                sup.update({op: "rewrite" for op in self.fusable if op not in sup})
+            elif fusion == "all":
+                for op in self.fusable:
+                    if sup.get(op) == "rewrite":
+                        del sup[op]
             dep = SupplementedDeployment(
                 self.chip,
                 self.model,
                 precision,
                 tp,
-                supplemented=self.supplemented,
+                supplemented=sup,
                 host_counts=self.host,
                 host_link=self.link,
-                kv_bytes=kv_bytes,
+                kv_bytes=None if kv_bytes is None else int(kv_bytes),
             )
             self._cache[key] = dep
         return dep
+
+
+def _kv_format(chip: Chip) -> str | None:
+    """The one-byte KV format the attention kernels can use: fp8 where the chip has it."""
+    for kv in ("fp8", "int8"):
+        if chip.peak(kv) is not None:
+            return kv
+    return None
 
 
 def _kv_options(chip: Chip, precision: str, req: PlanRequest) -> list[tuple[str, int | None]]:
     opts: list[tuple[str, int | None]] = [(precision, None)]
     if precision in QUANTIZED or not req.allow_quantized:
         return opts
-    # A quantized KV cache needs the format in the attention kernels: fp8 where the chip has
-    # it, else int8.
-    for kv in ("fp8", "int8"):
-        if chip.peak(kv) is not None:
-            opts.append((kv, 1))
-            break
+    kv = _kv_format(chip)
+    if kv is not None:
+        opts.append((kv, 1))
     return opts
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """What one grid of the search holds fixed."""
+
+    precision: str
+    kv_name: str
+    kv_bytes: int | None
+    tp: int
+    pp: int
+    replicas: int
+    spec: P.SpecMethod | None
+    prefix_hit_rate: float
+    fusion: str = "runtime"
+
+
+def _grid_arrays(
+    deps: _Deployments, s: _Setting, req: PlanRequest
+) -> tuple[SteadyGrid, list[int], bool] | None:
+    """The closed form over one setting's (concurrency, chunk) grid; None when nothing fits."""
+    dep = deps.get(s.precision, s.kv_bytes, s.tp, s.fusion)
+    capacity = _capacity(dep, req, s.pp)
+    if capacity < max(1, s.pp):
+        return None
+    batches = [b for b in BATCH_CHOICES if s.pp <= b <= capacity]
+    limited = capacity < BATCH_CHOICES[-1] and capacity not in batches
+    if limited:
+        batches.append(capacity)
+    grid = chunked_steady_state(
+        dep,
+        batches,
+        CHUNK_CHOICES,
+        req.input_len,
+        req.output_len,
+        prefix_hit_rate=s.prefix_hit_rate,
+        spec=None if s.spec is None else s.spec.spec,
+        pp=s.pp,
+    )
+    return grid, batches, limited
+
+
+def _grid(
+    deps: _Deployments, s: _Setting, req: PlanRequest, extra: Sequence[str] = ()
+) -> list[Candidate]:
+    """Every (concurrency, chunk) candidate of one setting, through the closed form."""
+    found = _grid_arrays(deps, s, req)
+    if found is None:
+        return []
+    grid, batches, limited = found
+    capacity = batches[-1]
+    names = list(extra)
+    if (s.precision in QUANTIZED and s.kv_bytes is None) or s.kv_bytes == 1:
+        names.append(f"kv_cache_{s.kv_name}")
+    if s.spec is not None:
+        names.append(s.spec.pass_name)
+    if s.prefix_hit_rate > 0:
+        names.append("prefix_caching")
+    passes = tuple(names)
+    out: list[Candidate] = []
+    ttfts, tpots = (grid.ttft_s * 1e3).tolist(), (grid.tpot_s * 1e3).tolist()
+    tokens, sustained = grid.tokens_per_s.tolist(), grid.sustained.tolist()
+    for i, b in enumerate(batches):
+        for j, chunk in enumerate(CHUNK_CHOICES):
+            ttft, tpot = ttfts[i][j], tpots[i][j]
+            out.append(
+                Candidate(
+                    precision=s.precision,
+                    kv_cache=s.kv_name,
+                    tp=s.tp,
+                    pp=s.pp,
+                    replicas=s.replicas,
+                    max_num_seqs=max(1, math.floor(sustained[i][j])),
+                    prefill_chunk=chunk,
+                    passes=passes,
+                    output_tokens_per_s=tokens[i][j] * s.replicas,
+                    tokens_per_s_per_user=1e3 / tpot,
+                    ttft_p99_ms=ttft,
+                    tpot_p99_ms=tpot,
+                    slo_violation=req.slo.violation(ttft, tpot),
+                    kv_limited=limited and b == capacity,
+                )
+            )
+    return out
 
 
 def _search(
     deps: _Deployments,
     precisions: Sequence[str],
-    tps: Sequence[int],
+    layouts: Sequence[tuple[int, int]],
     devices: int,
     req: PlanRequest,
-    *,
-    spec: bool,
-    prefix: bool,
+    specs: Sequence[P.SpecMethod | None],
+    extra: Sequence[str],
 ) -> tuple[list[Candidate], int]:
     out: list[Candidate] = []
     evaluated = 0
     for precision in precisions:
         for kv_name, kv_bytes in _kv_options(deps.chip, precision, req):
-            for tp in tps:
-                replicas = devices // tp
-                dep = deps.get(precision, kv_bytes, tp)
-                capacity = _fits_one(dep, req)
-                if capacity < 1:
-                    continue
-                for batch in BATCH_CHOICES:
-                    b = min(batch, capacity)
-                    for chunk in CHUNK_CHOICES:
-                        evaluated += 1
-                        p = _steady_state(
-                            dep,
-                            b,
-                            chunk,
-                            req.input_len,
-                            req.output_len,
-                            req.prefix_hit_rate if prefix else 0.0,
-                            req.spec_acceptance if spec else None,
-                        )
-                        passes = []
-                        if kv_bytes is not None:
-                            passes.append(f"kv_cache_{kv_name}")
-                        if spec:
-                            passes.append("speculative_decoding")
-                        if prefix:
-                            passes.append("prefix_caching")
-                        ttft, tpot = p.ttft_s * 1e3, p.tpot_s * 1e3
-                        out.append(
-                            Candidate(
-                                precision=precision,
-                                kv_cache=kv_name,
-                                tp=tp,
-                                replicas=replicas,
-                                max_num_seqs=p.batch,
-                                prefill_chunk=chunk,
-                                passes=tuple(passes),
-                                output_tokens_per_s=p.tokens_per_s * replicas,
-                                tokens_per_s_per_user=1.0 / p.tpot_s,
-                                ttft_p99_ms=ttft,
-                                tpot_p99_ms=tpot,
-                                slo_violation=req.slo.violation(ttft, tpot),
-                                kv_limited=b < batch,
-                            )
-                        )
-                    if b < batch:
-                        break  # larger batches are capped to the same capacity
+            for tp, pp in layouts:
+                for spec in specs:
+                    s = _Setting(
+                        precision,
+                        kv_name,
+                        kv_bytes,
+                        tp,
+                        pp,
+                        devices // (tp * pp),
+                        spec,
+                        req.prefix_hit_rate,
+                    )
+                    cands = _grid(deps, s, req, extra)
+                    evaluated += len(cands)
+                    out += cands
     return _dedupe(out), evaluated
 
 
 def _dedupe(cands: Iterable[Candidate]) -> list[Candidate]:
     seen: dict[tuple[object, ...], Candidate] = {}
     for c in cands:
-        key = (c.precision, c.kv_cache, c.tp, c.max_num_seqs, c.prefill_chunk, c.passes)
+        key = (c.precision, c.kv_cache, c.tp, c.pp, c.max_num_seqs, c.prefill_chunk, c.passes)
         seen.setdefault(key, c)
     return list(seen.values())
 
@@ -593,20 +623,35 @@ def pareto_frontier(cands: Iterable[Candidate]) -> list[Candidate]:
     return frontier
 
 
-def _min_devices(deps: _Deployments, precisions: Sequence[str], req: PlanRequest) -> int | None:
-    for tp in _tp_choices(deps.model, MAX_DEVICES):
-        for precision in precisions:
-            for _, kv_bytes in _kv_options(deps.chip, precision, req):
-                if _fits_one(deps.get(precision, kv_bytes, tp), req) >= 1:
-                    return tp
-    return None
-
-
 def _best(cands: Sequence[Candidate]) -> Candidate | None:
     ok = [c for c in cands if c.meets_slo]
     if not ok:
         return None
     return max(ok, key=lambda c: (c.output_tokens_per_s_per_device, c.tokens_per_s_per_user))
+
+
+def _min_layout(
+    deps: _Deployments, precisions: Sequence[str], req: PlanRequest
+) -> tuple[int, int] | None:
+    """The (tp, pp) of fewest devices that holds the weights and one full sequence."""
+    for tp, pp in _layouts(deps.model, MAX_DEVICES, False) + _layouts(
+        deps.model, MAX_DEVICES, True
+    ):
+        for precision in precisions:
+            for _, kv_bytes in _kv_options(deps.chip, precision, req):
+                if _capacity(deps.get(precision, kv_bytes, tp), req, pp) >= pp:
+                    return tp, pp
+    return None
+
+
+def _spec_options(model: Model, req: PlanRequest) -> list[P.SpecMethod | None]:
+    """Speculative decoding in the main search: the request's, else the model's MTP module
+    (weighed against none), else none."""
+    if req.spec_acceptance is not None:
+        asked = P.mtp_method(model, req.spec_acceptance) or P.draft_method(req.spec_acceptance)
+        return [asked]
+    mtp = P.mtp_method(model)
+    return [None] if mtp is None else [None, mtp]
 
 
 def plan_llm(
@@ -641,21 +686,22 @@ def plan_llm(
     lines += p_lines
     if why_not is not None:
         return _no_plan(model, chip, req, coverage, "unsupported", why_not, lines)
-    deps = _Deployments(chip, model, supplemented, host)
-    needed = _min_devices(deps, precisions, req)
-    if needed is None:
+    signature = operator_signature(model) or {}
+    deps = _Deployments(chip, model, supplemented, host, set(signature))
+    layout = _min_layout(deps, precisions, req)
+    if layout is None:
         return _no_plan(
             model,
             chip,
             req,
             coverage,
             "does_not_fit",
-            f"{model.name} does not fit {TP_CHOICES[-1]} x {chip.name} (one node, tensor"
-            f" parallel) at {'/'.join(precisions)} with one"
-            f" {req.input_len + req.output_len}-token sequence; pipeline parallelism across"
-            " nodes is not modelled",
+            f"{model.name} does not fit {MAX_DEVICES} x {chip.name} ({PP_CHOICES[-1]} pipeline"
+            f" stages of {TP_CHOICES[-1]}-way tensor parallel) at {'/'.join(precisions)} with"
+            f" one {req.input_len + req.output_len}-token sequence",
             lines,
         )
+    needed = layout[0] * layout[1]
     devices = req.devices if req.devices is not None else needed
     if devices < needed:
         return _no_plan(
@@ -664,12 +710,13 @@ def plan_llm(
             req,
             coverage,
             "needs_devices",
-            f"needs {needed} x {chip.name} to hold the weights and one sequence's KV cache;"
-            f" the budget is {devices}",
+            f"needs {needed} x {chip.name} ({_layout_text(*layout)}) to hold the weights and"
+            f" one sequence's KV cache; the budget is {devices}",
             lines,
             devices_needed=needed,
         )
-    tps = [t for t in _tp_choices(model, devices) if t >= needed]
+    pipeline = layout[1] > 1
+    layouts = [(t, p) for t, p in _layouts(model, devices, pipeline) if t * p >= needed]
     lines.append(
         f"devices {devices}: "
         + (
@@ -677,17 +724,23 @@ def plan_llm(
             if req.devices is not None
             else "the fewest that hold the weights and a KV cache"
         )
-        + f"; tensor-parallel degrees searched {tps} (divide the"
-        f" {model.arch.num_attention_heads} heads, at least {needed} to fit),"
-        " the rest data-parallel replicas"
+        + f"; replica layouts searched {', '.join(_layout_text(t, p) for t, p in layouts)}"
+        f" (tp divides the {model.arch.num_attention_heads} heads within one"
+        f" {TP_CHOICES[-1]}-device node"
+        + (
+            f"; one node's tensor parallelism cannot hold {model.name}, so pipeline stages"
+            " of a whole node each, across nodes"
+            if pipeline
+            else ""
+        )
+        + f"; at least {needed} devices to fit), the rest data-parallel replicas"
     )
-    use_spec = req.spec_acceptance is not None
-    use_prefix = req.prefix_hit_rate > 0
+    fused = ("operator_fusion",) if deps.native_fused else ()
     cands, evaluated = _search(
-        deps, precisions, tps, devices, req, spec=use_spec, prefix=use_prefix
+        deps, precisions, layouts, devices, req, _spec_options(model, req), fused
     )
     best = _best(cands)
-    passes = _passes(deps, precisions, tps, devices, req, best, cands, chip)
+    passes = _passes(deps, req, best, cands)
     if best is None:
         closest = min(cands, key=lambda c: c.tpot_p99_ms + c.ttft_p99_ms / 100.0)
         return replace(
@@ -706,10 +759,17 @@ def plan_llm(
             evaluated=evaluated,
         )
     lines += _explain(best, cands, req)
+    lines += [
+        f"pass {p.name}: " + ("applied" if p.applied else "not applied") + f" ({p.reason})"
+        for p in passes
+        if p.applied
+    ]
     verdict: Verdict
     if best.devices > 1 and req.devices is None:
         verdict = "needs_devices"
-        reason = f"needs {best.devices} x {chip.name}"
+        reason = f"needs {best.devices} x {chip.name}" + (
+            f" ({_layout_text(best.tp, best.pp)})" if best.pp > 1 else ""
+        )
     elif supplemented:
         verdict = "runs_with_supplementation"
         reason = "runs with " + ", ".join(sorted(supplemented)) + " supplemented"
@@ -733,6 +793,10 @@ def plan_llm(
         devices_needed=needed,
         evaluated=evaluated,
     )
+
+
+def _layout_text(tp: int, pp: int) -> str:
+    return f"tp {tp}" if pp == 1 else f"pp {pp} x tp {tp}"
 
 
 def _best_cost(cands: Sequence[Candidate], req: PlanRequest, chip: Chip) -> Candidate | None:
@@ -761,21 +825,23 @@ def _explain(best: Candidate, cands: Sequence[Candidate], req: PlanRequest) -> l
                 f" {other.output_tokens_per_s_per_device:.0f} tokens/s per device"
             )
     lines.append(f"precision {best.precision}: the best throughput per device under the SLO")
-    for tp in sorted({c.tp for c in cands} - {best.tp}):
-        other = best_of(lambda c, tp=tp: c.tp == tp)
+    for tp, pp in sorted({(c.tp, c.pp) for c in cands} - {(best.tp, best.pp)}):
+        other = best_of(lambda c, tp=tp, pp=pp: (c.tp, c.pp) == (tp, pp))
         if other is not None:
             lines.append(
-                f"tp {best.tp} x {best.replicas} replicas over tp {tp} x {other.replicas}:"
-                f" {per_dev:.0f} vs {other.output_tokens_per_s_per_device:.0f} tokens/s per device"
+                f"{_layout_text(best.tp, best.pp)} x {best.replicas} replicas over"
+                f" {_layout_text(tp, pp)} x {other.replicas}: {per_dev:.0f} vs"
+                f" {other.output_tokens_per_s_per_device:.0f} tokens/s per device"
             )
         else:
-            lines.append(f"tp {tp}: no configuration meets the SLO or fits")
+            lines.append(f"{_layout_text(tp, pp)}: no configuration meets the SLO or fits")
     cap = "the KV cache holds no more" if best.kv_limited else "more would break the SLO or gain"
     bigger = [
         c
         for c in cands
         if c.precision == best.precision
         and c.tp == best.tp
+        and c.pp == best.pp
         and c.kv_cache == best.kv_cache
         and c.max_num_seqs > best.max_num_seqs
     ]
@@ -798,78 +864,230 @@ def _explain(best: Candidate, cands: Sequence[Candidate], req: PlanRequest) -> l
     return lines
 
 
+def _rate(deps: _Deployments, s: _Setting, req: PlanRequest) -> float | None:
+    """Best throughput per device of one setting under the SLO (None: none meets it); the
+    same choice as :func:`_best` over :func:`_grid`, without building the candidates."""
+    found = _grid_arrays(deps, s, req)
+    if found is None:
+        return None
+    grid = found[0]
+    ok = np.ones(grid.tokens_per_s.shape, dtype=bool)
+    if req.slo.ttft_ms is not None:
+        ok &= grid.ttft_s * 1e3 <= req.slo.ttft_ms
+    if req.slo.tpot_ms is not None:
+        ok &= grid.tpot_s * 1e3 <= req.slo.tpot_ms
+    if not ok.any():
+        return None
+    return float(grid.tokens_per_s[ok].max()) / (s.tp * s.pp)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or den is None or den <= 0 else num / den
+
+
+def _gain_text(gain: float | None, without: float | None) -> str:
+    if gain is not None:
+        return f"x{gain:.2f} tokens/s per device"
+    return "without it no configuration meets the SLO" if without is None else "no gain figure"
+
+
 def _passes(
-    deps: _Deployments,
-    precisions: Sequence[str],
-    tps: Sequence[int],
-    devices: int,
-    req: PlanRequest,
-    best: Candidate | None,
-    cands: Sequence[Candidate],
-    chip: Chip,
+    deps: _Deployments, req: PlanRequest, best: Candidate | None, cands: Sequence[Candidate]
 ) -> list[PassResult]:
+    """Every pass's modelled gain at the best plan's precision and parallelism (concurrency
+    and chunk chosen again under the SLO), applied or not, and why."""
+    model, chip = deps.model, deps.chip
+    names = [
+        "operator_fusion",
+        f"kv_cache_{_kv_format(chip) or 'quantized'}",
+        "speculative_decoding_mtp",
+        "speculative_decoding",
+        "prefix_caching",
+    ]
+    if best is None:
+        why = "no configuration meets the SLO or fits, so no gain is priced"
+        return [PassResult(n, False, None, why) for n in names]
+    mtp_used = "speculative_decoding_mtp" in best.passes
+    draft_used = "speculative_decoding" in best.passes
+    spec: P.SpecMethod | None = None
+    if mtp_used:
+        spec = P.mtp_method(model, req.spec_acceptance)
+    elif draft_used:
+        spec = P.draft_method(req.spec_acceptance)
+    quant_kv = best.precision in QUANTIZED or best.kv_cache != best.precision
+    base = _Setting(
+        best.precision,
+        best.kv_cache,
+        1 if best.kv_cache != best.precision else None,
+        best.tp,
+        best.pp,
+        best.replicas,
+        spec,
+        req.prefix_hit_rate,
+    )
+    rate = best.output_tokens_per_s_per_device
     out: list[PassResult] = []
-    base_best = best.output_tokens_per_s_per_device if best is not None else None
-    if best is not None and best.kv_cache != best.precision:
-        plain = _best([c for c in cands if c.kv_cache == c.precision])
-        gain = None if plain is None else base_best / plain.output_tokens_per_s_per_device  # type: ignore[operator]
+
+    # operator fusion
+    if not deps.fusable:
         out.append(
             PassResult(
-                f"kv_cache_{best.kv_cache}",
-                True,
-                gain,
-                "halves KV bytes: more sequences fit and decode attention reads less (lossy,"
-                " accuracy not measured)",
-            )
-        )
-    elif req.allow_quantized:
-        out.append(
-            PassResult(
-                "kv_cache_quantized",
+                "operator_fusion",
                 False,
                 None,
-                "the chip has no fp8/int8 format, or a quantized cache did not raise throughput",
+                "the model's export has no fused operator whose primitive rewrite is priced",
             )
         )
     else:
+        unfused = _rate(deps, replace(base, fusion="none"), req)
+        have, lack = deps.native_fused, [op for op in deps.fusable if op not in deps.native_fused]
+        assumption = (
+            "fused kernels read their inputs and write their output once; the primitive graphs"
+            " pay the passes of the rewrites (supplemented_cost.py; an upper bound)"
+        )
+        if not lack:
+            gain = _ratio(rate, unfused)
+            why = (
+                f"the runtime's fused {', '.join(have)} kernels against the same graph run as"
+                f" primitives: {_gain_text(gain, unfused)}"
+            )
+            out.append(PassResult("operator_fusion", True, gain, why, assumption=assumption))
+        else:
+            full = _rate(deps, replace(base, fusion="all"), req)
+            if have:
+                gain = _ratio(rate, unfused)
+                why = (
+                    f"fused {', '.join(have)} ({_gain_text(gain, unfused)} over primitives);"
+                    f" the runtime lacks fused {', '.join(lack)}, run as primitives: vendor"
+                    f" kernels would gain a further x{_ratio(full, rate) or 1.0:.2f}"
+                )
+                out.append(PassResult("operator_fusion", True, gain, why, assumption=assumption))
+            else:
+                gain = _ratio(full, unfused)
+                why = (
+                    f"the runtime has no fused {', '.join(lack)} kernel: they run as primitives"
+                    f" (supplemented); fused kernels would gain {_gain_text(gain, unfused)}"
+                )
+                out.append(PassResult("operator_fusion", False, gain, why, assumption=assumption))
+
+    # quantized KV cache
+    kv = _kv_format(chip)
+    lossy = "lossy: accuracy not measured without the weights"
+    if quant_kv:
+        name = f"kv_cache_{best.kv_cache}"
+        without = _rate(deps, replace(base, kv_name="16-bit", kv_bytes=2), req)
+        gain = _ratio(rate, without)
+        why = (
+            "one byte per cached element against two: more sequences fit and decode attention"
+            f" reads half; {_gain_text(gain, without)}"
+            + (f"; it follows the {best.precision} weights" if best.precision in QUANTIZED else "")
+            + f" ({lossy})"
+        )
+        out.append(PassResult(name, True, gain, why))
+    elif kv is None:
+        out.append(
+            PassResult("kv_cache_quantized", False, None, f"{chip.name} has no fp8 or int8 format")
+        )
+    else:
+        with_ = _rate(deps, replace(base, kv_name=kv, kv_bytes=1), req)
+        gain = _ratio(with_, rate)
+        why = f"{kv} KV cache would give {_gain_text(gain, rate)}; not applied: " + (
+            "it did not raise throughput per device under the SLO"
+            if req.allow_quantized
+            else f"{lossy}; allow it with --allow-quantized"
+        )
+        out.append(PassResult(f"kv_cache_{kv}", False, gain, why))
+
+    # speculative decoding: the model's MTP module
+    mtp = P.mtp_method(model)
+    if mtp is None:
         out.append(
             PassResult(
-                "kv_cache_quantized", False, None, "lossy: needs --allow-quantized to be chosen"
+                "speculative_decoding_mtp",
+                False,
+                None,
+                f"{model.name}'s checkpoint has no multi-token-prediction module",
             )
         )
-    for name, on, off_reason in (
-        (
-            "speculative_decoding",
-            req.spec_acceptance is not None,
-            "no acceptance length given (--spec-accept)",
-        ),
-        ("prefix_caching", req.prefix_hit_rate > 0, "no prefix hit rate given (--prefix-hit)"),
-    ):
-        if not on:
-            out.append(PassResult(name, False, None, off_reason))
-            continue
-        without, _ = _search(
-            deps,
-            precisions,
-            tps,
-            devices,
-            req,
-            spec=name != "speculative_decoding" and req.spec_acceptance is not None,
-            prefix=name != "prefix_caching" and req.prefix_hit_rate > 0,
+    elif mtp_used and spec is not None:
+        without = _rate(deps, replace(base, spec=None), req)
+        gain = _ratio(rate, without)
+        why = (
+            "the checkpoint's MTP module drafts and the model verifies (the output distribution"
+            f" is kept): {_gain_text(gain, without)}"
         )
-        ref = _best(without)
-        gain = (
-            None
-            if ref is None or base_best is None
-            else base_best / ref.output_tokens_per_s_per_device
+        out.append(
+            PassResult("speculative_decoding_mtp", True, gain, why, assumption=spec.assumption)
         )
-        what = (
-            f"{req.spec_acceptance} tokens accepted per verify step of {SPEC_DRAFT_TOKENS}"
-            " drafts (multi-token prediction heads, ~1 layer per draft)"
-            if name == "speculative_decoding"
-            else f"{req.prefix_hit_rate:.0%} of prompt tokens served from the prefix cache"
+    else:
+        with_ = _rate(deps, replace(base, spec=mtp), req)
+        gain = _ratio(with_, rate)
+        why = f"would give {_gain_text(gain, rate)}; not applied: " + (
+            "a draft model is applied instead" if draft_used else "it does not gain under the SLO"
         )
-        out.append(PassResult(name, True, gain, what))
+        out.append(
+            PassResult("speculative_decoding_mtp", False, gain, why, assumption=mtp.assumption)
+        )
+
+    # speculative decoding: a draft model
+    if draft_used and spec is not None:
+        without = _rate(deps, replace(base, spec=None), req)
+        gain = _ratio(rate, without)
+        out.append(
+            PassResult(
+                "speculative_decoding",
+                True,
+                gain,
+                f"a draft model at the acceptance asked for: {_gain_text(gain, without)}",
+                assumption=spec.assumption,
+            )
+        )
+    else:
+        draft = P.draft_method()
+        with_ = _rate(deps, replace(base, spec=draft), req)
+        gain = _ratio(with_, rate)
+        out.append(
+            PassResult(
+                "speculative_decoding",
+                False,
+                gain,
+                f"would give {_gain_text(gain, rate)}"
+                + (" in place of the MTP module" if mtp_used else "")
+                + "; not applied: it needs a draft model of the same tokenizer, and its"
+                " acceptance is the workload's (give --spec-accept A)",
+                assumption=draft.assumption,
+            )
+        )
+
+    # prefix caching
+    if req.prefix_hit_rate > 0:
+        without = _rate(deps, replace(base, prefix_hit_rate=0.0), req)
+        gain = _ratio(rate, without)
+        out.append(
+            PassResult(
+                "prefix_caching",
+                True,
+                gain,
+                f"{req.prefix_hit_rate:.0%} of prompt tokens served from the prefix cache:"
+                f" {_gain_text(gain, without)}",
+                assumption=f"hit rate {req.prefix_hit_rate:g} (as asked)",
+            )
+        )
+    else:
+        h = P.DEFAULT_PREFIX_HIT_RATE
+        with_ = _rate(deps, replace(base, prefix_hit_rate=h), req)
+        gain = _ratio(with_, rate)
+        out.append(
+            PassResult(
+                "prefix_caching",
+                False,
+                gain,
+                f"at a {h:.0%} hit rate it would give {_gain_text(gain, rate)}; not applied:"
+                " the hit rate is the workload's (give --prefix-hit H)",
+                assumption=f"hit rate {h:g}: a chat service with a shared system prompt and"
+                " multi-turn history (an assumption)",
+            )
+        )
     return out
 
 
@@ -909,10 +1127,16 @@ SIM_LOAD: Final = 0.85
 def simulate_plan(model: Model, chip: Chip, plan: Plan, seed: int = 0) -> Plan:
     """``plan`` with its best configuration replayed in the serving simulator (the same
     supplemented deployment), so the steady-state estimate is checked against simulated p99s.
-    Speculative decoding and prefix caching are not in the simulator: it runs without them."""
+    Speculative decoding runs in the simulator (with the KV cache reserved at admission, as
+    it needs) where the model has no sliding window; prefix caching and pipeline stages are
+    not simulated: a plan with stages is not replayed, and one with prefix caching is
+    replayed without it, at the load it would carry without it."""
     best, req = plan.best, plan.request
     if best is None:
         return plan
+    if best.pp > 1:
+        line = "serving simulator: not replayed (it models one tensor-parallel replica, no stages)"
+        return replace(plan, explanation=(*plan.explanation, line))
     supplemented: dict[str, Method] = {}
     host: dict[str, int] = {}
     if plan.coverage is not None:
@@ -930,13 +1154,20 @@ def simulate_plan(model: Model, chip: Chip, plan: Plan, seed: int = 0) -> Plan:
         host_link=host_link(chip),
         kv_bytes=1 if best.kv_cache != best.precision else None,
     )
-    passes = [p for p in best.passes if p in ("speculative_decoding", "prefix_caching")]
+    method: P.SpecMethod | None = None
+    if "speculative_decoding_mtp" in best.passes:
+        method = P.mtp_method(model, req.spec_acceptance)
+    elif "speculative_decoding" in best.passes:
+        method = P.draft_method(req.spec_acceptance)
+    left_out = [p for p in best.passes if p == "prefix_caching"]
+    if method is not None and dep.shape.sliding_window is not None:
+        left_out.append(method.pass_name)
+        method = None
     per_replica = best.output_tokens_per_s / best.replicas
-    if passes:
-        # The simulator cannot apply these: load it at what the plan would do without them.
-        per_replica /= max(
-            (p.gain or 1.0 for p in plan.passes if p.name in passes and p.applied), default=1.0
-        )
+    for p in plan.passes:
+        if p.name in left_out and p.applied and p.gain:
+            # The simulator cannot apply it: load it at what the plan would do without it.
+            per_replica /= p.gain
     qps = SIM_LOAD * per_replica / req.output_len
     # Replicas are identical and split Poisson arrivals evenly: simulate one.
     n = min(SIM_REQUESTS[1], max(SIM_REQUESTS[0], 4 * best.max_num_seqs))
@@ -944,10 +1175,11 @@ def simulate_plan(model: Model, chip: Chip, plan: Plan, seed: int = 0) -> Plan:
     config = ServingConfig(
         max_num_seqs=best.max_num_seqs,
         max_num_batched_tokens=max(best.prefill_chunk, best.max_num_seqs),
+        reserve_kv_at_admission=method is not None,
     )
-    summary = simulate(dep, workload, config).summary()
+    summary = simulate(dep, workload, config, None if method is None else method.spec).summary()
     ttft, tpot = summary.ttft_s.p99 * 1e3, summary.tpot_s.p99 * 1e3
-    note = f"simulated without {', '.join(passes)}" if passes else ""
+    note = f"simulated without {', '.join(left_out)}" if left_out else ""
     check = SimulatedCheck(
         requests=n * best.replicas,
         requests_per_s=qps * best.replicas,
@@ -965,5 +1197,6 @@ def simulate_plan(model: Model, chip: Chip, plan: Plan, seed: int = 0) -> Plan:
         f" {check.output_tokens_per_s:.0f} tokens/s"
         + ("" if check.meets_slo else f" ({req.slo.violation(ttft, tpot)})")
         + (f"; {note}" if note else "")
+        + (f"; with {method.pass_name}" if method is not None else "")
     )
     return replace(plan, simulated=check, explanation=(*plan.explanation, line))

@@ -266,13 +266,20 @@ def graph_cost(
     chip: Chip,
     precision: str,
     ceilings: ChipCeilings | None = None,
+    *,
+    fuse: bool = True,
 ) -> GraphCost:
+    """``fuse=False`` launches every node as its own kernel (what the fusion saves)."""
     element_bytes = float(PRECISION_BYTES[precision])
     efficiency = default_efficiency()
     ceilings = ceilings or efficiency.ceilings(chip, precision)
     shaped = with_input_shapes(model, input_shapes)
     costs = node_costs(shaped, element_bytes)
-    groups, fused = _fuse(shaped)
+    if fuse:
+        groups, fused = _fuse(shaped)
+    else:
+        groups = [[i] for i, n in enumerate(shaped.graph.node) if n.op_type not in _VIEW_OPS]
+        fused = 0
     kernels = []
     for group in groups:
         flops = sum(costs[i].flops for i in group)

@@ -496,9 +496,14 @@ class EstimateRequest(_message.Message):
     allow_quantized: _builtins.bool
     """Let the planner choose fp8/int8 weights and a quantized KV cache."""
     spec_acceptance: _builtins.float
-    """Speculative decoding: mean tokens accepted per verify step; 0 = off."""
+    """Speculative decoding: mean tokens emitted per verification, [1, 8]; applies it (the
+    model's MTP module where it has one, else a draft model). 0 = not asked for: the gain is
+    still reported at the default assumption, and MTP models draft with their module.
+    """
     prefix_hit_rate: _builtins.float
-    """Prefix caching: share of prompt tokens served from the cache, [0, 1)."""
+    """Prefix caching: share of prompt tokens served from the cache, [0, 1); > 0 applies it.
+    0 = not asked for: the gain is still reported at a 50 % hit rate.
+    """
     def __init__(
         self,
         *,
@@ -540,6 +545,7 @@ class PlanCandidate(_message.Message):
     TOKENS_PER_S_PER_USER_FIELD_NUMBER: _builtins.int
     TTFT_P99_MS_FIELD_NUMBER: _builtins.int
     TPOT_P99_MS_FIELD_NUMBER: _builtins.int
+    PP_FIELD_NUMBER: _builtins.int
     precision: _builtins.str
     kv_cache: _builtins.str
     devices: _builtins.int
@@ -552,6 +558,8 @@ class PlanCandidate(_message.Message):
     tokens_per_s_per_user: _builtins.float
     ttft_p99_ms: _builtins.float
     tpot_p99_ms: _builtins.float
+    pp: _builtins.int
+    """Pipeline stages of a replica (each `tp` devices); 1 = none. devices = tp x pp x replicas."""
     @_builtins.property
     def passes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -570,10 +578,11 @@ class PlanCandidate(_message.Message):
         tokens_per_s_per_user: _builtins.float = ...,
         ttft_p99_ms: _builtins.float = ...,
         tpot_p99_ms: _builtins.float = ...,
+        pp: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "kv_cache", b"kv_cache", "max_num_seqs", b"max_num_seqs", "output_tokens_per_s", b"output_tokens_per_s", "output_tokens_per_s_per_device", b"output_tokens_per_s_per_device", "passes", b"passes", "precision", b"precision", "prefill_chunk", b"prefill_chunk", "replicas", b"replicas", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tp", b"tp", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "kv_cache", b"kv_cache", "max_num_seqs", b"max_num_seqs", "output_tokens_per_s", b"output_tokens_per_s", "output_tokens_per_s_per_device", b"output_tokens_per_s_per_device", "passes", b"passes", "pp", b"pp", "precision", b"precision", "prefill_chunk", b"prefill_chunk", "replicas", b"replicas", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tp", b"tp", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -581,6 +590,8 @@ Global___PlanCandidate: _TypeAlias = PlanCandidate  # noqa: Y015
 
 @_typing.final
 class PassDecision(_message.Message):
+    """One software acceleration pass on this chip. Every pass is reported, applied or not."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -589,15 +600,24 @@ class PassDecision(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MEASURED_FIELD_NUMBER: _builtins.int
     ACCURACY_DELTA_FIELD_NUMBER: _builtins.int
+    MEASURED_GAIN_FIELD_NUMBER: _builtins.int
+    ASSUMPTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     applied: _builtins.bool
     gain: _builtins.float
-    """Modelled (or, where it ran here, measured) gain as a ratio; 0 when none applies."""
+    """Modelled gain on this chip as a ratio, with the pass over without it, at the plan's
+    precision and parallelism (tokens/s per device for LLMs, samples/s otherwise); 0 when
+    the pass cannot run on the chip or there is no figure (reason says why).
+    """
     reason: _builtins.str
     measured: _builtins.bool
-    """True when the gain or accuracy figure was measured on this machine."""
+    """True when a figure of this pass (measured_gain, accuracy_delta) was measured here."""
     accuracy_delta: _builtins.float
     """Measured accuracy delta (max relative output error) where a lossy pass ran here."""
+    measured_gain: _builtins.float
+    """Speed-up measured on this machine's CPU (onnxruntime, ONNX graphs); 0 when not measured."""
+    assumption: _builtins.str
+    """What the modelled gain assumes (acceptance length, hit rate), with its source."""
     def __init__(
         self,
         *,
@@ -607,10 +627,12 @@ class PassDecision(_message.Message):
         reason: _builtins.str = ...,
         measured: _builtins.bool = ...,
         accuracy_delta: _builtins.float = ...,
+        measured_gain: _builtins.float = ...,
+        assumption: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "applied", b"applied", "gain", b"gain", "measured", b"measured", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_delta", b"accuracy_delta", "applied", b"applied", "assumption", b"assumption", "gain", b"gain", "measured", b"measured", "measured_gain", b"measured_gain", "name", b"name", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

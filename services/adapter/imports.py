@@ -29,7 +29,7 @@ _VERDICTS = {
     "unsupported": adapter_pb2.ADAPT_VERDICT_UNSUPPORTED,
 }
 #: Bumped when a change to the planner changes its answers, so stored plans are not reused.
-PLANNER_VERSION = "2"
+PLANNER_VERSION = "3"
 
 
 def to_proto(row: ImportedModelRow) -> adapter_pb2.ImportedModel:
@@ -182,6 +182,7 @@ def _candidate(c: Candidate | None) -> adapter_pb2.PlanCandidate | None:
         tokens_per_s_per_user=c.tokens_per_s_per_user,
         ttft_p99_ms=c.ttft_p99_ms,
         tpot_p99_ms=c.tpot_p99_ms,
+        pp=c.pp,
     )
 
 
@@ -211,12 +212,6 @@ def estimate_response(a: Adaptation) -> adapter_pb2.EstimateResponse:
         if cheap is not None:
             resp.best_by_cost.CopyFrom(cheap)
         resp.pareto.extend(p for c in plan.pareto if (p := _candidate(c)) is not None)
-        resp.passes.extend(
-            adapter_pb2.PassDecision(
-                name=p.name, applied=p.applied, gain=p.gain or 0.0, reason=p.reason
-            )
-            for p in plan.passes
-        )
         resp.basis = plan.basis
         if plan.simulated is not None:
             sim = plan.simulated
@@ -240,8 +235,10 @@ def estimate_response(a: Adaptation) -> adapter_pb2.EstimateResponse:
             reason=p.reason,
             measured=p.measured,
             accuracy_delta=p.accuracy_delta or 0.0,
+            measured_gain=p.measured_gain or 0.0,
+            assumption=p.assumption,
         )
-        for p in a.passes
+        for p in a.all_passes()
     )
     if a.dense is not None:
         resp.samples_per_s = a.dense.samples_per_s

@@ -7,13 +7,21 @@ scripts/ensure_chromium.sh, so this test fails (it does not skip) where none can
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from pocgrid.adapt.adapt import matrix
 from pocgrid.adapt.html import _COLOURS, matrix_html
 from pocgrid.catalog import default_catalog
 from tests.browser import png_pixels as _png_pixels
-from tests.browser import run_chromium as _run
+from tests.browser import run_chromium
+
+#: Console messages (console.error, uncaught exceptions) go to stderr as INFO:CONSOLE lines.
+CONSOLE_TO_STDERR = ["--enable-logging=stderr", "--v=0"]
+
+
+def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return run_chromium([*CONSOLE_TO_STDERR, *args], tmp)
 
 
 def test_heatmap_opens_in_headless_chromium_and_draws_cells(tmp_path: Path) -> None:
@@ -26,6 +34,14 @@ def test_heatmap_opens_in_headless_chromium_and_draws_cells(tmp_path: Path) -> N
     assert body is not None, dom.stdout[:500]
     assert "data-errors" not in body.group(0), body.group(0)
     assert f'data-drawn="{len(cells)}"' in body.group(0), body.group(0)
+    assert "CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    # The "shade by" view: one pass's modelled gain on every chip.
+    shaded = _run(["--dump-dom", page.as_uri() + "#shade=prefix_caching"], tmp_path)
+    body = re.search(r"<body[^>]*>", shaded.stdout)
+    assert body is not None and 'data-shade="prefix_caching"' in body.group(0), shaded.stdout[:500]
+    llm_cells = sum(1 for c in cells if c["output_tokens_per_s"] is not None)
+    assert f'data-shaded="{llm_cells}"' in body.group(0), body.group(0)
+    assert "CONSOLE" not in shaded.stderr, shaded.stderr[-2000:]
     shot = tmp_path / "matrix.png"
     res = _run([f"--screenshot={shot}", page.as_uri()], tmp_path)
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]

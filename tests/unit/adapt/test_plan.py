@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -115,13 +116,72 @@ def test_passes_speculative_decoding_prefix_caching_and_kv_quantization() -> Non
     assert passes["prefix_caching"].applied
     assert "speculative_decoding" in plan.best.passes
     off = adapt(CAT, model, chip, PlanRequest()).plan
-    assert off is not None
-    assert all(not p.applied and p.reason for p in off.passes)
+    assert off is not None and off.best is not None
+    by_name = {p.name: p for p in off.passes}
+    # H100's runtime has the fused kernels: fusion is what it runs; the rest are not applied
+    # without the request's say, yet each still reports its modelled gain and assumption.
+    assert by_name["operator_fusion"].applied and by_name["operator_fusion"].gain > 1.0
+    for name in ("kv_cache_fp8", "speculative_decoding", "prefix_caching"):
+        p = by_name[name]
+        assert not p.applied and p.reason and p.gain is not None and p.gain > 1.0, p
+    assert by_name["speculative_decoding"].assumption.startswith("a draft model")
+    assert "Leviathan" in by_name["speculative_decoding"].assumption
+    assert "hit rate 0.5" in by_name["prefix_caching"].assumption
+    assert not by_name["speculative_decoding_mtp"].applied
+    assert "no multi-token-prediction" in by_name["speculative_decoding_mtp"].reason
+    assert off.best.passes == ("operator_fusion",)
+
+
+def test_mtp_module_drafts_where_the_checkpoint_has_one() -> None:
+    model, chip = CAT.find_model("DeepSeek-V3"), CAT.find_chip("h200-141gb-sxm")
+    plan = adapt(CAT, model, chip, PlanRequest(devices=16)).plan
+    assert plan is not None and plan.best is not None
+    mtp = {p.name: p for p in plan.passes}["speculative_decoding_mtp"]
+    assert mtp.applied and mtp.gain is not None and mtp.gain > 1.02
+    assert "speculative_decoding_mtp" in plan.best.passes
+    assert "DeepSeek-V3 report" in mtp.assumption
+
+
+def test_every_pass_has_a_modelled_gain_on_every_chip() -> None:
+    names = {
+        "operator_fusion",
+        "speculative_decoding_mtp",
+        "speculative_decoding",
+        "prefix_caching",
+    }
+    for a in matrix(CAT):
+        if a.plan is None or a.plan.best is None:
+            continue
+        passes = {p.name: p for p in a.plan.passes}
+        assert names <= set(passes), (a.model, a.chip)
+        (kv,) = [n for n in passes if n.startswith("kv_cache_")]
+        for name in ("speculative_decoding", "prefix_caching", kv):
+            p = passes[name]
+            if name == "kv_cache_quantized":  # the chip has neither fp8 nor int8
+                assert p.gain is None and "fp8 or int8" in p.reason
+                continue
+            assert p.gain is not None and p.gain > 0, (a.model, a.chip, p)
+        fusion = passes["operator_fusion"]
+        assert fusion.gain is not None and fusion.gain >= 1.0, (a.model, a.chip, fusion)
+        cell = a.cell()
+        gains = cell["pass_gains"]
+        assert isinstance(gains, dict) and set(gains) == set(passes)
+        for name in cell["passes"]:  # type: ignore[attr-defined]
+            assert name.startswith("supplement:") or passes[name].applied, (cell, name)
 
 
 def test_does_not_fit_and_needs_devices() -> None:
     big, chip = CAT.find_model("Llama-3.1-405B"), CAT.find_chip("rtx-4090")
-    assert adapt(CAT, big, chip, PlanRequest()).verdict == "does_not_fit"
+    # One node's tensor parallelism cannot hold 405B: pipeline stages of 8 across 8 nodes.
+    staged = adapt(CAT, big, chip, PlanRequest())
+    assert staged.verdict == "needs_devices" and "pp 8 x tp 8" in staged.reason
+    assert staged.cell()["devices"] == 64 and staged.cell()["pp"] == 8
+    budget = adapt(CAT, big, chip, PlanRequest(devices=8))
+    assert budget.verdict == "needs_devices" and "needs 64" in budget.reason
+    small = dataclasses.replace(CAT.find_chip("h100-80gb-sxm"), memory_gib=4.0)
+    huge = CAT.find_model("DeepSeek-V3")
+    none = plan_llm(huge, small, PlanRequest(), None, CAT.precisions(small))
+    assert none.verdict == "does_not_fit" and "64 x" in none.reason
     a = adapt(CAT, CAT.find_model("Llama-2-70B"), CAT.find_chip("a100-80gb-sxm"), PlanRequest())
     assert a.verdict == "needs_devices" and a.cell()["devices"] == 2
     short = adapt(
