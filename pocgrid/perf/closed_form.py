@@ -147,9 +147,8 @@ def chunked_steady_state(
 
     def features(seqs: FloatArray, pre: FloatArray) -> FloatArray:
         flat_s, flat_p = seqs.ravel(), pre.ravel()
-        flat_r = np.broadcast_to(read_per_token, seqs.shape).ravel()
         x = np.outer(per_seq, flat_s) + np.outer(pre_tok, flat_p)
-        x[F_PRE_CTX_READ] += flat_r * flat_p
+        x[F_PRE_CTX_READ] += (read_per_token * pre).ravel()
         x[F_CONST] = 1.0
         x[F_EXPERTS] = _experts(dep, x[F_TOKENS])
         return x
@@ -160,8 +159,12 @@ def chunked_steady_state(
     slow_pre = np.minimum(c, prompt) * np.ones_like(b)
     # With pipeline stages a step is one micro-batch's: 1/pp of the sequences and of the mean
     # prefill, while the slow micro-batch carries a whole chunk.
-    mean_t = step_seconds(table, features(sustained / pp, prefill / pp)).reshape(shape)
-    slow_t = step_seconds(table, features(sustained / pp, slow_pre)).reshape(shape)
+    # Mean and slow steps in one product (this is the planner's inner loop).
+    both = step_seconds(
+        table,
+        np.hstack([features(sustained / pp, prefill / pp), features(sustained / pp, slow_pre)]),
+    )
+    mean_t, slow_t = both[: sustained.size].reshape(shape), both[sustained.size :].reshape(shape)
     if drafted and spec is not None and spec.draft_cost:
         xp = np.outer(plain_seq, (sustained / pp).ravel())
         xp[F_CONST] = 1.0
