@@ -120,7 +120,8 @@ def test_passes_speculative_decoding_prefix_caching_and_kv_quantization() -> Non
     by_name = {p.name: p for p in off.passes}
     # H100's runtime has the fused kernels: fusion is what it runs; the rest are not applied
     # without the request's say, yet each still reports its modelled gain and assumption.
-    assert by_name["operator_fusion"].applied and by_name["operator_fusion"].gain > 1.0
+    fusion = by_name["operator_fusion"]
+    assert fusion.applied and fusion.gain is not None and fusion.gain > 1.0
     for name in ("kv_cache_fp8", "speculative_decoding", "prefix_caching"):
         p = by_name[name]
         assert not p.applied and p.reason and p.gain is not None and p.gain > 1.0, p
