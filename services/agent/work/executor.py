@@ -281,7 +281,12 @@ class TaskExecutor:
                 f"{self._chip.name}: {', '.join(missing)}; adapt the model (operator "
                 "supplementation) before running it here"
             )
-        cost = graph_cost(model, {n: a.shape for n, a in inputs.items()}, self._chip, precision)
+        try:
+            cost = graph_cost(model, {n: a.shape for n, a in inputs.items()}, self._chip, precision)
+        except PerfInputError as exc:
+            # e.g. a precision the runtime runs but no source gives a peak for: the work cannot
+            # be timed, which the caller must hear as such, not as an internal error.
+            raise _perf_error(exc) from None
         # Weights, the largest activation twice (in and out), and the inputs stay resident.
         resident = int(
             cost.weight_bytes
