@@ -94,12 +94,12 @@ def report(
             by_p = {r.precision: r for r in mine if r.chip == chip}
             rows.append([chip, *(_cell(by_p[p]) if p in by_p else "-" for p in used)])
         lines.append(table(["chip", *(f"{p} %" for p in used)], rows))
-        refused: dict[str, list[str]] = {}
-        for r in mine:
-            if r.accuracy is None:
-                refused.setdefault(r.reason, []).append(f"{r.chip} {r.precision}")
-        for reason, where in refused.items():
-            lines.append(f"refused ({len(where)}): {reason} [{', '.join(where)}]")
+        refused = [r for r in mine if r.accuracy is None]
+        if refused:
+            lines.append(
+                f"refused ({len(refused)}): {', '.join(f'{r.chip} {r.precision}' for r in refused)}"
+                f"; e.g. {refused[0].reason}"
+            )
         spread_rows = []
         for p in used:
             at = [r for r in mine if r.precision == p and r.accuracy is not None]
@@ -113,13 +113,22 @@ def report(
                     str(len(at)),
                     f"{100 * min(accs):.1f}",
                     f"{100 * max(accs):.1f}",
-                    f"{100 * (min(accs) - ref):+.1f}",
+                    f"{100 * (min(accs) - ref):+.2f}",
+                    f"{min(r.correct or 0 for r in at) - round(ref * real.samples.count):+d}",
                     f"{100 * min(agree):.1f}",
                 ]
             )
         lines.append(
             table(
-                ["precision", "chips", "min %", "max %", "vs fp32 ref (pts)", "agreement %"],
+                [
+                    "precision",
+                    "chips",
+                    "min %",
+                    "max %",
+                    "vs fp32 ref (pts)",
+                    "samples vs ref",
+                    "agreement %",
+                ],
                 spread_rows,
             )
         )

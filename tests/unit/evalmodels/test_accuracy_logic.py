@@ -3,8 +3,11 @@ task ids, and the checks on a sample set."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from services.evaluator.accuracy import (
     MESSAGE_MARGIN_BYTES,
@@ -93,7 +96,7 @@ def test_sample_sets_are_checked() -> None:
         ok.digest()
         != LabelledSamples(inputs={"x": x}, labels=np.arange(4)[::-1], output="y").digest()
     )
-    cases = [
+    cases: list[tuple[dict[str, NDArray[Any]], NDArray[Any], str, str]] = [
         ({}, np.arange(4), "y", "samples.inputs"),
         ({"x": x}, np.arange(3), "y", "samples.inputs[x]"),
         ({"x": x.astype(np.float64)}, np.arange(4), "y", "samples.inputs[x]"),
