@@ -182,6 +182,14 @@ def test_encode_and_ngram_counts_match_the_graph() -> None:
     )
 
 
+def test_corrector_training_is_deterministic() -> None:
+    vocab = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
+    p1 = textfix.train(vocab, seed=2, epochs=1)
+    p2 = textfix.train(vocab, seed=2, epochs=1)
+    assert all(np.array_equal(p1[k], p2[k]) for k in p1)
+    assert p1["w2"].shape == (textfix.HIDDEN, len(vocab))
+
+
 def test_vocabulary_is_seeded_and_filtered(tmp_path) -> None:
     words = tmp_path / "words"
     lines = [f"w{'a' * (i % 7)}{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(3000)]
