@@ -44,7 +44,10 @@ REDUCE_OPS: Final[tuple[ReduceOp, ...]] = ("sum", "max", "min", "avg")
 _UFUNC: Final = {"sum": np.add, "avg": np.add, "max": np.maximum, "min": np.minimum}
 # Transfers move in frames of this size: each slice is reduced (or forwarded) as soon as it
 # lands, overlapping the kernel receiving the next one.
-_SLICE_BYTES: Final = int(os.environ.get("POCGRID_COMM_SLICE_BYTES", 1 << 20))
+_SLICE_BYTES: Final = int(os.environ.get("POCGRID_COMM_SLICE_BYTES", 2 << 20))
+# Large collectives run in rounds over parts of this size (plans.in_rounds): a partial sum
+# is passed on while it is still in cache.
+_ROUND_BYTES: Final = int(os.environ.get("POCGRID_COMM_ROUND_BYTES", 2 << 20))
 DEFAULT_TIMEOUT_S: Final = 30.0
 
 log = logging.getLogger("pocgrid.comm")
@@ -93,6 +96,7 @@ class Communicator:
         """Sum of the virtual time of every collective this rank ran."""
         self.history: list[CollectiveResult] = []
         self._rs_work: tuple[tuple[int, str], Array] | None = None
+        self._scratch_buf: npt.NDArray[np.uint8] | None = None
         self._probe_bufs: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None = None
         self._fault: Callable[[str, int], None] | None = None
 
@@ -166,33 +170,37 @@ class Communicator:
         """
         src = self._input(sendbuf, "sendbuf", op)
         work = self._work(src, out, src.size, "out")
-        if work.ctypes.data != src.ctypes.data:
-            work[...] = src.reshape(-1)
-        return self._run("all_reduce", work, op, algorithm, src.shape, 0, src.nbytes)
+        layout = _Layout.over(work, src.reshape(-1))
+        return self._run("all_reduce", layout, op, algorithm, src.shape, 0, src.nbytes, work)
 
     def reduce_scatter(
         self,
         sendbuf: npt.ArrayLike,
         op: ReduceOp = "sum",
         *,
+        out: Array | None = None,
         algorithm: str | None = None,
     ) -> CollectiveResult:
-        """Rank r gets chunk r of the reduction; ``sendbuf`` holds ``nranks`` equal chunks."""
+        """Rank r gets chunk r of the reduction; ``sendbuf`` holds ``nranks`` equal chunks.
+
+        ``out`` (optional, NCCL's recvbuff: ``len(sendbuf) / nranks`` elements) receives the
+        chunk; the last reduction writes there directly. Without it a new array is allocated.
+        """
         src = self._input(sendbuf, "sendbuf", op)
         if src.size % self.size:
             raise CommInputError(
                 "sendbuf", f"length {src.size} must be a multiple of nranks={self.size}"
             )
-        # The working copy is internal (the caller gets a copy of its chunk): reuse it.
+        count = src.size // self.size
+        dest = self._work(src, out, count, "out")
+        # The partial sums this rank forwards live in an internal buffer, reused across calls
+        # (a fresh one would be page-faulted in on every call). Only the chunks it receives
+        # and forwards are written; its own chunk goes straight into ``dest``.
         key = (src.size, src.dtype.str)
         if self._rs_work is None or self._rs_work[0] != key:
             self._rs_work = (key, np.empty(src.size, dtype=src.dtype))
-        work = self._rs_work[1]
-        work[...] = src.reshape(-1)
-        count = src.size // self.size
-        result = self._run("reduce_scatter", work, op, algorithm, None, 0, src.nbytes)
-        mine = work[self.rank * count : (self.rank + 1) * count].copy()
-        return _with_output(result, mine)
+        layout = _Layout.over(self._rs_work[1], src.reshape(-1), own=(self.rank * count, dest))
+        return self._run("reduce_scatter", layout, op, algorithm, None, 0, src.nbytes, dest)
 
     def all_gather(
         self,
@@ -206,8 +214,8 @@ class Communicator:
         src = self._input(sendbuf, "sendbuf", None)
         count = src.size
         work = self._work(src, out, count * self.size, "out")
-        work[self.rank * count : (self.rank + 1) * count] = src.reshape(-1)
-        return self._run("all_gather", work, None, algorithm, None, 0, work.nbytes)
+        layout = _Layout.over(work, src.reshape(-1), src_at=self.rank * count)
+        return self._run("all_gather", layout, None, algorithm, None, 0, work.nbytes, work)
 
     def broadcast(
         self,
@@ -223,9 +231,9 @@ class Communicator:
             raise CommInputError("root", f"must be in 0..{self.size - 1}, got {root}")
         src = self._input(buf, "buf", None)
         work = self._work(src, out, src.size, "out")
-        if work.ctypes.data != src.ctypes.data:
-            work[...] = src.reshape(-1)
-        return self._run("broadcast", work, None, algorithm, src.shape, root, src.nbytes)
+        # Only the root's input is ever read: the others' ranges are all received.
+        layout = _Layout.over(work, src.reshape(-1))
+        return self._run("broadcast", layout, None, algorithm, src.shape, root, src.nbytes, work)
 
     def barrier(self) -> CollectiveResult:
         """Returns once every rank has entered the barrier."""
@@ -366,13 +374,16 @@ class Communicator:
     def _run(
         self,
         kind: CollectiveKind,
-        work: Array,
+        layout: _Layout,
         op: ReduceOp | None,
         algorithm: str | None,
         shape: tuple[int, ...] | None,
         root: int,
         nbytes: int,
+        answer: Array,
     ) -> CollectiveResult:
+        """Run the chosen plan over ``layout``; ``answer`` (flat) is where the result lands."""
+        work = layout.work
         choice: Choice = plans.choose(
             self.topology, kind, work.size, work.itemsize, root=root, algorithm=algorithm
         )
@@ -380,12 +391,15 @@ class Communicator:
         self._seq += 1
         what = f"{self.label}: {kind} #{seq} ({choice.algorithm})"
         start = time.perf_counter()
+        plan = plans.in_rounds(choice.plan, max(1, _ROUND_BYTES // work.itemsize))
         with self._guard(what):
-            self._execute(choice.plan, work, op, seq, what)
+            layout.prepare(plan.transfers_of(self.rank))
+            self._execute(plan, layout, op, seq, what)
+            layout.finish()
         wall = time.perf_counter() - start
         if op == "avg":
-            np.divide(work, self.size, out=work)
-        output = work if shape is None else work.reshape(shape)
+            np.divide(answer, self.size, out=answer)
+        output = answer if shape is None else answer.reshape(shape)
         self.virtual_clock_s += choice.seconds
         result = CollectiveResult(
             kind=kind,
@@ -408,29 +422,49 @@ class Communicator:
         )
         return result
 
-    def _execute(self, plan: Plan, work: Array, op: ReduceOp | None, seq: int, what: str) -> None:
+    def _execute(
+        self, plan: Plan, layout: _Layout, op: ReduceOp | None, seq: int, what: str
+    ) -> None:
         """Run this rank's part of ``plan``, slice by slice.
 
         Transfers go as frames of at most ``_SLICE_BYTES``. A range this rank receives in one
         step and sends on in the next (every ring step, every tree level) is forwarded slice
         by slice as each slice lands, so the next step's sends overlap this step's receives
         instead of waiting for the whole chunk: the pipelining NCCL gets from its slices.
+
+        A reduced slice is combined in one pass where it lands: while the range still holds
+        this rank's input (in the caller's array), the slice is received straight into the
+        range's home and this rank's input is added into it there (the slice is still in
+        cache); once home holds the value, the slice lands in a scratch buffer and is added
+        into home in place. On a loaded host every byte touched is CPU time (`docs/comm.md`,
+        "Reduction and memory"). numpy releases the GIL, so the kernel keeps receiving the
+        next slice into the socket buffer meanwhile.
         """
-        flat = work.reshape(-1)
-        raw = _bytes_view(flat)
-        item = flat.itemsize
+        item = layout.work.itemsize
         per = max(1, _SLICE_BYTES // item)
         ufunc = _UFUNC[op] if op is not None else None
-        scratch: Array | None = None
         mine = plan.transfers_of(self.rank)
         nsteps = len(plan.steps)
         early: set[tuple[int, Transfer]] = set()
         pending: dict[int, list[tuple[Connection, _SendItem]]] = {}
+        scratch = self._scratch(min(per, layout.work.size), layout.work.dtype)
+        scratch_raw = _bytes_view(scratch)
 
         def issue(index: int, t: Transfer) -> list[tuple[Connection, _SendItem]]:
             conn = self._conns[t.dst]
+            raw = _bytes_view(layout.current(t.lo, t.hi))
+            base = t.lo
             return [
-                (conn, conn.send(KIND_COLLECTIVE, seq, index, raw[lo * item : hi * item], part))
+                (
+                    conn,
+                    conn.send(
+                        KIND_COLLECTIVE,
+                        seq,
+                        index,
+                        raw[(lo - base) * item : (hi - base) * item],
+                        part,
+                    ),
+                )
                 for part, (lo, hi) in enumerate(_slices(t, per))
             ]
 
@@ -451,23 +485,29 @@ class Communicator:
                 forward = [u for u in onward if (u.lo, u.hi) == (t.lo, t.hi)]
                 fwd_conns = [self._conns[u.dst] for u in forward]
                 nxt = pending.setdefault(index + 1, []) if forward else []
+                home = layout.home(t.lo, t.hi)
+                home_raw = _bytes_view(home)
+                mine_in_src = t.reduce and layout.fresh(t.lo, t.hi)
+                own_value = layout.current(t.lo, t.hi) if mine_in_src else home
                 for part, (lo, hi) in enumerate(_slices(t, per)):
                     n = hi - lo
+                    a, b = lo - t.lo, hi - t.lo
+                    view = home_raw[a * item : b * item]
                     conn.expect(KIND_COLLECTIVE, seq, index, n * item, step_what, part)
-                    if t.reduce:
+                    if not t.reduce:
+                        conn.recv_into(view, step_what)
+                    elif mine_in_src:
                         assert ufunc is not None
-                        if scratch is None:
-                            scratch = np.empty(min(per, t.hi - t.lo), dtype=flat.dtype)
-                        elif scratch.size < n:
-                            scratch = np.empty(n, dtype=flat.dtype)
-                        conn.recv_into(_bytes_view(scratch)[: n * item], step_what)
-                        target = flat[lo:hi]
-                        ufunc(target, scratch[:n], out=target)
+                        conn.recv_into(view, step_what)
+                        # own + incoming, the operand order of the scratch path below.
+                        ufunc(own_value[a:b], home[a:b], out=home[a:b])
                     else:
-                        conn.recv_into(raw[lo * item : hi * item], step_what)
-                    view = raw[lo * item : hi * item]
+                        assert ufunc is not None
+                        conn.recv_into(scratch_raw[: n * item], step_what)
+                        ufunc(home[a:b], scratch[:n], out=home[a:b])
                     for fc in fwd_conns:
                         nxt.append((fc, fc.send(KIND_COLLECTIVE, seq, index + 1, view, part)))
+                layout.mark(t.lo, t.hi)
                 for u in forward:
                     early.add((index + 1, u))
             for conn, sent in pending.pop(index, []):
@@ -475,6 +515,14 @@ class Communicator:
         for index, items in pending.items():
             for conn, sent in items:
                 conn.wait_sent(sent, f"{what} step {index + 1}/{nsteps}")
+
+    def _scratch(self, n: int, dtype: np.dtype[np.generic]) -> Array:
+        """The receive buffer of reduced slices: one per communicator, reused (no allocation
+        or page faults per step or per call)."""
+        need = max(1, n) * dtype.itemsize
+        if self._scratch_buf is None or self._scratch_buf.size < need:
+            self._scratch_buf = np.empty(need, dtype=np.uint8)
+        return self._scratch_buf[:need].view(dtype)
 
 
 def _slices(t: Transfer, per: int) -> list[tuple[int, int]]:
@@ -505,14 +553,150 @@ def _bytes_view(arr: Array) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8).data)
 
 
-def _with_output(result: CollectiveResult, output: Array) -> CollectiveResult:
-    return CollectiveResult(
-        kind=result.kind,
-        output=output,
-        algorithm=result.algorithm,
-        detail=result.detail,
-        nbytes=result.nbytes,
-        virtual_s=result.virtual_s,
-        wall_s=result.wall_s,
-        candidates=result.candidates,
-    )
+class _Layout:
+    """Where each range of a collective's flat buffer lives while its plan runs.
+
+    ``work`` keeps the ranges this rank receives: the caller's output, or for reduce-scatter
+    an internal buffer of the partial sums it forwards. The caller's input ``src`` (covering
+    ``[src_at, src_at + src.size)``) is read where it is until this rank first receives into
+    a range, instead of being copied into ``work`` before the plan starts: for a 64 MB
+    reduce-scatter that up-front copy (and the copy of the rank's chunk out afterwards) cost
+    about a quarter of the call on this machine. ``own = (lo, array)`` keeps the range
+    ``[lo, lo + array.size)`` in ``array`` (the caller's output chunk), so the last reduction
+    writes there directly. ``src=None`` means ``work`` already holds the input (in place).
+
+    This needs every range the plan moves to be, at the moment it moves, either wholly
+    received before or not at all, and inside ``own`` or outside it (true of every plan in
+    :mod:`pocgrid.comm.plans`); :meth:`prepare` checks that on the rank's transfers and
+    otherwise falls back to copying the input into ``work`` first, which is always right.
+    """
+
+    def __init__(
+        self, work: Array, src: Array | None, src_at: int, own: tuple[int, Array] | None
+    ) -> None:
+        self.work = work
+        self.src = src
+        self.src_at = src_at
+        self.own = own
+        self._own_copy_out: tuple[int, Array] | None = None
+        self._done: list[tuple[int, int]] = []
+
+    @classmethod
+    def over(
+        cls,
+        work: Array,
+        src: Array,
+        *,
+        src_at: int = 0,
+        own: tuple[int, Array] | None = None,
+    ) -> _Layout:
+        """Read ``src`` in place, unless it is ``work`` itself (an in-place call) or overlaps
+        what this call writes (then a copy of it is read, as the written ranges change)."""
+        same = (
+            src_at == 0
+            and src.size == work.size
+            and src.dtype == work.dtype
+            and src.ctypes.data == work.ctypes.data
+        )
+        if same and own is None:
+            return cls(work, None, 0, None)
+        if np.may_share_memory(src, work) or (own is not None and np.may_share_memory(src, own[1])):
+            src = src.copy()
+        return cls(work, src, src_at, own)
+
+    # -- which ranges have been received ----------------------------------------------------
+
+    @staticmethod
+    def _covered(done: list[tuple[int, int]], lo: int, hi: int) -> int:
+        return sum(max(0, min(hi, b) - max(lo, a)) for a, b in done)
+
+    @staticmethod
+    def _add(done: list[tuple[int, int]], lo: int, hi: int) -> None:
+        merged = [lo, hi]
+        keep = []
+        for a, b in done:
+            if b < merged[0] or a > merged[1]:
+                keep.append((a, b))
+            else:
+                merged = [min(a, merged[0]), max(b, merged[1])]
+        keep.append((merged[0], merged[1]))
+        done[:] = sorted(keep)
+
+    def mark(self, lo: int, hi: int) -> None:
+        """This rank has received (and combined) ``[lo, hi)``: its value is now at home."""
+        self._add(self._done, lo, hi)
+
+    # -- where a range is -------------------------------------------------------------------
+
+    def home(self, lo: int, hi: int) -> Array:
+        """Where the range is kept once received."""
+        if self.own is not None:
+            olo, arr = self.own
+            if olo <= lo and hi <= olo + arr.size:
+                return arr[lo - olo : hi - olo]
+        return self.work[lo:hi]
+
+    def fresh(self, lo: int, hi: int) -> bool:
+        """The range still has this rank's input value, read from the caller's array."""
+        return self.src is not None and self._covered(self._done, lo, hi) == 0
+
+    def current(self, lo: int, hi: int) -> Array:
+        """Where the range's value is now: the input until received, then home."""
+        if self.src is None or self._covered(self._done, lo, hi) == hi - lo:
+            return self.home(lo, hi)
+        return self.src[lo - self.src_at : hi - self.src_at]
+
+    # -- before and after the plan ----------------------------------------------------------
+
+    def prepare(self, transfers: list[tuple[int, list[Transfer], list[Transfer]]]) -> None:
+        """Check the rank's transfers fit the lazy layout, else copy the input in first."""
+        if self.src is not None and self._fits(transfers):
+            return
+        if self.src is not None:
+            self.work[self.src_at : self.src_at + self.src.size] = self.src
+            self.src = None
+        if self.own is not None:
+            self._own_copy_out, self.own = self.own, None
+
+    def _fits(self, transfers: list[tuple[int, list[Transfer], list[Transfer]]]) -> bool:
+        assert self.src is not None
+        done: list[tuple[int, int]] = []
+        src_lo, src_hi = self.src_at, self.src_at + self.src.size
+
+        def ok(t: Transfer, reads: bool) -> bool:
+            seen = self._covered(done, t.lo, t.hi)
+            if 0 < seen < t.hi - t.lo:
+                return False
+            if self.own is not None:
+                olo, arr = self.own
+                inside = max(0, min(t.hi, olo + arr.size) - max(t.lo, olo))
+                if 0 < inside < t.hi - t.lo:
+                    return False
+            return not (reads and seen == 0 and not (src_lo <= t.lo and t.hi <= src_hi))
+
+        for _index, sends, recvs in transfers:
+            if not all(ok(t, True) for t in sends):
+                return False
+            for t in recvs:
+                if not ok(t, t.reduce):
+                    return False
+                self._add(done, t.lo, t.hi)
+        return True
+
+    def finish(self) -> None:
+        """Copy what this rank never received (its own input) into the result."""
+        if self._own_copy_out is not None:
+            olo, arr = self._own_copy_out
+            arr[...] = self.work[olo : olo + arr.size]
+            return
+        if self.src is None:
+            return
+        lo, hi = (self.own[0], self.own[0] + self.own[1].size) if self.own else (0, self.work.size)
+        cursor = lo
+        for a, b in [*self._done, (hi, hi)]:
+            gap_lo, gap_hi = max(cursor, lo, self.src_at), min(a, hi, self.src_at + self.src.size)
+            if gap_lo < gap_hi:
+                self.home(gap_lo, gap_hi)[...] = self.src[
+                    gap_lo - self.src_at : gap_hi - self.src_at
+                ]
+            cursor = max(cursor, b)

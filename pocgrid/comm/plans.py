@@ -21,6 +21,7 @@ the choice is returned with the plan and its modelled time.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,6 +269,37 @@ def broadcast_plan(topo: Topology, algorithm: str, n: int, itemsize: int, root: 
         detail = f"chain {members} in {segments} segments"
         return _plan("broadcast", "pipeline", detail, steps, n, itemsize)
     raise CommInputError("algorithm", f"broadcast has no algorithm {algorithm!r}")
+
+
+def in_rounds(plan: Plan, round_elements: int, max_rounds: int = 64) -> Plan:
+    """The same collective as several rounds, each the whole plan over a part of each range.
+
+    NCCL runs its ring over the buffer in chunks rather than in one pass; so does this.
+    Round ``r`` moves the r-th part of every range through every step, so a partial sum is
+    sent on within a step of a round-sized part (still in cache) instead of waiting behind
+    the whole previous chunk on the same link. That is only the same collective when every
+    two ranges the plan moves are identical or disjoint (ring plans, trees, the pipeline;
+    not the hierarchical plan, whose leaders' chunks lie inside the groups' whole range):
+    otherwise, or when one round covers the longest range, the plan is returned as it is.
+    The virtual time stays the logical plan's (:func:`plan_seconds`): rounds are how this
+    host moves the data, not a different algorithm on the modelled links.
+    """
+    ranges = sorted({(t.lo, t.hi) for step in plan.steps for t in step})
+    if not ranges or round_elements <= 0:
+        return plan
+    longest = max(hi - lo for lo, hi in ranges)
+    rounds = min(max_rounds, -(-longest // round_elements))
+    if rounds <= 1 or any(a[1] > b[0] for a, b in itertools.pairwise(ranges)):
+        return plan
+    steps: list[Step] = []
+    for r in range(rounds):
+        for step in plan.steps:
+            part = []
+            for t in step:
+                b = bounds(t.hi - t.lo, rounds)
+                part.append(Transfer(t.src, t.dst, t.lo + b[r], t.lo + b[r + 1], t.reduce))
+            steps.append(_nonempty(part))
+    return _plan(plan.kind, plan.algorithm, plan.detail, steps, plan.elements, plan.itemsize)
 
 
 CANDIDATES: Final[dict[str, tuple[str, ...]]] = {

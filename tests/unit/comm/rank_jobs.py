@@ -91,10 +91,28 @@ def check_collectives(
             check(f"send/recv n={n}", got, pattern(prv, n, "float32"))
         comm.barrier()
     for kind in big_kinds:
+        # Large messages run in rounds (plans.in_rounds) and read the input in place.
         if kind == "all_reduce":
+            want = expected_reduce(p, big, "float32", "sum")
             res = comm.all_reduce(pattern(r, big, "float32"), "sum")
             algorithms.add(f"all_reduce:{res.algorithm}")
-            check(f"all_reduce n={big}", res.output, expected_reduce(p, big, "float32", "sum"))
+            check(f"all_reduce n={big}", res.output, want)
+            buf = pattern(r, big, "float32")
+            comm.all_reduce(buf, "sum", out=buf)
+            check(f"all_reduce in place n={big}", buf, want)
+        elif kind == "reduce_scatter":
+            count = big // p
+            full = expected_reduce(p, count * p, "float32", "sum")
+            got = np.full(count, -1, dtype=np.float32)
+            res = comm.reduce_scatter(pattern(r, count * p, "float32"), "sum", out=got)
+            algorithms.add(f"reduce_scatter:{res.algorithm}")
+            check(f"reduce_scatter n={count * p}", got, full[r * count : (r + 1) * count])
+        elif kind == "all_gather":
+            count = big // p
+            res = comm.all_gather(pattern(r, count, "float32"))
+            algorithms.add(f"all_gather:{res.algorithm}")
+            want = np.concatenate([pattern(k, count, "float32") for k in range(p)])
+            check(f"all_gather n={count * p}", res.output, want)
         elif kind == "broadcast":
             buf = pattern(0, big, "float32") if r == 0 else np.zeros(big, dtype=np.float32)
             res = comm.broadcast(buf, 0)
@@ -116,6 +134,23 @@ def check_collectives(
         check(f"broadcast in place n={n}", buf, pattern(p - 1, n, "int64"))
         twice = [comm.reduce_scatter(pattern(r, n * p, "int64")).output for _ in range(2)]
         check(f"reduce_scatter reused work n={n}", twice[0], twice[1])
+        want = expected_reduce(p, n * p, "int64", "sum")[r * n : (r + 1) * n]
+        got = np.zeros(n, dtype=np.int64)
+        res = comm.reduce_scatter(pattern(r, n * p, "int64"), out=got)
+        check(f"reduce_scatter out n={n}", got, want)
+        assert res.output.ctypes.data == got.ctypes.data
+        # In place, NCCL style: the output is this rank's chunk of the input.
+        buf = pattern(r, n * p, "int64")
+        comm.reduce_scatter(buf, out=buf[r * n : (r + 1) * n])
+        check(f"reduce_scatter in place n={n}", buf[r * n : (r + 1) * n], want)
+        buf = np.zeros(n * p, dtype=np.int64)
+        buf[r * n : (r + 1) * n] = pattern(r, n, "int64")
+        comm.all_gather(buf[r * n : (r + 1) * n], out=buf)
+        check(
+            f"all_gather in place n={n}",
+            buf,
+            np.concatenate([pattern(k, n, "int64") for k in range(p)]),
+        )
     return {"failures": failures, "algorithms": sorted(algorithms)}
 
 

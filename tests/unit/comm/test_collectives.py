@@ -14,6 +14,7 @@ MIXED_4 = [
     RankSpec("mlu370-x8", 4),
 ]
 MB64 = 64 * 1024 * 1024 // 4
+BIG_KINDS = ["all_reduce", "reduce_scatter", "all_gather", "broadcast"]
 
 
 def _ok(outcomes):
@@ -27,15 +28,16 @@ def test_four_ranks_three_vendors_sizes_up_to_64mb() -> None:
         run_ranks(
             f"{JOBS}:check_collectives",
             MIXED_4,
-            kwargs={"sizes": [1, 2, 5, 1000, 65537], "big": MB64, "big_kinds": ["all_reduce"]},
+            kwargs={"sizes": [1, 2, 5, 1000, 65537], "big": MB64, "big_kinds": BIG_KINDS},
             comm_timeout_s=60,
-            timeout_s=240,
+            timeout_s=400,
         )
     )
     for v in values:
         assert v["failures"] == []
     algos = set(values[0]["algorithms"])
     assert {"all_reduce:ring", "all_reduce:tree", "all_reduce:hierarchical"} <= algos
+    assert {"reduce_scatter:ring", "all_gather:ring", "broadcast:pipeline"} <= algos
 
 
 @pytest.mark.parametrize("nranks", [3, 5])
@@ -46,7 +48,8 @@ def test_odd_rank_counts(nranks: int) -> None:
         run_ranks(
             f"{JOBS}:check_collectives",
             specs,
-            kwargs={"sizes": [1, 3, 7, 4099], "big": 1 << 20, "big_kinds": ["broadcast"]},
+            # 12 MB: several rounds of 2 MiB per chunk even on 5 ranks.
+            kwargs={"sizes": [1, 3, 7, 4099], "big": 3 << 20, "big_kinds": BIG_KINDS},
             timeout_s=240,
         )
     )

@@ -87,6 +87,32 @@ def test_other_collectives(chips: list[str]) -> None:
             assert all(np.array_equal(b, np.arange(3000)) for b in bufs), (algo, root)
 
 
+@pytest.mark.parametrize("chips", MIXES[1:], ids=lambda c: str(len(c)))
+@pytest.mark.parametrize("round_elements", [1, 3, 50])
+def test_rounds_move_the_same_data_as_the_plan(chips: list[str], round_elements: int) -> None:
+    t = topo(chips)
+    p = t.size
+    n = 101 * p
+    inputs = [np.arange(n, dtype=np.int64) * (r + 2) + 7 * r for r in range(p)]
+    cases = [("all_reduce", a, 0) for a in plans.CANDIDATES["all_reduce"]]
+    cases += [("reduce_scatter", "ring", 0), ("all_gather", "ring", 0)]
+    cases += [("broadcast", a, root) for a in ("tree", "pipeline") for root in (0, p - 1)]
+    for kind, algo, root in cases:
+        plan = plans.build(t, kind, algo, n, 8, root)
+        chunked = plans.in_rounds(plan, round_elements)
+        if algo == "hierarchical" and 1 < len(t.groups) < p:
+            # Leaders' chunks lie inside the groups' whole range: not split into rounds.
+            assert chunked is plan
+        else:
+            assert len(chunked.steps) > len(plan.steps), (kind, algo)
+        want, got = [x.copy() for x in inputs], [x.copy() for x in inputs]
+        simulate(plan, want)
+        simulate(chunked, got)
+        for w, g in zip(want, got, strict=True):
+            assert np.array_equal(w, g), (kind, algo, root)
+    assert plans.in_rounds(plan, n) is plan  # one round covers every range
+
+
 def test_ring_cost_is_the_textbook_alpha_beta() -> None:
     # ring all-reduce: 2(p-1) alpha + 2(p-1)/p * n / B, every link the same (one family).
     p, n = 6, 6 * 1_000_000
