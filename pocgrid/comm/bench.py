@@ -43,7 +43,7 @@ def _run_once(comm: Communicator, kind: CollectiveKind, x: np.ndarray, out: np.n
     if kind == "all_reduce":
         return comm.all_reduce(out, out=out)
     if kind == "reduce_scatter":
-        return comm.reduce_scatter(x)
+        return comm.reduce_scatter(x, out=out[: x.size // comm.size])
     if kind == "all_gather":
         return comm.all_gather(x[: x.size // comm.size], out=out)
     return comm.broadcast(x, 0, out=out)
