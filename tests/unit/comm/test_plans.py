@@ -13,6 +13,7 @@ from pocgrid.comm import plans
 from pocgrid.comm.plans import Plan
 from pocgrid.comm.topology import NetworkConfig, RankInfo, Topology, library_name
 from pocgrid.perf import LlmDeployment
+from pocgrid.perf.collective import CollectiveKind
 from pocgrid.perf.efficiency import GIGA
 
 
@@ -94,6 +95,7 @@ def test_rounds_move_the_same_data_as_the_plan(chips: list[str], round_elements:
     p = t.size
     n = 101 * p
     inputs = [np.arange(n, dtype=np.int64) * (r + 2) + 7 * r for r in range(p)]
+    cases: list[tuple[CollectiveKind, str, int]]
     cases = [("all_reduce", a, 0) for a in plans.CANDIDATES["all_reduce"]]
     cases += [("reduce_scatter", "ring", 0), ("all_gather", "ring", 0)]
     cases += [("broadcast", a, root) for a in ("tree", "pipeline") for root in (0, p - 1)]
