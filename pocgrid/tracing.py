@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,30 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+@dataclass(frozen=True, slots=True)
+class OtlpTarget:
+    endpoint: str
+    insecure: bool
+
+
+def otlp_target(env: Mapping[str, str]) -> OtlpTarget | None:
+    """Where OTLP/gRPC goes, from ``OTEL_EXPORTER_OTLP_ENDPOINT``; None when unset.
+
+    ``http://host:port`` is plaintext and ``https://host:port`` TLS, as the exporter reads them.
+    A bare ``host:port`` (the OpenTelemetry convention allows it for gRPC) is plaintext unless
+    ``OTEL_EXPORTER_OTLP_INSECURE=false``: the exporter on its own would try TLS, which the
+    Collector's default OTLP receiver does not speak, so the common case would fail silently.
+    """
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not endpoint:
+        return None
+    scheme = endpoint.partition("://")[0].lower() if "://" in endpoint else ""
+    if scheme:
+        return OtlpTarget(endpoint, insecure=scheme != "https")
+    flag = env.get("OTEL_EXPORTER_OTLP_INSECURE", "").strip().lower()
+    return OtlpTarget(endpoint, insecure=flag != "false")
+
+
 class PocgridTracerProvider(TracerProvider):
     """An SDK provider that knows whether anything reads its spans.
 
@@ -85,15 +110,32 @@ def create_tracer_provider(
     trace_file: str = "",
     env: Mapping[str, str] | None = None,
     extra_processors: Iterable[SpanProcessor] = (),
+    resource_attributes: Mapping[str, str] | None = None,
+    export_timeout_s: float | None = None,
 ) -> PocgridTracerProvider:
+    """``resource_attributes`` are stamped on every span (an agent names its node and chip).
+    ``export_timeout_s`` bounds each OTLP export, retries included: the CLI passes a short one
+    so an unreachable collector never holds up a command at exit."""
     env = os.environ if env is None else env
-    provider = PocgridTracerProvider(resource=Resource.create({"service.name": service}))
-    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-    if endpoint:
+    provider = PocgridTracerProvider(
+        resource=Resource.create({"service.name": service, **(resource_attributes or {})})
+    )
+    otlp = otlp_target(env)
+    if otlp is not None:
         # Imported lazily: the OTLP exporter pulls in a second gRPC stack most runs never use.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        exporter = OTLPSpanExporter(
+            endpoint=otlp.endpoint, insecure=otlp.insecure, timeout=export_timeout_s
+        )
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                export_timeout_millis=(
+                    export_timeout_s * 1000 if export_timeout_s is not None else 30_000
+                ),
+            )
+        )
     if trace_file:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
     for processor in extra_processors:

@@ -32,6 +32,9 @@ REPO: Final = Path(__file__).resolve().parent.parent
 COMPOSE: Final = REPO / "docker-compose.yml"
 K8S_BASE: Final = REPO / "deploy" / "k8s" / "base"
 PORT: Final = 50051
+METRICS_PORT: Final = 9464
+"""Every service's Prometheus text endpoint (POCGRID_METRICS_LISTEN); 9464 is OpenTelemetry's
+conventional Prometheus exporter port."""
 OPENAI_PORT: Final = 8000
 """The gateway's OpenAI-compatible HTTP endpoint (gateway/openai_http.py), same API keys."""
 IMAGE: Final = "pocgrid:dev"
@@ -203,6 +206,7 @@ x-pocgrid: &pocgrid
     POCGRID_LOG_FORMAT: json
     POCGRID_DATA_DIR: {DATA_DIR}
     OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317
+    POCGRID_METRICS_LISTEN: 0.0.0.0:{METRICS_PORT}
   healthcheck:
     test: ["CMD", "python", "-m", "pocgrid.healthcheck"]
     interval: 10s
@@ -330,7 +334,10 @@ def _container(
         "name": name,
         "image": IMAGE,
         "command": ["python", "-m", module],
-        "ports": [{"name": "grpc", "containerPort": PORT}],
+        "ports": [
+            {"name": "grpc", "containerPort": PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
         "envFrom": [{"configMapRef": {"name": "pocgrid-config"}}],
         "env": env,
         **_probes(),

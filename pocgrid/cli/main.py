@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Final
 
 import grpc
 
@@ -132,6 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLI_EXPORT_TIMEOUT_S: Final = 0.5
+
+
 @contextlib.contextmanager
 def _command_span(command: str) -> Iterator[None]:
     """A client span around the command when tracing is configured (file or OTLP)."""
@@ -143,7 +147,11 @@ def _command_span(command: str) -> Iterator[None]:
 
     from pocgrid.tracing import create_tracer_provider
 
-    provider = create_tracer_provider("pocgrid-cli", trace_file=trace_file)
+    # A short export bound: the command's own work is done by the time its span is exported,
+    # and an unreachable collector must not keep the user waiting at exit.
+    provider = create_tracer_provider(
+        "pocgrid-cli", trace_file=trace_file, export_timeout_s=CLI_EXPORT_TIMEOUT_S
+    )
     with provider.get_tracer("pocgrid.cli").start_as_current_span(
         f"pocgrid {command}", kind=SpanKind.CLIENT
     ):

@@ -32,8 +32,12 @@ class LeaseKeeper:
         chip: str,
         runtime: VendorRuntime,
         advertise: Callable[[], str],
+        call_timeout_s: float = 10.0,
     ) -> None:
         self._stub = stub
+        # The lease channel may carry no client interceptor (heartbeats untraced), so each call
+        # names its own deadline: a hung registry must not hang the lease loop.
+        self._timeout_s = call_timeout_s
         self._node_id = node_id
         self._chip = chip
         self._runtime = runtime
@@ -75,7 +79,7 @@ class LeaseKeeper:
         )
 
     async def register(self) -> None:
-        resp = await self._stub.RegisterNode(self._register_request())
+        resp = await self._stub.RegisterNode(self._register_request(), timeout=self._timeout_s)
         self._epoch = resp.registry_epoch
         self.interval_s = resp.heartbeat_interval_ms / 1000
         self.registrations += 1
@@ -95,7 +99,9 @@ class LeaseKeeper:
                 if need_register:
                     await self.register()
                     need_register = False
-                resp = await self._stub.Heartbeat(self._heartbeat_request())
+                resp = await self._stub.Heartbeat(
+                    self._heartbeat_request(), timeout=self._timeout_s
+                )
                 if resp.registry_epoch != self._epoch:
                     log.info("agent.registry_restarted", old=self._epoch, new=resp.registry_epoch)
                     need_register = True

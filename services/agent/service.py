@@ -37,7 +37,6 @@ class AgentServer(Service):
         env: Mapping[str, str] | None = None,
         span_processors: Iterable[SpanProcessor] = (),
     ) -> None:
-        super().__init__(common, env=env, span_processors=span_processors)
         catalog = catalog or default_catalog()
         try:
             self.chip = catalog.find_chip(config.chip)
@@ -50,6 +49,17 @@ class AgentServer(Service):
             )
         self.config = config
         self.node_id = config.node_id or f"{self.chip.name}-{socket.gethostname().lower()}"
+        # Every span and metric of this agent names its node and chip.
+        super().__init__(
+            common,
+            env=env,
+            span_processors=span_processors,
+            resource_attributes={
+                "pocgrid.node_id": self.node_id,
+                "pocgrid.chip": self.chip.name,
+                "pocgrid.vendor": self.chip.vendor,
+            },
+        )
         self.runtime: VendorRuntime = create_runtime(
             self.chip, config.devices, node_seed=self.node_id
         )
@@ -81,13 +91,21 @@ class AgentServer(Service):
             server,
         )
         self.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
-        stub = registry_pb2_grpc.NodeLeaseServiceStub(self.channel(self.config.registry_addr))
+        # Heartbeats go without trace context unless asked for (POCGRID_TRACE_HEARTBEATS): the
+        # registry then records no span for them (interceptors.UNTRACED_BY_DEFAULT).
+        lease_channel = (
+            self.channel(self.config.registry_addr)
+            if self.common.trace_heartbeats
+            else self.channel_raw(self.config.registry_addr)
+        )
+        stub = registry_pb2_grpc.NodeLeaseServiceStub(lease_channel)
         self.lease = LeaseKeeper(
             stub,
             self.node_id,
             self.chip.name,
             self.runtime,
             lambda: self.config.advertise_addr or reachable_address(self.address),
+            call_timeout_s=self.common.downstream_timeout_cap_s,
         )
 
     async def on_serving(self) -> None:

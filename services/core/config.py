@@ -144,12 +144,23 @@ class CommonConfig(EnvConfig):
     service's gRPC health, reports NOT_SERVING; the next successful pull reports SERVING again."""
     outbox_sweep_ms: int = 1_000
     """How often a publisher retries outbox events whose publish failed (NATS down or slow)."""
+    trace_heartbeats: bool = False
+    """Record spans for agents' lease heartbeats (a span pair per node every few seconds, which
+    buries the traces people look for); off by default."""
+    metrics_listen: str = ""
+    """HOST:PORT of a Prometheus text endpoint (``/metrics``) for this service; empty = none."""
+    metrics_export_interval_ms: int = 10_000
+    """How often metrics are pushed over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     stream_replicas: int = 1
     """JetStream replicas of every stream the mesh creates: 1 on one nats-server, 3 on the
     3-node cluster of deploy/k8s (a stream then survives the loss of one server)."""
 
     def __post_init__(self) -> None:
         parse_hostport("listen", self.listen)
+        if self.metrics_listen:
+            parse_hostport("metrics_listen", self.metrics_listen)
+        if self.metrics_export_interval_ms < 100:
+            raise ConfigError(f"{env_name('metrics_export_interval_ms')}: must be >= 100")
         if not 1 <= self.stream_replicas <= 5:
             # JetStream's own bound: a stream has 1..5 replicas.
             raise ConfigError(f"{env_name('stream_replicas')}: must be 1..5")

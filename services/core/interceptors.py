@@ -21,12 +21,16 @@ from pocgrid.metadata import TENANT_METADATA_KEY
 from services.core import rpc_context, telemetry
 from services.core.errors import PocgridError, internal_status
 from services.core.logging import get_logger
+from services.core.metrics import ServiceMetrics
 from services.core.validation import decode_request
 
 log = get_logger()
 
 # Health checks and reflection are polled constantly and carry no request context worth a span.
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+#: Recorded only when the caller's request carries a trace (POCGRID_TRACE_HEARTBEATS=1 makes the
+#: agent send one): every node heartbeats every few seconds, which would bury real traces.
+UNTRACED_BY_DEFAULT: frozenset[str] = frozenset({"/pocgrid.v1.NodeLeaseService/Heartbeat"})
 
 
 def _split_method(full: str) -> tuple[str, str]:
@@ -38,9 +42,18 @@ Decoder = Callable[[bytes], Any]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, provider: telemetry.PocgridTracerProvider, tracer_name: str) -> None:
+    def __init__(
+        self,
+        provider: telemetry.PocgridTracerProvider,
+        tracer_name: str,
+        metrics: ServiceMetrics | None = None,
+        *,
+        untraced: frozenset[str] = UNTRACED_BY_DEFAULT,
+    ) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer(tracer_name)
+        self._metrics = metrics if metrics is not None and metrics.exporting else None
+        self._untraced = untraced
 
     async def intercept_service(
         self,
@@ -82,7 +95,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rpc_context.set_tenant(tenant)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
         parent = telemetry.extract(metadata)
-        if not self._provider.exporting:
+        untraced = method in self._untraced and "traceparent" not in metadata
+        if not self._provider.exporting or untraced:
             # Nothing would read a recorded span: keep the trace (logs, downstream calls and
             # events still carry its ids) without building one.
             span_cm = trace.use_span(telemetry.unrecorded_span(parent), end_on_exit=True)
@@ -100,6 +114,34 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             },
         )
         return span_cm, tenant
+
+    def _record(
+        self,
+        method: str,
+        started: float,
+        context: grpc.aio.ServicerContext,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._metrics is None:
+            return
+        if isinstance(error, PocgridError):
+            code = error.code.value[0]
+        elif error is not None:
+            code = grpc.StatusCode.INTERNAL.value[0]
+        else:
+            # An aborted call's code is on the context; a returned one is OK.
+            aborted = context.code()
+            code = aborted.value[0] if isinstance(aborted, grpc.StatusCode) else 0
+        service, name = _split_method(method)
+        self._metrics.rpc_duration.record(
+            (time.perf_counter() - started) * 1e3,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": name,
+                "rpc.grpc.status_code": code,
+            },
+        )
 
     async def _fail(
         self, exc: BaseException, method: str, context: grpc.aio.ServicerContext, span: Any
@@ -130,9 +172,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         request = decode_request(decode, request, method)
                     response = await behavior(request, context)
                 except grpc.aio.AbortError:
+                    self._record(method, started, context)
                     raise
                 except Exception as exc:
+                    self._record(method, started, context, error=exc)
                     await self._fail(exc, method, context, span)
+                self._record(method, started, context)
                 log.debug("rpc", method=method, ms=round((time.perf_counter() - started) * 1e3, 2))
                 return response
 

@@ -24,8 +24,9 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from services.core.bus import EventBus
 from services.core.config import CommonConfig, EnvConfig, parse_hostport
-from services.core.interceptors import ServerInterceptor, open_channel
+from services.core.interceptors import UNTRACED_BY_DEFAULT, ServerInterceptor, open_channel
 from services.core.logging import configure_logging, get_logger
+from services.core.metrics import ServiceMetrics
 from services.core.migrations import Migrations, migrate
 from services.core.outbox import Outbox, OutboxRelay
 from services.core.storage import Database
@@ -54,6 +55,7 @@ class Service:
         *,
         env: Mapping[str, str] | None = None,
         span_processors: Iterable[SpanProcessor] = (),
+        resource_attributes: Mapping[str, str] | None = None,
     ) -> None:
         self.common = common
         self._env = dict(os.environ if env is None else env)
@@ -62,7 +64,9 @@ class Service:
             trace_file=common.trace_file,
             env=self._env,
             extra_processors=span_processors,
+            resource_attributes=resource_attributes,
         )
+        self.metrics = ServiceMetrics(self.name, common, self._env, resource_attributes)
         self.tracer: trace.Tracer = self.tracer_provider.get_tracer(f"pocgrid.{self.name}")
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
@@ -217,7 +221,14 @@ class Service:
             ("grpc.so_reuseport", 0),
         ]
         interceptors = (
-            [ServerInterceptor(self.tracer_provider, f"pocgrid.{self.name}")]
+            [
+                ServerInterceptor(
+                    self.tracer_provider,
+                    f"pocgrid.{self.name}",
+                    self.metrics,
+                    untraced=frozenset() if self.common.trace_heartbeats else UNTRACED_BY_DEFAULT,
+                )
+            ]
             if self.use_interceptor
             else []
         )
@@ -256,6 +267,7 @@ class Service:
             for db in self._databases:
                 await db.dispose()
             self.tracer_provider.shutdown()
+            self.metrics.shutdown()
             log.info("service.stopped")
 
     async def __aenter__(self) -> Self:
