@@ -127,10 +127,14 @@ def load_real_model(name: str) -> RealModel:
     return RealModel(card=card, model=model, samples=samples, texts=texts)
 
 
-def real_model_for_scenario(scenario: str) -> RealModel | None:
-    """The real model measuring ``scenario``'s accuracy, or None: accuracy not measured."""
+def real_model_for_scenario(key: str) -> RealModel | None:
+    """The real model measuring a scenario's accuracy, or None: accuracy not measured.
+
+    ``key`` is the scenario's name (``image-classification``, ``asr``, ``text-correction``), a
+    model's name, or one of the aliases on its card (``digits``, ``speech-commands``,
+    ``typo``), so a scenario file may name its accuracy task either way."""
     for name in real_model_names():
         data = json.loads(_root().joinpath(name, "card.json").read_text(encoding="utf-8"))
-        if data.get("scenario") == scenario:
+        if key in (data.get("scenario"), data.get("name"), *data.get("aliases", ())):
             return load_real_model(name)
     return None

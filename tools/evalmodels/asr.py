@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         card={
             "name": NAME,
             "scenario": "asr",
+            "aliases": ["speech-commands"],
             "task": "recognise one spoken word of 20 (digits zero-nine and yes/no/up/down/"
             "left/right/on/off/stop/go) in 1.024 s of 8 kHz audio",
             "metric": "word accuracy (top-1 of 20 words)",

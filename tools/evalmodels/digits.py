@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         card={
             "name": NAME,
             "scenario": "image-classification",
+            "aliases": ["digits"],
             "task": "classify an 8x8 handwritten digit (0-9)",
             "metric": "top-1 accuracy",
             "inputs": {"image": {"stored": "float32", "scale": 1.0}},

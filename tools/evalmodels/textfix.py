@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         card={
             "name": NAME,
             "scenario": "text-correction",
+            "aliases": ["typo"],
             "task": f"return the intended word (one of {len(vocab)}) for a possibly misspelt word",
             "metric": "word accuracy (corrected word equals the intended word)",
             "inputs": {"chars": {"stored": "int64", "scale": 1.0}},

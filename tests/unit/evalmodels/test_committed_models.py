@@ -63,6 +63,15 @@ def test_lookup_by_scenario_and_unknown_names() -> None:
     asr = real_model_for_scenario("asr")
     assert asr is not None and asr.card.scenario == "asr"
     assert real_model_for_scenario("llm-chat") is None  # no weights here: accuracy not measured
+    for key, name in [
+        ("digits", "digits-mlp"),
+        ("image-classification", "digits-mlp"),
+        ("typo-corrector", "typo-corrector"),
+        ("text-correction", "typo-corrector"),
+        ("speech-commands", "speech-commands-cnn"),
+    ]:
+        found = real_model_for_scenario(key)
+        assert found is not None and found.card.name == name
     with pytest.raises(RealModelError, match="no real model 'nope'"):
         load_real_model("nope")
 
