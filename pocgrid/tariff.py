@@ -1,12 +1,21 @@
 """The time-of-use tariff: peak, flat and valley hours of the day and their price multipliers.
 
 One definition, below both services that use it: metering prices usage by the period it ended in,
-and the scheduler shifts deferrable work into valleys by the same hours (pure: no I/O).
+and the scheduler shifts deferrable work into valleys by the same hours (pure: no I/O). A
+``LoadCap`` adds the grid side of peak shaving: how many devices may be busy in each period.
+``parse_tariff`` reads both from one JSON document (``pocgrid sched replay --tariff FILE``)::
+
+    {"utc_offset_hours": 8,
+     "hours": {"0": "valley", "8": "flat", "10": "peak", "15": "flat", "18": "peak",
+               "21": "flat", "23": "valley"},
+     "multipliers": {"peak": "1.6", "flat": "1", "valley": "0.4"},
+     "cap_devices": {"peak": 40, "flat": 60}}
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,3 +75,91 @@ class TimeOfUse:
 
 FLAT_RATE: Final = TimeOfUse({0: Period.FLAT}, {Period.FLAT: Decimal(1)})
 """No time of use: every hour flat, multiplier 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCap:
+    """How many devices (device-equivalents: a half-shared device counts 0.5) may be busy in
+    each period; a period without an entry is uncapped. The scheduler holds deferrable work
+    back so the busy count stays under the cap, except work whose deadline cannot wait."""
+
+    devices: Mapping[Period, float]
+
+    def __post_init__(self) -> None:
+        for period, cap in self.devices.items():
+            if not cap >= 0:
+                raise ValueError(f"cap_devices.{period} must be >= 0, got {cap}")
+
+    def at(self, tariff: TimeOfUse, when: datetime) -> float | None:
+        """The cap in force at ``when`` (None: uncapped)."""
+        return self.devices.get(tariff.period(when))
+
+
+NO_CAP: Final = LoadCap({})
+
+
+@dataclass(frozen=True, slots=True)
+class TariffFile:
+    time_of_use: TimeOfUse
+    cap: LoadCap
+
+
+def parse_tariff(text: str) -> TariffFile:
+    """A tariff and its load cap from JSON (format in the module docstring); ValueError naming
+    the field and the rule for anything malformed."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"tariff: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("tariff: must be a JSON object")
+    # "about" and "sources" are for people (where the hours and prices come from)
+    known = {"utc_offset_hours", "hours", "multipliers", "cap_devices", "about", "sources"}
+    extra = sorted(set(doc) - known)
+    if extra:
+        raise ValueError(f"tariff: unknown field {extra[0]!r} (known: {', '.join(sorted(known))})")
+
+    def period(value: object, where: str) -> Period:
+        try:
+            return Period(str(value))
+        except ValueError:
+            names = ", ".join(p.value for p in Period)
+            raise ValueError(f"tariff.{where}: {value!r} is not a period ({names})") from None
+
+    hours_doc = doc.get("hours")
+    if not isinstance(hours_doc, dict) or not hours_doc:
+        raise ValueError("tariff.hours: must be an object of start hour -> period")
+    hours: dict[int, Period] = {}
+    for key, value in hours_doc.items():
+        try:
+            hour = int(key)
+        except ValueError:
+            raise ValueError(f"tariff.hours: key {key!r} is not an hour 0..23") from None
+        hours[hour] = period(value, f"hours.{key}")
+    mult_doc = doc.get("multipliers", {})
+    if not isinstance(mult_doc, dict):
+        raise ValueError("tariff.multipliers: must be an object of period -> multiplier")
+    multipliers: dict[Period, Decimal] = {}
+    for key, value in mult_doc.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"tariff.multipliers.{key}: must be a number")
+        try:
+            multipliers[period(key, f"multipliers.{key}")] = Decimal(str(value))
+        except ArithmeticError:
+            raise ValueError(f"tariff.multipliers.{key}: {value!r} is not a number") from None
+    offset = doc.get("utc_offset_hours", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not -14 <= offset <= 14:
+        raise ValueError("tariff.utc_offset_hours: must be a number of hours in -14..14")
+    cap_doc = doc.get("cap_devices", {})
+    if not isinstance(cap_doc, dict):
+        raise ValueError("tariff.cap_devices: must be an object of period -> devices")
+    caps: dict[Period, float] = {}
+    for key, value in cap_doc.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"tariff.cap_devices.{key}: must be a number >= 0")
+        caps[period(key, f"cap_devices.{key}")] = float(value)
+    try:
+        tou = TimeOfUse(hours, multipliers, timedelta(hours=offset))
+    except ValueError as exc:
+        raise ValueError(f"tariff: {exc}") from None
+    return TariffFile(tou, LoadCap(caps))

@@ -21,6 +21,7 @@ from pocgrid.cli.target import NoMeshError
 from pocgrid.cli.usage import register as register_usage
 from pocgrid.comm.cli import register as register_comm
 from pocgrid.perf.cli import register as register_perf
+from pocgrid.sched.cli import register as register_sched
 
 
 def _local_mesh_command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -129,6 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
     register_perf(sub)
     register_adapt(sub)
     register_comm(sub)
+    register_sched(sub)
     admin.register(sub)
     return parser
 

@@ -14,7 +14,7 @@ try, best first) and ``find`` (which devices on a chip).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from pocgrid.sched import fit
@@ -26,9 +26,9 @@ from pocgrid.sched.model import (
     PendingReason,
     Placement,
     Preemption,
-    PreemptionCause,
 )
-from pocgrid.sched.pool import Allocation, Pool
+from pocgrid.sched.pool import Pool
+from pocgrid.sched.preemption import VictimChooser
 from pocgrid.sched.quota import QuotaBook
 
 
@@ -86,11 +86,13 @@ class QueuePolicy:
 
     # -- hooks ------------------------------------------------------------------------------
 
-    def order(self, queue: Sequence[Demand], pool: Pool, now: float) -> list[Demand]:
+    def order(self, queue: Sequence[Demand], pool: Pool, now: float) -> Iterable[Demand]:
         return default_order(queue)
 
-    def chip_order(self, demand: Demand, pool: Pool, now: float) -> list[str]:
-        return [c for c in pool.chips if demand.allows(c)]
+    def chip_order(self, demand: Demand, pool: Pool, now: float) -> Sequence[str]:
+        if not demand.chips:
+            return pool.chips
+        return [c for c in pool.chips if c in demand.chips]
 
     def find(self, demand: Demand, chip: str, pool: Pool, now: float) -> Placement | None:
         return fit.find(demand, chip, pool, self.nodes, self.device)
@@ -98,7 +100,14 @@ class QueuePolicy:
     # -- the round --------------------------------------------------------------------------
 
     def place(self, demand: Demand, pool: Pool, now: float) -> Placement | None:
+        fraction = demand.share_milli < WHOLE
         for chip in self.chip_order(demand, pool, now):
+            # O(1) checks on the index first: most chips of a busy pool fail here
+            if fraction:
+                if pool.max_free_share(chip) < demand.share_milli:
+                    continue
+            elif pool.whole_free(chip) < demand.devices:
+                continue
             p = self.find(demand, chip, pool, now)
             if p is not None:
                 return p
@@ -113,11 +122,17 @@ class QueuePolicy:
         # that found no room stays roomless: later jobs of that shape are answered from here.
         failed: dict[tuple[object, ...], PendingReason] = {}
         blocked: PendingReason | None = None
+        chooser = VictimChooser(pool, self.quotas)
+        never: dict[tuple[object, ...], PendingReason | None] = {}
         for d in self.order(queue, pool, now):
             if blocked is not None:
                 pending[d.job_id] = PendingReason(PendingCode.BEHIND, blocked.message)
                 continue
-            reason = never_fits(d, pool)
+            key = (d.chips, d.devices, d.single_node, d.share_milli < WHOLE and d.memory_gib)
+            if key in never:
+                reason = never[key]
+            else:
+                reason = never[key] = never_fits(d, pool)
             if reason is None and self.quotas is not None:
                 reason = self.quotas.admit(d, pool, waiting)
             if reason is None:
@@ -126,7 +141,7 @@ class QueuePolicy:
                 if reason is None:
                     placement = self.place(d, pool, now)
                     if placement is None and self.preemption:
-                        placement, victims = self._preempt(d, pool, now)
+                        placement, victims = self._preempt(d, pool, now, chooser)
                         if victims:
                             preemptions.extend(victims)
                             failed.clear()
@@ -176,57 +191,24 @@ class QueuePolicy:
 
     # -- preemption -------------------------------------------------------------------------
 
-    def _victims(
-        self, d: Demand, pool: Pool, chip: str
-    ) -> list[tuple[Allocation, PreemptionCause]]:
-        reclaiming = False
-        if self.quotas is not None:
-            q = self.quotas.quota(d.tenant)
-            reclaiming = pool.tenant_milli(d.tenant) + d.size_milli <= q.guaranteed_milli
-        out: list[tuple[Allocation, PreemptionCause]] = []
-        for a in pool.running.values():
-            v = a.demand
-            if not v.preemptible or a.placement.chip != chip:
-                continue
-            if v.priority < d.priority:
-                out.append((a, PreemptionCause.PRIORITY))
-            elif (
-                reclaiming
-                and v.tenant != d.tenant
-                and self.quotas is not None
-                and self.quotas.borrowed_milli(v.tenant, pool) > 0
-            ):
-                out.append((a, PreemptionCause.RECLAIM))
-        # Cheapest first: lowest priority, then the latest started (least work to redo if a
-        # checkpoint is older than the stop).
-        out.sort(
-            key=lambda vc: (vc[0].demand.priority, -vc[0].started_at, -vc[0].demand.submitted_at)
-        )
-        return out
-
     def _preempt(
-        self, d: Demand, pool: Pool, now: float
+        self, d: Demand, pool: Pool, now: float, chooser: VictimChooser
     ) -> tuple[Placement | None, list[Preemption]]:
         for chip in self.chip_order(d, pool, now):
-            victims = self._victims(d, pool, chip)
+            victims = chooser.choose(d, chip)
             if not victims:
                 continue
-            released: list[tuple[Allocation, PreemptionCause]] = []
-            placement: Placement | None = None
-            for a, cause in victims:
+            for a, _ in victims:
                 pool.release(a.demand.job_id)
-                released.append((a, cause))
-                placement = self.find(d, chip, pool, now)
-                if placement is not None:
-                    break
-            if placement is None:
-                for a, _ in reversed(released):
+            placement = self.find(d, chip, pool, now)
+            if placement is None:  # the targeted room was not enough after all (memory)
+                for a, _ in victims:
                     pool.reserve(a.demand, a.placement, a.started_at)
                 continue
             # Put back every victim the placement does not need.
             used = {s.key for s in placement.slots}
             kept: list[Preemption] = []
-            for a, cause in released:
+            for a, cause in victims:
                 if used.isdisjoint(s.key for s in a.placement.slots):
                     pool.reserve(a.demand, a.placement, a.started_at)
                 else:

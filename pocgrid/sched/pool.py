@@ -113,6 +113,7 @@ class Pool:
         self.running: dict[str, Allocation] = {}
         self._tenant_milli: dict[str, int] = {}
         self._used_milli = 0
+        self._chip_order: tuple[str, ...] = ()
 
     # -- building ---------------------------------------------------------------------------
 
@@ -123,7 +124,10 @@ class Pool:
         d = Device(node, index, chip, memory_gib, memory_free_gib=memory_gib)
         self._devices[key] = d
         self._node_devices.setdefault(node, []).append(key)
-        ix = self._chips.setdefault(chip, _ChipIndex())
+        ix = self._chips.get(chip)
+        if ix is None:
+            ix = self._chips[chip] = _ChipIndex()
+            self._chip_order = (*self._chip_order, chip)
         ix.devices[key] = d
         ix.add(d)
         ix.healthy += 1
@@ -161,9 +165,9 @@ class Pool:
     # -- reading ----------------------------------------------------------------------------
 
     @property
-    def chips(self) -> list[str]:
+    def chips(self) -> tuple[str, ...]:
         """Chip types in the order they joined the pool."""
-        return list(self._chips)
+        return self._chip_order
 
     def device(self, key: DeviceKey) -> Device:
         return self._devices[key]

@@ -1,0 +1,183 @@
+"""Peak shaving and valley filling: deferrable work moved in time, under a load cap.
+
+Like a grid operator shifting flexible load (and carbon-aware schedulers shifting flexible
+jobs in time: Radovanović et al., "Carbon-Aware Computing for Datacenters", IEEE Trans. Power
+Systems 2022; Wiesner et al., "Let's Wait Awhile", Middleware '21), ``Shaped`` wraps any policy:
+
+- work that is not deferrable goes to the inner policy as it comes (it cannot be shaved);
+- deferrable work starts only while the busy devices (all work, a fraction counting its share)
+  stay under the cap of the tariff period in force (``LoadCap``), earliest deadline first: a
+  cap of 0 in the peak keeps new deferrable work out of it (peak shaving), a high cap in the
+  valley lets the held work in (valley filling); ``start_in`` can further restrict the periods
+  it may start in (every period by default, so the caps alone decide);
+- except work that would miss its deadline by waiting longer: it starts now, whatever the hour
+  or the cap (a deadline is never traded for a flatter curve). How long it needs is judged at
+  its fastest allowed chip type plus a margin (25 %), so it is held as long as it can be;
+  judged at the slowest chip type (``judge="slowest"``) a start by then is always in time, but
+  most long work is then never held at all (on bench/sched_diurnal.py: 21 % lower peak-to-
+  average instead of 32 %, with no deadline missed either way; docs/scheduling.md).
+- the cap is checked over the hours a job would run (at its fastest chip type, up to 48 h),
+  against what already runs until its expected end, so work started under the cap in the
+  valley does not carry the load over the cap of the peak that follows.
+
+A held job's pending reason is ``DEFERRED`` and says until when. The wrapper is a ``Policy``:
+the live scheduler and the simulator run it like any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+
+from pocgrid.sched.model import WHOLE, Decision, Demand, PendingCode, PendingReason
+from pocgrid.sched.policy import Policy
+from pocgrid.sched.pool import Pool
+from pocgrid.tariff import NO_CAP, LoadCap, Period, TimeOfUse
+
+_HOUR = 3600.0
+HORIZON_H = 48
+"""How far ahead the cap is checked for a job that would start now."""
+
+
+class Shaped:
+    def __init__(
+        self,
+        inner: Policy,
+        tariff: TimeOfUse,
+        cap: LoadCap = NO_CAP,
+        *,
+        epoch: datetime,
+        start_in: Collection[Period] = tuple(Period),
+        judge: Literal["fastest", "slowest"] = "fastest",
+        margin: float = 0.25,
+    ) -> None:
+        """``epoch``: the wall-clock time of the scheduler's second 0 (aware). ``judge`` and
+        ``margin``: how long a held job is taken to need, to know when it must start: its run
+        time on its fastest (or slowest) allowed chip type, plus ``margin`` of it."""
+        if margin < 0:
+            raise ValueError("margin must be >= 0")
+        if epoch.tzinfo is None:
+            raise ValueError("epoch must be an aware datetime")
+        self.inner = inner
+        self.tariff = tariff
+        self.cap = cap
+        self.epoch = epoch
+        self.start_in = frozenset(start_in)
+        self.judge = judge
+        self.margin = margin
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}+shaping"
+
+    def _when(self, now: float) -> datetime:
+        return self.epoch + timedelta(seconds=now)
+
+    def next_start(self, now: float) -> float:
+        """The next instant (now or later) in a ``start_in`` period: a top of the hour."""
+        if self.tariff.period(self._when(now)) in self.start_in:
+            return now
+        top = (now // _HOUR + 1) * _HOUR
+        for h in range(48):
+            t = top + h * _HOUR
+            if self.tariff.period(self._when(t)) in self.start_in:
+                return t
+        return float("inf")
+
+    def _latest_start(self, d: Demand, pool: Pool) -> float:
+        assert d.deadline is not None  # deferrable demands carry one
+        speeds = [d.speed_on(c) for c in pool.chips if d.allows(c)]
+        pace = (min(speeds) if self.judge == "slowest" else max(speeds)) if speeds else 1.0
+        run = d.work / pace
+        return d.deadline - run * (1.0 + self.margin)
+
+    def _caps(self, now: float) -> list[float]:
+        """The cap (device thousandths) of each of the next ``HORIZON_H`` hours; inf uncapped."""
+        out: list[float] = []
+        for h in range(HORIZON_H):
+            cap = self.cap.at(self.tariff, self._when(now + h * _HOUR))
+            out.append(math.inf if cap is None else cap * WHOLE)
+        return out
+
+    @staticmethod
+    def _projection(pool: Pool, now: float) -> list[float]:
+        """Busy device thousandths in each of the next ``HORIZON_H`` hours from what runs now,
+        each job until its expected end (work left at its start over its speed there; work
+        that runs until stopped, to the horizon)."""
+        ends: list[float] = []
+        sizes: list[int] = []
+        for a in pool.running.values():
+            d = a.demand
+            ends.append(
+                a.started_at + d.work / d.speed_on(a.placement.chip) if d.work > 0 else math.inf
+            )
+            sizes.append(d.size_milli)
+        if not ends:
+            return [0.0] * HORIZON_H
+        order = np.argsort(ends)
+        sorted_ends = np.asarray(ends)[order]
+        # held by jobs ending after each hour's start: a suffix sum over the sorted ends
+        suffix = np.cumsum(np.asarray(sizes, dtype=np.float64)[order][::-1])[::-1]
+        starts = now + _HOUR * np.arange(HORIZON_H)
+        first = np.searchsorted(sorted_ends, starts, side="right")
+        held = np.where(first < len(ends), suffix[np.minimum(first, len(ends) - 1)], 0.0)
+        return [float(x) for x in held]
+
+    @staticmethod
+    def _run_hours(d: Demand, pool: Pool) -> int:
+        """Hours (started, up to the horizon) the demand would run, at its fastest allowed
+        chip type: the cap is checked over all of them, not only the hour it starts in."""
+        speeds = [d.speed_on(c) for c in pool.chips if d.allows(c)]
+        seconds = d.work / max(speeds) if speeds and d.work > 0 else HORIZON_H * _HOUR
+        return max(1, min(HORIZON_H, math.ceil(seconds / _HOUR)))
+
+    def schedule(self, queue: Sequence[Demand], pool: Pool, now: float) -> Decision:
+        firm: list[Demand] = []
+        flexible: list[tuple[float, Demand]] = []
+        opens = self.next_start(now)
+        for d in queue:
+            if not d.deferrable:
+                firm.append(d)
+                continue
+            latest = self._latest_start(d, pool)
+            if latest <= now or (opens > now and opens > latest):
+                firm.append(d)  # waiting for the next cheap hour would miss the deadline
+            else:
+                flexible.append((latest, d))
+        first = self.inner.schedule(firm, pool, now)
+        pending: dict[str, PendingReason] = dict(first.pending)
+        admitted: list[Demand] = []
+        if opens > now:
+            until = self._when(opens).isoformat(timespec="minutes")
+            for _, d in flexible:
+                pending[d.job_id] = PendingReason(
+                    PendingCode.DEFERRED, f"deferrable: held for a cheaper hour (from {until})"
+                )
+        else:
+            caps = self._caps(now)
+            busy = self._projection(pool, now)
+            for _, d in sorted(flexible, key=lambda ld: (ld[0], ld[1].job_id)):
+                hours = self._run_hours(d, pool)
+                over = next((h for h in range(hours) if busy[h] + d.size_milli > caps[h]), None)
+                if over is not None:
+                    cap = caps[over] / WHOLE
+                    pending[d.job_id] = PendingReason(
+                        PendingCode.DEFERRED,
+                        f"deferrable: it would run past the load cap of {cap:g} busy devices "
+                        f"at {self._when(now + over * _HOUR).isoformat(timespec='minutes')}",
+                    )
+                    continue
+                admitted.append(d)
+                for h in range(hours):
+                    busy[h] += d.size_milli
+        if not admitted:
+            return Decision(first.placements, first.preemptions, pending)
+        second = self.inner.schedule(admitted, pool, now)
+        pending.update(second.pending)
+        return Decision(
+            first.placements + second.placements, first.preemptions + second.preemptions, pending
+        )
