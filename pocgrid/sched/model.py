@@ -168,6 +168,10 @@ class PendingCode(enum.StrEnum):
 class PendingReason:
     code: PendingCode
     message: str
+    retry_at: float | None = None
+    """When the reason may no longer hold though nothing else changed (a held job's latest
+    start, the next hour's cap): the caller should run a round by then. None: only when the
+    pool or the queue changes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ Systems 2022; Wiesner et al., "Let's Wait Awhile", Middleware '21), ``Shaped`` w
   valley lets the held work in (valley filling); ``start_in`` can further restrict the periods
   it may start in (every period by default, so the caps alone decide);
 - except work that would miss its deadline by waiting longer: it starts now, whatever the hour
-  or the cap (a deadline is never traded for a flatter curve). How long it needs is judged at
-  its fastest allowed chip type plus a margin (25 %), so it is held as long as it can be;
-  judged at the slowest chip type (``judge="slowest"``) a start by then is always in time, but
-  most long work is then never held at all (on bench/sched_diurnal.py: 21 % lower peak-to-
-  average instead of 32 %, with no deadline missed either way; docs/scheduling.md).
+  or the cap (a deadline is never traded for a flatter curve). How long it needs is judged on
+  the chip type the inner policy would try first for it, plus a margin (25 %), so it is held
+  as long as it safely can be. Judged at the slowest chip type (``judge="slowest"``) a start
+  by then is in time on any chip, but most long work is then never held at all (on
+  bench/sched_diurnal.py: 21 % lower peak-to-average instead of 35 %; docs/scheduling.md).
 - the cap is checked over the hours a job would run (at its fastest chip type, up to 48 h),
   against what already runs until its expected end, so work started under the cap in the
   valley does not carry the load over the cap of the peak that follows.
@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 
 from pocgrid.sched.model import WHOLE, Decision, Demand, PendingCode, PendingReason
-from pocgrid.sched.policy import Policy
+from pocgrid.sched.policy import Policy, QueuePolicy
 from pocgrid.sched.pool import Pool
 from pocgrid.tariff import NO_CAP, LoadCap, Period, TimeOfUse
 
@@ -52,12 +52,14 @@ class Shaped:
         *,
         epoch: datetime,
         start_in: Collection[Period] = tuple(Period),
-        judge: Literal["fastest", "slowest"] = "fastest",
+        judge: Literal["policy", "fastest", "slowest"] = "policy",
         margin: float = 0.25,
     ) -> None:
         """``epoch``: the wall-clock time of the scheduler's second 0 (aware). ``judge`` and
         ``margin``: how long a held job is taken to need, to know when it must start: its run
-        time on its fastest (or slowest) allowed chip type, plus ``margin`` of it."""
+        time on the chip type the inner policy tries first for it (``policy``: the fastest for
+        hetero, the first in pool order for fifo), on its fastest or on its slowest allowed
+        chip type, plus ``margin`` of it."""
         if margin < 0:
             raise ValueError("margin must be >= 0")
         if epoch.tzinfo is None:
@@ -69,6 +71,8 @@ class Shaped:
         self.start_in = frozenset(start_in)
         self.judge = judge
         self.margin = margin
+        self._caps_memo: dict[int, list[float]] = {}
+        self._timing_memo: dict[tuple[str, float], tuple[float, int]] = {}
 
     @property
     def name(self) -> str:
@@ -79,6 +83,8 @@ class Shaped:
 
     def next_start(self, now: float) -> float:
         """The next instant (now or later) in a ``start_in`` period: a top of the hour."""
+        if len(self.start_in) == len(Period):
+            return now
         if self.tariff.period(self._when(now)) in self.start_in:
             return now
         top = (now // _HOUR + 1) * _HOUR
@@ -88,19 +94,38 @@ class Shaped:
                 return t
         return float("inf")
 
+    def _timing(self, d: Demand, pool: Pool) -> tuple[float, int]:
+        """(latest start, hours it would run at its fastest allowed chip type), kept per job
+        and work left: a held job is looked at every round."""
+        key = (d.job_id, d.work)
+        got = self._timing_memo.get(key)
+        if got is None:
+            got = self._timing_memo[key] = (self._latest_start(d, pool), self._run_hours(d, pool))
+        return got
+
     def _latest_start(self, d: Demand, pool: Pool) -> float:
         assert d.deadline is not None  # deferrable demands carry one
-        speeds = [d.speed_on(c) for c in pool.chips if d.allows(c)]
-        pace = (min(speeds) if self.judge == "slowest" else max(speeds)) if speeds else 1.0
+        if self.judge == "policy" and isinstance(self.inner, QueuePolicy):
+            order = self.inner.chip_order(d, pool, 0.0)
+            pace = d.speed_on(order[0]) if order else 1.0
+        else:
+            speeds = [d.speed_on(c) for c in pool.chips if d.allows(c)]
+            pace = (min(speeds) if self.judge == "slowest" else max(speeds)) if speeds else 1.0
         run = d.work / pace
         return d.deadline - run * (1.0 + self.margin)
 
     def _caps(self, now: float) -> list[float]:
-        """The cap (device thousandths) of each of the next ``HORIZON_H`` hours; inf uncapped."""
+        """The cap (device thousandths) of each of the next ``HORIZON_H`` hours; inf uncapped.
+        A tariff repeats daily, so the answer is kept per minute of the day."""
+        key = int(now % 86_400) // 60
+        got = self._caps_memo.get(key)
+        if got is not None:
+            return got
         out: list[float] = []
         for h in range(HORIZON_H):
             cap = self.cap.at(self.tariff, self._when(now + h * _HOUR))
             out.append(math.inf if cap is None else cap * WHOLE)
+        self._caps_memo[key] = out
         return out
 
     @staticmethod
@@ -143,7 +168,7 @@ class Shaped:
             if not d.deferrable:
                 firm.append(d)
                 continue
-            latest = self._latest_start(d, pool)
+            latest, _ = self._timing(d, pool)
             if latest <= now or (opens > now and opens > latest):
                 firm.append(d)  # waiting for the next cheap hour would miss the deadline
             else:
@@ -153,22 +178,30 @@ class Shaped:
         admitted: list[Demand] = []
         if opens > now:
             until = self._when(opens).isoformat(timespec="minutes")
-            for _, d in flexible:
+            for latest, d in flexible:
                 pending[d.job_id] = PendingReason(
-                    PendingCode.DEFERRED, f"deferrable: held for a cheaper hour (from {until})"
+                    PendingCode.DEFERRED,
+                    f"deferrable: held for a cheaper hour (from {until})",
+                    min(opens, latest),
                 )
         else:
             caps = self._caps(now)
             busy = self._projection(pool, now)
-            for _, d in sorted(flexible, key=lambda ld: (ld[0], ld[1].job_id)):
-                hours = self._run_hours(d, pool)
+            next_hour = (now // _HOUR + 1) * _HOUR
+            reasons: dict[int, str] = {}
+            for latest, d in sorted(flexible, key=lambda ld: (ld[0], ld[1].job_id)):
+                _, hours = self._timing(d, pool)
                 over = next((h for h in range(hours) if busy[h] + d.size_milli > caps[h]), None)
                 if over is not None:
-                    cap = caps[over] / WHOLE
+                    message = reasons.get(over)
+                    if message is None:
+                        at = self._when(now + over * _HOUR).isoformat(timespec="minutes")
+                        message = reasons[over] = (
+                            f"deferrable: it would run past the load cap of "
+                            f"{caps[over] / WHOLE:g} busy devices at {at}"
+                        )
                     pending[d.job_id] = PendingReason(
-                        PendingCode.DEFERRED,
-                        f"deferrable: it would run past the load cap of {cap:g} busy devices "
-                        f"at {self._when(now + over * _HOUR).isoformat(timespec='minutes')}",
+                        PendingCode.DEFERRED, message, min(next_hour, latest)
                     )
                     continue
                 admitted.append(d)

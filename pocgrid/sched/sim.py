@@ -162,7 +162,7 @@ class Simulator:
                     done += 1
                     if self._progress is not None:
                         self._progress(done, total)
-                elif kind == _WAKE:
+                elif kind == _WAKE and now >= self._wake_at:
                     self._wake_at = math.inf
             if self._queue:
                 self._round(now)
@@ -198,16 +198,18 @@ class Simulator:
                 rec.started = now
             rec.chips.append(p.chip)
             self._push(now + d.work / speed, _FINISH, p.job_id, self._token)
-        deferred = False
+        wake = math.inf
         for job_id, reason in decision.pending.items():
             if reason.code is PendingCode.NEVER_FITS:
                 # it would wait forever: the live scheduler refuses it at submit
                 self._queue.pop(job_id, None)
                 self._never_fit += 1
+            elif reason.retry_at is not None:
+                wake = min(wake, reason.retry_at)
             elif reason.code is PendingCode.DEFERRED:
-                deferred = True
-        if deferred:
-            wake = (math.floor(now / HOUR) + 1) * HOUR
+                wake = min(wake, (math.floor(now / HOUR) + 1) * HOUR)
+        if wake < math.inf:
+            wake = max(wake, now + 1e-6)
             if wake < self._wake_at:
                 self._wake_at = wake
                 self._push(wake, _WAKE)

@@ -87,8 +87,9 @@ def test_shaping_defers_to_the_valley_under_the_cap_and_keeps_deadlines() -> Non
     fresh = Pool()
     fresh.add_node("n", "c", 4, 64.0)
     r = Simulator(fresh, policy, jobs, tariff=TOU).run()
-    # tight must start by 11 h - 1.25 x 1 h: held in the peak, then started at 10 h, in time
-    assert r.records["tight"].started == 10 * H
+    # tight must start by 11 h - 1.25 x 1 h: held in the peak until exactly then, in time
+    assert r.records["tight"].started == 9.75 * H
+    assert r.records["tight"].finished == 10.75 * H
     starts = sorted(r.records[f"f{i}"].started or 0.0 for i in range(3))
     # valley opens at 24 h; its cap of 2 busy lets two start, the third once they finish
     assert starts == [24 * H, 24 * H, 25 * H]
