@@ -87,9 +87,10 @@ def _progress(stream: TextIO, total: int) -> Iterator[Callable[[int, int], None]
         task = bar.add_task("replaying", total=total)
         step = max(1, total // 200)
 
-        def update(done: int, _total: int) -> None:
-            if done % step == 0 or done == _total:
-                bar.update(task, completed=done)
+        def update(done: int, jobs: int) -> None:
+            # the pod rows counted up front include pods that are left out (no GPU)
+            if done % step == 0 or done == jobs:
+                bar.update(task, completed=done, total=jobs)
 
         yield update
 
@@ -181,7 +182,10 @@ def format_result(result: Result) -> str:
     lines = [f"policy {result.policy}"]
     for key in RESULT_KEYS:
         value = summary[key]
-        text = f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
+        if isinstance(value, float):
+            text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+        else:
+            text = f"{value:,}"
         lines.append(f"  {labels[key]:<22} {text}")
     lines.append(f"  {'preemptions':<22} {result.preemptions:,}")
     if result.never_fit:
