@@ -13,8 +13,9 @@ Systems 2022; Wiesner et al., "Let's Wait Awhile", Middleware '21), ``Shaped`` w
 - except work that would miss its deadline by waiting longer: it starts now, whatever the hour
   or the cap (a deadline is never traded for a flatter curve). How long it needs is judged on
   the chip type the inner policy would try first for it, plus a margin (25 %), so it is held
-  as long as the chip it would get allows. Judged at the slowest chip type (``judge="slowest"``) a start
-  by then is in time on any chip, but most long work is then never held at all (on
+  as long as the chip it would get allows. Judged at the slowest chip type
+  (``judge="slowest"``) a start by then is in time on any chip, but most long work is then
+  never held at all (on
   bench/sched_diurnal.py under fifo: 17 % lower peak-to-average instead of 36 %).
 - the cap is checked over the hours a job would run (at its fastest chip type, up to 48 h),
   against what already runs until its expected end, so work started under the cap in the
