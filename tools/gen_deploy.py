@@ -59,7 +59,8 @@ SERVICES: Final = (
     ServiceSpec("scheduler", "services.scheduler", scalable=False),
     ServiceSpec("metering", "services.metering", scalable=False),
     ServiceSpec("adapter", "services.adapter", scalable=True, memory_limit="2Gi"),
-    ServiceSpec("evaluator", "services.evaluator", scalable=True, memory_limit="2Gi"),
+    # One replica: a running evaluation and its watchers live in the process that runs it.
+    ServiceSpec("evaluator", "services.evaluator", scalable=False, memory_limit="2Gi"),
     ServiceSpec("gateway", "gateway", scalable=True, cpu_request="200m"),
 )
 

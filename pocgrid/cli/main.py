@@ -13,7 +13,7 @@ from typing import Final
 import grpc
 
 from pocgrid.adapt.cli import register as register_adapt
-from pocgrid.cli import admin, queries
+from pocgrid.cli import admin, evaluate, queries
 from pocgrid.cli.jobs import register as register_jobs
 from pocgrid.cli.output import fail
 from pocgrid.cli.prices import register as register_prices
@@ -131,6 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
     register_adapt(sub)
     register_comm(sub)
     register_sched(sub)
+    evaluate.register(sub)
     admin.register(sub)
     return parser
 

@@ -729,3 +729,300 @@ class CancelTaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelTaskResponse: _TypeAlias = CancelTaskResponse  # noqa: Y015
+
+@_typing.final
+class LlmServing(_message.Message):
+    """An LLM deployment serving the requests: continuous batching (vLLM-like), one
+    tensor-parallel replica over the request's devices.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MAX_NUM_SEQS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Catalogue model name, e.g. "Qwen2.5-7B"."""
+    max_num_seqs: _builtins.int
+    """Most sequences the engine runs at once; 0: the software-stack profile's."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        max_num_seqs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_num_seqs", b"max_num_seqs", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LlmServing: _TypeAlias = LlmServing  # noqa: Y015
+
+@_typing.final
+class SampleServing(_message.Message):
+    """A non-LLM model (vision, speech, encoder) serving one sample per request, batching what is
+    queued when the device frees (up to max_batch), as Triton's dynamic batcher does with no
+    queue delay.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    PASSES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Catalogue model name, e.g. "ResNet-50 (torchvision IMAGENET1K_V1)"."""
+    max_batch: _builtins.int
+    """Largest batch; 0 means 32."""
+    passes: _builtins.int
+    """Forward passes per sample (diffusion denoising steps); 0 means 1."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        max_batch: _builtins.int = ...,
+        passes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "model", b"model", "passes", b"passes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleServing: _TypeAlias = SampleServing  # noqa: Y015
+
+@_typing.final
+class ServeRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEXES_FIELD_NUMBER: _builtins.int
+    ARRIVAL_S_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    LLM_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Client-chosen, [a-z0-9][a-z0-9._-]{0,62}: the run's usage is recorded once per id."""
+    job_id: _builtins.str
+    precision: _common_pb2.Precision.ValueType
+    concurrency: _builtins.int
+    """> 0: a closed loop of this many clients, each sending its next request when its last one
+    finished (arrival_s then only gives the request count).
+    """
+    profile: _builtins.str
+    """Software-stack profile; empty: the chip family's in-flight-batching profile."""
+    @_builtins.property
+    def device_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices of the one replica (tensor parallel for LLMs, one device for samples); empty: [0]."""
+
+    @_builtins.property
+    def arrival_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Seconds from the start of the run, non-decreasing; ignored in a closed loop."""
+
+    @_builtins.property
+    def input_len(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt tokens per request (LLMs); ignored for samples (one sample each)."""
+
+    @_builtins.property
+    def output_len(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Output tokens per request (LLMs); ignored for samples."""
+
+    @_builtins.property
+    def llm(self) -> Global___LlmServing: ...
+    @_builtins.property
+    def samples(self) -> Global___SampleServing: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        precision: _common_pb2.Precision.ValueType = ...,
+        device_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        arrival_s: _abc.Iterable[_builtins.float] | None = ...,
+        input_len: _abc.Iterable[_builtins.int] | None = ...,
+        output_len: _abc.Iterable[_builtins.int] | None = ...,
+        concurrency: _builtins.int = ...,
+        profile: _builtins.str = ...,
+        llm: Global___LlmServing | None = ...,
+        samples: Global___SampleServing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["llm", b"llm", "samples", b"samples", "work", b"work"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_s", b"arrival_s", "concurrency", b"concurrency", "device_indexes", b"device_indexes", "input_len", b"input_len", "job_id", b"job_id", "llm", b"llm", "output_len", b"output_len", "precision", b"precision", "profile", b"profile", "run_id", b"run_id", "samples", b"samples", "work", b"work"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["llm", "samples"]  # noqa: Y015
+    _WhichOneofArgType_work: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_work) -> _WhichOneofReturnType_work | None: ...
+
+Global___ServeRequestsRequest: _TypeAlias = ServeRequestsRequest  # noqa: Y015
+
+@_typing.final
+class LatencySummary(_message.Message):
+    """Summary of a set of latencies, milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEAN_FIELD_NUMBER: _builtins.int
+    MEDIAN_FIELD_NUMBER: _builtins.int
+    P90_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    mean: _builtins.float
+    median: _builtins.float
+    p90: _builtins.float
+    p99: _builtins.float
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        mean: _builtins.float = ...,
+        median: _builtins.float = ...,
+        p90: _builtins.float = ...,
+        p99: _builtins.float = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "mean", b"mean", "median", b"median", "p90", b"p90", "p99", b"p99"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencySummary: _TypeAlias = LatencySummary  # noqa: Y015
+
+@_typing.final
+class ServingWindow(_message.Message):
+    """The steady-state window (pocgrid.perf.serving.steady_state): warm-up and drain excluded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REACHED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    START_S_FIELD_NUMBER: _builtins.int
+    END_S_FIELD_NUMBER: _builtins.int
+    SATURATED_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    reached: _builtins.bool
+    reason: _builtins.str
+    start_s: _builtins.float
+    end_s: _builtins.float
+    saturated: _builtins.bool
+    """Offered load outran what the engine served inside the window."""
+    concurrency: _builtins.int
+    """The concurrency the run was expected to settle at (engine limit, clients, or mean running)."""
+    def __init__(
+        self,
+        *,
+        reached: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        start_s: _builtins.float = ...,
+        end_s: _builtins.float = ...,
+        saturated: _builtins.bool = ...,
+        concurrency: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "end_s", b"end_s", "reached", b"reached", "reason", b"reason", "saturated", b"saturated", "start_s", b"start_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServingWindow: _TypeAlias = ServingWindow  # noqa: Y015
+
+@_typing.final
+class ServeRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    ARRIVAL_S_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_S_FIELD_NUMBER: _builtins.int
+    FINISH_S_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_FIELD_NUMBER: _builtins.int
+    ITL_MS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    VIRTUAL_START_S_FIELD_NUMBER: _builtins.int
+    VIRTUAL_END_S_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_FIELD_NUMBER: _builtins.int
+    TOKENS_IN_FIELD_NUMBER: _builtins.int
+    TOKENS_OUT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    USAGE_ID_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    KV_CACHE_BLOCKS_FIELD_NUMBER: _builtins.int
+    NUMERICS_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_SECONDS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    profile: _builtins.str
+    """The software-stack profile the timings assume."""
+    virtual_start_s: _builtins.float
+    """Device virtual clock (seconds since the agent started) when the run began and ended."""
+    virtual_end_s: _builtins.float
+    busy_device_seconds: _builtins.float
+    memory_gib: _builtins.float
+    """Memory held per device while serving (weights, activations, peak KV cache), GiB."""
+    tokens_in: _builtins.int
+    tokens_out: _builtins.int
+    samples: _builtins.int
+    usage_id: _builtins.str
+    max_batch: _builtins.int
+    """Engine limits the run used: most sequences (or batch) at once, KV-cache blocks."""
+    kv_cache_blocks: _builtins.int
+    numerics: _builtins.str
+    memory_gib_seconds: _builtins.float
+    @_builtins.property
+    def arrival_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per request, in request order, seconds from the start of the run (virtual clock): when it
+        was sent (the realised arrivals of a closed loop), its first token (samples: its answer),
+        and its last token.
+        """
+
+    @_builtins.property
+    def first_token_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def finish_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def preemptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def itl_ms(self) -> Global___LatencySummary:
+        """Inter-token latencies of the requests that finished inside the window (all requests when
+        no window was reached), over every gap between consecutive output tokens.
+        """
+
+    @_builtins.property
+    def window(self) -> Global___ServingWindow: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        arrival_s: _abc.Iterable[_builtins.float] | None = ...,
+        first_token_s: _abc.Iterable[_builtins.float] | None = ...,
+        finish_s: _abc.Iterable[_builtins.float] | None = ...,
+        preemptions: _abc.Iterable[_builtins.int] | None = ...,
+        itl_ms: Global___LatencySummary | None = ...,
+        window: Global___ServingWindow | None = ...,
+        virtual_start_s: _builtins.float = ...,
+        virtual_end_s: _builtins.float = ...,
+        busy_device_seconds: _builtins.float = ...,
+        memory_gib: _builtins.float = ...,
+        tokens_in: _builtins.int = ...,
+        tokens_out: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        usage_id: _builtins.str = ...,
+        max_batch: _builtins.int = ...,
+        kv_cache_blocks: _builtins.int = ...,
+        numerics: _builtins.str = ...,
+        memory_gib_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["itl_ms", b"itl_ms", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_s", b"arrival_s", "busy_device_seconds", b"busy_device_seconds", "finish_s", b"finish_s", "first_token_s", b"first_token_s", "itl_ms", b"itl_ms", "kv_cache_blocks", b"kv_cache_blocks", "max_batch", b"max_batch", "memory_gib", b"memory_gib", "memory_gib_seconds", b"memory_gib_seconds", "numerics", b"numerics", "preemptions", b"preemptions", "profile", b"profile", "run_id", b"run_id", "samples", b"samples", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out", "usage_id", b"usage_id", "virtual_end_s", b"virtual_end_s", "virtual_start_s", b"virtual_start_s", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServeRequestsResponse: _TypeAlias = ServeRequestsResponse  # noqa: Y015

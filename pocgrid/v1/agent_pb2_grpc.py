@@ -81,6 +81,11 @@ class AgentServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.ServeRequests = channel.unary_unary(
+                '/pocgrid.v1.AgentService/ServeRequests',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -153,6 +158,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServeRequests(self, request, context):
+        """Load generation: a whole list of requests (arrival times and sizes) served by one engine
+        on the virtual clock (the performance model's serving simulator for LLMs, a batching
+        server for other models), per-request timings back in one message. An evaluation of
+        1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +215,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.SerializeToString,
+            ),
+            'ServeRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServeRequests,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +467,33 @@ class AgentService:
             '/pocgrid.v1.AgentService/Generate',
             pocgrid_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
             pocgrid_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/ServeRequests',
+            pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

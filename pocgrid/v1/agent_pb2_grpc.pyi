@@ -58,6 +58,12 @@ class AgentServiceStub:
     """
     Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
+    ServeRequests: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ServeRequestsRequest, _agent_pb2.ServeRequestsResponse]
+    """Load generation: a whole list of requests (arrival times and sizes) served by one engine
+    on the virtual clock (the performance model's serving simulator for LLMs, a batching
+    server for other models), per-request timings back in one message. An evaluation of
+    1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -89,6 +95,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """
     Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
     """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
+    ServeRequests: _aio.UnaryUnaryMultiCallable[_agent_pb2.ServeRequestsRequest, _agent_pb2.ServeRequestsResponse]  # type: ignore[assignment]
+    """Load generation: a whole list of requests (arrival times and sizes) served by one engine
+    on the virtual clock (the performance model's serving simulator for LLMs, a batching
+    server for other models), per-request timings back in one message. An evaluation of
+    1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: one node of one chip type, an emulated vendor runtime. Called by scheduler and
@@ -171,5 +183,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.GenerateResponse], _abc.AsyncIterator[_agent_pb2.GenerateResponse]]:
         """Serving: one LLM request; each token arrives with the virtual time it would leave the chip."""
+
+    @_abc_1.abstractmethod
+    def ServeRequests(
+        self,
+        request: _agent_pb2.ServeRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ServeRequestsResponse, _abc.Awaitable[_agent_pb2.ServeRequestsResponse]]:
+        """Load generation: a whole list of requests (arrival times and sizes) served by one engine
+        on the virtual clock (the performance model's serving simulator for LLMs, a batching
+        server for other models), per-request timings back in one message. An evaluation of
+        1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

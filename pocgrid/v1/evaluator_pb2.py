@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from pocgrid.v1 import common_pb2 as pocgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\"s\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xbd\x01\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04\x32\xc2\x01\n\x10\x45valuatorService\x12Y\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\"\x03\x90\x02\x01\x12S\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apocgrid/v1/evaluator.proto\x12\npocgrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17pocgrid/v1/common.proto\"s\n\x03Slo\x12\x16\n\x0ep99_latency_ms\x18\x01 \x01(\x01\x12\x13\n\x0bp99_ttft_ms\x18\x02 \x01(\x01\x12\x13\n\x0bp99_tpot_ms\x18\x03 \x01(\x01\x12\x1a\n\x12min_accuracy_ratio\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"W\n\x12LengthDistribution\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0b\n\x03std\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x05\x12\x0b\n\x03max\x18\x05 \x01(\x05\"N\n\rPackComponent\x12\x10\n\x08scenario\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\x12\x1c\n\x03slo\x18\x03 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\"\xab\x05\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x30\n\x0eload_scenarios\x18\x05 \x03(\x0e\x32\x18.pocgrid.v1.LoadScenario\x12$\n\x0b\x64\x65\x66\x61ult_slo\x18\x06 \x01(\x0b\x32\x0f.pocgrid.v1.Slo\x12\x17\n\x0f\x61\x63\x63uracy_metric\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\x15\n\rdefault_model\x18\t \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_precision\x18\n \x01(\t\x12\x31\n\tinput_len\x18\x0b \x01(\x0b\x32\x1e.pocgrid.v1.LengthDistribution\x12\x32\n\noutput_len\x18\x0c \x01(\x0b\x32\x1e.pocgrid.v1.LengthDistribution\x12\x30\n\x0c\x64\x65\x66\x61ult_mode\x18\r \x01(\x0e\x32\x1a.pocgrid.v1.EvaluationMode\x12\x13\n\x0b\x64\x65\x66\x61ult_qps\x18\x0e \x01(\x01\x12\x1b\n\x13\x64\x65\x66\x61ult_concurrency\x18\x0f \x01(\x05\x12\x18\n\x10\x64\x65\x66\x61ult_requests\x18\x10 \x01(\x05\x12\x19\n\x11passes_per_sample\x18\x11 \x01(\x05\x12-\n\ncomponents\x18\x12 \x03(\x0b\x32\x19.pocgrid.v1.PackComponent\x12\r\n\x05\x66ield\x18\x13 \x01(\t\x12\r\n\x05owner\x18\x14 \x01(\t\x12\x15\n\raccuracy_task\x18\x15 \x01(\t\x12\x17\n\x0fonnx_model_hash\x18\x16 \x01(\t\x12\x18\n\x10labelled_samples\x18\x17 \x01(\x05\x12\x15\n\rlength_source\x18\x18 \x01(\t\"\x16\n\x14ListScenariosRequest\"@\n\x15ListScenariosResponse\x12\'\n\tscenarios\x18\x01 \x03(\x0b\x32\x14.pocgrid.v1.Scenario\"\"\n\x12GetScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13GetScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario\"?\n\x15\x43reateScenarioRequest\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario\"@\n\x16\x43reateScenarioResponse\x12&\n\x08scenario\x18\x01 \x01(\x0b\x32\x14.pocgrid.v1.Scenario\"\x8b\x01\n\x0bSloOverride\x12\x18\n\x0bttft_p99_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0btpot_p99_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0b\x65\x32\x65l_p99_ms\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x0e\n\x0c_ttft_p99_msB\x0e\n\x0c_tpot_p99_msB\x0e\n\x0c_e2el_p99_ms\"\xcc\x02\n\x16StartEvaluationRequest\x12\x10\n\x08scenario\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05\x63hips\x18\x03 \x03(\t\x12(\n\x04mode\x18\x04 \x01(\x0e\x32\x1a.pocgrid.v1.EvaluationMode\x12\x0b\n\x03qps\x18\x05 \x01(\x01\x12\x12\n\nburstiness\x18\x06 \x01(\x01\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\x05\x12\x10\n\x08requests\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12$\n\x03slo\x18\n \x01(\x0b\x32\x17.pocgrid.v1.SloOverride\x12\x19\n\x11sweep_concurrency\x18\x0b \x03(\x05\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12(\n\tprecision\x18\r \x01(\x0e\x32\x15.pocgrid.v1.Precision\"E\n\x17StartEvaluationResponse\x12*\n\nevaluation\x18\x01 \x01(\x0b\x32\x16.pocgrid.v1.Evaluation\"F\n\x0cLatencyStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0e\n\x06median\x18\x02 \x01(\x01\x12\x0b\n\x03p90\x18\x03 \x01(\x01\x12\x0b\n\x03p99\x18\x04 \x01(\x01\"\xc1\x01\n\x04\x43ost\x12\x1f\n\x12per_million_tokens\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12!\n\x14per_thousand_samples\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x1d\n\x15price_per_device_hour\x18\x04 \x01(\x01\x12\x14\n\x0cprice_source\x18\x05 \x01(\tB\x15\n\x13_per_million_tokensB\x17\n\x15_per_thousand_samples\"\xf9\x01\n\nCurvePoint\x12\x13\n\x0b\x63oncurrency\x18\x01 \x01(\x05\x12\x0b\n\x03qps\x18\x02 \x01(\x01\x12\x1b\n\x13output_tokens_per_s\x18\x03 \x01(\x01\x12$\n\x1coutput_tokens_per_s_per_user\x18\x04 \x01(\x01\x12&\n\x1eoutput_tokens_per_s_per_device\x18\x05 \x01(\x01\x12\x13\n\x0bttft_p99_ms\x18\x06 \x01(\x01\x12\x13\n\x0btpot_p99_ms\x18\x07 \x01(\x01\x12\x13\n\x0b\x65\x32\x65l_p99_ms\x18\x08 \x01(\x01\x12\x0f\n\x07slo_met\x18\t \x01(\x08\x12\x0e\n\x06steady\x18\n \x01(\x08\"\x9d\t\n\nChipResult\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\x0e\n\x06vendor\x18\x02 \x01(\t\x12\x10\n\x08\x64omestic\x18\x03 \x01(\x08\x12\x10\n\x08scenario\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x07 \x01(\x05\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0f\n\x07profile\x18\t \x01(\t\x12\x0c\n\x04mode\x18\n \x01(\t\x12\x10\n\x08runnable\x18\x0b \x01(\x08\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x10\n\x08requests\x18\r \x01(\x05\x12\x19\n\x11measured_requests\x18\x0e \x01(\x05\x12\x13\n\x0boffered_qps\x18\x0f \x01(\x01\x12\x13\n\x0b\x63oncurrency\x18\x10 \x01(\x05\x12\x12\n\nduration_s\x18\x11 \x01(\x01\x12\x1a\n\x12request_throughput\x18\x12 \x01(\x01\x12\x1b\n\x13output_tokens_per_s\x18\x13 \x01(\x01\x12\x1a\n\x12total_tokens_per_s\x18\x14 \x01(\x01\x12)\n\x07ttft_ms\x18\x15 \x01(\x0b\x32\x18.pocgrid.v1.LatencyStats\x12)\n\x07tpot_ms\x18\x16 \x01(\x0b\x32\x18.pocgrid.v1.LatencyStats\x12(\n\x06itl_ms\x18\x17 \x01(\x0b\x32\x18.pocgrid.v1.LatencyStats\x12)\n\x07\x65\x32\x65l_ms\x18\x18 \x01(\x0b\x32\x18.pocgrid.v1.LatencyStats\x12\x0f\n\x07goodput\x18\x19 \x01(\x01\x12\x15\n\rgood_requests\x18\x1a \x01(\x05\x12\x15\n\x08\x61\x63\x63uracy\x18\x1b \x01(\x01H\x00\x88\x01\x01\x12\x15\n\raccuracy_note\x18\x1c \x01(\t\x12#\n\x04\x63ost\x18\x1d \x01(\x0b\x32\x10.pocgrid.v1.CostH\x01\x88\x01\x01\x12\x11\n\tcost_note\x18\x1e \x01(\t\x12\x16\n\tenergy_wh\x18\x1f \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10tokens_per_joule\x18  \x01(\x01H\x03\x88\x01\x01\x12\x13\n\x0b\x65nergy_note\x18! \x01(\t\x12\x10\n\x03mfu\x18\" \x01(\x01H\x04\x88\x01\x01\x12\x0f\n\x07slo_met\x18# \x01(\x08\x12\x16\n\x0eslo_violations\x18$ \x03(\t\x12$\n\x07verdict\x18% \x01(\x0e\x32\x13.pocgrid.v1.Verdict\x12\x17\n\x0fverdict_reasons\x18& \x03(\t\x12\x14\n\x0csteady_state\x18\' \x01(\x08\x12\x1b\n\x13steady_state_reason\x18( \x01(\t\x12\x11\n\tsaturated\x18) \x01(\x08\x12%\n\x05\x63urve\x18* \x03(\x0b\x32\x16.pocgrid.v1.CurvePoint\x12\x15\n\x08peak_qps\x18+ \x01(\x01H\x05\x88\x01\x01\x12\x11\n\tplacement\x18, \x01(\t\x12\x0c\n\x04kind\x18- \x01(\t\x12\x16\n\x0eprecision_note\x18. \x01(\tB\x0b\n\t_accuracyB\x07\n\x05_costB\x0c\n\n_energy_whB\x13\n\x11_tokens_per_jouleB\x06\n\x04_mfuB\x0b\n\t_peak_qps\"\xaa\x01\n\x0eRecommendation\x12\x10\n\x08\x63heapest\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x61stest\x18\x02 \x01(\t\x12\x15\n\rbest_domestic\x18\x03 \x01(\t\x12\x17\n\x0f\x63heapest_reason\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61stest_reason\x18\x05 \x01(\t\x12\x1c\n\x14\x62\x65st_domestic_reason\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\"]\n\x12\x45valuationProgress\x12\x12\n\nruns_total\x18\x01 \x01(\x05\x12\x11\n\truns_done\x18\x02 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xea\x03\n\nEvaluation\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.pocgrid.v1.EvaluationState\x12\x33\n\x07request\x18\x04 \x01(\x0b\x32\".pocgrid.v1.StartEvaluationRequest\x12\x15\n\rscenario_kind\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x30\n\x08progress\x18\x07 \x01(\x0b\x32\x1e.pocgrid.v1.EvaluationProgress\x12\'\n\x07results\x18\x08 \x03(\x0b\x32\x16.pocgrid.v1.ChipResult\x12\x32\n\x0erecommendation\x18\t \x01(\x0b\x32\x1a.pocgrid.v1.Recommendation\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tplacement\x18\r \x01(\t\x12\x1c\n\x03slo\x18\x0e \x01(\x0b\x32\x0f.pocgrid.v1.Slo\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"C\n\x15GetEvaluationResponse\x12*\n\nevaluation\x18\x01 \x01(\x0b\x32\x16.pocgrid.v1.Evaluation\"?\n\x16ListEvaluationsRequest\x12%\n\x04page\x18\x01 \x01(\x0b\x32\x17.pocgrid.v1.PageRequest\"n\n\x17ListEvaluationsResponse\x12+\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x16.pocgrid.v1.Evaluation\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.pocgrid.v1.PageResponse\"/\n\x16WatchEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"E\n\x17WatchEvaluationResponse\x12*\n\nevaluation\x18\x01 \x01(\x0b\x32\x16.pocgrid.v1.Evaluation*\xa3\x01\n\x0cLoadScenario\x12\x1d\n\x19LOAD_SCENARIO_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_SCENARIO_OFFLINE\x10\x01\x12\x18\n\x14LOAD_SCENARIO_SERVER\x10\x02\x12\x1f\n\x1bLOAD_SCENARIO_SINGLE_STREAM\x10\x03\x12\x1e\n\x1aLOAD_SCENARIO_MULTI_STREAM\x10\x04*\xe8\x01\n\x0e\x45valuationMode\x12\x1f\n\x1b\x45VALUATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45VALUATION_MODE_OFFLINE\x10\x01\x12\x1a\n\x16\x45VALUATION_MODE_SERVER\x10\x02\x12!\n\x1d\x45VALUATION_MODE_SINGLE_STREAM\x10\x03\x12\x1f\n\x1b\x45VALUATION_MODE_CONCURRENCY\x10\x04\x12\x1d\n\x19\x45VALUATION_MODE_FIND_PEAK\x10\x05\x12\x19\n\x15\x45VALUATION_MODE_SWEEP\x10\x06*\xab\x01\n\x0f\x45valuationState\x12 \n\x1c\x45VALUATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45VALUATION_STATE_QUEUED\x10\x01\x12\x1c\n\x18\x45VALUATION_STATE_RUNNING\x10\x02\x12\x1e\n\x1a\x45VALUATION_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17\x45VALUATION_STATE_FAILED\x10\x04*J\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_VALID\x10\x01\x12\x13\n\x0fVERDICT_INVALID\x10\x02\x32\x9b\x05\n\x10\x45valuatorService\x12Y\n\rListScenarios\x12 .pocgrid.v1.ListScenariosRequest\x1a!.pocgrid.v1.ListScenariosResponse\"\x03\x90\x02\x01\x12S\n\x0bGetScenario\x12\x1e.pocgrid.v1.GetScenarioRequest\x1a\x1f.pocgrid.v1.GetScenarioResponse\"\x03\x90\x02\x01\x12\\\n\x0e\x43reateScenario\x12!.pocgrid.v1.CreateScenarioRequest\x1a\".pocgrid.v1.CreateScenarioResponse\"\x03\x90\x02\x02\x12Z\n\x0fStartEvaluation\x12\".pocgrid.v1.StartEvaluationRequest\x1a#.pocgrid.v1.StartEvaluationResponse\x12Y\n\rGetEvaluation\x12 .pocgrid.v1.GetEvaluationRequest\x1a!.pocgrid.v1.GetEvaluationResponse\"\x03\x90\x02\x01\x12_\n\x0fListEvaluations\x12\".pocgrid.v1.ListEvaluationsRequest\x1a#.pocgrid.v1.ListEvaluationsResponse\"\x03\x90\x02\x01\x12\x61\n\x0fWatchEvaluation\x12\".pocgrid.v1.WatchEvaluationRequest\x1a#.pocgrid.v1.WatchEvaluationResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +37,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATORSERVICE'].methods_by_name['ListScenarios']._serialized_options = b'\220\002\001'
   _globals['_EVALUATORSERVICE'].methods_by_name['GetScenario']._loaded_options = None
   _globals['_EVALUATORSERVICE'].methods_by_name['GetScenario']._serialized_options = b'\220\002\001'
-  _globals['_LOADSCENARIO']._serialized_start=541
-  _globals['_LOADSCENARIO']._serialized_end=704
-  _globals['_SLO']._serialized_start=42
-  _globals['_SLO']._serialized_end=157
-  _globals['_SCENARIO']._serialized_start=160
-  _globals['_SCENARIO']._serialized_end=349
-  _globals['_LISTSCENARIOSREQUEST']._serialized_start=351
-  _globals['_LISTSCENARIOSREQUEST']._serialized_end=373
-  _globals['_LISTSCENARIOSRESPONSE']._serialized_start=375
-  _globals['_LISTSCENARIOSRESPONSE']._serialized_end=439
-  _globals['_GETSCENARIOREQUEST']._serialized_start=441
-  _globals['_GETSCENARIOREQUEST']._serialized_end=475
-  _globals['_GETSCENARIORESPONSE']._serialized_start=477
-  _globals['_GETSCENARIORESPONSE']._serialized_end=538
-  _globals['_EVALUATORSERVICE']._serialized_start=707
-  _globals['_EVALUATORSERVICE']._serialized_end=901
+  _globals['_EVALUATORSERVICE'].methods_by_name['CreateScenario']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['CreateScenario']._serialized_options = b'\220\002\002'
+  _globals['_EVALUATORSERVICE'].methods_by_name['GetEvaluation']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['GetEvaluation']._serialized_options = b'\220\002\001'
+  _globals['_EVALUATORSERVICE'].methods_by_name['ListEvaluations']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['ListEvaluations']._serialized_options = b'\220\002\001'
+  _globals['_EVALUATORSERVICE'].methods_by_name['WatchEvaluation']._loaded_options = None
+  _globals['_EVALUATORSERVICE'].methods_by_name['WatchEvaluation']._serialized_options = b'\220\002\001'
+  _globals['_LOADSCENARIO']._serialized_start=4819
+  _globals['_LOADSCENARIO']._serialized_end=4982
+  _globals['_EVALUATIONMODE']._serialized_start=4985
+  _globals['_EVALUATIONMODE']._serialized_end=5217
+  _globals['_EVALUATIONSTATE']._serialized_start=5220
+  _globals['_EVALUATIONSTATE']._serialized_end=5391
+  _globals['_VERDICT']._serialized_start=5393
+  _globals['_VERDICT']._serialized_end=5467
+  _globals['_SLO']._serialized_start=100
+  _globals['_SLO']._serialized_end=215
+  _globals['_LENGTHDISTRIBUTION']._serialized_start=217
+  _globals['_LENGTHDISTRIBUTION']._serialized_end=304
+  _globals['_PACKCOMPONENT']._serialized_start=306
+  _globals['_PACKCOMPONENT']._serialized_end=384
+  _globals['_SCENARIO']._serialized_start=387
+  _globals['_SCENARIO']._serialized_end=1070
+  _globals['_LISTSCENARIOSREQUEST']._serialized_start=1072
+  _globals['_LISTSCENARIOSREQUEST']._serialized_end=1094
+  _globals['_LISTSCENARIOSRESPONSE']._serialized_start=1096
+  _globals['_LISTSCENARIOSRESPONSE']._serialized_end=1160
+  _globals['_GETSCENARIOREQUEST']._serialized_start=1162
+  _globals['_GETSCENARIOREQUEST']._serialized_end=1196
+  _globals['_GETSCENARIORESPONSE']._serialized_start=1198
+  _globals['_GETSCENARIORESPONSE']._serialized_end=1259
+  _globals['_CREATESCENARIOREQUEST']._serialized_start=1261
+  _globals['_CREATESCENARIOREQUEST']._serialized_end=1324
+  _globals['_CREATESCENARIORESPONSE']._serialized_start=1326
+  _globals['_CREATESCENARIORESPONSE']._serialized_end=1390
+  _globals['_SLOOVERRIDE']._serialized_start=1393
+  _globals['_SLOOVERRIDE']._serialized_end=1532
+  _globals['_STARTEVALUATIONREQUEST']._serialized_start=1535
+  _globals['_STARTEVALUATIONREQUEST']._serialized_end=1867
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_start=1869
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_end=1938
+  _globals['_LATENCYSTATS']._serialized_start=1940
+  _globals['_LATENCYSTATS']._serialized_end=2010
+  _globals['_COST']._serialized_start=2013
+  _globals['_COST']._serialized_end=2206
+  _globals['_CURVEPOINT']._serialized_start=2209
+  _globals['_CURVEPOINT']._serialized_end=2458
+  _globals['_CHIPRESULT']._serialized_start=2461
+  _globals['_CHIPRESULT']._serialized_end=3642
+  _globals['_RECOMMENDATION']._serialized_start=3645
+  _globals['_RECOMMENDATION']._serialized_end=3815
+  _globals['_EVALUATIONPROGRESS']._serialized_start=3817
+  _globals['_EVALUATIONPROGRESS']._serialized_end=3910
+  _globals['_EVALUATION']._serialized_start=3913
+  _globals['_EVALUATION']._serialized_end=4403
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=4405
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=4450
+  _globals['_GETEVALUATIONRESPONSE']._serialized_start=4452
+  _globals['_GETEVALUATIONRESPONSE']._serialized_end=4519
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=4521
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=4584
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=4586
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=4696
+  _globals['_WATCHEVALUATIONREQUEST']._serialized_start=4698
+  _globals['_WATCHEVALUATIONREQUEST']._serialized_end=4745
+  _globals['_WATCHEVALUATIONRESPONSE']._serialized_start=4747
+  _globals['_WATCHEVALUATIONRESPONSE']._serialized_end=4816
+  _globals['_EVALUATORSERVICE']._serialized_start=5470
+  _globals['_EVALUATORSERVICE']._serialized_end=6137
 # @@protoc_insertion_point(module_scope)

@@ -6,8 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pocgrid.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -40,6 +42,85 @@ LOAD_SCENARIO_SERVER: LoadScenario.ValueType  # 2
 LOAD_SCENARIO_SINGLE_STREAM: LoadScenario.ValueType  # 3
 LOAD_SCENARIO_MULTI_STREAM: LoadScenario.ValueType  # 4
 Global___LoadScenario: _TypeAlias = LoadScenario  # noqa: Y015
+
+class _EvaluationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvaluationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvaluationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVALUATION_MODE_UNSPECIFIED: _EvaluationMode.ValueType  # 0
+    EVALUATION_MODE_OFFLINE: _EvaluationMode.ValueType  # 1
+    """Every request at t = 0: maximum throughput (MLPerf Offline)."""
+    EVALUATION_MODE_SERVER: _EvaluationMode.ValueType  # 2
+    """Poisson arrivals at qps, gamma-distributed gaps when burstiness != 1 (MLPerf Server,
+    vllm bench serve --request-rate --burstiness).
+    """
+    EVALUATION_MODE_SINGLE_STREAM: _EvaluationMode.ValueType  # 3
+    """One request at a time (MLPerf SingleStream)."""
+    EVALUATION_MODE_CONCURRENCY: _EvaluationMode.ValueType  # 4
+    """A fixed number of clients (vllm bench serve --max-concurrency)."""
+    EVALUATION_MODE_FIND_PEAK: _EvaluationMode.ValueType  # 5
+    """The highest Poisson rate that meets the SLO, per chip."""
+    EVALUATION_MODE_SWEEP: _EvaluationMode.ValueType  # 6
+    """A concurrency sweep: throughput against interactivity, per chip."""
+
+class EvaluationMode(_EvaluationMode, metaclass=_EvaluationModeEnumTypeWrapper): ...
+
+EVALUATION_MODE_UNSPECIFIED: EvaluationMode.ValueType  # 0
+EVALUATION_MODE_OFFLINE: EvaluationMode.ValueType  # 1
+"""Every request at t = 0: maximum throughput (MLPerf Offline)."""
+EVALUATION_MODE_SERVER: EvaluationMode.ValueType  # 2
+"""Poisson arrivals at qps, gamma-distributed gaps when burstiness != 1 (MLPerf Server,
+vllm bench serve --request-rate --burstiness).
+"""
+EVALUATION_MODE_SINGLE_STREAM: EvaluationMode.ValueType  # 3
+"""One request at a time (MLPerf SingleStream)."""
+EVALUATION_MODE_CONCURRENCY: EvaluationMode.ValueType  # 4
+"""A fixed number of clients (vllm bench serve --max-concurrency)."""
+EVALUATION_MODE_FIND_PEAK: EvaluationMode.ValueType  # 5
+"""The highest Poisson rate that meets the SLO, per chip."""
+EVALUATION_MODE_SWEEP: EvaluationMode.ValueType  # 6
+"""A concurrency sweep: throughput against interactivity, per chip."""
+Global___EvaluationMode: _TypeAlias = EvaluationMode  # noqa: Y015
+
+class _EvaluationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvaluationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvaluationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVALUATION_STATE_UNSPECIFIED: _EvaluationState.ValueType  # 0
+    EVALUATION_STATE_QUEUED: _EvaluationState.ValueType  # 1
+    EVALUATION_STATE_RUNNING: _EvaluationState.ValueType  # 2
+    EVALUATION_STATE_SUCCEEDED: _EvaluationState.ValueType  # 3
+    EVALUATION_STATE_FAILED: _EvaluationState.ValueType  # 4
+
+class EvaluationState(_EvaluationState, metaclass=_EvaluationStateEnumTypeWrapper): ...
+
+EVALUATION_STATE_UNSPECIFIED: EvaluationState.ValueType  # 0
+EVALUATION_STATE_QUEUED: EvaluationState.ValueType  # 1
+EVALUATION_STATE_RUNNING: EvaluationState.ValueType  # 2
+EVALUATION_STATE_SUCCEEDED: EvaluationState.ValueType  # 3
+EVALUATION_STATE_FAILED: EvaluationState.ValueType  # 4
+Global___EvaluationState: _TypeAlias = EvaluationState  # noqa: Y015
+
+class _Verdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
+    VERDICT_VALID: _Verdict.ValueType  # 1
+    VERDICT_INVALID: _Verdict.ValueType  # 2
+
+class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper): ...
+
+VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
+VERDICT_VALID: Verdict.ValueType  # 1
+VERDICT_INVALID: Verdict.ValueType  # 2
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 @_typing.final
 class Slo(_message.Message):
@@ -75,6 +156,70 @@ class Slo(_message.Message):
 Global___Slo: _TypeAlias = Slo  # noqa: Y015
 
 @_typing.final
+class LengthDistribution(_message.Message):
+    """A request-size distribution, in tokens: fixed (mean), uniform [min, max], normal or
+    lognormal (mean, std), always clipped to [min, max].
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    STD_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    mean: _builtins.float
+    std: _builtins.float
+    min: _builtins.int
+    max: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        mean: _builtins.float = ...,
+        std: _builtins.float = ...,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "max", b"max", "mean", b"mean", "min", b"min", "std", b"std"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LengthDistribution: _TypeAlias = LengthDistribution  # noqa: Y015
+
+@_typing.final
+class PackComponent(_message.Message):
+    """One atomic scenario inside an industry pack: its share of the traffic and its own SLO."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    scenario: _builtins.str
+    share: _builtins.float
+    """Share of the pack's requests, (0, 1]; a pack's shares sum to 1."""
+    @_builtins.property
+    def slo(self) -> Global___Slo: ...
+    def __init__(
+        self,
+        *,
+        scenario: _builtins.str = ...,
+        share: _builtins.float = ...,
+        slo: Global___Slo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario", "share", b"share", "slo", b"slo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackComponent: _TypeAlias = PackComponent  # noqa: Y015
+
+@_typing.final
 class Scenario(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -85,11 +230,55 @@ class Scenario(_message.Message):
     LOAD_SCENARIOS_FIELD_NUMBER: _builtins.int
     DEFAULT_SLO_FIELD_NUMBER: _builtins.int
     ACCURACY_METRIC_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    DEFAULT_PRECISION_FIELD_NUMBER: _builtins.int
+    INPUT_LEN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEN_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODE_FIELD_NUMBER: _builtins.int
+    DEFAULT_QPS_FIELD_NUMBER: _builtins.int
+    DEFAULT_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    DEFAULT_REQUESTS_FIELD_NUMBER: _builtins.int
+    PASSES_PER_SAMPLE_FIELD_NUMBER: _builtins.int
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    ACCURACY_TASK_FIELD_NUMBER: _builtins.int
+    ONNX_MODEL_HASH_FIELD_NUMBER: _builtins.int
+    LABELLED_SAMPLES_FIELD_NUMBER: _builtins.int
+    LENGTH_SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable id, e.g. "llm-chat"."""
     title: _builtins.str
     description: _builtins.str
     accuracy_metric: _builtins.str
+    kind: _builtins.str
+    """"llm" (tokens in, tokens out), "samples" (one sample per request), or "pack"."""
+    default_model: _builtins.str
+    """The model evaluated when the request names none."""
+    default_precision: _builtins.str
+    default_mode: Global___EvaluationMode.ValueType
+    """The load mode used when the request names none, and its rate or concurrency."""
+    default_qps: _builtins.float
+    default_concurrency: _builtins.int
+    default_requests: _builtins.int
+    passes_per_sample: _builtins.int
+    """Forward passes per sample (diffusion denoising steps); 0 or 1: one."""
+    field: _builtins.str
+    """Industry field of a pack (finance, manufacturing, aigc, government, medical, embodied,
+    transportation).
+    """
+    owner: _builtins.str
+    """A tenant's own scenario (CreateScenario); empty for the built-in catalogue."""
+    accuracy_task: _builtins.str
+    """Accuracy task the evaluator measures on the chips (e.g. "digits"); empty: not measured."""
+    onnx_model_hash: _builtins.str
+    """User scenarios over an imported ONNX model: its content hash (AdapterService), and the
+    labelled samples that measure its accuracy.
+    """
+    labelled_samples: _builtins.int
+    length_source: _builtins.str
+    """Where the request-size distributions come from."""
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Catalogue model names the scenario can run."""
@@ -98,6 +287,14 @@ class Scenario(_message.Message):
     def load_scenarios(self) -> _containers.RepeatedScalarFieldContainer[Global___LoadScenario.ValueType]: ...
     @_builtins.property
     def default_slo(self) -> Global___Slo: ...
+    @_builtins.property
+    def input_len(self) -> Global___LengthDistribution: ...
+    @_builtins.property
+    def output_len(self) -> Global___LengthDistribution: ...
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___PackComponent]:
+        """Packs: the atomic scenarios they mix, with traffic shares and SLOs."""
+
     def __init__(
         self,
         *,
@@ -108,10 +305,27 @@ class Scenario(_message.Message):
         load_scenarios: _abc.Iterable[Global___LoadScenario.ValueType] | None = ...,
         default_slo: Global___Slo | None = ...,
         accuracy_metric: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        default_model: _builtins.str = ...,
+        default_precision: _builtins.str = ...,
+        input_len: Global___LengthDistribution | None = ...,
+        output_len: Global___LengthDistribution | None = ...,
+        default_mode: Global___EvaluationMode.ValueType = ...,
+        default_qps: _builtins.float = ...,
+        default_concurrency: _builtins.int = ...,
+        default_requests: _builtins.int = ...,
+        passes_per_sample: _builtins.int = ...,
+        components: _abc.Iterable[Global___PackComponent] | None = ...,
+        field: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        accuracy_task: _builtins.str = ...,
+        onnx_model_hash: _builtins.str = ...,
+        labelled_samples: _builtins.int = ...,
+        length_source: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_slo", b"default_slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_slo", b"default_slo", "input_len", b"input_len", "output_len", b"output_len"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "default_slo", b"default_slo", "description", b"description", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "accuracy_task", b"accuracy_task", "components", b"components", "default_concurrency", b"default_concurrency", "default_mode", b"default_mode", "default_model", b"default_model", "default_precision", b"default_precision", "default_qps", b"default_qps", "default_requests", b"default_requests", "default_slo", b"default_slo", "description", b"description", "field", b"field", "input_len", b"input_len", "kind", b"kind", "labelled_samples", b"labelled_samples", "length_source", b"length_source", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "onnx_model_hash", b"onnx_model_hash", "output_len", b"output_len", "owner", b"owner", "passes_per_sample", b"passes_per_sample", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -190,3 +404,743 @@ class GetScenarioResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetScenarioResponse: _TypeAlias = GetScenarioResponse  # noqa: Y015
+
+@_typing.final
+class CreateScenarioRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scenario(self) -> Global___Scenario:
+        """name must not clash with a built-in scenario; kind must be "llm" or "samples"."""
+
+    def __init__(
+        self,
+        *,
+        scenario: Global___Scenario | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateScenarioRequest: _TypeAlias = CreateScenarioRequest  # noqa: Y015
+
+@_typing.final
+class CreateScenarioResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scenario(self) -> Global___Scenario: ...
+    def __init__(
+        self,
+        *,
+        scenario: Global___Scenario | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario", b"scenario"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateScenarioResponse: _TypeAlias = CreateScenarioResponse  # noqa: Y015
+
+@_typing.final
+class SloOverride(_message.Message):
+    """Bounds that replace the scenario's; unset fields keep the scenario's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    TPOT_P99_MS_FIELD_NUMBER: _builtins.int
+    E2EL_P99_MS_FIELD_NUMBER: _builtins.int
+    ttft_p99_ms: _builtins.float
+    tpot_p99_ms: _builtins.float
+    e2el_p99_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        ttft_p99_ms: _builtins.float | None = ...,
+        tpot_p99_ms: _builtins.float | None = ...,
+        e2el_p99_ms: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_e2el_p99_ms", b"_e2el_p99_ms", "_tpot_p99_ms", b"_tpot_p99_ms", "_ttft_p99_ms", b"_ttft_p99_ms", "e2el_p99_ms", b"e2el_p99_ms", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_e2el_p99_ms", b"_e2el_p99_ms", "_tpot_p99_ms", b"_tpot_p99_ms", "_ttft_p99_ms", b"_ttft_p99_ms", "e2el_p99_ms", b"e2el_p99_ms", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__e2el_p99_ms: _TypeAlias = _typing.Literal["e2el_p99_ms"]  # noqa: Y015
+    _WhichOneofArgType__e2el_p99_ms: _TypeAlias = _typing.Literal["_e2el_p99_ms", b"_e2el_p99_ms"]  # noqa: Y015
+    _WhichOneofReturnType__tpot_p99_ms: _TypeAlias = _typing.Literal["tpot_p99_ms"]  # noqa: Y015
+    _WhichOneofArgType__tpot_p99_ms: _TypeAlias = _typing.Literal["_tpot_p99_ms", b"_tpot_p99_ms"]  # noqa: Y015
+    _WhichOneofReturnType__ttft_p99_ms: _TypeAlias = _typing.Literal["ttft_p99_ms"]  # noqa: Y015
+    _WhichOneofArgType__ttft_p99_ms: _TypeAlias = _typing.Literal["_ttft_p99_ms", b"_ttft_p99_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__e2el_p99_ms) -> _WhichOneofReturnType__e2el_p99_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tpot_p99_ms) -> _WhichOneofReturnType__tpot_p99_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttft_p99_ms) -> _WhichOneofReturnType__ttft_p99_ms | None: ...
+
+Global___SloOverride: _TypeAlias = SloOverride  # noqa: Y015
+
+@_typing.final
+class StartEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHIPS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    QPS_FIELD_NUMBER: _builtins.int
+    BURSTINESS_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    SWEEP_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    scenario: _builtins.str
+    """An atomic scenario, an industry pack, or one of the tenant's own scenarios."""
+    model: _builtins.str
+    """Catalogue model; empty: the scenario's default model."""
+    mode: Global___EvaluationMode.ValueType
+    qps: _builtins.float
+    """Server mode: requests per second (0: the scenario's); burstiness: gamma shape (0 = 1, Poisson)."""
+    burstiness: _builtins.float
+    concurrency: _builtins.int
+    """Concurrency mode: clients (0: the scenario's)."""
+    requests: _builtins.int
+    """Requests per chip (0: the scenario's)."""
+    seed: _builtins.int
+    idempotency_key: _builtins.str
+    """A retried start with the same key returns the first evaluation."""
+    precision: _common_pb2.Precision.ValueType
+    @_builtins.property
+    def chips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Chip types; empty: every chip type with a node in the pool."""
+
+    @_builtins.property
+    def slo(self) -> Global___SloOverride: ...
+    @_builtins.property
+    def sweep_concurrency(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Concurrency sweep points; empty: 1, 2, 4, ... up to the engine's limit."""
+
+    def __init__(
+        self,
+        *,
+        scenario: _builtins.str = ...,
+        model: _builtins.str = ...,
+        chips: _abc.Iterable[_builtins.str] | None = ...,
+        mode: Global___EvaluationMode.ValueType = ...,
+        qps: _builtins.float = ...,
+        burstiness: _builtins.float = ...,
+        concurrency: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        slo: Global___SloOverride | None = ...,
+        sweep_concurrency: _abc.Iterable[_builtins.int] | None = ...,
+        idempotency_key: _builtins.str = ...,
+        precision: _common_pb2.Precision.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burstiness", b"burstiness", "chips", b"chips", "concurrency", b"concurrency", "idempotency_key", b"idempotency_key", "mode", b"mode", "model", b"model", "precision", b"precision", "qps", b"qps", "requests", b"requests", "scenario", b"scenario", "seed", b"seed", "slo", b"slo", "sweep_concurrency", b"sweep_concurrency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEvaluationRequest: _TypeAlias = StartEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class StartEvaluationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___Evaluation: ...
+    def __init__(
+        self,
+        *,
+        evaluation: Global___Evaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEvaluationResponse: _TypeAlias = StartEvaluationResponse  # noqa: Y015
+
+@_typing.final
+class LatencyStats(_message.Message):
+    """Mean, median, p90 and p99 of a latency over the measured requests, milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEAN_FIELD_NUMBER: _builtins.int
+    MEDIAN_FIELD_NUMBER: _builtins.int
+    P90_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    mean: _builtins.float
+    median: _builtins.float
+    p90: _builtins.float
+    p99: _builtins.float
+    def __init__(
+        self,
+        *,
+        mean: _builtins.float = ...,
+        median: _builtins.float = ...,
+        p90: _builtins.float = ...,
+        p99: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean", b"mean", "median", b"median", "p90", b"p90", "p99", b"p99"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyStats: _TypeAlias = LatencyStats  # noqa: Y015
+
+@_typing.final
+class Cost(_message.Message):
+    """What serving the scenario costs on a chip, from metering's price book."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    PER_THOUSAND_SAMPLES_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PRICE_PER_DEVICE_HOUR_FIELD_NUMBER: _builtins.int
+    PRICE_SOURCE_FIELD_NUMBER: _builtins.int
+    per_million_tokens: _builtins.float
+    """LLM scenarios: per million output tokens; sample scenarios: per thousand samples."""
+    per_thousand_samples: _builtins.float
+    currency: _builtins.str
+    price_per_device_hour: _builtins.float
+    price_source: _builtins.str
+    """Price book id and version the figure comes from."""
+    def __init__(
+        self,
+        *,
+        per_million_tokens: _builtins.float | None = ...,
+        per_thousand_samples: _builtins.float | None = ...,
+        currency: _builtins.str = ...,
+        price_per_device_hour: _builtins.float = ...,
+        price_source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_per_million_tokens", b"_per_million_tokens", "_per_thousand_samples", b"_per_thousand_samples", "per_million_tokens", b"per_million_tokens", "per_thousand_samples", b"per_thousand_samples"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_per_million_tokens", b"_per_million_tokens", "_per_thousand_samples", b"_per_thousand_samples", "currency", b"currency", "per_million_tokens", b"per_million_tokens", "per_thousand_samples", b"per_thousand_samples", "price_per_device_hour", b"price_per_device_hour", "price_source", b"price_source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__per_million_tokens: _TypeAlias = _typing.Literal["per_million_tokens"]  # noqa: Y015
+    _WhichOneofArgType__per_million_tokens: _TypeAlias = _typing.Literal["_per_million_tokens", b"_per_million_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__per_thousand_samples: _TypeAlias = _typing.Literal["per_thousand_samples"]  # noqa: Y015
+    _WhichOneofArgType__per_thousand_samples: _TypeAlias = _typing.Literal["_per_thousand_samples", b"_per_thousand_samples"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__per_million_tokens) -> _WhichOneofReturnType__per_million_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__per_thousand_samples) -> _WhichOneofReturnType__per_thousand_samples | None: ...
+
+Global___Cost: _TypeAlias = Cost  # noqa: Y015
+
+@_typing.final
+class CurvePoint(_message.Message):
+    """One point of a concurrency sweep or of the find-peak search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    QPS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_PER_USER_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_PER_DEVICE_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    TPOT_P99_MS_FIELD_NUMBER: _builtins.int
+    E2EL_P99_MS_FIELD_NUMBER: _builtins.int
+    SLO_MET_FIELD_NUMBER: _builtins.int
+    STEADY_FIELD_NUMBER: _builtins.int
+    concurrency: _builtins.int
+    qps: _builtins.float
+    output_tokens_per_s: _builtins.float
+    output_tokens_per_s_per_user: _builtins.float
+    """Interactivity: tokens per second one user sees, 1000 / median TPOT."""
+    output_tokens_per_s_per_device: _builtins.float
+    ttft_p99_ms: _builtins.float
+    tpot_p99_ms: _builtins.float
+    e2el_p99_ms: _builtins.float
+    slo_met: _builtins.bool
+    steady: _builtins.bool
+    def __init__(
+        self,
+        *,
+        concurrency: _builtins.int = ...,
+        qps: _builtins.float = ...,
+        output_tokens_per_s: _builtins.float = ...,
+        output_tokens_per_s_per_user: _builtins.float = ...,
+        output_tokens_per_s_per_device: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        tpot_p99_ms: _builtins.float = ...,
+        e2el_p99_ms: _builtins.float = ...,
+        slo_met: _builtins.bool = ...,
+        steady: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "e2el_p99_ms", b"e2el_p99_ms", "output_tokens_per_s", b"output_tokens_per_s", "output_tokens_per_s_per_device", b"output_tokens_per_s_per_device", "output_tokens_per_s_per_user", b"output_tokens_per_s_per_user", "qps", b"qps", "slo_met", b"slo_met", "steady", b"steady", "tpot_p99_ms", b"tpot_p99_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CurvePoint: _TypeAlias = CurvePoint  # noqa: Y015
+
+@_typing.final
+class ChipResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHIP_FIELD_NUMBER: _builtins.int
+    VENDOR_FIELD_NUMBER: _builtins.int
+    DOMESTIC_FIELD_NUMBER: _builtins.int
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    RUNNABLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MEASURED_REQUESTS_FIELD_NUMBER: _builtins.int
+    OFFERED_QPS_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    REQUEST_THROUGHPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
+    TPOT_MS_FIELD_NUMBER: _builtins.int
+    ITL_MS_FIELD_NUMBER: _builtins.int
+    E2EL_MS_FIELD_NUMBER: _builtins.int
+    GOODPUT_FIELD_NUMBER: _builtins.int
+    GOOD_REQUESTS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    ACCURACY_NOTE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    COST_NOTE_FIELD_NUMBER: _builtins.int
+    ENERGY_WH_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_JOULE_FIELD_NUMBER: _builtins.int
+    ENERGY_NOTE_FIELD_NUMBER: _builtins.int
+    MFU_FIELD_NUMBER: _builtins.int
+    SLO_MET_FIELD_NUMBER: _builtins.int
+    SLO_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    VERDICT_REASONS_FIELD_NUMBER: _builtins.int
+    STEADY_STATE_FIELD_NUMBER: _builtins.int
+    STEADY_STATE_REASON_FIELD_NUMBER: _builtins.int
+    SATURATED_FIELD_NUMBER: _builtins.int
+    CURVE_FIELD_NUMBER: _builtins.int
+    PEAK_QPS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PRECISION_NOTE_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    vendor: _builtins.str
+    domestic: _builtins.bool
+    scenario: _builtins.str
+    model: _builtins.str
+    node_id: _builtins.str
+    devices: _builtins.int
+    """Devices of the deployment (one tensor-parallel replica) and its precision."""
+    precision: _builtins.str
+    profile: _builtins.str
+    mode: _builtins.str
+    runnable: _builtins.bool
+    """False when the chip cannot run the scenario; reason says why (the rest is then empty)."""
+    reason: _builtins.str
+    requests: _builtins.int
+    measured_requests: _builtins.int
+    """Requests that finished inside the steady-state window (warm-up and drain excluded)."""
+    offered_qps: _builtins.float
+    concurrency: _builtins.int
+    duration_s: _builtins.float
+    request_throughput: _builtins.float
+    output_tokens_per_s: _builtins.float
+    total_tokens_per_s: _builtins.float
+    goodput: _builtins.float
+    """Requests per second that met every SLO bound (vLLM's request goodput)."""
+    good_requests: _builtins.int
+    accuracy: _builtins.float
+    accuracy_note: _builtins.str
+    cost_note: _builtins.str
+    energy_wh: _builtins.float
+    tokens_per_joule: _builtins.float
+    energy_note: _builtins.str
+    mfu: _builtins.float
+    slo_met: _builtins.bool
+    verdict: Global___Verdict.ValueType
+    steady_state: _builtins.bool
+    steady_state_reason: _builtins.str
+    saturated: _builtins.bool
+    peak_qps: _builtins.float
+    placement: _builtins.str
+    kind: _builtins.str
+    """"llm" or "samples": token metrics (TPOT, ITL, token throughputs) exist for llm only."""
+    precision_note: _builtins.str
+    """Why the precision differs from the one asked for (e.g. no bf16 on the chip)."""
+    @_builtins.property
+    def ttft_ms(self) -> Global___LatencyStats: ...
+    @_builtins.property
+    def tpot_ms(self) -> Global___LatencyStats: ...
+    @_builtins.property
+    def itl_ms(self) -> Global___LatencyStats: ...
+    @_builtins.property
+    def e2el_ms(self) -> Global___LatencyStats: ...
+    @_builtins.property
+    def cost(self) -> Global___Cost: ...
+    @_builtins.property
+    def slo_violations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def verdict_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def curve(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurvePoint]: ...
+    def __init__(
+        self,
+        *,
+        chip: _builtins.str = ...,
+        vendor: _builtins.str = ...,
+        domestic: _builtins.bool = ...,
+        scenario: _builtins.str = ...,
+        model: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        devices: _builtins.int = ...,
+        precision: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        runnable: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        measured_requests: _builtins.int = ...,
+        offered_qps: _builtins.float = ...,
+        concurrency: _builtins.int = ...,
+        duration_s: _builtins.float = ...,
+        request_throughput: _builtins.float = ...,
+        output_tokens_per_s: _builtins.float = ...,
+        total_tokens_per_s: _builtins.float = ...,
+        ttft_ms: Global___LatencyStats | None = ...,
+        tpot_ms: Global___LatencyStats | None = ...,
+        itl_ms: Global___LatencyStats | None = ...,
+        e2el_ms: Global___LatencyStats | None = ...,
+        goodput: _builtins.float = ...,
+        good_requests: _builtins.int = ...,
+        accuracy: _builtins.float | None = ...,
+        accuracy_note: _builtins.str = ...,
+        cost: Global___Cost | None = ...,
+        cost_note: _builtins.str = ...,
+        energy_wh: _builtins.float | None = ...,
+        tokens_per_joule: _builtins.float | None = ...,
+        energy_note: _builtins.str = ...,
+        mfu: _builtins.float | None = ...,
+        slo_met: _builtins.bool = ...,
+        slo_violations: _abc.Iterable[_builtins.str] | None = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        verdict_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        steady_state: _builtins.bool = ...,
+        steady_state_reason: _builtins.str = ...,
+        saturated: _builtins.bool = ...,
+        curve: _abc.Iterable[Global___CurvePoint] | None = ...,
+        peak_qps: _builtins.float | None = ...,
+        placement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        precision_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "cost", b"cost", "e2el_ms", b"e2el_ms", "energy_wh", b"energy_wh", "itl_ms", b"itl_ms", "mfu", b"mfu", "peak_qps", b"peak_qps", "tokens_per_joule", b"tokens_per_joule", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "accuracy_note", b"accuracy_note", "chip", b"chip", "concurrency", b"concurrency", "cost", b"cost", "cost_note", b"cost_note", "curve", b"curve", "devices", b"devices", "domestic", b"domestic", "duration_s", b"duration_s", "e2el_ms", b"e2el_ms", "energy_note", b"energy_note", "energy_wh", b"energy_wh", "good_requests", b"good_requests", "goodput", b"goodput", "itl_ms", b"itl_ms", "kind", b"kind", "measured_requests", b"measured_requests", "mfu", b"mfu", "mode", b"mode", "model", b"model", "node_id", b"node_id", "offered_qps", b"offered_qps", "output_tokens_per_s", b"output_tokens_per_s", "peak_qps", b"peak_qps", "placement", b"placement", "precision", b"precision", "precision_note", b"precision_note", "profile", b"profile", "reason", b"reason", "request_throughput", b"request_throughput", "requests", b"requests", "runnable", b"runnable", "saturated", b"saturated", "scenario", b"scenario", "slo_met", b"slo_met", "slo_violations", b"slo_violations", "steady_state", b"steady_state", "steady_state_reason", b"steady_state_reason", "tokens_per_joule", b"tokens_per_joule", "total_tokens_per_s", b"total_tokens_per_s", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms", "vendor", b"vendor", "verdict", b"verdict", "verdict_reasons", b"verdict_reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
+    _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__cost: _TypeAlias = _typing.Literal["cost"]  # noqa: Y015
+    _WhichOneofArgType__cost: _TypeAlias = _typing.Literal["_cost", b"_cost"]  # noqa: Y015
+    _WhichOneofReturnType__energy_wh: _TypeAlias = _typing.Literal["energy_wh"]  # noqa: Y015
+    _WhichOneofArgType__energy_wh: _TypeAlias = _typing.Literal["_energy_wh", b"_energy_wh"]  # noqa: Y015
+    _WhichOneofReturnType__mfu: _TypeAlias = _typing.Literal["mfu"]  # noqa: Y015
+    _WhichOneofArgType__mfu: _TypeAlias = _typing.Literal["_mfu", b"_mfu"]  # noqa: Y015
+    _WhichOneofReturnType__peak_qps: _TypeAlias = _typing.Literal["peak_qps"]  # noqa: Y015
+    _WhichOneofArgType__peak_qps: _TypeAlias = _typing.Literal["_peak_qps", b"_peak_qps"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_joule: _TypeAlias = _typing.Literal["tokens_per_joule"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_joule: _TypeAlias = _typing.Literal["_tokens_per_joule", b"_tokens_per_joule"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accuracy) -> _WhichOneofReturnType__accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost) -> _WhichOneofReturnType__cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_wh) -> _WhichOneofReturnType__energy_wh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mfu) -> _WhichOneofReturnType__mfu | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_qps) -> _WhichOneofReturnType__peak_qps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_joule) -> _WhichOneofReturnType__tokens_per_joule | None: ...
+
+Global___ChipResult: _TypeAlias = ChipResult  # noqa: Y015
+
+@_typing.final
+class Recommendation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHEAPEST_FIELD_NUMBER: _builtins.int
+    FASTEST_FIELD_NUMBER: _builtins.int
+    BEST_DOMESTIC_FIELD_NUMBER: _builtins.int
+    CHEAPEST_REASON_FIELD_NUMBER: _builtins.int
+    FASTEST_REASON_FIELD_NUMBER: _builtins.int
+    BEST_DOMESTIC_REASON_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    cheapest: _builtins.str
+    """Chip types; empty when none qualifies (the reason says why)."""
+    fastest: _builtins.str
+    best_domestic: _builtins.str
+    cheapest_reason: _builtins.str
+    fastest_reason: _builtins.str
+    best_domestic_reason: _builtins.str
+    summary: _builtins.str
+    """One paragraph in plain language."""
+    def __init__(
+        self,
+        *,
+        cheapest: _builtins.str = ...,
+        fastest: _builtins.str = ...,
+        best_domestic: _builtins.str = ...,
+        cheapest_reason: _builtins.str = ...,
+        fastest_reason: _builtins.str = ...,
+        best_domestic_reason: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_domestic", b"best_domestic", "best_domestic_reason", b"best_domestic_reason", "cheapest", b"cheapest", "cheapest_reason", b"cheapest_reason", "fastest", b"fastest", "fastest_reason", b"fastest_reason", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recommendation: _TypeAlias = Recommendation  # noqa: Y015
+
+@_typing.final
+class EvaluationProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_TOTAL_FIELD_NUMBER: _builtins.int
+    RUNS_DONE_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    runs_total: _builtins.int
+    runs_done: _builtins.int
+    current: _builtins.str
+    """What is running now, e.g. "ascend-910b2: llm-chat"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        runs_total: _builtins.int = ...,
+        runs_done: _builtins.int = ...,
+        current: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "message", b"message", "runs_done", b"runs_done", "runs_total", b"runs_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationProgress: _TypeAlias = EvaluationProgress  # noqa: Y015
+
+@_typing.final
+class Evaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    SCENARIO_KIND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    tenant: _builtins.str
+    state: Global___EvaluationState.ValueType
+    scenario_kind: _builtins.str
+    model: _builtins.str
+    error: _builtins.str
+    placement: _builtins.str
+    """How chips were found: "registry" (one READY node per chip type) or "scheduler"."""
+    @_builtins.property
+    def request(self) -> Global___StartEvaluationRequest: ...
+    @_builtins.property
+    def progress(self) -> Global___EvaluationProgress: ...
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChipResult]: ...
+    @_builtins.property
+    def recommendation(self) -> Global___Recommendation: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def slo(self) -> Global___Slo:
+        """The SLO the results were judged against."""
+
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        state: Global___EvaluationState.ValueType = ...,
+        request: Global___StartEvaluationRequest | None = ...,
+        scenario_kind: _builtins.str = ...,
+        model: _builtins.str = ...,
+        progress: Global___EvaluationProgress | None = ...,
+        results: _abc.Iterable[Global___ChipResult] | None = ...,
+        recommendation: Global___Recommendation | None = ...,
+        error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        placement: _builtins.str = ...,
+        slo: Global___Slo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "evaluation_id", b"evaluation_id", "finished_at", b"finished_at", "model", b"model", "placement", b"placement", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "results", b"results", "scenario_kind", b"scenario_kind", "slo", b"slo", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
+class GetEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvaluationRequest: _TypeAlias = GetEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class GetEvaluationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___Evaluation: ...
+    def __init__(
+        self,
+        *,
+        evaluation: Global___Evaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvaluationResponse: _TypeAlias = GetEvaluationResponse  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsRequest: _TypeAlias = ListEvaluationsRequest  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATIONS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]:
+        """Newest first, without per-chip curves."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        evaluations: _abc.Iterable[Global___Evaluation] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluations", b"evaluations", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsResponse: _TypeAlias = ListEvaluationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvaluationRequest: _TypeAlias = WatchEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class WatchEvaluationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___Evaluation: ...
+    def __init__(
+        self,
+        *,
+        evaluation: Global___Evaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvaluationResponse: _TypeAlias = WatchEvaluationResponse  # noqa: Y015

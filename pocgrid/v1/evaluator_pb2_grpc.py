@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class EvaluatorServiceStub:
-    """Public: evaluation scenarios (and, later, evaluations and reports).
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,35 @@ class EvaluatorServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioResponse.FromString,
                 _registered_method=True)
+        self.CreateScenario = channel.unary_unary(
+                '/pocgrid.v1.EvaluatorService/CreateScenario',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.FromString,
+                _registered_method=True)
+        self.StartEvaluation = channel.unary_unary(
+                '/pocgrid.v1.EvaluatorService/StartEvaluation',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationResponse.FromString,
+                _registered_method=True)
+        self.GetEvaluation = channel.unary_unary(
+                '/pocgrid.v1.EvaluatorService/GetEvaluation',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationResponse.FromString,
+                _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/pocgrid.v1.EvaluatorService/ListEvaluations',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
+        self.WatchEvaluation = channel.unary_stream(
+                '/pocgrid.v1.EvaluatorService/WatchEvaluation',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
-    """Public: evaluation scenarios (and, later, evaluations and reports).
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool.
     """
 
     def ListScenarios(self, request, context):
@@ -59,6 +84,40 @@ class EvaluatorServiceServicer:
 
     def GetScenario(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateScenario(self, request, context):
+        """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
+        labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEvaluation(self, request, context):
+        """Starts an evaluation and returns its id at once; the run continues in the evaluator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvaluation(self, request, context):
+        """The evaluation now, then each change of its progress, until it ends.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -76,6 +135,31 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioResponse.SerializeToString,
             ),
+            'CreateScenario': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateScenario,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.SerializeToString,
+            ),
+            'StartEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEvaluation,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationResponse.SerializeToString,
+            ),
+            'GetEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluation,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationResponse.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsResponse.SerializeToString,
+            ),
+            'WatchEvaluation': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvaluation,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pocgrid.v1.EvaluatorService', rpc_method_handlers)
@@ -85,7 +169,7 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EvaluatorService:
-    """Public: evaluation scenarios (and, later, evaluations and reports).
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool.
     """
 
     @staticmethod
@@ -132,6 +216,141 @@ class EvaluatorService:
             '/pocgrid.v1.EvaluatorService/GetScenario',
             pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioRequest.SerializeToString,
             pocgrid_dot_v1_dot_evaluator__pb2.GetScenarioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateScenario(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/CreateScenario',
+            pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/StartEvaluation',
+            pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/GetEvaluation',
+            pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.GetEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/ListEvaluations',
+            pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.ListEvaluationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/WatchEvaluation',
+            pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.WatchEvaluationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EvaluatorServiceStub:
-    """Public: evaluation scenarios (and, later, evaluations and reports)."""
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -35,17 +35,37 @@ class EvaluatorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EvaluatorServiceAsyncStub: ...
     ListScenarios: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ListScenariosRequest, _evaluator_pb2.ListScenariosResponse]
     GetScenario: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.GetScenarioRequest, _evaluator_pb2.GetScenarioResponse]
+    CreateScenario: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.CreateScenarioRequest, _evaluator_pb2.CreateScenarioResponse]
+    """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
+    labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+    """
+    StartEvaluation: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.StartEvaluationRequest, _evaluator_pb2.StartEvaluationResponse]
+    """Starts an evaluation and returns its id at once; the run continues in the evaluator."""
+    GetEvaluation: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.GetEvaluationRequest, _evaluator_pb2.GetEvaluationResponse]
+    ListEvaluations: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvaluationsRequest, _evaluator_pb2.ListEvaluationsResponse]
+    WatchEvaluation: _grpc.UnaryStreamMultiCallable[_evaluator_pb2.WatchEvaluationRequest, _evaluator_pb2.WatchEvaluationResponse]
+    """The evaluation now, then each change of its progress, until it ends."""
 
 @_typing.type_check_only
 class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
-    """Public: evaluation scenarios (and, later, evaluations and reports)."""
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListScenarios: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ListScenariosRequest, _evaluator_pb2.ListScenariosResponse]  # type: ignore[assignment]
     GetScenario: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.GetScenarioRequest, _evaluator_pb2.GetScenarioResponse]  # type: ignore[assignment]
+    CreateScenario: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.CreateScenarioRequest, _evaluator_pb2.CreateScenarioResponse]  # type: ignore[assignment]
+    """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
+    labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+    """
+    StartEvaluation: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.StartEvaluationRequest, _evaluator_pb2.StartEvaluationResponse]  # type: ignore[assignment]
+    """Starts an evaluation and returns its id at once; the run continues in the evaluator."""
+    GetEvaluation: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.GetEvaluationRequest, _evaluator_pb2.GetEvaluationResponse]  # type: ignore[assignment]
+    ListEvaluations: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvaluationsRequest, _evaluator_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
+    WatchEvaluation: _aio.UnaryStreamMultiCallable[_evaluator_pb2.WatchEvaluationRequest, _evaluator_pb2.WatchEvaluationResponse]  # type: ignore[assignment]
+    """The evaluation now, then each change of its progress, until it ends."""
 
 class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Public: evaluation scenarios (and, later, evaluations and reports)."""
+    """Public: evaluation scenarios, and evaluations of a scenario on every chip type of the pool."""
 
     @_abc_1.abstractmethod
     def ListScenarios(
@@ -60,5 +80,45 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluator_pb2.GetScenarioRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluator_pb2.GetScenarioResponse, _abc.Awaitable[_evaluator_pb2.GetScenarioResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateScenario(
+        self,
+        request: _evaluator_pb2.CreateScenarioRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.CreateScenarioResponse, _abc.Awaitable[_evaluator_pb2.CreateScenarioResponse]]:
+        """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
+        labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+        """
+
+    @_abc_1.abstractmethod
+    def StartEvaluation(
+        self,
+        request: _evaluator_pb2.StartEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.StartEvaluationResponse, _abc.Awaitable[_evaluator_pb2.StartEvaluationResponse]]:
+        """Starts an evaluation and returns its id at once; the run continues in the evaluator."""
+
+    @_abc_1.abstractmethod
+    def GetEvaluation(
+        self,
+        request: _evaluator_pb2.GetEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.GetEvaluationResponse, _abc.Awaitable[_evaluator_pb2.GetEvaluationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEvaluations(
+        self,
+        request: _evaluator_pb2.ListEvaluationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.ListEvaluationsResponse, _abc.Awaitable[_evaluator_pb2.ListEvaluationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchEvaluation(
+        self,
+        request: _evaluator_pb2.WatchEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_evaluator_pb2.WatchEvaluationResponse], _abc.AsyncIterator[_evaluator_pb2.WatchEvaluationResponse]]:
+        """The evaluation now, then each change of its progress, until it ends."""
 
 def add_EvaluatorServiceServicer_to_server(servicer: EvaluatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -136,6 +136,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         task = await self._tasks.cancel(require_tenant(), request.task_id, request.reason)
         return agent_pb2.CancelTaskResponse(task=task)
 
+    async def ServeRequests(
+        self, request: agent_pb2.ServeRequestsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ServeRequestsResponse:
+        return await self._executor.serve_requests(require_tenant(), request)
+
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:

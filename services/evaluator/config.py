@@ -4,10 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.core.config import EnvConfig
+from services.core.config import ConfigError, EnvConfig, env_name, parse_hostport
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EvaluatorConfig(EnvConfig):
     evaluator_scenarios_file: str = ""
     """JSON scenario catalogue to serve; empty means the packaged data/scenarios.json."""
+
+    evaluator_database_url: str = ""
+    """SQLAlchemy async URL; empty means a SQLite file in POCGRID_DATA_DIR."""
+
+    registry_addr: str = ""
+    """HOST:PORT of the registry, where the pool's agents are found; empty: evaluations fail
+    with FAILED_PRECONDITION until it is set (the scenario catalogue is still served)."""
+
+    metering_addr: str = ""
+    """HOST:PORT of metering, whose price book prices the results; empty: results say they
+    were not priced."""
+
+    evaluator_serve_timeout_s: float = 120.0
+    """Deadline of one agent ServeRequests call (one run of up to 100,000 requests)."""
+
+    evaluator_parallel_runs: int = 6
+    """Runs (scenario x chip) served at once, each on its own agent."""
+
+    def __post_init__(self) -> None:
+        for name in ("registry_addr", "metering_addr"):
+            value = getattr(self, name)
+            if value:
+                parse_hostport(name, value)
+        if not self.evaluator_serve_timeout_s > 0:
+            raise ConfigError(f"{env_name('evaluator_serve_timeout_s')}: must be > 0")
+        if not 1 <= self.evaluator_parallel_runs <= 64:
+            raise ConfigError(f"{env_name('evaluator_parallel_runs')}: must be 1..64")

@@ -1,57 +1,107 @@
-"""The scenario catalogue: typed records read from ``data/scenarios.json`` and checked on load.
+"""Scenarios as data: the catalogue in ``data/scenarios.json`` and the tenants' own.
 
-Every model a scenario names must be in the chip/model catalogue, so a scenario can never point
-the evaluator at a model nobody can look up.
+A scenario is a ``pocgrid.v1.Scenario`` message everywhere: the data file is read into those
+messages (``json_format``, so an unknown key is refused by name), and a tenant's
+``CreateScenario`` sends one. Both go through the one validator here, which names the field and
+the rule of the first thing wrong (``scenario.input_len.max: must be >= min``), so a bad file
+fails the evaluator's start and a bad request gets INVALID_ARGUMENT.
+
+Atomic scenarios are ``llm`` (tokens in, tokens out: request-size distributions in tokens) or
+``samples`` (one sample per request); industry packs (``pack``) mix atomic scenarios with their
+own traffic shares and SLO bounds. Every model a scenario names must be in the model catalogue,
+of the kind the scenario serves.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
+
+from google.protobuf import json_format
 
 from pocgrid.catalog import Catalog
+from pocgrid.v1 import evaluator_pb2
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: MLPerf inference load scenarios, as the data file spells them.
 LOAD_SCENARIOS: Final = ("offline", "server", "single-stream", "multi-stream")
+KINDS: Final = ("llm", "samples")
+PACK: Final = "pack"
+FIELDS: Final = (
+    "finance",
+    "manufacturing",
+    "aigc",
+    "government",
+    "medical",
+    "embodied",
+    "transportation",
+)
+DISTRIBUTIONS: Final = ("fixed", "uniform", "normal", "lognormal")
+PRECISIONS: Final = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+#: Longest prompt or output a scenario may ask for.
+MAX_LEN: Final = 131072
+MAX_REQUESTS: Final = 100_000
+MAX_QPS: Final = 1e6
+MAX_CONCURRENCY: Final = 4096
+MAX_PASSES: Final = 1000
+#: Modes by their data-file spelling.
+MODE_NAMES: Final[Mapping[str, evaluator_pb2.EvaluationMode.ValueType]] = {
+    "offline": evaluator_pb2.EVALUATION_MODE_OFFLINE,
+    "server": evaluator_pb2.EVALUATION_MODE_SERVER,
+    "single-stream": evaluator_pb2.EVALUATION_MODE_SINGLE_STREAM,
+    "concurrency": evaluator_pb2.EVALUATION_MODE_CONCURRENCY,
+    "find-peak": evaluator_pb2.EVALUATION_MODE_FIND_PEAK,
+    "sweep": evaluator_pb2.EVALUATION_MODE_SWEEP,
+}
+MODE_BY_VALUE: Final = {v: k for k, v in MODE_NAMES.items()}
+LOAD_SCENARIO: Final[Mapping[str, evaluator_pb2.LoadScenario.ValueType]] = {
+    "offline": evaluator_pb2.LOAD_SCENARIO_OFFLINE,
+    "server": evaluator_pb2.LOAD_SCENARIO_SERVER,
+    "single-stream": evaluator_pb2.LOAD_SCENARIO_SINGLE_STREAM,
+    "multi-stream": evaluator_pb2.LOAD_SCENARIO_MULTI_STREAM,
+}
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-class ScenarioDataError(ValueError):
-    """The scenario file does not have the expected shape; names the scenario and the field."""
+class ScenarioError(ValueError):
+    """A scenario definition is wrong: ``field`` names where, ``rule`` what must hold."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Slo:
-    """Default service-level objective; 0 means no bound."""
-
-    p99_latency_ms: float = 0.0
-    p99_ttft_ms: float = 0.0
-    p99_tpot_ms: float = 0.0
-    min_accuracy_ratio: float = 0.0
-    """Accuracy at least this share of the reference precision's (MLPerf uses 0.99)."""
-    source: str
-    """Where the bounds come from."""
+#: Kept for callers of the first release's loader.
+ScenarioDataError = ScenarioError
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scenario:
-    name: str
-    """Stable id, e.g. ``llm-chat``."""
-    title: str
-    description: str
-    models: tuple[str, ...]
-    """Catalogue model names, exactly as the catalogue spells them."""
-    load_scenarios: tuple[str, ...]
-    default_slo: Slo
-    accuracy_metric: str
+@dataclass(frozen=True, slots=True)
+class ScenarioCatalog:
+    """The built-in scenarios (atomic ones first, then packs), by name."""
+
+    scenarios: tuple[evaluator_pb2.Scenario, ...]
+
+    def get(self, name: str) -> evaluator_pb2.Scenario | None:
+        for s in self.scenarios:
+            if s.name == name:
+                return s
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.scenarios)
+
+    def atomic(self) -> dict[str, evaluator_pb2.Scenario]:
+        return {s.name: s for s in self.scenarios if s.kind != PACK}
 
 
-def load_scenarios(catalog: Catalog, path: Path | None = None) -> tuple[Scenario, ...]:
+def load_catalog(catalog: Catalog, path: Path | None = None) -> ScenarioCatalog:
     """Read the scenario file (default: the packaged one) and check it against ``catalog``."""
     if path is None:
         text = (
@@ -61,80 +111,202 @@ def load_scenarios(catalog: Catalog, path: Path | None = None) -> tuple[Scenario
         )
     else:
         text = path.read_text(encoding="utf-8")
-    document = _mapping("scenarios file", json.loads(text))
+    document = json.loads(text)
+    if not isinstance(document, dict):
+        raise ScenarioError("scenarios file", "must be a JSON object")
     if document.get("schema_version") != SCHEMA_VERSION:
-        raise ScenarioDataError(f"schema_version must be {SCHEMA_VERSION}")
+        raise ScenarioError("schema_version", f"must be {SCHEMA_VERSION}")
     records = document.get("scenarios")
     if not isinstance(records, list) or not records:
-        raise ScenarioDataError("'scenarios' must be a non-empty list")
-    scenarios = tuple(_scenario(_mapping("scenarios[]", r), catalog) for r in records)
-    names = [s.name for s in scenarios]
-    if len(set(names)) != len(names):
-        raise ScenarioDataError("scenario names must be unique")
-    return scenarios
+        raise ScenarioError("scenarios", "must be a non-empty list")
+    packs = document.get("packs", [])
+    if not isinstance(packs, list):
+        raise ScenarioError("packs", "must be a list")
+    atomic = [_parse(f"scenarios[{i}]", r, pack=False) for i, r in enumerate(records)]
+    names = [s.name for s in atomic]
+    for i, s in enumerate(atomic):
+        check_scenario(s, catalog, f"scenarios[{i}]")
+        if names.count(s.name) > 1:
+            raise ScenarioError(f"scenarios[{i}].name", f"{s.name!r} appears more than once")
+    by_name = {s.name: s for s in atomic}
+    parsed_packs = [_parse(f"packs[{i}]", r, pack=True) for i, r in enumerate(packs)]
+    for i, p in enumerate(parsed_packs):
+        check_pack(p, by_name, f"packs[{i}]")
+        if p.name in by_name or [q.name for q in parsed_packs].count(p.name) > 1:
+            raise ScenarioError(f"packs[{i}].name", f"{p.name!r} is already a scenario name")
+    return ScenarioCatalog((*atomic, *parsed_packs))
 
 
-def _scenario(data: Mapping[str, object], catalog: Catalog) -> Scenario:
-    name = _str(data, "name")
-    try:
-        models = _str_list(data, "models")
-        known = {m.name for m in catalog.models}
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise ScenarioDataError(f"models not in the catalogue: {', '.join(unknown)}")
-        loads = _str_list(data, "load_scenarios")
-        bad = [s for s in loads if s not in LOAD_SCENARIOS]
+def load_scenarios(
+    catalog: Catalog, path: Path | None = None
+) -> tuple[evaluator_pb2.Scenario, ...]:
+    return load_catalog(catalog, path).scenarios
+
+
+def _parse(where: str, record: object, *, pack: bool) -> evaluator_pb2.Scenario:
+    if not isinstance(record, dict):
+        raise ScenarioError(where, "must be an object")
+    data = dict(record)
+    if pack:
+        if "kind" in data and data["kind"] != PACK:
+            raise ScenarioError(f"{where}.kind", "must be 'pack' (or absent) in packs")
+        data["kind"] = PACK
+    mode = data.get("default_mode")
+    if isinstance(mode, str):
+        if mode not in MODE_NAMES:
+            raise ScenarioError(f"{where}.default_mode", f"must be one of {', '.join(MODE_NAMES)}")
+        data["default_mode"] = evaluator_pb2.EvaluationMode.Name(MODE_NAMES[mode])
+    loads = data.get("load_scenarios")
+    if isinstance(loads, list):
+        bad = [x for x in loads if x not in LOAD_SCENARIO]
         if bad:
-            raise ScenarioDataError(f"load_scenarios must be among {LOAD_SCENARIOS}, got {bad}")
-        slo = _mapping("default_slo", data.get("default_slo"))
-        ratio = _number(slo, "min_accuracy_ratio")
-        if not 0 <= ratio <= 1:
-            raise ScenarioDataError("default_slo.min_accuracy_ratio must be in [0, 1]")
-        return Scenario(
-            name=name,
-            title=_str(data, "title"),
-            description=_str(data, "description"),
-            models=tuple(models),
-            load_scenarios=tuple(loads),
-            default_slo=Slo(
-                p99_latency_ms=_number(slo, "p99_latency_ms"),
-                p99_ttft_ms=_number(slo, "p99_ttft_ms"),
-                p99_tpot_ms=_number(slo, "p99_tpot_ms"),
-                min_accuracy_ratio=ratio,
-                source=_str(slo, "source"),
-            ),
-            accuracy_metric=_str(data, "accuracy_metric"),
+            raise ScenarioError(
+                f"{where}.load_scenarios", f"must be among {', '.join(LOAD_SCENARIOS)}, got {bad}"
+            )
+        data["load_scenarios"] = [evaluator_pb2.LoadScenario.Name(LOAD_SCENARIO[x]) for x in loads]
+    try:
+        return json_format.ParseDict(data, evaluator_pb2.Scenario())
+    except json_format.ParseError as exc:
+        raise ScenarioError(where, str(exc)) from None
+
+
+# -- the one validator ----------------------------------------------------------------------
+
+
+def _finite(field: str, value: float, lo: float, hi: float) -> None:
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ScenarioError(field, f"must be a number between {lo:g} and {hi:g} (got {value:g})")
+
+
+def check_slo(slo: evaluator_pb2.Slo, field: str) -> None:
+    for name in ("p99_latency_ms", "p99_ttft_ms", "p99_tpot_ms"):
+        _finite(f"{field}.{name}", getattr(slo, name), 0, 3.6e6)
+    _finite(f"{field}.min_accuracy_ratio", slo.min_accuracy_ratio, 0, 1)
+    if len(slo.source) > 1024:
+        raise ScenarioError(f"{field}.source", "must be at most 1024 characters")
+
+
+def _check_name(field: str, name: str) -> None:
+    if not name:
+        raise ScenarioError(field, "must not be empty")
+    if len(name) > 63 or not set(name) <= _NAME_CHARS or name[0] == "-":
+        raise ScenarioError(
+            field, "must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
         )
-    except ScenarioDataError as exc:
-        raise ScenarioDataError(f"scenario {name!r}: {exc}") from None
 
 
-def _mapping(what: str, value: object) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise ScenarioDataError(f"{what} must be an object")
-    return cast("Mapping[str, object]", value)
+def _check_text(field: str, value: str, limit: int, required: bool = True) -> None:
+    if required and not value:
+        raise ScenarioError(field, "must not be empty")
+    if len(value) > limit:
+        raise ScenarioError(field, f"must be at most {limit} characters (got {len(value)})")
 
 
-def _str(data: Mapping[str, object], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise ScenarioDataError(f"{key!r} must be a non-empty string")
-    return value
+def check_distribution(d: evaluator_pb2.LengthDistribution, field: str) -> None:
+    if d.kind not in DISTRIBUTIONS:
+        raise ScenarioError(f"{field}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}")
+    if not 1 <= d.min <= MAX_LEN:
+        raise ScenarioError(f"{field}.min", f"must be between 1 and {MAX_LEN} tokens")
+    if not d.min <= d.max <= MAX_LEN:
+        raise ScenarioError(f"{field}.max", f"must be between min ({d.min}) and {MAX_LEN}")
+    if d.kind == "uniform":
+        return
+    _finite(f"{field}.mean", d.mean, d.min, d.max)
+    if d.kind == "fixed":
+        return
+    _finite(f"{field}.std", d.std, 0, MAX_LEN)
+    if d.kind == "lognormal" and not d.std > 0:
+        raise ScenarioError(f"{field}.std", "must be > 0 for a lognormal")
 
 
-def _str_list(data: Mapping[str, object], key: str) -> list[str]:
-    value = data.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ScenarioDataError(f"{key!r} must be a non-empty list of strings")
-    return cast("list[str]", value)
+def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "scenario") -> None:
+    """Raises ``ScenarioError`` naming the first field that is wrong."""
+    _check_name(f"{field}.name", s.name)
+    if s.kind not in KINDS:
+        raise ScenarioError(f"{field}.kind", f"must be one of {', '.join(KINDS)}")
+    _check_text(f"{field}.title", s.title, 256)
+    _check_text(f"{field}.description", s.description, 4096, required=False)
+    if not s.models:
+        raise ScenarioError(f"{field}.models", "must name at least one catalogue model")
+    known = {m.name: m for m in catalog.models}
+    for i, name in enumerate(s.models):
+        model = known.get(name)
+        if model is None:
+            raise ScenarioError(f"{field}.models[{i}]", f"{name!r} is not in the model catalogue")
+        is_llm = model.arch is not None
+        if is_llm != (s.kind == "llm"):
+            want = "an LLM" if s.kind == "llm" else "a non-LLM model (vision, speech, nlp)"
+            raise ScenarioError(f"{field}.models[{i}]", f"{name} must be {want} for kind {s.kind}")
+    if s.default_model and s.default_model not in s.models:
+        raise ScenarioError(f"{field}.default_model", "must be one of the scenario's models")
+    if s.default_precision and s.default_precision not in PRECISIONS:
+        raise ScenarioError(f"{field}.default_precision", f"must be one of {', '.join(PRECISIONS)}")
+    if s.kind == "llm":
+        if not s.HasField("input_len"):
+            raise ScenarioError(f"{field}.input_len", "is required for an llm scenario")
+        if not s.HasField("output_len"):
+            raise ScenarioError(f"{field}.output_len", "is required for an llm scenario")
+        check_distribution(s.input_len, f"{field}.input_len")
+        check_distribution(s.output_len, f"{field}.output_len")
+    if s.default_mode not in MODE_BY_VALUE:
+        raise ScenarioError(f"{field}.default_mode", f"must be one of {', '.join(MODE_NAMES)}")
+    _finite(f"{field}.default_qps", s.default_qps, 0, MAX_QPS)
+    if s.default_mode in (evaluator_pb2.EVALUATION_MODE_SERVER,) and not s.default_qps > 0:
+        raise ScenarioError(f"{field}.default_qps", "must be > 0 when default_mode is server")
+    _finite(f"{field}.default_concurrency", s.default_concurrency, 0, MAX_CONCURRENCY)
+    _finite(f"{field}.default_requests", s.default_requests, 0, MAX_REQUESTS)
+    _finite(f"{field}.passes_per_sample", s.passes_per_sample, 0, MAX_PASSES)
+    if s.passes_per_sample and s.kind != "samples":
+        raise ScenarioError(f"{field}.passes_per_sample", "is only valid for kind samples")
+    check_slo(s.default_slo, f"{field}.default_slo")
+    if s.kind == "samples" and (s.default_slo.p99_ttft_ms or s.default_slo.p99_tpot_ms):
+        raise ScenarioError(
+            f"{field}.default_slo", "a samples scenario bounds p99_latency_ms, not TTFT or TPOT"
+        )
+    _check_text(f"{field}.accuracy_metric", s.accuracy_metric, 1024, required=False)
+    if s.components:
+        raise ScenarioError(f"{field}.components", "only packs have components")
 
 
-def _number(data: Mapping[str, object], key: str) -> float:
-    """An optional non-negative number; absent means 0 (no bound)."""
-    value = data.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ScenarioDataError(f"{key!r} must be a number")
-    result = float(value)
-    if not math.isfinite(result) or result < 0:
-        raise ScenarioDataError(f"{key!r} must be finite and >= 0")
-    return result
+def check_pack(
+    p: evaluator_pb2.Scenario, atomic: Mapping[str, evaluator_pb2.Scenario], field: str = "scenario"
+) -> None:
+    _check_name(f"{field}.name", p.name)
+    _check_text(f"{field}.title", p.title, 256)
+    if p.field not in FIELDS:
+        raise ScenarioError(f"{field}.field", f"must be one of {', '.join(FIELDS)}")
+    if not p.components:
+        raise ScenarioError(f"{field}.components", "must list at least one atomic scenario")
+    total = 0.0
+    seen: set[str] = set()
+    for i, c in enumerate(p.components):
+        where = f"{field}.components[{i}]"
+        if c.scenario not in atomic:
+            raise ScenarioError(f"{where}.scenario", f"{c.scenario!r} is not an atomic scenario")
+        if c.scenario in seen:
+            raise ScenarioError(f"{where}.scenario", f"{c.scenario!r} appears more than once")
+        seen.add(c.scenario)
+        _finite(f"{where}.share", c.share, 0, 1)
+        if not c.share > 0:
+            raise ScenarioError(f"{where}.share", "must be > 0")
+        check_slo(c.slo, f"{where}.slo")
+        total += c.share
+    if abs(total - 1.0) > 1e-6:
+        raise ScenarioError(f"{field}.components", f"shares must sum to 1 (got {total:g})")
+
+
+def component_slo(
+    pack_component: evaluator_pb2.PackComponent, scenario: evaluator_pb2.Scenario
+) -> evaluator_pb2.Slo:
+    """The component's bounds where it sets them, else its scenario's."""
+    slo = evaluator_pb2.Slo()
+    slo.CopyFrom(scenario.default_slo)
+    for name in ("p99_latency_ms", "p99_ttft_ms", "p99_tpot_ms", "min_accuracy_ratio"):
+        value = getattr(pack_component.slo, name)
+        if value:
+            setattr(slo, name, value)
+    return slo
+
+
+def names(scenarios: Iterable[evaluator_pb2.Scenario]) -> list[str]:
+    return [s.name for s in scenarios]

@@ -176,7 +176,7 @@ def test_every_scenario_model_is_in_the_catalogue():
         missing = [m for m in scenario["models"] if m not in names]
         assert not missing, f"{scenario['name']}: {missing}"
     # The loader checks the same on start, so a bad file never serves.
-    assert len(load_scenarios(catalog)) == len(document["scenarios"])
+    assert len(load_scenarios(catalog)) == len(document["scenarios"]) + len(document["packs"])
 
 
 def test_loader_rejects_unknown_models(tmp_path):
@@ -184,7 +184,7 @@ def test_loader_rejects_unknown_models(tmp_path):
     document["scenarios"][0]["models"].append("GPT-9")
     bad = tmp_path / "scenarios.json"
     bad.write_text(json.dumps(document))
-    with pytest.raises(ScenarioDataError, match="GPT-9"):
+    with pytest.raises(ScenarioDataError, match=r"scenarios\[0\]\.models\[\d+\]: 'GPT-9'"):
         load_scenarios(default_catalog(), bad)
 
 
@@ -198,22 +198,37 @@ async def test_list_and_get_scenarios(common, closer):
         names = [s.name for s in scenarios]
         for expected in (
             "llm-chat",
+            "llm-summarize",
+            "llm-reasoning",
             "llm-offline-batch",
-            "speech-recognition",
-            "image-recognition",
+            "asr",
+            "image-classification",
             "object-detection",
-            "text-error-correction",
+            "text-correction",
+            "embedding",
         ):
             assert expected in names
         for s in scenarios:
-            assert s.models and s.load_scenarios and s.accuracy_metric and s.default_slo.source
+            assert s.default_slo.source
+            if s.kind == "pack":
+                assert s.components and s.field
+            else:
+                assert s.models and s.load_scenarios and s.accuracy_metric and s.default_model
+        fields = {s.field for s in scenarios if s.kind == "pack"}
+        assert fields == {
+            "finance",
+            "manufacturing",
+            "aigc",
+            "government",
+            "medical",
+            "embodied",
+            "transportation",
+        }
         chat = (await stub.GetScenario(evaluator_pb2.GetScenarioRequest(name="llm-chat"))).scenario
         assert evaluator_pb2.LOAD_SCENARIO_SERVER in chat.load_scenarios
         assert chat.default_slo.p99_ttft_ms == 2000 and chat.default_slo.p99_tpot_ms == 200
         assert "Qwen2.5-7B" in chat.models and "Llama-3.1-8B" in chat.models
-        speech = (
-            await stub.GetScenario(evaluator_pb2.GetScenarioRequest(name="speech-recognition"))
-        ).scenario
+        speech = (await stub.GetScenario(evaluator_pb2.GetScenarioRequest(name="asr"))).scenario
         assert set(speech.models) == {"Whisper-small", "Whisper-large-v3"}
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetScenario(evaluator_pb2.GetScenarioRequest(name="video-analytics"))

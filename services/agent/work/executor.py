@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 
-from pocgrid.catalog import Chip
+from pocgrid.catalog import Catalog, Chip, default_catalog
 from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInput
 from pocgrid.perf.onnx_cost import graph_cost
 from pocgrid.perf.predict import Prediction, predict
@@ -33,6 +33,7 @@ from pocgrid.tensors import TensorError, from_array, to_array
 from pocgrid.v1 import agent_pb2, events_pb2
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
+from services.agent.work.bulk import BulkRun, serve_llm, serve_samples
 from services.agent.work.numerics import OnnxRunner, describe
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
@@ -46,6 +47,8 @@ Publish = Callable[[str, Message, str], Awaitable[None]]
 GIB = float(1 << 30)
 _RESULT_CACHE = 1024
 MAX_LLM_LEN = 1 << 20
+#: Requests in one ServeRequests call: 100,000 x 3 doubles stay well under the message limit.
+MAX_BULK_REQUESTS = 100_000
 #: Metering stores usage ids of at most this many characters.
 MAX_USAGE_ID = 160
 
@@ -94,7 +97,9 @@ class TaskExecutor:
         runtime: VendorRuntime,
         publish: Publish,
         speed_factor: float = 0.0,
+        catalog: Catalog | None = None,
     ) -> None:
+        self._catalog = catalog or default_catalog()
         self._node_id = node_id
         self._chip = chip
         self._runtime = runtime
@@ -389,6 +394,146 @@ class TaskExecutor:
             cost=agent_pb2.WorkCost(
                 bound=str(p.decode_bound or p.prefill_bound or ""), kernels=work.output_len
             ),
+        )
+        copy_fields(usage, response, AMOUNT_FIELDS)
+        return response
+
+    # -- ServeRequests ----------------------------------------------------------------------
+    async def serve_requests(
+        self, tenant: str, request: agent_pb2.ServeRequestsRequest
+    ) -> agent_pb2.ServeRequestsResponse:
+        """A request list through one engine; per-request timings back in one answer."""
+        v.require_id("run_id", request.run_id)
+        v.optional_text("job_id", request.job_id, 128)
+        v.optional_text("profile", request.profile, 64)
+        precision = self._precision("precision", request.precision)
+        devices = self._devices(request.device_indexes)
+        n = len(request.arrival_s)
+        v.require_range("arrival_s", n, 1, MAX_BULK_REQUESTS)
+        arrival = np.asarray(request.arrival_s, dtype=np.float64)
+        if not np.all(np.isfinite(arrival)) or arrival[0] < 0 or np.any(np.diff(arrival) < 0):
+            raise InvalidArgument("arrival_s", "must be finite, >= 0 and non-decreasing")
+        v.require_range("concurrency", request.concurrency, 0, MAX_BULK_REQUESTS)
+        kind = request.WhichOneof("work")
+        if kind == "llm":
+            v.require_text("llm.model", request.llm.model, 128)
+            v.require_range("llm.max_num_seqs", request.llm.max_num_seqs, 0, 65536)
+            for name, values in (
+                ("input_len", request.input_len),
+                ("output_len", request.output_len),
+            ):
+                if len(values) != n:
+                    raise InvalidArgument(name, f"must have one entry per request ({n})")
+            input_len = np.asarray(request.input_len, dtype=np.int64)
+            output_len = np.asarray(request.output_len, dtype=np.int64)
+            for name, arr in (("input_len", input_len), ("output_len", output_len)):
+                if np.any(arr < 1) or np.any(arr > MAX_LLM_LEN):
+                    raise InvalidArgument(name, f"every entry must be between 1 and {MAX_LLM_LEN}")
+            model = request.llm.model
+            job = asyncio.to_thread(
+                serve_llm,
+                self._catalog,
+                self._chip,
+                model,
+                precision,
+                len(devices),
+                request.profile,
+                request.llm.max_num_seqs,
+                arrival,
+                input_len,
+                output_len,
+                request.concurrency,
+            )
+        elif kind == "samples":
+            v.require_text("samples.model", request.samples.model, 128)
+            if len(devices) != 1:
+                raise InvalidArgument("device_indexes", "sample serving runs on one device")
+            model = request.samples.model
+            job = asyncio.to_thread(
+                serve_samples,
+                self._catalog,
+                self._chip,
+                model,
+                precision,
+                request.samples.max_batch,
+                request.samples.passes,
+                arrival,
+                request.concurrency,
+            )
+        else:
+            raise InvalidArgument("work", "must be llm or samples")
+        try:
+            run = await job
+        except PerfInputError as exc:
+            raise _perf_error(exc) from None
+        return await self._answer_bulk(tenant, request, model, devices, run)
+
+    async def _answer_bulk(
+        self,
+        tenant: str,
+        request: agent_pb2.ServeRequestsRequest,
+        model: str,
+        devices: list[int],
+        run: BulkRun,
+    ) -> agent_pb2.ServeRequestsResponse:
+        result = run.result
+        wl = result.workload
+        duration = float(np.nanmax(result.finish_s)) if wl.size else 0.0
+        # What the vendor runtime must hold while serving: a deployment that does not fit fails
+        # with that vendor's out-of-memory error.
+        allocations = self._allocate(devices, int(run.memory_gib * GIB), f"serve:{request.run_id}")
+        try:
+            span = self._occupy(devices, duration, f"serve:{request.run_id}")
+            await self._pace(duration)
+        finally:
+            self._free(allocations)
+        samples = request.WhichOneof("work") == "samples"
+        usage = events_pb2.UsageRecorded(
+            tokens_in=0 if samples else int(wl.input_len.sum()),
+            tokens_out=0 if samples else int(wl.output_len.sum()),
+            samples=wl.size if samples else 0,
+            busy_device_seconds=duration * len(devices),
+            memory_gib_seconds=run.memory_gib * len(devices) * duration,
+        )
+        usage_id = await self._record(
+            tenant, "serve", request.run_id, request.job_id, model, usage=usage, span=span
+        )
+        w = run.window
+        itl_ms = run.itl_s * 1e3
+        if itl_ms.size:
+            q50, q90, q99 = np.quantile(itl_ms, (0.5, 0.9, 0.99))
+            itl = agent_pb2.LatencySummary(
+                mean=float(itl_ms.mean()),
+                median=float(q50),
+                p90=float(q90),
+                p99=float(q99),
+                count=int(itl_ms.size),
+            )
+        else:
+            itl = agent_pb2.LatencySummary()
+        response = agent_pb2.ServeRequestsResponse(
+            run_id=request.run_id,
+            profile=run.profile,
+            arrival_s=wl.arrival_s.tolist(),
+            first_token_s=result.first_token_s.tolist(),
+            finish_s=result.finish_s.tolist(),
+            preemptions=result.preemptions_per_request.tolist(),
+            itl_ms=itl,
+            window=agent_pb2.ServingWindow(
+                reached=w.reached,
+                reason=w.reason,
+                start_s=w.start_s,
+                end_s=w.end_s,
+                saturated=w.saturated,
+                concurrency=run.concurrency,
+            ),
+            virtual_start_s=span.start,
+            virtual_end_s=span.end,
+            memory_gib=run.memory_gib,
+            usage_id=usage_id,
+            max_batch=run.max_batch,
+            kv_cache_blocks=run.kv_cache_blocks,
+            numerics="not computed: timings from the performance model on the virtual clock",
         )
         copy_fields(usage, response, AMOUNT_FIELDS)
         return response

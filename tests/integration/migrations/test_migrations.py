@@ -23,6 +23,7 @@ from services.adapter.migrations import MIGRATIONS as ADAPTER
 from services.agent.migrations import MIGRATIONS as AGENT
 from services.core.migrations import BASELINE, MigrationError, Migrations, current_revision, migrate
 from services.core.storage import Database
+from services.evaluator.migrations import MIGRATIONS as EVALUATOR
 from services.metering.migrations import MIGRATIONS as METERING
 from services.metering.store import UsageFilter, UsageStore
 from services.registry.migrations import MIGRATIONS as REGISTRY
@@ -215,7 +216,9 @@ async def test_metering_0_1_0_database_is_upgraded_in_place(db_url):
 
 
 @pytest.mark.parametrize(
-    "migrations", [SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT], ids=lambda m: m.package
+    "migrations",
+    [SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT, EVALUATOR],
+    ids=lambda m: m.package,
 )
 async def test_a_new_database_is_built_by_the_revisions(db_url, migrations):
     db = Database(db_url)
@@ -230,14 +233,14 @@ async def test_services_can_share_one_database(db_url):
     # Each service keeps its own version table and outbox, so one PostgreSQL database may
     # hold them all (as tests/integration/test_postgres_storage.py does).
     everything = MetaData()
-    for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
+    for m in (SCHEDULER, REGISTRY, METERING, ADAPTER, EVALUATOR):
         for table in m.metadata.tables.values():
             table.to_metadata(everything)
     db = Database(db_url)
     try:
-        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
+        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER, EVALUATOR):
             await migrate(db, m)
-        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER):
+        for m in (SCHEDULER, REGISTRY, METERING, ADAPTER, EVALUATOR):
             await _assert_matches_head(db, m, everything)
     finally:
         await db.dispose()
@@ -255,5 +258,5 @@ async def test_a_partial_old_database_is_refused(tmp_path):
 
 
 def test_every_history_starts_at_the_baseline():
-    for migrations in (SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT):
+    for migrations in (SCHEDULER, REGISTRY, METERING, ADAPTER, AGENT, EVALUATOR):
         assert migrations.script().get_base() == BASELINE

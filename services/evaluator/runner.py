@@ -1,0 +1,533 @@
+"""Runs one evaluation: every (scenario component, chip type) pair, planned, served, measured.
+
+Placement. Today the evaluator picks agents from the registry: for each chip type, the first
+READY node (by node id) with a healthy device set, and it drives that agent's ``ServeRequests``
+directly (``RegistryPool``). The scheduler is gaining job placement on agents in this same
+release (issue 9, `livesched`); once it lands, an evaluation run becomes a scheduler job
+(``SubmitJob`` with the chip, devices and precision planned here, the agent it is placed on
+then served as now) behind the same ``Pool`` interface, and ``Evaluation.placement`` says
+"scheduler" instead of "registry".
+
+Planning (``plan``): the precision the request or scenario asks for when the chip's runtime runs
+it (bf16 falls back to fp16 and back, said in ``precision_note``); for an LLM the fewest devices
+(1, 2, 4, 8, within the node) that hold the model with the longest request's KV cache
+(``pocgrid.perf.check_fit``), one tensor-parallel replica; one device for other models. A chip
+that cannot run the scenario gets a result with ``runnable`` False and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from pocgrid.adapt.dense_plan import sample_flops
+from pocgrid.adapt.plan import PlanRequest, precision_choices
+from pocgrid.catalog import Catalog, Chip, Model
+from pocgrid.error_details import error_details
+from pocgrid.perf.fit import check_fit
+from pocgrid.precision import to_proto
+from pocgrid.v1 import agent_pb2, evaluator_pb2
+from services.evaluator import loadgen
+from services.evaluator import metrics as m
+from services.evaluator.scenarios import MODE_BY_VALUE, component_slo
+
+TP_CHOICES = (1, 2, 4, 8)
+#: Find-peak: bisection steps between 0 and the offline capacity (about 1.5 % of it).
+PEAK_STEPS = 6
+#: A concurrency sweep's default points, cut at the engine's limit.
+SWEEP_POINTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: str
+    chip: str
+    address: str
+    devices: int
+
+
+class Pool(Protocol):
+    """Where runs go: which node serves a chip type, and the call that serves a request list."""
+
+    placement: str
+
+    async def nodes(self) -> dict[str, Node]:
+        """One node per chip type in the pool."""
+        ...
+
+    async def serve(
+        self, node: Node, request: agent_pb2.ServeRequestsRequest
+    ) -> agent_pb2.ServeRequestsResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    per_device_hour: float
+    currency: str
+    source: str
+
+
+class Prices(Protocol):
+    async def price(self, chip: str) -> Price | None:
+        """Price of one device-hour of ``chip``; None when no price book has one."""
+        ...
+
+
+class NoPrices:
+    async def price(self, chip: str) -> Price | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    scenario: evaluator_pb2.Scenario
+    share: float
+    slo: evaluator_pb2.Slo
+    model: str
+
+
+@dataclass(slots=True)
+class Plan:
+    chip: Chip
+    model: Model
+    precision: str
+    devices: int
+    precision_note: str = ""
+
+
+@dataclass(slots=True)
+class RunSpec:
+    """What the request asked for, resolved against the scenario's defaults."""
+
+    mode: str
+    requests: int
+    seed: int
+    qps: float
+    burstiness: float
+    concurrency: int
+    sweep: tuple[int, ...]
+    precision: str
+    evaluation_id: str
+
+
+Progress = Callable[[str, evaluator_pb2.ChipResult | None], Awaitable[None]]
+
+
+def _fail(result: evaluator_pb2.ChipResult, reason: str) -> evaluator_pb2.ChipResult:
+    result.runnable = False
+    result.reason = reason
+    result.verdict = evaluator_pb2.VERDICT_INVALID
+    result.verdict_reasons.append(f"not run: {reason}")
+    return result
+
+
+def plan(
+    catalog: Catalog,
+    chip: Chip,
+    model: Model,
+    precision: str,
+    node_devices: int,
+    sizes: tuple[int, int],
+) -> Plan | str:
+    """The deployment of ``model`` on ``chip``, or why there is none."""
+    runs = catalog.precisions(chip)
+    if precision in ("fp32", "tf32"):
+        if precision not in runs or chip.peak(precision) is None:
+            return f"{chip.name} cannot run {precision} here (no runtime support or no peak)"
+        chosen: str = precision
+        note = ""
+    else:
+        # The adapter's rule: only what the runtime runs and the catalogue can price; bf16
+        # asked on a chip without it becomes its nearest format, said in the note.
+        choices, lines, why = precision_choices(chip, PlanRequest(precision=precision), runs)
+        if not choices:
+            return why or f"{chip.name} cannot run {precision}"
+        chosen = choices[0]
+        note = lines[-1] if chosen != precision and lines else ""
+    if model.arch is None:
+        fit = check_fit(chip, model, chosen, 1, catalog=catalog)
+        if not fit.fits:
+            return fit.reason
+        return Plan(chip, model, chosen, 1, note)
+    problems: list[str] = []
+    for tp in TP_CHOICES:
+        if tp > node_devices:
+            break
+        fit = check_fit(
+            chip,
+            model,
+            chosen,
+            tp,
+            batch=1,
+            input_len=sizes[0],
+            output_len=sizes[1],
+            catalog=catalog,
+        )
+        if fit.fits:
+            return Plan(chip, model, chosen, tp, note)
+        problems = list(fit.problems)
+    return (
+        f"does not fit one node of {node_devices} x {chip.name}: " + "; ".join(problems)
+        if problems
+        else "no device"
+    )
+
+
+def flops_per_unit(model: Model) -> float:
+    """Model FLOPs per processed token (LLMs: 2 x active parameters) or per sample."""
+    if model.arch is not None:
+        active = model.active_params_b if model.active_params_b else model.params_b
+        return 2.0 * active * 1e9
+    return sample_flops(model)
+
+
+class Runner:
+    def __init__(self, catalog: Catalog, pool: Pool, prices: Prices, parallel: int = 6) -> None:
+        self.catalog = catalog
+        self.pool = pool
+        self.prices = prices
+        self.parallel = parallel
+
+    async def run(
+        self,
+        components: Sequence[Component],
+        chips: Sequence[str],
+        spec: RunSpec,
+        progress: Progress,
+    ) -> list[evaluator_pb2.ChipResult]:
+        nodes = await self.pool.nodes()
+        chip_names = list(chips) or sorted(nodes)
+        pairs = [(c, chip) for c in components for chip in chip_names]
+        gate = asyncio.Semaphore(self.parallel)
+        await progress(f"{len(pairs)} runs on {len(chip_names)} chip types", None)
+
+        async def one(index: int, component: Component, chip: str) -> evaluator_pb2.ChipResult:
+            async with gate:
+                await progress(f"{chip}: {component.scenario.name}", None)
+                result = await self._pair(index, component, chip, nodes.get(chip), spec)
+                await progress(f"{chip}: {component.scenario.name} done", result)
+                return result
+
+        return list(await asyncio.gather(*(one(i, c, chip) for i, (c, chip) in enumerate(pairs))))
+
+    # -- one (component, chip) ---------------------------------------------------------------
+    async def _pair(
+        self, index: int, component: Component, chip_name: str, node: Node | None, spec: RunSpec
+    ) -> evaluator_pb2.ChipResult:
+        s = component.scenario
+        chip = self.catalog.find_chip(chip_name)
+        result = evaluator_pb2.ChipResult(
+            chip=chip.name,
+            vendor=chip.vendor,
+            domestic=chip.domestic,
+            scenario=s.name,
+            kind=s.kind,
+            model=component.model,
+            mode=spec.mode,
+            placement=self.pool.placement,
+        )
+        if node is None:
+            return _fail(result, f"no READY node of {chip.name} in the pool")
+        result.node_id = node.node_id
+        model = self.catalog.find_model(component.model)
+        llm = s.kind == "llm"
+        sizes = (s.input_len.max, s.output_len.max) if llm else (1, 1)
+        planned = plan(self.catalog, chip, model, spec.precision, node.devices, sizes)
+        if isinstance(planned, str):
+            return _fail(result, planned)
+        result.devices = planned.devices
+        result.precision = planned.precision
+        result.precision_note = planned.precision_note
+        bounds = m.Bounds.of(component.slo)
+        requests = max(1, round(spec.requests * component.share))
+        run_id = f"{spec.evaluation_id}-{index}"[:63]
+        try:
+            if spec.mode == "find-peak":
+                await self._find_peak(
+                    result, planned, node, component, spec, requests, run_id, bounds
+                )
+            elif spec.mode == "sweep":
+                await self._sweep(result, planned, node, component, spec, requests, run_id, bounds)
+            else:
+                reqs = self._requests(component, spec.mode, requests, spec)
+                served = await self._serve(planned, node, component, reqs, f"{run_id}")
+                self._measure(result, planned, served, reqs, bounds, spec.mode, llm)
+                await self._cost(result, planned, llm)
+        except grpc.aio.AioRpcError as exc:
+            return _fail(result, _rpc_reason(exc))
+        result.runnable = True
+        result.accuracy_note = (
+            "not measured: " + (s.accuracy_metric or "no accuracy task")
+            if not s.accuracy_task
+            else f"not measured yet: the {s.accuracy_task} accuracy run is not wired in"
+        )
+        return result
+
+    def _requests(
+        self,
+        component: Component,
+        mode: str,
+        n: int,
+        spec: RunSpec,
+        *,
+        qps: float = 0.0,
+        concurrency: int = 0,
+    ) -> loadgen.RequestList:
+        s = component.scenario
+        llm = s.kind == "llm"
+        return loadgen.request_list(
+            mode,
+            n,
+            spec.seed,
+            input_len=s.input_len if llm else None,
+            output_len=s.output_len if llm else None,
+            qps=qps or spec.qps or s.default_qps,
+            burstiness=spec.burstiness,
+            concurrency=concurrency or spec.concurrency or s.default_concurrency,
+        )
+
+    async def _serve(
+        self,
+        planned: Plan,
+        node: Node,
+        component: Component,
+        reqs: loadgen.RequestList,
+        run_id: str,
+    ) -> agent_pb2.ServeRequestsResponse:
+        s = component.scenario
+        request = agent_pb2.ServeRequestsRequest(
+            run_id=run_id,
+            job_id=run_id,
+            precision=to_proto(planned.precision),
+            device_indexes=list(range(planned.devices)),
+            arrival_s=reqs.arrival_s.tolist(),
+            concurrency=reqs.concurrency,
+        )
+        if s.kind == "llm":
+            request.input_len.extend(reqs.input_len.tolist())
+            request.output_len.extend(reqs.output_len.tolist())
+            request.llm.model = planned.model.name
+        else:
+            request.samples.model = planned.model.name
+            request.samples.passes = s.passes_per_sample
+        return await self.pool.serve(node, request)
+
+    def _measure(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        served: agent_pb2.ServeRequestsResponse,
+        reqs: loadgen.RequestList,
+        bounds: m.Bounds,
+        mode: str,
+        llm: bool,
+    ) -> m.RunMetrics:
+        run = m.compute(served, reqs.input_len, reqs.output_len, bounds)
+        m.fill(result, served, run, llm=llm)
+        result.requests = reqs.size
+        result.offered_qps = (
+            float(reqs.size / reqs.arrival_s[-1])
+            if mode == "server" and reqs.arrival_s[-1] > 0
+            else 0.0
+        )
+        result.concurrency = reqs.concurrency
+        verdict, reasons = m.verdict(served, run, mode)
+        result.verdict = verdict
+        result.verdict_reasons.extend(reasons)
+        chip = planned.chip
+        units_per_s = run.total_tokens_per_s if llm else run.request_throughput
+        value = m.mfu(
+            flops_per_unit(planned.model),
+            units_per_s,
+            planned.devices,
+            chip.peak_tflops.get(planned.precision),
+        )
+        if value is not None:
+            result.mfu = value
+        wh, per_joule, note = m.energy(
+            chip.tdp_w, planned.devices, result.duration_s, run.output_tokens_per_s if llm else 0.0
+        )
+        if wh is not None:
+            result.energy_wh = wh
+        if per_joule is not None:
+            result.tokens_per_joule = per_joule
+        result.energy_note = note
+        return run
+
+    async def _cost(self, result: evaluator_pb2.ChipResult, planned: Plan, llm: bool) -> None:
+        price = await self.prices.price(planned.chip.name)
+        if price is None:
+            result.cost_note = "not priced: no price book in force has a price for this chip"
+            return
+        per_hour = price.per_device_hour * planned.devices
+        cost = evaluator_pb2.Cost(
+            currency=price.currency,
+            price_per_device_hour=price.per_device_hour,
+            price_source=price.source,
+        )
+        if llm and result.output_tokens_per_s > 0:
+            cost.per_million_tokens = per_hour / (result.output_tokens_per_s * 3600) * 1e6
+        elif not llm and result.request_throughput > 0:
+            cost.per_thousand_samples = per_hour / (result.request_throughput * 3600) * 1e3
+        result.cost.CopyFrom(cost)
+        result.cost_note = (
+            f"{planned.devices} x {price.per_device_hour:g} {price.currency}/device-hour at the"
+            " measured throughput, busy time only"
+        )
+
+    # -- find-peak and sweep --------------------------------------------------------------------
+    async def _find_peak(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        node: Node,
+        component: Component,
+        spec: RunSpec,
+        n: int,
+        run_id: str,
+        bounds: m.Bounds,
+    ) -> None:
+        """Bisection on the Poisson rate between 0 and the offline capacity: the highest rate
+        whose run is steady, unsaturated and within every SLO bound."""
+        llm = component.scenario.kind == "llm"
+        offline = self._requests(component, "offline", n, spec)
+        cap = await self._serve(planned, node, component, offline, f"{run_id}-cap")
+        cap_run = m.compute(cap, offline.input_len, offline.output_len, m.Bounds())
+        hi = cap_run.request_throughput
+        lo = 0.0
+        best: tuple[agent_pb2.ServeRequestsResponse, loadgen.RequestList] | None = None
+        for step in range(PEAK_STEPS + 1):
+            qps = hi if step == 0 else (lo + hi) / 2
+            reqs = self._requests(component, "server", n, spec, qps=qps)
+            served = await self._serve(planned, node, component, reqs, f"{run_id}-p{step}")
+            run = m.compute(served, reqs.input_len, reqs.output_len, bounds)
+            ok = served.window.reached and not served.window.saturated and run.slo_met
+            result.curve.append(_point(run, served, qps, 0, planned.devices, ok))
+            if ok:
+                lo, best = qps, (served, reqs)
+                if step == 0:
+                    break
+            elif step > 0:
+                hi = qps
+        if best is None:
+            result.verdict = evaluator_pb2.VERDICT_INVALID
+            result.verdict_reasons.append(
+                f"no rate above {lo:.3g} req/s met the SLO (bisection of {PEAK_STEPS} steps)"
+            )
+            reqs = self._requests(component, "server", n, spec, qps=max(hi, 1e-3))
+            served = await self._serve(planned, node, component, reqs, f"{run_id}-last")
+            best = (served, reqs)
+        served, reqs = best
+        self._measure(result, planned, served, reqs, bounds, "server", llm)
+        result.peak_qps = result.offered_qps if lo > 0 else 0.0
+        await self._cost(result, planned, llm)
+
+    async def _sweep(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        node: Node,
+        component: Component,
+        spec: RunSpec,
+        n: int,
+        run_id: str,
+        bounds: m.Bounds,
+    ) -> None:
+        """Closed loops at each concurrency: throughput per device against tokens/s per user."""
+        llm = component.scenario.kind == "llm"
+        best: tuple[float, agent_pb2.ServeRequestsResponse, loadgen.RequestList] | None = None
+        limit: int | None = None
+        for c in spec.sweep or SWEEP_POINTS:
+            if limit is not None and c > 2 * limit:
+                break
+            reqs = self._requests(component, "concurrency", max(n, 3 * c), spec, concurrency=c)
+            served = await self._serve(planned, node, component, reqs, f"{run_id}-c{c}")
+            limit = served.max_batch
+            run = m.compute(served, reqs.input_len, reqs.output_len, bounds)
+            ok = served.window.reached and run.slo_met
+            result.curve.append(_point(run, served, 0.0, c, planned.devices, ok))
+            # The result's own figures are the highest-throughput point that met the SLO.
+            if ok and (best is None or run.output_tokens_per_s > best[0]):
+                best = (run.output_tokens_per_s if llm else run.request_throughput, served, reqs)
+        if best is None:
+            reqs = self._requests(component, "concurrency", n, spec, concurrency=1)
+            served = await self._serve(planned, node, component, reqs, f"{run_id}-c1x")
+            best = (0.0, served, reqs)
+            result.verdict_reasons.append("no concurrency of the sweep met the SLO")
+        _, served, reqs = best
+        self._measure(result, planned, served, reqs, bounds, "concurrency", llm)
+        await self._cost(result, planned, llm)
+
+
+def _point(
+    run: m.RunMetrics,
+    served: agent_pb2.ServeRequestsResponse,
+    qps: float,
+    concurrency: int,
+    devices: int,
+    ok: bool,
+) -> evaluator_pb2.CurvePoint:
+    tpot = m.stats(run.tpot_ms[run.measured])
+    return evaluator_pb2.CurvePoint(
+        concurrency=concurrency,
+        qps=qps,
+        output_tokens_per_s=run.output_tokens_per_s,
+        output_tokens_per_s_per_user=1000.0 / tpot.median if tpot.median > 0 else 0.0,
+        output_tokens_per_s_per_device=run.output_tokens_per_s / devices,
+        ttft_p99_ms=m.p99_of(run, "ttft"),
+        tpot_p99_ms=0.0 if math.isnan(tpot.p99) else tpot.p99,
+        e2el_p99_ms=m.p99_of(run, "e2el"),
+        slo_met=run.slo_met,
+        steady=served.window.reached and ok,
+    )
+
+
+def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
+    details = error_details(exc)
+    reason = f" ({details.reason})" if details.reason else ""
+    return f"{exc.code().name}{reason}: {exc.details()}"
+
+
+def components_of(
+    scenario: evaluator_pb2.Scenario,
+    atomic: dict[str, evaluator_pb2.Scenario],
+    model: str,
+    slo: evaluator_pb2.SloOverride,
+) -> list[Component]:
+    """The atomic scenarios an evaluation runs, with their shares, bounds and models."""
+    if scenario.kind == "pack":
+        out = []
+        for c in scenario.components:
+            s = atomic[c.scenario]
+            model_name = s.default_model or s.models[0]
+            out.append(Component(s, c.share, _override(component_slo(c, s), slo), model_name))
+        return out
+    return [
+        Component(
+            scenario,
+            1.0,
+            _override(scenario.default_slo, slo),
+            model or scenario.default_model or scenario.models[0],
+        )
+    ]
+
+
+def _override(slo: evaluator_pb2.Slo, override: evaluator_pb2.SloOverride) -> evaluator_pb2.Slo:
+    out = evaluator_pb2.Slo()
+    out.CopyFrom(slo)
+    if override.HasField("ttft_p99_ms"):
+        out.p99_ttft_ms = override.ttft_p99_ms
+    if override.HasField("tpot_p99_ms"):
+        out.p99_tpot_ms = override.tpot_p99_ms
+    if override.HasField("e2el_p99_ms"):
+        out.p99_latency_ms = override.e2el_p99_ms
+    return out
+
+
+def mode_name(mode: evaluator_pb2.EvaluationMode.ValueType) -> str:
+    return MODE_BY_VALUE[mode]
