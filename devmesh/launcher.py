@@ -1,6 +1,6 @@
 """Start and stop the whole mesh on this machine as child processes.
 
-Order: nats-server -> registry -> scheduler, metering, adapter, evaluator -> gateway -> agents
+Order: nats-server -> registry -> scheduler, metering, adapter -> evaluator -> gateway -> agents
 (one per emulatable chip type). Stop is the reverse. Every child runs in its own session (Ctrl-C
 on the terminal reaches only the launcher, which then stops children in order) and watches its
 parent (POCGRID_PARENT_PID): if the launcher is killed outright, children notice and shut down,
@@ -32,6 +32,9 @@ from pocgrid.healthcheck import probe as health_ok
 from pocgrid.meshstate import MeshState, ProcessInfo
 
 BACKENDS = ("scheduler", "metering", "adapter", "evaluator")
+#: Backends started after the others, since they call them: the evaluator reads metering's
+#: price book and finds the pool in the registry.
+LATE_BACKENDS = ("evaluator",)
 _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_S = (0.5, 30.0)
 """First and longest wait before restarting a child that died; doubles per quick death."""
@@ -119,10 +122,14 @@ class LocalMesh:
         registry = self._spawn("registry", ["-m", "services.registry"], {})
         self._wait_ready([registry], deadline)
         addrs = {"POCGRID_REGISTRY_ADDR": registry.info.address}
-        backends = [self._spawn(n, ["-m", f"services.{n}"], addrs) for n in BACKENDS]
-        self._wait_ready(backends, deadline)
-        for b in backends:
-            addrs[f"POCGRID_{b.info.name.upper()}_ADDR"] = b.info.address
+        for wave in (
+            [n for n in BACKENDS if n not in LATE_BACKENDS],
+            [n for n in BACKENDS if n in LATE_BACKENDS],
+        ):
+            backends = [self._spawn(n, ["-m", f"services.{n}"], addrs) for n in wave]
+            self._wait_ready(backends, deadline)
+            for b in backends:
+                addrs[f"POCGRID_{b.info.name.upper()}_ADDR"] = b.info.address
         # The OpenAI-compatible endpoint gets a port chosen here, not port 0, so that a restarted
         # gateway serves it where clients were told it is (as gRPC keeps its address).
         self.openai = f"127.0.0.1:{_free_port()}"

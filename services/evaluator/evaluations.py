@@ -178,9 +178,12 @@ class Evaluations:
         if r.precision and r.precision not in common_pb2.Precision.values():
             raise InvalidArgument("precision", "is not a Precision value")
         mode = self._mode(r, scenario)
-        if mode == "server" and not (r.qps or scenario.default_qps):
+        # A pack's components bring their own rates and concurrencies.
+        if scenario.kind == "pack":
+            pass
+        elif mode == "server" and not (r.qps or scenario.default_qps):
             raise InvalidArgument("qps", "must be > 0 in server mode (the scenario has no default)")
-        if mode == "concurrency" and not (r.concurrency or scenario.default_concurrency):
+        elif mode == "concurrency" and not (r.concurrency or scenario.default_concurrency):
             raise InvalidArgument("concurrency", "must be > 0 in concurrency mode")
         atomic = self._scenarios.atomic()
         return scenario, components_of(scenario, atomic, r.model, r.slo)

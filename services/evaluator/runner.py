@@ -67,9 +67,16 @@ class Pool(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    per_device_hour: float
+    """What metering charges for one device serving for an hour: its busy time, and each GiB
+    of its memory held (the book's consumption prices, not a card rental)."""
+
+    busy_device_hour: float
+    memory_gib_hour: float
     currency: str
     source: str
+
+    def per_device_hour(self, memory_gib: float) -> float:
+        return self.busy_device_hour + self.memory_gib_hour * memory_gib
 
 
 class Prices(Protocol):
@@ -257,7 +264,7 @@ class Runner:
                 reqs = self._requests(component, spec.mode, requests, spec)
                 served = await self._serve(planned, node, component, reqs, f"{run_id}")
                 self._measure(result, planned, served, reqs, bounds, spec.mode, llm)
-                await self._cost(result, planned, llm)
+                await self._cost(result, planned, llm, served)
         except grpc.aio.AioRpcError as exc:
             return _fail(result, _rpc_reason(exc))
         result.runnable = True
@@ -359,15 +366,26 @@ class Runner:
         result.energy_note = note
         return run
 
-    async def _cost(self, result: evaluator_pb2.ChipResult, planned: Plan, llm: bool) -> None:
-        price = await self.prices.price(planned.chip.name)
+    async def _cost(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        llm: bool,
+        served: agent_pb2.ServeRequestsResponse,
+    ) -> None:
+        try:
+            price = await self.prices.price(planned.chip.name)
+        except grpc.aio.AioRpcError as exc:
+            result.cost_note = f"not priced: the price book could not be read ({_rpc_reason(exc)})"
+            return
         if price is None:
             result.cost_note = "not priced: no price book in force has a price for this chip"
             return
-        per_hour = price.per_device_hour * planned.devices
+        per_device = price.per_device_hour(served.memory_gib)
+        per_hour = per_device * planned.devices
         cost = evaluator_pb2.Cost(
             currency=price.currency,
-            price_per_device_hour=price.per_device_hour,
+            price_per_device_hour=per_device,
             price_source=price.source,
         )
         if llm and result.output_tokens_per_s > 0:
@@ -376,8 +394,9 @@ class Runner:
             cost.per_thousand_samples = per_hour / (result.request_throughput * 3600) * 1e3
         result.cost.CopyFrom(cost)
         result.cost_note = (
-            f"{planned.devices} x {price.per_device_hour:g} {price.currency}/device-hour at the"
-            " measured throughput, busy time only"
+            f"{planned.devices} device(s) x ({price.busy_device_hour:g} {price.currency} per busy"
+            f" device-hour + {served.memory_gib:.3g} GiB held x {price.memory_gib_hour:g} per"
+            " GiB-hour), over the measured throughput"
         )
 
     # -- find-peak and sweep --------------------------------------------------------------------
@@ -424,8 +443,9 @@ class Runner:
             best = (served, reqs)
         served, reqs = best
         self._measure(result, planned, served, reqs, bounds, "server", llm)
-        result.peak_qps = result.offered_qps if lo > 0 else 0.0
-        await self._cost(result, planned, llm)
+        if lo > 0:
+            result.peak_qps = lo
+        await self._cost(result, planned, llm, served)
 
     async def _sweep(
         self,
@@ -461,7 +481,7 @@ class Runner:
             result.verdict_reasons.append("no concurrency of the sweep met the SLO")
         _, served, reqs = best
         self._measure(result, planned, served, reqs, bounds, "concurrency", llm)
-        await self._cost(result, planned, llm)
+        await self._cost(result, planned, llm, served)
 
 
 def _point(

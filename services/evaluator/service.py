@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from pocgrid.v1 import (
     common_pb2,
     evaluator_pb2,
     evaluator_pb2_grpc,
+    metering_pb2,
+    metering_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -24,7 +29,7 @@ from services.core.service import Service
 from services.evaluator.config import EvaluatorConfig
 from services.evaluator.evaluations import Evaluations
 from services.evaluator.migrations import MIGRATIONS
-from services.evaluator.runner import Node, NoPrices, Prices, Runner
+from services.evaluator.runner import Node, NoPrices, Price, Prices, Runner
 from services.evaluator.scenarios import load_catalog
 from services.evaluator.servicer import EvaluatorServicer
 from services.evaluator.store import EvaluationStore
@@ -79,6 +84,41 @@ class RegistryPool:
         return response
 
 
+class MeteringPrices:
+    """Prices from metering's price book in force (``GetPriceBook``), read once a minute at
+    most: an evaluation of 27 chips asks once, not 27 times."""
+
+    TTL_S = 60.0
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
+        self._cards: dict[str, Price] = {}
+        self._read_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def price(self, chip: str) -> Price | None:
+        async with self._lock:
+            if time.monotonic() - self._read_at > self.TTL_S:
+                book = (await self._stub.GetPriceBook(metering_pb2.GetPriceBookRequest())).book
+                basis = {
+                    metering_pb2.PRICE_BASIS_PUBLISHED: "published",
+                    metering_pb2.PRICE_BASIS_CONVERTED: "converted",
+                    metering_pb2.PRICE_BASIS_ESTIMATED: "estimated",
+                }
+                self._cards = {
+                    c.chip: Price(
+                        busy_device_hour=float(c.busy_device_hour),
+                        memory_gib_hour=float(c.memory_gib_hour),
+                        currency=book.currency,
+                        source=f"price book {book.version}, {basis.get(c.basis, 'unspecified')}"
+                        + (f": {c.method}" if c.method else ""),
+                    )
+                    for c in book.cards
+                }
+                self._read_at = time.monotonic()
+            return self._cards.get(chip)
+
+
 class EvaluatorServer(Service):
     name = "evaluator"
     config_type = EvaluatorConfig
@@ -96,7 +136,7 @@ class EvaluatorServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.catalog = catalog or default_catalog()
-        self.prices: Prices = prices or NoPrices()
+        self._prices = prices
         self.evaluations: Evaluations | None = None
         self._agent_channels: list[grpc.aio.Channel] = []
 
@@ -120,12 +160,17 @@ class EvaluatorServer(Service):
         scenarios = load_catalog(self.catalog, path)
         db = await self.open_database(self.config.evaluator_database_url, MIGRATIONS)
         store = EvaluationStore(db)
+        prices: Prices = self._prices or (
+            MeteringPrices(self.channel(self.config.metering_addr))
+            if self.config.metering_addr
+            else NoPrices()
+        )
         runner: Runner | None = None
         if self.config.registry_addr:
             pool = RegistryPool(
                 self, self.config.registry_addr, self.config.evaluator_serve_timeout_s
             )
-            runner = Runner(self.catalog, pool, self.prices, self.config.evaluator_parallel_runs)
+            runner = Runner(self.catalog, pool, prices, self.config.evaluator_parallel_runs)
         self.evaluations = Evaluations(store, self.catalog, scenarios, lambda: runner, "registry")
         await self.evaluations.recover()
         evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(

@@ -20,6 +20,8 @@ from pocgrid.v1 import (
     common_pb2,
     evaluator_pb2,
     evaluator_pb2_grpc,
+    metering_pb2,
+    metering_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -28,6 +30,8 @@ from services.agent.service import AgentServer
 from services.evaluator.config import EvaluatorConfig
 from services.evaluator.metrics import per_request
 from services.evaluator.service import EvaluatorServer
+from services.metering.config import MeteringConfig
+from services.metering.service import MeteringServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 
@@ -67,7 +71,12 @@ async def mesh(common, closer, waiter) -> Mesh:
         await agent.start()
         closer.append(agent)
         agents[chip] = agent
-    ev = EvaluatorServer(common, EvaluatorConfig(registry_addr=reg.address))
+    meter = MeteringServer(common, MeteringConfig())
+    await meter.start()
+    closer.append(meter)
+    ev = EvaluatorServer(
+        common, EvaluatorConfig(registry_addr=reg.address, metering_addr=meter.address)
+    )
     await ev.start()
     closer.append(ev)
     gw = GatewayServer(
@@ -76,6 +85,7 @@ async def mesh(common, closer, waiter) -> Mesh:
             api_keys=f"{KEY_A}=tenant-a,{KEY_B}=tenant-b",
             registry_addr=reg.address,
             evaluator_addr=ev.address,
+            metering_addr=meter.address,
         ),
     )
     await gw.start()
@@ -141,6 +151,23 @@ async def test_same_seed_same_figures_and_unrunnable_chip_reported(mesh):
             assert r.ttft_ms.p99 >= r.ttft_ms.median > 0
             assert r.tpot_ms.median > 0 and r.itl_ms.median > 0 and r.e2el_ms.p99 > 0
         assert first.progress.runs_done == len(CHIPS)
+        # Cost from metering's price book in force: the devices' busy hour and the memory they
+        # hold, over the measured output tokens.
+        async with grpc.aio.insecure_channel(mesh.gateway) as gch:
+            book = (
+                await metering_pb2_grpc.MeteringServiceStub(gch).GetPriceBook(
+                    metering_pb2.GetPriceBookRequest(chip="ascend-910b2"), metadata=A
+                )
+            ).book
+        card = next(c for c in book.cards if c.chip == "ascend-910b2")
+        r = results["ascend-910b2"]
+        assert r.HasField("cost") and r.cost.currency == book.currency
+        assert book.version in r.cost.price_source
+        assert r.cost.price_per_device_hour > float(card.busy_device_hour)
+        assert r.cost.per_million_tokens == pytest.approx(
+            r.cost.price_per_device_hour * r.devices / (r.output_tokens_per_s * 3600) * 1e6
+        )
+        assert first.recommendation.cheapest in ("a100-80gb-sxm", "ascend-910b2")
         other_seed = await _run(
             stub, evaluator_pb2.StartEvaluationRequest(**{**_fields(CHAT), "seed": 8})
         )

@@ -67,11 +67,14 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         SchedulerServer(common, SchedulerConfig(registry_addr=reg.address)),
         MeteringServer(common, MeteringConfig()),
         AdapterServer(common, AdapterConfig()),
-        EvaluatorServer(common, EvaluatorConfig()),
     ]
     for svc in backends:
         await svc.start()
         closer.append(svc)
+    # The evaluator finds the pool's agents in the registry.
+    backends.append(EvaluatorServer(common, EvaluatorConfig(registry_addr=reg.address)))
+    await backends[-1].start()
+    closer.append(backends[-1])
     sched, meter, adapter, evaluator = (b.address for b in backends)
     gw = GatewayServer(
         common,
@@ -102,6 +105,28 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     evals = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
     gateway = gateway_pb2_grpc.GatewayServiceStub(ch)
     job: dict[str, str] = {}
+    evaluation: dict[str, str] = {}
+
+    async def start_evaluation() -> Any:
+        resp = await evals.StartEvaluation(
+            evaluator_pb2.StartEvaluationRequest(
+                scenario="image-classification", chips=["mtt-s4000"], requests=200
+            ),
+            metadata=AUTH,
+        )
+        evaluation["id"] = resp.evaluation.evaluation_id
+        return resp
+
+    async def watch_evaluation() -> Any:
+        updates = [
+            u
+            async for u in evals.WatchEvaluation(
+                evaluator_pb2.WatchEvaluationRequest(evaluation_id=evaluation["id"]),
+                metadata=AUTH,
+                timeout=60,
+            )
+        ]
+        return updates[-1]
 
     async def submit() -> Any:
         resp = await scheduler.SubmitJob(
@@ -220,6 +245,26 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         "EvaluatorService/GetScenario": lambda: evals.GetScenario(
             evaluator_pb2.GetScenarioRequest(name="llm-chat"), metadata=AUTH
         ),
+        "EvaluatorService/CreateScenario": lambda: evals.CreateScenario(
+            evaluator_pb2.CreateScenarioRequest(
+                scenario=evaluator_pb2.Scenario(
+                    name="walk-vision",
+                    kind="samples",
+                    title="walk",
+                    models=["YOLOv8n"],
+                    default_mode=evaluator_pb2.EVALUATION_MODE_OFFLINE,
+                )
+            ),
+            metadata=AUTH,
+        ),
+        "EvaluatorService/StartEvaluation": start_evaluation,
+        "EvaluatorService/WatchEvaluation": watch_evaluation,
+        "EvaluatorService/GetEvaluation": lambda: evals.GetEvaluation(
+            evaluator_pb2.GetEvaluationRequest(evaluation_id=evaluation["id"]), metadata=AUTH
+        ),
+        "EvaluatorService/ListEvaluations": lambda: evals.ListEvaluations(
+            evaluator_pb2.ListEvaluationsRequest(), metadata=AUTH
+        ),
         "GatewayService/WhoAmI": lambda: gateway.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=AUTH),
         "GatewayService/CheckServices": lambda: gateway.CheckServices(
             gateway_pb2.CheckServicesRequest(), metadata=AUTH
@@ -236,6 +281,11 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert results["SchedulerService/CompleteJob"].job.state == scheduler_pb2.JOB_STATE_SUCCEEDED
     assert len(results["SchedulerService/GetPool"].devices) == 2
     assert results["AdapterService/CheckFit"].fits
+    watched = results["EvaluatorService/WatchEvaluation"].evaluation
+    assert watched.state == evaluator_pb2.EVALUATION_STATE_SUCCEEDED, watched.error
+    assert watched.results[0].runnable and watched.results[0].chip == "mtt-s4000"
+    assert results["EvaluatorService/GetEvaluation"].evaluation.tenant == "walker"
+    assert results["EvaluatorService/CreateScenario"].scenario.owner == "walker"
     assert len(results["AdapterService/ListImportedModels"].models) == 2
     assert results["AdapterService/Estimate"].best_by_throughput.output_tokens_per_s > 0
     assert results["GatewayService/WhoAmI"].tenant == "walker"
