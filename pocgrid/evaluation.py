@@ -45,6 +45,7 @@ def result_to_dict(r: evaluator_pb2.ChipResult) -> dict[str, Any]:
         "model": r.model,
         "node_id": r.node_id or None,
         "placement": r.placement,
+        "runnable": ran,
         "devices": r.devices if ran else None,
         "precision": r.precision or None,
         "precision_note": r.precision_note,
