@@ -34,6 +34,8 @@ from pocgrid.precision import to_proto
 from pocgrid.v1 import agent_pb2, evaluator_pb2
 from services.evaluator import loadgen
 from services.evaluator import metrics as m
+from services.evaluator.accuracy import Reference, fp32_reference, measure_accuracy
+from services.evaluator.realmodels import RealModel, RealModelError, load_real_model
 from services.evaluator.scenarios import MODE_BY_VALUE, component_slo
 
 TP_CHOICES = (1, 2, 4, 8)
@@ -63,6 +65,10 @@ class Pool(Protocol):
     async def serve(
         self, node: Node, request: agent_pb2.ServeRequestsRequest
     ) -> agent_pb2.ServeRequestsResponse: ...
+
+    async def run_task(
+        self, node: Node, request: agent_pb2.RunTaskRequest
+    ) -> agent_pb2.RunTaskResponse: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +205,8 @@ class Runner:
         self.pool = pool
         self.prices = prices
         self.parallel = parallel
+        # Real models and their fp32 CPU references, computed once per process.
+        self._references: dict[str, tuple[RealModel, Reference]] = {}
 
     async def run(
         self,
@@ -268,12 +276,63 @@ class Runner:
         except grpc.aio.AioRpcError as exc:
             return _fail(result, _rpc_reason(exc))
         result.runnable = True
-        result.accuracy_note = (
-            "not measured: " + (s.accuracy_metric or "no accuracy task")
-            if not s.accuracy_task
-            else f"not measured yet: the {s.accuracy_task} accuracy run is not wired in"
-        )
+        await self._accuracy(result, planned, node, component)
         return result
+
+    async def _accuracy(
+        self, result: evaluator_pb2.ChipResult, planned: Plan, node: Node, component: Component
+    ) -> None:
+        """Measured accuracy of the scenario's real model (``accuracy_task`` names it) on this
+        chip at the run's precision, through the agent's RunTask, against the fp32 CPU
+        reference; the SLO's ``min_accuracy_ratio`` bounds accuracy / reference accuracy."""
+        s = component.scenario
+        if not s.accuracy_task:
+            result.accuracy_note = "not measured: " + (
+                s.accuracy_metric or "the scenario names no accuracy task"
+            )
+            return
+        try:
+            real, reference = self._real_model(s.accuracy_task)
+        except RealModelError as exc:
+            result.accuracy_note = f"not measured: {exc}"
+            return
+        try:
+            measured = await measure_accuracy(
+                lambda r: self.pool.run_task(node, r),
+                real.model,
+                real.samples,
+                chip=planned.chip.name,
+                precision=planned.precision,
+                reference=reference,
+            )
+        except grpc.aio.AioRpcError as exc:
+            result.accuracy_note = f"not measured: the agent refused ({_rpc_reason(exc)})"
+            return
+        if measured.accuracy is None:
+            result.accuracy_note = f"not measured: {measured.reason}"
+            return
+        result.accuracy = measured.accuracy
+        result.accuracy_note = (
+            f"{real.card.metric} of the project's {real.card.name} on {measured.samples}"
+            f" held-out samples at {planned.precision}: {measured.correct}/{measured.samples}"
+            f" (fp32 CPU reference {reference.accuracy:.4f}, predictions agreeing with it"
+            f" {measured.agreement:.4f}); timing is {planned.model.name}'s"
+        )
+        ratio = component.slo.min_accuracy_ratio
+        if ratio and reference.accuracy > 0 and measured.accuracy < ratio * reference.accuracy:
+            result.slo_met = False
+            result.slo_violations.append(
+                f"accuracy {measured.accuracy:.4f} < {ratio:g} x the fp32 reference's"
+                f" {reference.accuracy:.4f}"
+            )
+
+    def _real_model(self, name: str) -> tuple[RealModel, Reference]:
+        cached = self._references.get(name)
+        if cached is None:
+            real = load_real_model(name)
+            cached = (real, fp32_reference(real.model, real.samples))
+            self._references[name] = cached
+        return cached
 
     def _requests(
         self,

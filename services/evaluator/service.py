@@ -83,6 +83,16 @@ class RegistryPool:
         )
         return response
 
+    async def run_task(
+        self, node: Node, request: agent_pb2.RunTaskRequest
+    ) -> agent_pb2.RunTaskResponse:
+        stub = self._agents.get(node.address)
+        if stub is None:
+            stub = agent_pb2_grpc.AgentServiceStub(self._service.agent_channel(node.address))
+            self._agents[node.address] = stub
+        response: agent_pb2.RunTaskResponse = await stub.RunTask(request, timeout=self._timeout)
+        return response
+
 
 class MeteringPrices:
     """Prices from metering's price book in force (``GetPriceBook``), read once a minute at

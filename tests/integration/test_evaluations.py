@@ -150,6 +150,8 @@ async def test_same_seed_same_figures_and_unrunnable_chip_reported(mesh):
             assert r.measured_requests > 50 and r.request_throughput > 0
             assert r.ttft_ms.p99 >= r.ttft_ms.median > 0
             assert r.tpot_ms.median > 0 and r.itl_ms.median > 0 and r.e2el_ms.p99 > 0
+            # No weights of a 14B LLM here: accuracy is reported as not measured.
+            assert not r.HasField("accuracy") and r.accuracy_note.startswith("not measured")
         assert first.progress.runs_done == len(CHIPS)
         # Cost from metering's price book in force: the devices' busy hour and the memory they
         # hold, over the measured output tokens.
@@ -231,6 +233,10 @@ async def test_tenant_b_cannot_read_tenant_a(mesh):
         assert evaluation.state == evaluator_pb2.EVALUATION_STATE_SUCCEEDED, evaluation.error
         r = evaluation.results[0]
         assert r.runnable and r.kind == "samples" and r.e2el_ms.p99 > 0
+        # Accuracy measured through the agent's RunTask: the project's digits classifier on
+        # its held-out samples at the run's precision, beside the fp32 CPU reference.
+        assert r.HasField("accuracy") and 0.9 < r.accuracy <= 1.0
+        assert "digits-mlp" in r.accuracy_note and r.precision in r.accuracy_note
         eid = evaluation.evaluation_id
         for call in (
             stub.GetEvaluation(evaluator_pb2.GetEvaluationRequest(evaluation_id=eid), metadata=B),
