@@ -24,7 +24,7 @@ chromium:
 kustomize:
 	@scripts/ensure_kustomize.sh >/dev/null
 
-## demo: start the whole mesh, show the pool, stop it
+## demo: start the whole mesh, evaluate an industry pack on every chip type, report, stop it
 demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 

@@ -16,7 +16,7 @@ from devmesh.fleet import FleetError, plan_fleet
 from devmesh.launcher import LocalMesh, MeshStartError
 from devmesh.nats_server import NatsServerError, find_nats_server
 from devmesh.progress import Progress
-from devmesh.showcase import run_showcase
+from devmesh.showcase import evaluate, run_showcase, stream_completion
 from devmesh.stop_signal import StopSignals
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import local_mesh
@@ -249,7 +249,8 @@ def down(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """The main job in one command: bring the mesh up, show what it holds, take it down."""
+    """The main job in one command: bring the mesh up, evaluate an industry pack on every chip
+    type, print the table and the recommendation, write the HTML report, take the mesh down."""
     from pocgrid.cli import queries
 
     home = pocgrid_home()
@@ -260,6 +261,7 @@ def demo(args: argparse.Namespace) -> int:
     except FleetError as exc:
         return fail(str(exc))
     mesh = _new_mesh(args, home, chips)
+    report_dir = Path(args.report or home / "reports" / mesh.run_dir.name).resolve()
     progress = Progress()
     mesh.log, mesh.waiting = (lambda m: progress.step(f"started {m}")), progress.waiting
     started = time.monotonic()
@@ -274,36 +276,111 @@ def demo(args: argparse.Namespace) -> int:
         progress.done()
         say(
             f"\nMesh up in {time.monotonic() - started:.1f} s. Through the gateway "
-            f"({mesh.gateway}) with a development API key:\n"
+            f"({mesh.gateway}) with a development API key, the pool:\n"
         )
         view = argparse.Namespace(
-            gateway=mesh.gateway,
-            api_key=mesh.api_key,
-            timeout=30.0,
-            json=False,
-            vendor=None,
-            domestic=True,
-            emulatable=False,
-            kind=None,
+            gateway=mesh.gateway, api_key=mesh.api_key, timeout=30.0, json=False
         )
         queries.status(view)
-        say("\nDomestic chips in the catalogue (public figures, with sources in --json):\n")
-        queries.chips(view)
-        say("\nLLMs in the model catalogue:\n")
-        view.kind = "llm"
-        queries.models(view)
+        with Client(mesh.gateway, mesh.api_key) as pg:
+            rows = _demo_evaluations(pg, mesh, args.pack, report_dir)
         say(
             "\nA small CNN (real numerics, fp16 emulated) on emulated chips, then the usage "
             "metering recorded, read back through the gateway:\n"
         )
         with Client(mesh.gateway, mesh.api_key) as pg:
-            rows = run_showcase(pg, "dev", say)
-        say(table(["chip", "runtime", "virtual us", "bound", "kernels", "max |err| vs fp32"], rows))
+            cnn_rows = run_showcase(pg, "dev", say)
+        say(
+            table(
+                ["chip", "runtime", "virtual us", "bound", "kernels", "max |err| vs fp32"],
+                cnn_rows,
+            )
+        )
+        say(f"\nReport: {report_dir / 'report.html'} (self-contained; open it in a browser)")
+        for row in rows:
+            say(row)
     except MeshStartError as exc:
         progress.done()
         return fail(f"mesh did not start: {exc}")
     finally:
         say("\nStopping the mesh...")
         mesh.stop()
-        say(f"Stopped. Logs of this run: {mesh.run_dir / 'logs'}")
+        say(
+            f"Stopped after {time.monotonic() - started:.0f} s. Logs of this run: "
+            f"{mesh.run_dir / 'logs'}"
+        )
     return 0
+
+
+#: Concurrencies of the demo's sweep: enough points for a curve, few enough to stay short.
+_DEMO_SWEEP = (1, 8, 32, 128)
+
+
+def _demo_evaluations(pg: Client, mesh: LocalMesh, pack: str, report_dir: Path) -> list[str]:
+    """The pack on every chip type, then a concurrency sweep of its chat scenario on the chips
+    the recommendation names (their Pareto curves), the report, and one streamed completion
+    through the OpenAI-compatible endpoint; returns lines to print at the end."""
+    from pocgrid.report import write_report
+    from pocgrid.v1 import evaluator_pb2
+
+    say(
+        f"\nEvaluating the {pack!r} industry pack (its mix of scenarios, each with its own SLO) "
+        f"on every chip type of the pool, on the agents' virtual clock:\n"
+    )
+    doc = evaluate(pg, evaluator_pb2.StartEvaluationRequest(scenario=pack, seed=0))
+    rec = doc["recommendation"]
+    picks = list(dict.fromkeys(c for c in (rec.get(k) for k in _PICKS) if c))
+    llm = next((r for r in doc["results"] if r.get("kind") == "llm" and r.get("model")), None)
+    more = []
+    if picks and llm is not None:
+        say(
+            f"\nConcurrency sweep of {llm['scenario']} ({llm['model']}) on the recommended chips "
+            f"({', '.join(picks)}): throughput per device against tokens/s per user:\n"
+        )
+        sweep = evaluate(
+            pg,
+            evaluator_pb2.StartEvaluationRequest(
+                scenario=str(llm["scenario"]),
+                model=str(llm["model"]),
+                chips=picks,
+                mode=evaluator_pb2.EVALUATION_MODE_SWEEP,
+                sweep_concurrency=_DEMO_SWEEP,
+                requests=200,
+                seed=0,
+            ),
+            show=False,
+        )
+        rows = []
+        for r in sweep["results"]:
+            for p in r.get("curve") or []:
+                rows.append(
+                    [
+                        r["chip"],
+                        p["concurrency"],
+                        f"{p['output_tokens_per_s_per_user']:.1f}",
+                        f"{p['output_tokens_per_s_per_device']:.0f}",
+                        "yes" if p["slo_met"] else "no",
+                    ]
+                )
+        say(table(["chip", "clients", "tok/s per user", "tok/s per device", "SLO"], rows))
+        more.append(sweep)
+    write_report(doc, report_dir, more=more)
+    lines = []
+    domestic = rec.get("best_domestic")
+    if llm is not None and domestic:
+        model = f"{llm['model']}@{domestic}"
+        say(
+            f"\nA real HTTP client streams a completion from {model} through the gateway's "
+            f"OpenAI-compatible endpoint (http://{mesh.openai}/v1), paced in real time:\n"
+        )
+        text, ttft, gap, virtual = stream_completion(mesh.openai, mesh.api_key, model)
+        say(f"  {text.strip()[:96]}...")
+        lines.append(
+            f"OpenAI-compatible stream from {model}: TTFT {ttft * 1000:.0f} ms and "
+            f"{gap * 1000:.1f} ms between tokens as the client saw them "
+            f"(last token at {virtual * 1000:.0f} ms on the chip's virtual clock)."
+        )
+    return lines
+
+
+_PICKS = ("cheapest", "fastest", "best_domestic")

@@ -364,16 +364,22 @@ class OpenAIEndpoint:
         )
 
     async def _paced(self, call: Any) -> AsyncIterator[tuple[str, float]]:
-        """(text, virtual time) per token, each released when its virtual time comes due."""
+        """(text, virtual time) per token, each released when its virtual time comes due.
+
+        Paced on the request's own service time (``virtual_time_s - queued_s``): the virtual
+        work queued ahead of it on the device (an evaluation's bulk run, say) happened on a
+        clock that does not follow the wall, so replaying it in real time would make a client
+        wait minutes for nothing. The chunks still carry the full virtual time."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
             async for token in call:
                 if self._speed > 0:
-                    delay = start + token.virtual_time_s / self._speed - loop.time()
+                    served = token.virtual_time_s - token.queued_s
+                    delay = start + served / self._speed - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                yield _token_text(int(token.token_id)), float(token.virtual_time_s)
+                yield _token_text(int(token.token_id)), float(token.virtual_time_s - token.queued_s)
         except grpc.aio.AioRpcError as exc:
             raise HttpError(
                 _HTTP_STATUS.get(exc.code(), 502), f"agent: {exc.details()}", code=exc.code().name
@@ -420,7 +426,8 @@ class OpenAIEndpoint:
                 "choices": [choice],
             }
             if virtual_s is not None:
-                # Not OpenAI's: when the token left the emulated chip (s after admission).
+                # Not OpenAI's: when the token left the emulated chip, virtual seconds after the
+                # device started the request.
                 data["pocgrid_virtual_time_s"] = virtual_s
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 

@@ -14,6 +14,10 @@ from pocgrid.cli.target import resolve
 from pocgrid.client import Client
 from pocgrid.evaluation import MODE_VALUES, MODES, evaluation_to_dict
 from pocgrid.precision import to_proto
+from pocgrid.report import write_report
+from pocgrid.report.progress import follow
+from pocgrid.report.table import console, render
+from pocgrid.report.vllm import write_vllm_results
 from pocgrid.v1 import common_pb2, evaluator_pb2
 
 SLO_KEYS = ("ttft_p99_ms", "tpot_p99_ms", "e2el_p99_ms")
@@ -63,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--precision", default="", help="e.g. bf16 (default: the scenario's)")
     p.add_argument("--slo", type=parse_slo, help="ttft_p99_ms=X,tpot_p99_ms=Y,e2el_p99_ms=Z")
     p.add_argument("--json", action="store_true", help='print {"results", "recommendation"}')
-    p.add_argument("--report", help="also write the result JSON to DIR/evaluation.json")
+    _report_options(p)
     p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the end")
     p.set_defaults(func=run)
 
@@ -75,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = esub.add_parser("show", help="one evaluation: results and recommendation")
     p.add_argument("evaluation_id")
     p.add_argument("--json", action="store_true")
+    _report_options(p)
     p.set_defaults(func=show)
 
     p = esub.add_parser("watch", help="follow an evaluation until it ends")
@@ -82,6 +87,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per update")
     p.add_argument("--wait", type=float, default=600.0)
     p.set_defaults(func=watch)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write DIR/report.html (self-contained, with charts) and DIR/evaluation.json",
+    )
+    p.add_argument(
+        "--format",
+        choices=("vllm",),
+        help="vllm: also write one `vllm bench serve --save-result` file per chip "
+        "(into DIR/vllm with --report, else the current directory)",
+    )
+    p.add_argument(
+        "--detail", action="store_true", help="also print each chip under vLLM's result labels"
+    )
+
+
+def _reports(data: dict[str, Any], args: argparse.Namespace) -> None:
+    """The files asked for with --report / --format, each path said on stderr."""
+    written: list[Path] = []
+    if args.report:
+        written += write_report(data, Path(args.report), vllm=args.format == "vllm")
+    elif args.format == "vllm":
+        written += write_vllm_results(data, Path("."))
+    for path in written:
+        sys.stderr.write(f"wrote {path}\n")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -133,86 +166,32 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     with _client(args) as pg:
         started = pg.evaluator.StartEvaluation(request).evaluation
-        evaluation = started
-        show_progress = sys.stderr.isatty() or not args.json
-        for evaluation in _follow(pg, started.evaluation_id, args.wait):
-            if show_progress:
-                sys.stderr.write(_progress_line(evaluation) + "\n")
-                sys.stderr.flush()
+        updates = _follow(pg, started.evaluation_id, args.wait)
+        if sys.stderr.isatty() or not args.json:
+            # Bars on a terminal, a line per finished run otherwise (stderr: --json stays clean).
+            evaluation = follow(updates, sys.stderr) or started
+        else:
+            evaluation = started
+            for update in updates:
+                evaluation = update
         if evaluation.state not in TERMINAL:
             evaluation = pg.evaluator.GetEvaluation(
                 evaluator_pb2.GetEvaluationRequest(evaluation_id=started.evaluation_id)
             ).evaluation
     data = evaluation_to_dict(evaluation)
-    if args.report:
-        out = Path(args.report)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps(data, indent=2) + "\n")
+    _reports(data, args)
     if args.json:
         emit_json(data)
     else:
-        _print(data)
+        _print(data, detail=args.detail)
     if evaluation.state != evaluator_pb2.EVALUATION_STATE_SUCCEEDED:
         return fail(f"evaluation {evaluation.evaluation_id} failed: {evaluation.error}")
     return 0
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _print(data: dict[str, Any]) -> None:
+def _print(data: dict[str, Any], *, detail: bool = False) -> None:
     say(f"evaluation {data['evaluation_id']}: {data['scenario']} ({data['state'].lower()})")
-    rows = []
-    for r in data["results"]:
-        cost = r["cost"] or {}
-        price = cost.get("per_million_tokens") or cost.get("per_thousand_samples")
-        rows.append(
-            [
-                r["chip"],
-                r["scenario"],
-                r["devices"],
-                r["precision"],
-                _fmt(r["request_throughput"]),
-                _fmt(r["output_tokens_per_s"]),
-                _fmt((r["ttft_ms"] or {}).get("p99")),
-                _fmt((r["tpot_ms"] or {}).get("p99")),
-                _fmt((r["e2el_ms"] or {}).get("p99")),
-                _fmt(r["goodput"]),
-                _fmt(price),
-                "yes" if r["slo_met"] else "no",
-                r["verdict"],
-                r["reason"] or "; ".join(r["verdict_reasons"])[:60],
-            ]
-        )
-    say(
-        table(
-            [
-                "chip",
-                "scenario",
-                "dev",
-                "prec",
-                "req/s",
-                "out tok/s",
-                "TTFT p99",
-                "TPOT p99",
-                "E2EL p99",
-                "goodput",
-                "cost",
-                "SLO",
-                "verdict",
-                "why",
-            ],
-            rows,
-        )
-    )
-    rec = data["recommendation"]
-    say()
-    say(rec["summary"])
+    render(data, console(), detail=detail)
 
 
 def list_evaluations(args: argparse.Namespace) -> int:
@@ -253,22 +232,27 @@ def show(args: argparse.Namespace) -> int:
             evaluator_pb2.GetEvaluationRequest(evaluation_id=args.evaluation_id)
         ).evaluation
     data = evaluation_to_dict(evaluation)
+    _reports(data, args)
     if args.json:
         emit_json(data)
     else:
-        _print(data)
+        _print(data, detail=args.detail)
     return 0
 
 
 def watch(args: argparse.Namespace) -> int:
     last: evaluator_pb2.Evaluation | None = None
     with _client(args) as pg:
-        for last in _follow(pg, args.evaluation_id, args.wait):
-            if args.json:
-                sys.stdout.write(json.dumps(evaluation_to_dict(last)) + "\n")
-                sys.stdout.flush()
-            else:
-                say(_progress_line(last))
+        updates = _follow(pg, args.evaluation_id, args.wait)
+        if not args.json and sys.stdout.isatty():
+            last = follow(updates, sys.stdout)  # a bar on a terminal
+        else:
+            for last in updates:
+                if args.json:
+                    sys.stdout.write(json.dumps(evaluation_to_dict(last)) + "\n")
+                    sys.stdout.flush()
+                else:
+                    say(_progress_line(last))
     return 0 if last is not None and last.state == evaluator_pb2.EVALUATION_STATE_SUCCEEDED else 1
 
 

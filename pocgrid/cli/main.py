@@ -119,7 +119,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=queries.whoami)
 
-    p = sub.add_parser("demo", help="start the mesh, show the pool, stop it")
+    p = sub.add_parser(
+        "demo", help="start the mesh, evaluate an industry pack on every chip type, report, stop"
+    )
+    p.add_argument("--pack", default="finance", help="industry pack to evaluate (default finance)")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="where to write the HTML report (default $POCGRID_HOME/reports/<run>)",
+    )
     p.add_argument("--chips", help=argparse.SUPPRESS)
     p.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
     p.set_defaults(func=_local_mesh_command("demo"))

@@ -176,7 +176,8 @@ def _charts(scenario: str, items: Sequence[Doc], doc: Doc, index: int) -> list[s
                 )
             )
         if every:
-            pareto.append(Series("Pareto frontier", frontier(every), "#000", width=3.5))
+            # Drawn first, wide and grey, so each chip's own curve stays visible on top of it.
+            pareto.insert(0, Series("Pareto frontier", frontier(every), "#bbbbbb", width=7.0))
         out.append(
             line_chart(
                 f"pareto-{index}",
@@ -277,7 +278,7 @@ def _table(items: Sequence[Doc]) -> str:
         cells += [
             f"{fmt(stat(r, 'e2el_ms', 'median'), 1)} / {fmt(stat(r, 'e2el_ms', 'p99'), 1)}",
             fmt(number(r.get("goodput"))),
-            "not measured" if acc is None else f"{acc:.4f}",
+            '<span title="not measured">-</span>' if acc is None else f"{acc:.4f}",
             f'<span title="{_esc(unit)}">{fmt(cost, 4)}</span>',
             fmt(number(r.get("energy_wh")), 3),
             f'<span class="{"ok" if met else "bad"}">{"met" if met else "missed"}</span>',
@@ -317,7 +318,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}h3{font-siz
 .meta{color:#555}.note{color:#555;font-style:italic}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}
-td:first-child,th:first-child{text-align:left}tr.cannot td{color:#8a6d00;text-align:left}
+td:first-child,th:first-child{text-align:left;white-space:nowrap}
+tr.cannot td{color:#8a6d00;text-align:left}
 .ok{color:#1a7f1a;font-weight:600}.bad{color:#c00;font-weight:600}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ccc;border-radius:6px;
 padding:10px 14px;min-width:220px;max-width:380px}.pl{color:#555;font-size:12px}
@@ -347,7 +349,9 @@ def count_marks(page: str) -> int:
     return page.count('class="mark"')
 
 
-def report_html(doc: Doc, *, title: str = "") -> str:
+def report_html(doc: Doc, *more: Doc, title: str = "") -> str:
+    """The page for ``doc`` (its recommendation on top); ``more`` evaluations (e.g. a
+    concurrency sweep run beside it) add their sections below, each under its own heading."""
     items = results(doc)
     scenario = doc.get("scenario") or next((r.get("scenario") for r in items), "") or ""
     heading = title or f"pocgrid evaluation: {scenario}"
@@ -359,14 +363,24 @@ def report_html(doc: Doc, *, title: str = "") -> str:
         "software-stack profile",
     ]
     sections = []
-    for i, (name, group) in enumerate(by_scenario(items).items()):
-        sections.append(
-            f'<section class="scenario" data-scenario="{_esc(name)}">'
-            f"<h2>Scenario {_esc(name or scenario)}</h2>{_table(group)}"
-            f'<div class="charts">{"".join(_charts(name or str(scenario), group, doc, i))}</div>'
-            "</section>"
-        )
-    data = json.dumps(doc, sort_keys=True).replace("</", "<\\/")
+    index = 0
+    for n, d in enumerate((doc, *more)):
+        mode = f" ({d.get('mode')} mode)" if d.get("mode") else ""
+        if n:
+            sections.append(
+                f'<h2 class="more">Evaluation {_esc(d.get("evaluation_id") or n + 1)}: '
+                f"{_esc(d.get('scenario'))}{_esc(mode)}</h2>"
+            )
+        for name, group in by_scenario(results(d)).items():
+            label = name or str(d.get("scenario") or scenario)
+            sections.append(
+                f'<section class="scenario" data-scenario="{_esc(name)}">'
+                f"<h2>Scenario {_esc(label)}{_esc(mode)}</h2>{_table(group)}"
+                f'<div class="charts">{"".join(_charts(label, group, d, index))}</div>'
+                "</section>"
+            )
+            index += 1
+    data = json.dumps([doc, *more], sort_keys=True).replace("</", "<\\/")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(heading)}</title><style>{_STYLE}</style>"
@@ -374,6 +388,6 @@ def report_html(doc: Doc, *, title: str = "") -> str:
         f"<h1>{_esc(heading)}</h1>"
         f'<p class="meta">{_esc(" · ".join(m for m in meta if m))}</p>'
         f"{_recommendation(doc)}{''.join(sections)}"
-        f'<script type="application/json" id="evaluation">{data}</script>'
+        f'<script type="application/json" id="evaluations">{data}</script>'
         "</body></html>\n"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any, Protocol, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -21,28 +21,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-
-class _Progress(Protocol):
-    runs_total: int
-    runs_done: int
-    current: str
-    message: str
+from pocgrid.v1 import evaluator_pb2
 
 
-class _Evaluation(Protocol):
-    evaluation_id: str
-    state: int
-
-    @property
-    def progress(self) -> _Progress: ...
-
-
-def follow(evaluations: Iterable[_Evaluation], stream: TextIO | None = None) -> Any:
+def follow(
+    evaluations: Iterable[evaluator_pb2.Evaluation], stream: TextIO | None = None
+) -> evaluator_pb2.Evaluation | None:
     """Show the progress of each evaluation update until the stream ends; returns the last
     one (None when the stream carried nothing)."""
     out = stream or sys.stderr
     console = Console(file=out)
-    last: Any = None
+    last: evaluator_pb2.Evaluation | None = None
     if not console.is_terminal:
         done = -1
         for last in evaluations:

@@ -106,11 +106,10 @@ def vllm_block(r: Doc) -> str:
     """One chip's figures under ``vllm bench serve``'s labels (the "Serving Benchmark Result"
     block), with the chip, precision and software-stack profile on top."""
     width = 50
-    lines = [
-        f" {r.get('chip')} x{r.get('devices')} {r.get('precision')} ({r.get('profile')}) ".center(
-            width, "="
-        )
-    ]
+    head = f" {r.get('chip')} "
+    if runnable(r):
+        head = f" {r.get('chip')} x{r.get('devices')} {r.get('precision')} ({r.get('profile')}) "
+    lines = [head.center(width, "=")]
 
     def line(label: str, value: float | int | str | None, digits: int = 2) -> None:
         shown = fmt(float(value), digits) if isinstance(value, int | float) else str(value or "-")

@@ -337,6 +337,7 @@ class GenerateResponse(_message.Message):
     VIRTUAL_TIME_S_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     USAGE_ID_FIELD_NUMBER: _builtins.int
+    QUEUED_S_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     token_id: _builtins.int
     virtual_time_s: _builtins.float
@@ -344,6 +345,10 @@ class GenerateResponse(_message.Message):
     last: _builtins.bool
     usage_id: _builtins.str
     """Set on the last message."""
+    queued_s: _builtins.float
+    """Virtual seconds the request waited for the device (work queued ahead of it on the
+    device's stream) before it started; virtual_time_s includes it.
+    """
     def __init__(
         self,
         *,
@@ -352,10 +357,11 @@ class GenerateResponse(_message.Message):
         virtual_time_s: _builtins.float = ...,
         last: _builtins.bool = ...,
         usage_id: _builtins.str = ...,
+        queued_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "last", b"last", "token_id", b"token_id", "usage_id", b"usage_id", "virtual_time_s", b"virtual_time_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "last", b"last", "queued_s", b"queued_s", "token_id", b"token_id", "usage_id", b"usage_id", "virtual_time_s", b"virtual_time_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import openai
 import pytest
 
 from gateway.config import GatewayConfig
 from gateway.service import GatewayServer
+from pocgrid.metadata import TENANT_METADATA_KEY
+from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
@@ -22,6 +25,12 @@ pytestmark = pytest.mark.integration
 MODEL = "Qwen2.5-7B@ascend-910b2"
 # 20x slower than real time, so that the pacing is far above the loaded machine's noise.
 SPEED = 0.05
+
+
+@pytest.fixture
+def agent_address(endpoint, closer) -> str:
+    agents = [c for c in closer if isinstance(c, AgentServer)]
+    return agents[0].address
 
 
 @pytest.fixture
@@ -142,3 +151,32 @@ async def test_wrong_key_is_401_and_bad_requests_name_the_field(endpoint):
         await client.completions.create(model=MODEL, prompt="x", max_tokens=0)
     assert "max_tokens" in str(tokens.value)
     await client.close()
+
+
+async def test_work_queued_on_the_device_is_not_replayed_in_real_time(endpoint, agent_address):
+    """An evaluation's bulk run leaves virtual work on the device's stream; a live client is
+    paced by its own service time, not made to wait that backlog out on the wall clock."""
+    async with grpc.aio.insecure_channel(agent_address) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        backlog = stub.Generate(
+            agent_pb2.GenerateRequest(
+                request_id="backlog",
+                job_id="j",
+                model="Qwen2.5-7B",
+                precision=common_pb2.PRECISION_BF16,
+                input_len=512,
+                max_output_tokens=4000,
+            ),
+            metadata=((TENANT_METADATA_KEY, "alpha"),),
+        )
+        last = [t async for t in backlog][-1]
+    assert last.virtual_time_s > 10  # at SPEED, over 200 s if it were replayed
+    client = openai.AsyncOpenAI(base_url=endpoint, api_key="key-a")
+    start = time.monotonic()
+    stream = await client.completions.create(model=MODEL, prompt="x", max_tokens=4, stream=True)
+    virtual = [(c.model_extra or {}).get("pocgrid_virtual_time_s") async for c in stream]
+    await client.close()
+    took = time.monotonic() - start
+    served = [v for v in virtual if v is not None]
+    assert len(served) == 4 and served[-1] < 1.0, served
+    assert took < served[-1] / SPEED + 5.0, took

@@ -595,6 +595,7 @@ class TaskExecutor:
                     virtual_time_s=at,
                     last=last,
                     usage_id=usage_id,
+                    queued_s=queued,
                 )
         finally:
             self._free(allocations)

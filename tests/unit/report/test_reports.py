@@ -6,7 +6,6 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 from rich.console import Console
 
@@ -14,6 +13,7 @@ from pocgrid.report.html import frontier
 from pocgrid.report.progress import follow
 from pocgrid.report.table import render, vllm_block
 from pocgrid.report.vllm import write_vllm_results
+from pocgrid.v1 import evaluator_pb2
 from tests.unit.report.sample import sample_doc
 
 # The keys `vllm bench serve --save-result` writes (vllm/benchmarks/serve.py, commit
@@ -74,9 +74,14 @@ def test_frontier_keeps_exactly_the_undominated_points() -> None:
 
 
 def test_progress_in_a_pipe_writes_a_line_per_finished_run() -> None:
-    def update(done: int, current: str) -> SimpleNamespace:
-        progress = SimpleNamespace(runs_total=3, runs_done=done, current=current, message="")
-        return SimpleNamespace(evaluation_id="ev1", state=2, progress=progress)
+    def update(done: int, current: str) -> evaluator_pb2.Evaluation:
+        return evaluator_pb2.Evaluation(
+            evaluation_id="ev1",
+            state=evaluator_pb2.EVALUATION_STATE_RUNNING,
+            progress=evaluator_pb2.EvaluationProgress(
+                runs_total=3, runs_done=done, current=current
+            ),
+        )
 
     buf = io.StringIO()
     updates = [update(0, "a"), update(0, "a"), update(1, "b"), update(3, "")]
@@ -86,4 +91,4 @@ def test_progress_in_a_pipe_writes_a_line_per_finished_run() -> None:
         "  1/3 runs done - b",
         "  3/3 runs done",
     ]
-    assert last.progress.runs_done == 3
+    assert last is not None and last.progress.runs_done == 3
