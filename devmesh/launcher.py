@@ -126,7 +126,15 @@ class LocalMesh:
             [n for n in BACKENDS if n not in LATE_BACKENDS],
             [n for n in BACKENDS if n in LATE_BACKENDS],
         ):
-            backends = [self._spawn(n, ["-m", f"services.{n}"], addrs) for n in wave]
+            # Metering reads the gateway's keys for its tenants (usage of any other is refused).
+            backends = [
+                self._spawn(
+                    n,
+                    ["-m", f"services.{n}"],
+                    {**addrs, **self._gateway_keys()} if n == "metering" else addrs,
+                )
+                for n in wave
+            ]
             self._wait_ready(backends, deadline)
             for b in backends:
                 addrs[f"POCGRID_{b.info.name.upper()}_ADDR"] = b.info.address

@@ -121,7 +121,7 @@ def run_showcase(client: Client, tenant: str, say: Callable[[str], None]) -> lis
         for usage in (u for u in summary.by_chip if u.chip in SHOWCASE_CHIPS):
             say(
                 f"  metered {usage.chip}: {usage.samples} samples, "
-                f"{usage.busy_device_seconds * 1e6:.1f} busy device-us"
+                f"{usage.busy_device_us} busy device-us"
             )
     return rows
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from services.core.config import ConfigError
+from services.core.apikeys import digest, read_key_config
 from services.core.errors import Unauthenticated
-
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +13,8 @@ class Tenant:
     name: str
     rate_per_s: float
     burst: int
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    admin: bool = False
+    """An admin key: may also read every tenant's usage and invoices."""
 
 
 class ApiKeys:
@@ -34,25 +26,16 @@ class ApiKeys:
 
     @classmethod
     def load(cls, inline: str, file: str, rate_per_s: float, burst: int) -> ApiKeys:
-        entries: dict[str, Tenant] = {}
-        for pair in filter(None, (p.strip() for p in inline.split(","))):
-            key, sep, tenant = pair.partition("=")
-            if not sep or not key:
-                raise ConfigError("POCGRID_API_KEYS: expected KEY=TENANT[,KEY=TENANT...]")
-            entries[digest(key)] = _tenant(tenant, rate_per_s, burst)
-        if file:
-            data = json.loads(Path(file).read_text())
-            for i, item in enumerate(data.get("keys", [])):
-                key_digest = item.get("key_sha256") or (
-                    digest(item["key"]) if "key" in item else ""
-                )
-                if not key_digest:
-                    raise ConfigError(f"{file}: keys[{i}] needs 'key' or 'key_sha256'")
-                entries[key_digest] = _tenant(
-                    item.get("tenant", ""),
-                    float(item.get("rate_per_s", rate_per_s)),
-                    int(item.get("burst", burst)),
-                )
+        # One reading of the key configuration, shared with metering (which tenants exist).
+        entries: dict[str, Tenant] = {
+            e.key_sha256: Tenant(
+                e.tenant,
+                e.rate_per_s if e.rate_per_s is not None else rate_per_s,
+                e.burst if e.burst is not None else burst,
+                e.admin,
+            )
+            for e in read_key_config(inline, file)
+        }
         return cls(entries)
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -70,9 +53,3 @@ class ApiKeys:
         if tenant is None:
             raise Unauthenticated("unknown API key", reason="API_KEY_UNKNOWN")
         return tenant
-
-
-def _tenant(name: str, rate: float, burst: int) -> Tenant:
-    if not _TENANT_RE.match(name):
-        raise ConfigError(f"tenant {name!r}: must match [a-z0-9][a-z0-9_-]{{0,62}}")
-    return Tenant(name, rate, burst)

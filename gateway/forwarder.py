@@ -18,7 +18,7 @@ from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
 from gateway.routing import GATEWAY_SERVICE, Route, rpc_path
 from pocgrid.error_details import DETAILS_METADATA_KEY, rich_status
-from pocgrid.metadata import TENANT_METADATA_KEY
+from pocgrid.metadata import ADMIN_ROLE, ROLE_METADATA_KEY, TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
 from services.core.bus import BUS_HEALTH
@@ -114,7 +114,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _downstream(
         self, tenant: Tenant, span: Span, context: grpc.aio.ServicerContext
     ) -> tuple[tuple[tuple[str, str], ...], float]:
-        metadata = ((TENANT_METADATA_KEY, tenant.name), *telemetry.trace_headers(span))
+        role = ((ROLE_METADATA_KEY, ADMIN_ROLE),) if tenant.admin else ()
+        metadata = ((TENANT_METADATA_KEY, tenant.name), *role, *telemetry.trace_headers(span))
         remaining = context.time_remaining()
         timeout = self._cap_s if remaining is None else min(remaining, self._cap_s)
         return metadata, max(timeout, 0.001)

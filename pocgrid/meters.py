@@ -4,7 +4,6 @@ price books and by ``pocgrid usage`` (which must not import a service)."""
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,20 +22,15 @@ class Meter:
     name: str
     unit: Unit
     source_field: str
-    """The usage record's field it sums."""
-    scale: int = 1
-    """Integer units per unit of the source field (1e6 device-us per device-second)."""
+    """The usage record's field it sums (an int64 in this meter's unit)."""
 
-    def quantity(self, value: float | int) -> int:
-        """The record field's value in this meter's integer unit."""
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{self.source_field} is not finite: {value!r}")
+    def quantity(self, value: int) -> int:
+        """The record field's value, checked: a whole number >= 0."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{self.source_field} must be a whole number, got {value!r}")
         if value < 0:
             raise ValueError(f"{self.source_field} < 0: {value!r}")
-        if isinstance(value, int):
-            return value * self.scale
-        # Fraction(value) is the float's exact value, so rounding happens once, here.
-        return round(Fraction(value) * self.scale)
+        return value
 
 
 METERS: Final[Mapping[str, Meter]] = {
@@ -45,11 +39,25 @@ METERS: Final[Mapping[str, Meter]] = {
         Meter("input_tokens", Unit.TOKEN, "tokens_in"),
         Meter("output_tokens", Unit.TOKEN, "tokens_out"),
         Meter("samples", Unit.SAMPLE, "samples"),
-        Meter("busy_device_us", Unit.DEVICE_MICROSECOND, "busy_device_seconds", 1_000_000),
-        Meter("memory_byte_seconds", Unit.BYTE_SECOND, "memory_gib_seconds", 1 << 30),
+        Meter("busy_device_us", Unit.DEVICE_MICROSECOND, "busy_device_us"),
+        Meter("memory_byte_seconds", Unit.BYTE_SECOND, "memory_byte_seconds"),
     )
 }
 """The meters of a usage record, by name."""
+
+DEVICE_US_PER_S: Final = 1_000_000
+GIB: Final = 1 << 30
+
+
+def device_us(seconds: float) -> int:
+    """Busy device time in whole microseconds, for a producer that measured it in seconds
+    (rounded once, here, from the float's exact value)."""
+    return round(Fraction(seconds) * DEVICE_US_PER_S)
+
+
+def byte_seconds(gib_seconds: float) -> int:
+    """Memory held x time in whole byte-seconds, from GiB-seconds (rounded once, here)."""
+    return round(Fraction(gib_seconds) * GIB)
 
 
 def record_quantities(record: object) -> dict[str, int]:

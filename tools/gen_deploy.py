@@ -136,6 +136,10 @@ def _compose_service(spec: ServiceSpec) -> dict[str, Any]:
         "environment": {"<<": "*pocgrid-env", **env},
         "depends_on": depends,
     }
+    if spec.name == "metering":
+        # The gateway's keys: metering accepts usage for their tenants only.
+        svc["environment"]["POCGRID_API_KEYS_FILE"] = "/run/secrets/api_keys"
+        svc["secrets"] = ["api_keys"]
     if spec.name == "gateway":
         svc["environment"]["POCGRID_API_KEYS_FILE"] = "/run/secrets/api_keys"
         for backend, var in gateway_backends().items():
@@ -397,8 +401,10 @@ def service_manifests(spec: ServiceSpec) -> Iterator[dict[str, Any]]:
             {"name": var, "value": f"{backend}:{PORT}"}
             for backend, var in service_addrs(spec).items()
         )
-    if spec.name == "gateway":
+    if spec.name in ("gateway", "metering"):
+        # Metering reads the gateway's keys for its tenants.
         env.append({"name": "POCGRID_API_KEYS_FILE", "value": "/etc/pocgrid/keys/keys.json"})
+    if spec.name == "gateway":
         env.append({"name": "POCGRID_OPENAI_LISTEN", "value": f"0.0.0.0:{OPENAI_PORT}"})
         env.extend(
             {"name": var, "value": f"{backend}:{PORT}"}
@@ -413,6 +419,7 @@ def service_manifests(spec: ServiceSpec) -> Iterator[dict[str, Any]]:
         service["spec"]["ports"].append(
             {"name": "http", "port": OPENAI_PORT, "targetPort": "http", "appProtocol": "http"}
         )
+    if spec.name in ("gateway", "metering"):
         container["volumeMounts"].append(
             {"name": "api-keys", "mountPath": "/etc/pocgrid/keys", "readOnly": True}
         )

@@ -14,6 +14,7 @@ import grpc
 
 from pocgrid.adapt.cli import register as register_adapt
 from pocgrid.cli import admin, evaluate, queries
+from pocgrid.cli.invoice import register as register_invoice
 from pocgrid.cli.jobs import register as register_jobs
 from pocgrid.cli.output import fail
 from pocgrid.cli.prices import register as register_prices
@@ -135,6 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
     register_jobs(sub)
     register_usage(sub)
     register_prices(sub)
+    register_invoice(sub)
     register_perf(sub)
     register_adapt(sub)
     register_comm(sub)

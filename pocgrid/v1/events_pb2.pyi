@@ -202,10 +202,13 @@ class UsageRecorded(_message.Message):
     TOKENS_IN_FIELD_NUMBER: _builtins.int
     TOKENS_OUT_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
-    BUSY_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
-    MEMORY_GIB_SECONDS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_US_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTE_SECONDS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    CORRECTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     tenant: _builtins.str
     node_id: _builtins.str
@@ -215,14 +218,26 @@ class UsageRecorded(_message.Message):
     tokens_in: _builtins.int
     tokens_out: _builtins.int
     samples: _builtins.int
-    busy_device_seconds: _builtins.float
-    memory_gib_seconds: _builtins.float
+    busy_device_us: _builtins.int
+    """Device time the work kept busy, summed over its devices, in microseconds."""
+    memory_byte_seconds: _builtins.int
+    """Device memory held x time, in byte-seconds."""
+    devices: _builtins.int
+    """Devices the work held at once (the rental comparison rents this many cards); 0 means 1."""
+    corrects: _builtins.str
+    """Set on a correction: the event_id of the usage it corrects. A correction is a compensating
+    record: its amounts are signed deltas to that usage, which is never rewritten.
+    """
+    reason: _builtins.str
+    """Why a correction was made (shown with it)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """Event time: the usage counts in the window (and invoice month) where it ended."""
+
     def __init__(
         self,
         *,
@@ -236,14 +251,17 @@ class UsageRecorded(_message.Message):
         tokens_in: _builtins.int = ...,
         tokens_out: _builtins.int = ...,
         samples: _builtins.int = ...,
-        busy_device_seconds: _builtins.float = ...,
-        memory_gib_seconds: _builtins.float = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
+        busy_device_us: _builtins.int = ...,
+        memory_byte_seconds: _builtins.int = ...,
+        devices: _builtins.int = ...,
+        corrects: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "occurred_at", b"occurred_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_seconds", b"busy_device_seconds", "chip", b"chip", "ended_at", b"ended_at", "event_id", b"event_id", "job_id", b"job_id", "memory_gib_seconds", b"memory_gib_seconds", "model", b"model", "node_id", b"node_id", "occurred_at", b"occurred_at", "samples", b"samples", "started_at", b"started_at", "tenant", b"tenant", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_us", b"busy_device_us", "chip", b"chip", "corrects", b"corrects", "devices", b"devices", "ended_at", b"ended_at", "event_id", b"event_id", "job_id", b"job_id", "memory_byte_seconds", b"memory_byte_seconds", "model", b"model", "node_id", b"node_id", "occurred_at", b"occurred_at", "reason", b"reason", "samples", b"samples", "started_at", b"started_at", "tenant", b"tenant", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,27 @@ PRICE_BASIS_ESTIMATED: PriceBasis.ValueType  # 3
 """No public price: derived from a priced chip by the rule `method` states."""
 Global___PriceBasis: _TypeAlias = PriceBasis  # noqa: Y015
 
+class _InvoiceStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvoiceStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvoiceStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOICE_STATUS_UNSPECIFIED: _InvoiceStatus.ValueType  # 0
+    INVOICE_STATUS_DRAFT: _InvoiceStatus.ValueType  # 1
+    """Late usage may still land on it."""
+    INVOICE_STATUS_FINAL: _InvoiceStatus.ValueType  # 2
+    """Closed: never changes; later usage for its month goes to the next invoice as adjustments."""
+
+class InvoiceStatus(_InvoiceStatus, metaclass=_InvoiceStatusEnumTypeWrapper): ...
+
+INVOICE_STATUS_UNSPECIFIED: InvoiceStatus.ValueType  # 0
+INVOICE_STATUS_DRAFT: InvoiceStatus.ValueType  # 1
+"""Late usage may still land on it."""
+INVOICE_STATUS_FINAL: InvoiceStatus.ValueType  # 2
+"""Closed: never changes; later usage for its month goes to the next invoice as adjustments."""
+Global___InvoiceStatus: _TypeAlias = InvoiceStatus  # noqa: Y015
+
 @_typing.final
 class UsageRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -59,10 +80,14 @@ class UsageRecord(_message.Message):
     TOKENS_IN_FIELD_NUMBER: _builtins.int
     TOKENS_OUT_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
-    BUSY_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
-    MEMORY_GIB_SECONDS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_US_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTE_SECONDS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    CORRECTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
     usage_id: _builtins.str
     """The usage event's id: a record is stored at most once."""
     tenant: _builtins.str
@@ -73,9 +98,15 @@ class UsageRecord(_message.Message):
     tokens_in: _builtins.int
     tokens_out: _builtins.int
     samples: _builtins.int
-    busy_device_seconds: _builtins.float
-    memory_gib_seconds: _builtins.float
-    """Memory held x time, in GiB-seconds."""
+    busy_device_us: _builtins.int
+    memory_byte_seconds: _builtins.int
+    """Memory held x time, in byte-seconds."""
+    devices: _builtins.int
+    corrects: _builtins.str
+    """A correction: the usage_id it corrects (its amounts are signed deltas), and why."""
+    reason: _builtins.str
+    invoice_id: _builtins.str
+    """The final invoice this record is on; empty while it is not on one."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -92,14 +123,18 @@ class UsageRecord(_message.Message):
         tokens_in: _builtins.int = ...,
         tokens_out: _builtins.int = ...,
         samples: _builtins.int = ...,
-        busy_device_seconds: _builtins.float = ...,
-        memory_gib_seconds: _builtins.float = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
+        busy_device_us: _builtins.int = ...,
+        memory_byte_seconds: _builtins.int = ...,
+        devices: _builtins.int = ...,
+        corrects: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        invoice_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_seconds", b"busy_device_seconds", "chip", b"chip", "ended_at", b"ended_at", "job_id", b"job_id", "memory_gib_seconds", b"memory_gib_seconds", "model", b"model", "node_id", b"node_id", "samples", b"samples", "started_at", b"started_at", "tenant", b"tenant", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out", "usage_id", b"usage_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_us", b"busy_device_us", "chip", b"chip", "corrects", b"corrects", "devices", b"devices", "ended_at", b"ended_at", "invoice_id", b"invoice_id", "job_id", b"job_id", "memory_byte_seconds", b"memory_byte_seconds", "model", b"model", "node_id", b"node_id", "reason", b"reason", "samples", b"samples", "started_at", b"started_at", "tenant", b"tenant", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out", "usage_id", b"usage_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,11 +149,20 @@ class ListUsageRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """The caller's own tenant is used when empty; other tenants are not visible."""
     chip: _builtins.str
+    tenant: _builtins.str
+    """The caller's own tenant when empty. Another tenant: PERMISSION_DENIED, unless the caller's
+    key is an admin key, which may name any tenant, or "*" for all.
+    """
+    invoice_id: _builtins.str
+    """Only the records on this final invoice (an invoice line's events)."""
     @_builtins.property
-    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Records whose usage ended in [since, until)."""
+
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -131,10 +175,12 @@ class ListUsageRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         page: _common_pb2.PageRequest | None = ...,
+        tenant: _builtins.str = ...,
+        invoice_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "job_id", b"job_id", "page", b"page", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "invoice_id", b"invoice_id", "job_id", b"job_id", "page", b"page", "since", b"since", "tenant", b"tenant", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,6 +216,9 @@ class GetUsageSummaryRequest(_message.Message):
 
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """As ListUsageRequest.tenant."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -179,10 +228,11 @@ class GetUsageSummaryRequest(_message.Message):
         *,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "tenant", b"tenant", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,15 +247,15 @@ class ChipUsage(_message.Message):
     TOKENS_IN_FIELD_NUMBER: _builtins.int
     TOKENS_OUT_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
-    BUSY_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
-    MEMORY_GIB_SECONDS_FIELD_NUMBER: _builtins.int
+    BUSY_DEVICE_US_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTE_SECONDS_FIELD_NUMBER: _builtins.int
     chip: _builtins.str
     records: _builtins.int
     tokens_in: _builtins.int
     tokens_out: _builtins.int
     samples: _builtins.int
-    busy_device_seconds: _builtins.float
-    memory_gib_seconds: _builtins.float
+    busy_device_us: _builtins.int
+    memory_byte_seconds: _builtins.int
     def __init__(
         self,
         *,
@@ -214,12 +264,12 @@ class ChipUsage(_message.Message):
         tokens_in: _builtins.int = ...,
         tokens_out: _builtins.int = ...,
         samples: _builtins.int = ...,
-        busy_device_seconds: _builtins.float = ...,
-        memory_gib_seconds: _builtins.float = ...,
+        busy_device_us: _builtins.int = ...,
+        memory_byte_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_seconds", b"busy_device_seconds", "chip", b"chip", "memory_gib_seconds", b"memory_gib_seconds", "records", b"records", "samples", b"samples", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_device_us", b"busy_device_us", "chip", b"chip", "memory_byte_seconds", b"memory_byte_seconds", "records", b"records", "samples", b"samples", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,3 +570,412 @@ class MeterPrice(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeterPrice: _TypeAlias = MeterPrice  # noqa: Y015
+
+@_typing.final
+class QueryUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """As ListUsageRequest.tenant."""
+    job_id: _builtins.str
+    chip: _builtins.str
+    window_size: _builtins.str
+    """With "window": "minute", "hour", "day" or "month" (UTC)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Any of "tenant", "chip", "job", "window"; none: one group for everything."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        group_by: _abc.Iterable[_builtins.str] | None = ...,
+        window_size: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "group_by", b"group_by", "job_id", b"job_id", "since", b"since", "tenant", b"tenant", "until", b"until", "window_size", b"window_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUsageRequest: _TypeAlias = QueryUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    METERS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    chip: _builtins.str
+    job_id: _builtins.str
+    records: _builtins.int
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def meters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Meter name (pocgrid.meters) -> quantity in its integer unit."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        records: _builtins.int = ...,
+        meters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chip", b"chip", "job_id", b"job_id", "meters", b"meters", "records", b"records", "tenant", b"tenant", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageGroup: _TypeAlias = UsageGroup  # noqa: Y015
+
+@_typing.final
+class QueryUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___UsageGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUsageResponse: _TypeAlias = QueryUsageResponse  # noqa: Y015
+
+@_typing.final
+class InvoiceLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHIP_FIELD_NUMBER: _builtins.int
+    METER_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PRICE_VERSION_FIELD_NUMBER: _builtins.int
+    ADJUSTMENT_FOR_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    meter: _builtins.str
+    unit: _builtins.str
+    quantity: _builtins.int
+    amount: _builtins.str
+    price_version: _builtins.str
+    """The price-book version it was rated with."""
+    adjustment_for: _builtins.str
+    """An earlier month ("YYYY-MM") this line adjusts (usage that arrived after that month's
+    invoice was final); empty for the invoice's own month.
+    """
+    records: _builtins.int
+    """Usage records behind the line."""
+    def __init__(
+        self,
+        *,
+        chip: _builtins.str = ...,
+        meter: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        amount: _builtins.str = ...,
+        price_version: _builtins.str = ...,
+        adjustment_for: _builtins.str = ...,
+        records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_for", b"adjustment_for", "amount", b"amount", "chip", b"chip", "meter", b"meter", "price_version", b"price_version", "quantity", b"quantity", "records", b"records", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceLine: _TypeAlias = InvoiceLine  # noqa: Y015
+
+@_typing.final
+class RentalLine(_message.Message):
+    """What the same work would have cost renting whole cards for the time held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CHIP_FIELD_NUMBER: _builtins.int
+    CARDS_FIELD_NUMBER: _builtins.int
+    HELD_US_FIELD_NUMBER: _builtins.int
+    CARD_HOUR_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """A job id, or "usage:<usage_id>" for work that names no job."""
+    chip: _builtins.str
+    cards: _builtins.int
+    held_us: _builtins.int
+    """From the job's first start to its last end on this chip type."""
+    card_hour: _builtins.str
+    cost: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        chip: _builtins.str = ...,
+        cards: _builtins.int = ...,
+        held_us: _builtins.int = ...,
+        card_hour: _builtins.str = ...,
+        cost: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_hour", b"card_hour", "cards", b"cards", "chip", b"chip", "cost", b"cost", "held_us", b"held_us", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RentalLine: _TypeAlias = RentalLine  # noqa: Y015
+
+@_typing.final
+class Invoice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FINAL_AT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    RENTAL_FIELD_NUMBER: _builtins.int
+    RENTAL_TOTAL_FIELD_NUMBER: _builtins.int
+    SAVING_FIELD_NUMBER: _builtins.int
+    PRICE_VERSIONS_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    """"<tenant>/<period>"."""
+    tenant: _builtins.str
+    period: _builtins.str
+    """"YYYY-MM" (UTC calendar month)."""
+    status: Global___InvoiceStatus.ValueType
+    currency: _builtins.str
+    total: _builtins.str
+    rental_total: _builtins.str
+    saving: _builtins.str
+    """rental_total - total: what paying for consumption saved against renting."""
+    records: _builtins.int
+    @_builtins.property
+    def final_at(self) -> _timestamp_pb2.Timestamp:
+        """A draft becomes final at period end + grace; a final one says when it did."""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceLine]: ...
+    @_builtins.property
+    def rental(self) -> _containers.RepeatedCompositeFieldContainer[Global___RentalLine]: ...
+    @_builtins.property
+    def price_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        period: _builtins.str = ...,
+        status: Global___InvoiceStatus.ValueType = ...,
+        final_at: _timestamp_pb2.Timestamp | None = ...,
+        currency: _builtins.str = ...,
+        lines: _abc.Iterable[Global___InvoiceLine] | None = ...,
+        total: _builtins.str = ...,
+        rental: _abc.Iterable[Global___RentalLine] | None = ...,
+        rental_total: _builtins.str = ...,
+        saving: _builtins.str = ...,
+        price_versions: _abc.Iterable[_builtins.str] | None = ...,
+        records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final_at", b"final_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "final_at", b"final_at", "invoice_id", b"invoice_id", "lines", b"lines", "period", b"period", "price_versions", b"price_versions", "records", b"records", "rental", b"rental", "rental_total", b"rental_total", "saving", b"saving", "status", b"status", "tenant", b"tenant", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
+
+@_typing.final
+class GetInvoiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """"YYYY-MM"; the current month when empty."""
+    tenant: _builtins.str
+    """As ListUsageRequest.tenant ("*" is not allowed: an invoice is one tenant's)."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvoiceRequest: _TypeAlias = GetInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class GetInvoiceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoice(self) -> Global___Invoice: ...
+    def __init__(
+        self,
+        *,
+        invoice: Global___Invoice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvoiceResponse: _TypeAlias = GetInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class ListInvoicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """As ListUsageRequest.tenant."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class ListInvoicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invoice]:
+        """Final invoices, then the open draft, each without lines (GetInvoice has them)."""
+
+    def __init__(
+        self,
+        *,
+        invoices: _abc.Iterable[Global___Invoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class CorrectUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTION_ID_FIELD_NUMBER: _builtins.int
+    CORRECTS_FIELD_NUMBER: _builtins.int
+    METER_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    correction_id: _builtins.str
+    """The caller's id for this correction: a retry with the same id is stored once."""
+    corrects: _builtins.str
+    """The usage_id corrected."""
+    meter: _builtins.str
+    """A meter name (pocgrid.meters) and the signed change of its quantity."""
+    delta: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        correction_id: _builtins.str = ...,
+        corrects: _builtins.str = ...,
+        meter: _builtins.str = ...,
+        delta: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correction_id", b"correction_id", "corrects", b"corrects", "delta", b"delta", "meter", b"meter", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectUsageRequest: _TypeAlias = CorrectUsageRequest  # noqa: Y015
+
+@_typing.final
+class CorrectUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> Global___UsageRecord: ...
+    def __init__(
+        self,
+        *,
+        record: Global___UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectUsageResponse: _TypeAlias = CorrectUsageResponse  # noqa: Y015

@@ -50,6 +50,26 @@ class MeteringServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.FromString,
                 _registered_method=True)
+        self.QueryUsage = channel.unary_unary(
+                '/pocgrid.v1.MeteringService/QueryUsage',
+                request_serializer=pocgrid_dot_v1_dot_metering__pb2.QueryUsageRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_metering__pb2.QueryUsageResponse.FromString,
+                _registered_method=True)
+        self.GetInvoice = channel.unary_unary(
+                '/pocgrid.v1.MeteringService/GetInvoice',
+                request_serializer=pocgrid_dot_v1_dot_metering__pb2.GetInvoiceRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetInvoiceResponse.FromString,
+                _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/pocgrid.v1.MeteringService/ListInvoices',
+                request_serializer=pocgrid_dot_v1_dot_metering__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_metering__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.CorrectUsage = channel.unary_unary(
+                '/pocgrid.v1.MeteringService/CorrectUsage',
+                request_serializer=pocgrid_dot_v1_dot_metering__pb2.CorrectUsageRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_metering__pb2.CorrectUsageResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -76,6 +96,36 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryUsage(self, request, context):
+        """Usage grouped by any of tenant, chip, job and time window (minute .. month), every meter
+        summed exactly in its integer unit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvoice(self, request, context):
+        """A month's invoice: draft while late usage may still arrive (until the month's end plus
+        the grace period), then final and never changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrectUsage(self, request, context):
+        """Admin keys only: a compensating record for usage already stored (never a rewrite).
+        Idempotent by correction_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +143,26 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetPriceBook,
                     request_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.SerializeToString,
+            ),
+            'QueryUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUsage,
+                    request_deserializer=pocgrid_dot_v1_dot_metering__pb2.QueryUsageRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_metering__pb2.QueryUsageResponse.SerializeToString,
+            ),
+            'GetInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvoice,
+                    request_deserializer=pocgrid_dot_v1_dot_metering__pb2.GetInvoiceRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_metering__pb2.GetInvoiceResponse.SerializeToString,
+            ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=pocgrid_dot_v1_dot_metering__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_metering__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'CorrectUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CorrectUsage,
+                    request_deserializer=pocgrid_dot_v1_dot_metering__pb2.CorrectUsageRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_metering__pb2.CorrectUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +247,114 @@ class MeteringService:
             '/pocgrid.v1.MeteringService/GetPriceBook',
             pocgrid_dot_v1_dot_metering__pb2.GetPriceBookRequest.SerializeToString,
             pocgrid_dot_v1_dot_metering__pb2.GetPriceBookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.MeteringService/QueryUsage',
+            pocgrid_dot_v1_dot_metering__pb2.QueryUsageRequest.SerializeToString,
+            pocgrid_dot_v1_dot_metering__pb2.QueryUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.MeteringService/GetInvoice',
+            pocgrid_dot_v1_dot_metering__pb2.GetInvoiceRequest.SerializeToString,
+            pocgrid_dot_v1_dot_metering__pb2.GetInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.MeteringService/ListInvoices',
+            pocgrid_dot_v1_dot_metering__pb2.ListInvoicesRequest.SerializeToString,
+            pocgrid_dot_v1_dot_metering__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrectUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.MeteringService/CorrectUsage',
+            pocgrid_dot_v1_dot_metering__pb2.CorrectUsageRequest.SerializeToString,
+            pocgrid_dot_v1_dot_metering__pb2.CorrectUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

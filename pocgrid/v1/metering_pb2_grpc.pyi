@@ -39,6 +39,19 @@ class MeteringServiceStub:
     """The price book in force at a time (now by default): what the scheduler's cost policy and
     the evaluator's cost per million tokens price work with. The same for every tenant.
     """
+    QueryUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.QueryUsageRequest, _metering_pb2.QueryUsageResponse]
+    """Usage grouped by any of tenant, chip, job and time window (minute .. month), every meter
+    summed exactly in its integer unit.
+    """
+    GetInvoice: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetInvoiceRequest, _metering_pb2.GetInvoiceResponse]
+    """A month's invoice: draft while late usage may still arrive (until the month's end plus
+    the grace period), then final and never changed.
+    """
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ListInvoicesRequest, _metering_pb2.ListInvoicesResponse]
+    CorrectUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.CorrectUsageRequest, _metering_pb2.CorrectUsageResponse]
+    """Admin keys only: a compensating record for usage already stored (never a rewrite).
+    Idempotent by correction_id.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -50,6 +63,19 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     GetPriceBook: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetPriceBookRequest, _metering_pb2.GetPriceBookResponse]  # type: ignore[assignment]
     """The price book in force at a time (now by default): what the scheduler's cost policy and
     the evaluator's cost per million tokens price work with. The same for every tenant.
+    """
+    QueryUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.QueryUsageRequest, _metering_pb2.QueryUsageResponse]  # type: ignore[assignment]
+    """Usage grouped by any of tenant, chip, job and time window (minute .. month), every meter
+    summed exactly in its integer unit.
+    """
+    GetInvoice: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetInvoiceRequest, _metering_pb2.GetInvoiceResponse]  # type: ignore[assignment]
+    """A month's invoice: draft while late usage may still arrive (until the month's end plus
+    the grace period), then final and never changed.
+    """
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_metering_pb2.ListInvoicesRequest, _metering_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    CorrectUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.CorrectUsageRequest, _metering_pb2.CorrectUsageResponse]  # type: ignore[assignment]
+    """Admin keys only: a compensating record for usage already stored (never a rewrite).
+    Idempotent by correction_id.
     """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -77,6 +103,43 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metering_pb2.GetPriceBookResponse, _abc.Awaitable[_metering_pb2.GetPriceBookResponse]]:
         """The price book in force at a time (now by default): what the scheduler's cost policy and
         the evaluator's cost per million tokens price work with. The same for every tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryUsage(
+        self,
+        request: _metering_pb2.QueryUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.QueryUsageResponse, _abc.Awaitable[_metering_pb2.QueryUsageResponse]]:
+        """Usage grouped by any of tenant, chip, job and time window (minute .. month), every meter
+        summed exactly in its integer unit.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInvoice(
+        self,
+        request: _metering_pb2.GetInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.GetInvoiceResponse, _abc.Awaitable[_metering_pb2.GetInvoiceResponse]]:
+        """A month's invoice: draft while late usage may still arrive (until the month's end plus
+        the grace period), then final and never changed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _metering_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.ListInvoicesResponse, _abc.Awaitable[_metering_pb2.ListInvoicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CorrectUsage(
+        self,
+        request: _metering_pb2.CorrectUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.CorrectUsageResponse, _abc.Awaitable[_metering_pb2.CorrectUsageResponse]]:
+        """Admin keys only: a compensating record for usage already stored (never a rewrite).
+        Idempotent by correction_id.
         """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

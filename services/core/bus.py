@@ -23,17 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import nats
 from google.protobuf.message import DecodeError, Message
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanKind
 
 from pocgrid import deadletter
 from services.core import telemetry
@@ -90,6 +90,9 @@ class EventMeta:
 
 
 Handler = Callable[[M, EventMeta], Awaitable[None]]
+#: Takes every event of one fetch and commits them together; returns, per event, the reason it
+#: was refused (dead-lettered) or "" for stored. Raising means nothing was stored.
+BatchHandler = Callable[[Sequence[tuple[M, EventMeta]]], Awaitable[Sequence[str]]]
 HealthListener = Callable[[], Awaitable[None]]
 
 
@@ -107,8 +110,9 @@ class _Consumer:
     durable: str
     subject: str
     message_type: type[Message]
-    handler: Handler[Any]
+    handler: Handler[Any] | BatchHandler[Any]
     batch: int
+    batched: bool = False
 
 
 class EventBus:
@@ -244,18 +248,52 @@ class EventBus:
         batch: int | None = None,
     ) -> asyncio.Task[None]:
         """Start a supervised durable pull consumer; it runs until ``close()``."""
-        if durable in self._states:
-            raise ValueError(f"consumer {durable!r} is already running on this bus")
-        spec = _Consumer(
-            stream,
-            durable,
-            subject,
-            message_type,
-            handler,
-            batch if batch is not None else self._config.consumer_batch,
+        return self._start(
+            _Consumer(
+                stream,
+                durable,
+                subject,
+                message_type,
+                handler,
+                batch if batch is not None else self._config.consumer_batch,
+            )
         )
-        self._states[durable] = ConsumerState(durable)
-        task = asyncio.create_task(self._supervise(spec), name=f"consume:{durable}")
+
+    def consume_batch(
+        self,
+        stream: str,
+        durable: str,
+        subject: str,
+        message_type: type[M],
+        handler: BatchHandler[M],
+        *,
+        batch: int | None = None,
+    ) -> asyncio.Task[None]:
+        """Start a supervised durable pull consumer whose handler takes a whole fetch at once.
+
+        Commit, then ack: the handler stores the fetch's decodable events (one transaction)
+        and returns why it refused any; the refused are dead-lettered with that reason and the
+        rest acked. If the handler raises, nothing was stored: each event is then handled
+        alone, so one event that breaks the transaction costs only itself (it is retried, and
+        dead-lettered after ``consumer_max_deliver`` deliveries) and the others are stored.
+        """
+        return self._start(
+            _Consumer(
+                stream,
+                durable,
+                subject,
+                message_type,
+                handler,
+                batch if batch is not None else self._config.consumer_batch,
+                batched=True,
+            )
+        )
+
+    def _start(self, spec: _Consumer) -> asyncio.Task[None]:
+        if spec.durable in self._states:
+            raise ValueError(f"consumer {spec.durable!r} is already running on this bus")
+        self._states[spec.durable] = ConsumerState(spec.durable)
+        task = asyncio.create_task(self._supervise(spec), name=f"consume:{spec.durable}")
         self._consumers.append(task)
         return task
 
@@ -279,7 +317,9 @@ class EventBus:
                         await self._js.consumer_info(spec.stream, spec.durable)
                         checked = time.monotonic()
                     await self._succeeded(state)
-                    for msg in msgs:
+                    if spec.batched and msgs:
+                        await self._deliver_batch(msgs, spec)
+                    for msg in msgs if not spec.batched else ():
                         await self._deliver(msg, spec)
                 except Exception as exc:  # supervision: only close() ends the loop
                     if self._closing.is_set():
@@ -403,7 +443,14 @@ class EventBus:
                 return
             meta = EventMeta(event_id, msg.subject, deliveries)
             try:
-                await spec.handler(event, meta)
+                if spec.batched:
+                    # A batch consumer's handler, given one event (a batch that failed whole).
+                    batch_handler = cast(BatchHandler[Any], spec.handler)
+                    (why,) = await batch_handler([(event, meta)])
+                    if why:
+                        raise PoisonEvent(why)
+                else:
+                    await cast(Handler[Any], spec.handler)(event, meta)
             except PoisonEvent as exc:
                 await self._dead_letter(msg, spec, headers, f"rejected by the handler: {exc}")
                 return
@@ -426,6 +473,61 @@ class EventBus:
                 await msg.nak(delay=self._config.consumer_backoff_s(deliveries))
                 return
             await msg.ack()
+
+    async def _deliver_batch(self, msgs: list[Any], spec: _Consumer) -> None:
+        max_deliver = self._config.consumer_max_deliver
+        taken: list[tuple[Any, dict[str, str], Message, EventMeta]] = []
+        links: list[Link] = []
+        for msg in msgs:
+            headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+            deliveries = int(msg.metadata.num_delivered)
+            if deliveries > max_deliver:
+                why = f"not acked in {deliveries - 1} deliveries (max {max_deliver})"
+                await self._dead_letter(msg, spec, headers, why)
+                continue
+            try:
+                event = spec.message_type.FromString(msg.data)
+            except DecodeError as exc:
+                await self._dead_letter(
+                    msg, spec, headers, f"undecodable as {spec.message_type.__name__}: {exc}"
+                )
+                continue
+            meta = EventMeta(deadletter.event_id(headers), msg.subject, deliveries)
+            taken.append((msg, headers, event, meta))
+            parent = trace.get_current_span(telemetry.extract(headers)).get_span_context()
+            if parent.is_valid:
+                links.append(Link(parent))
+        if not taken:
+            return
+        # One span for the batch, linked to each publisher's span (messaging batch receive).
+        with self._tracer.start_as_current_span(
+            f"consume {spec.subject} batch",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": spec.subject,
+                "messaging.batch.message_count": len(taken),
+            },
+        ) as span:
+            try:
+                handler = cast(BatchHandler[Any], spec.handler)
+                reasons = await handler([(event, meta) for _, _, event, meta in taken])
+            except Exception as exc:
+                span.record_exception(exc)
+                log.warning(
+                    "event.batch_failed", consumer=spec.durable, events=len(taken), error=repr(exc)
+                )
+                for msg, _, _, _ in taken:
+                    await self._deliver(msg, spec)
+                return
+            if len(reasons) != len(taken):
+                raise RuntimeError(f"batch handler answered {len(reasons)} of {len(taken)}")
+            for (msg, headers, _, _), why in zip(taken, reasons, strict=True):
+                if why:
+                    await self._dead_letter(msg, spec, headers, f"rejected by the handler: {why}")
+                else:
+                    await msg.ack()
 
     async def _dead_letter(
         self, msg: Any, spec: _Consumer, headers: dict[str, str], reason: str

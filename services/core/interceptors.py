@@ -17,7 +17,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pocgrid.metadata import TENANT_METADATA_KEY
+from pocgrid.metadata import ADMIN_ROLE, ROLE_METADATA_KEY, TENANT_METADATA_KEY
 from services.core import rpc_context, telemetry
 from services.core.errors import PocgridError, internal_status
 from services.core.logging import get_logger
@@ -93,6 +93,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         tenant = metadata.get(TENANT_METADATA_KEY, "")
         rpc_context.set_tenant(tenant)
+        rpc_context.set_admin(metadata.get(ROLE_METADATA_KEY, "") == ADMIN_ROLE)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
         parent = telemetry.extract(metadata)
         untraced = method in self._untraced and "traceparent" not in metadata

@@ -10,6 +10,7 @@ import contextvars
 import time
 
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_tenant", default="")
+_admin: contextvars.ContextVar[bool] = contextvars.ContextVar("pocgrid_admin", default=False)
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pocgrid_deadline", default=None
 )
@@ -21,6 +22,15 @@ def current_tenant() -> str:
 
 def set_tenant(tenant: str) -> contextvars.Token[str]:
     return _tenant.set(tenant)
+
+
+def current_is_admin() -> bool:
+    """The caller's key is an admin key (the gateway said so)."""
+    return _admin.get()
+
+
+def set_admin(admin: bool) -> contextvars.Token[bool]:
+    return _admin.set(admin)
 
 
 def set_deadline_from_remaining(remaining_s: float | None) -> None:

@@ -13,25 +13,19 @@ from typing import Final
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from pocgrid.v1 import events_pb2, metering_pb2
+from pocgrid.meters import METERS
+from pocgrid.v1 import agent_pb2, events_pb2, metering_pb2
 
 _EVENT: Final = events_pb2.UsageRecorded.DESCRIPTOR
 _RECORD: Final = metering_pb2.UsageRecord.DESCRIPTOR
-
-_COUNT_TYPES: Final = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32})
-_QUANTITY_TYPES: Final = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 
 
 def _scalars(descriptor: Descriptor) -> tuple[str, ...]:
     return tuple(f.name for f in descriptor.fields if f.type != FieldDescriptor.TYPE_MESSAGE)
 
 
-COUNT_FIELDS: Final = tuple(f.name for f in _EVENT.fields if f.type in _COUNT_TYPES)
-"""Whole-number amounts of one unit of work (tokens_in, tokens_out, samples)."""
-QUANTITY_FIELDS: Final = tuple(f.name for f in _EVENT.fields if f.type in _QUANTITY_TYPES)
-"""Measured amounts (busy_device_seconds, memory_gib_seconds)."""
-AMOUNT_FIELDS: Final = COUNT_FIELDS + QUANTITY_FIELDS
-"""What a unit of work consumed: the fields that are summed and billed."""
+AMOUNT_FIELDS: Final = tuple(m.source_field for m in METERS.values())
+"""What a unit of work consumed, one int64 per meter (pocgrid.meters): summed and billed."""
 RECORD_SCALARS: Final = _scalars(_RECORD)
 """A stored usage record's non-timestamp fields (usage_id, tenant, ..., the amounts)."""
 EVENT_TO_RECORD: Final = tuple(n for n in _scalars(_EVENT) if n in set(RECORD_SCALARS))
@@ -47,3 +41,16 @@ def copy_fields(source: object, target: Message, names: Iterable[str]) -> None:
     (a message, or a row whose columns are named as the fields)."""
     for name in names:
         setattr(target, name, getattr(source, name))
+
+
+def usage_into_response(
+    usage: events_pb2.UsageRecorded,
+    response: agent_pb2.RunTaskResponse | agent_pb2.ServeRequestsResponse,
+) -> None:
+    """An agent response's usage from its event: counts as they are; device time and memory,
+    which the event holds in integer units, in seconds and GiB-seconds for people to read."""
+    response.tokens_in = usage.tokens_in
+    response.tokens_out = usage.tokens_out
+    response.samples = usage.samples
+    response.busy_device_seconds = usage.busy_device_us / 1_000_000
+    response.memory_gib_seconds = usage.memory_byte_seconds / (1 << 30)

@@ -1,85 +1,136 @@
-"""Turns ``UsageRecorded`` events from JetStream into stored usage records, idempotently.
+"""Turns ``UsageRecorded`` events from JetStream into stored usage records: a batch at a time,
+one transaction per batch, acknowledged only after it commits, idempotently.
 
 The event's ``event_id`` becomes the record's ``usage_id``: JetStream drops a retried publish
 inside its duplicate window, and the primary key drops a redelivery or a re-publish after it.
-An event that can never be stored (no tenant, negative counts) is rejected as poison: retrying
-will not fix it, so the bus puts it in the dead-letter stream with the reason, where an operator
-sees it (``pocgrid admin dlq list``) instead of usage vanishing from a log line.
+An event that can never be stored (unknown tenant, a negative quantity, a field this metering
+does not know, a correction of nothing) is refused with the reason: retrying will not fix it,
+so the bus puts it in the dead-letter stream, where an operator sees it (``pocgrid admin dlq
+list``), and the rest of its batch is stored as if it had not been there.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from pocgrid.v1 import events_pb2, metering_pb2
-from services.core.bus import EventMeta, PoisonEvent
+from google.protobuf import unknown_fields
+
+from pocgrid.v1 import events_pb2
+from services.core.bus import EventMeta
 from services.core.logging import get_logger
-from services.core.usage import COUNT_FIELDS, EVENT_TO_RECORD, QUANTITY_FIELDS, copy_fields
+from services.core.usage import AMOUNT_FIELDS, EVENT_TO_RECORD
 from services.metering.store import UsageStore
 
 log = get_logger()
 
 MAX_ID = 160
+MAX_REASON = 256
+#: Column widths (tables.py): longer text could not be stored.
+_TEXT_LIMITS = {"tenant": 128, "node_id": 63, "chip": 64, "job_id": 128, "model": 128}
 
 
-def problem(event: events_pb2.UsageRecorded, usage_id: str) -> str:
+def problem(event: events_pb2.UsageRecorded, usage_id: str, tenants: frozenset[str]) -> str:
     """Why the event cannot be stored; empty when it can."""
+    fields = unknown_fields.UnknownFieldSet(event)
+    unknown = sorted({fields[i].field_number for i in range(len(fields))})
+    if unknown:
+        numbers = ", ".join(f"#{n}" for n in unknown)
+        return (
+            f"unknown field {numbers} (a meter or field this metering does not know: its "
+            "quantity would be lost; upgrade metering, then replay the dead letter)"
+        )
     if not usage_id:
-        return "no event_id: the record could not be deduplicated"
+        return "event_id: missing; the record could not be deduplicated"
     if len(usage_id) > MAX_ID:
-        return f"event_id longer than {MAX_ID} characters"
+        return f"event_id: longer than {MAX_ID} characters"
     if not event.tenant:
-        return "no tenant"
+        return "tenant: missing"
+    if event.tenant not in tenants:
+        return (
+            f"tenant: {event.tenant!r} is unknown to metering (not a tenant of "
+            "POCGRID_API_KEYS / POCGRID_API_KEYS_FILE)"
+        )
     if not event.chip:
-        return "no chip"
-    for name in COUNT_FIELDS:
-        if getattr(event, name) < 0:
-            return f"{name} < 0"
-    for name in QUANTITY_FIELDS:
-        value = getattr(event, name)
-        if not math.isfinite(value) or value < 0:
-            return f"{name} must be finite and >= 0"
+        return "chip: missing"
+    for name, limit in _TEXT_LIMITS.items():
+        if len(getattr(event, name)) > limit:
+            return f"{name}: longer than {limit} characters"
+    if len(event.reason) > MAX_REASON:
+        return f"reason: longer than {MAX_REASON} characters"
+    if event.devices < 0:
+        return f"devices: {event.devices} < 0"
+    if event.corrects:
+        if event.corrects == usage_id:
+            return "corrects: a correction cannot correct itself"
+        if not any(getattr(event, n) for n in AMOUNT_FIELDS):
+            return "a correction changes no quantity"
+    else:
+        for name in AMOUNT_FIELDS:
+            value = getattr(event, name)
+            if value < 0:
+                return (
+                    f"{name}: {value} < 0 (quantities are >= 0; to take usage back, send a "
+                    "correction naming it in 'corrects')"
+                )
     if (
-        event.HasField("started_at")
-        and event.HasField("ended_at")
-        and event.ended_at.ToDatetime() < event.started_at.ToDatetime()
+        event.HasField("ended_at")
+        and event.HasField("started_at")
+        and event.ended_at.ToNanoseconds() < event.started_at.ToNanoseconds()
     ):
-        return "ended_at is before started_at"
+        return "ended_at: before started_at"
     return ""
 
 
-def to_record(event: events_pb2.UsageRecorded, usage_id: str) -> metering_pb2.UsageRecord:
-    record = metering_pb2.UsageRecord(usage_id=usage_id)
-    copy_fields(event, record, EVENT_TO_RECORD)
+def to_row(event: events_pb2.UsageRecorded, usage_id: str) -> dict[str, Any]:
+    """The record's columns, straight from the event (no intermediate message: ingest is hot)."""
+    row: dict[str, Any] = {name: getattr(event, name) for name in EVENT_TO_RECORD}
+    row["usage_id"] = usage_id
+    row["devices"] = event.devices or 1
     # Usage counts where it ended; an event that does not say when falls back to when it was
     # emitted (then received), never to nothing.
     if event.HasField("ended_at"):
-        record.ended_at.CopyFrom(event.ended_at)
+        ended = event.ended_at.ToDatetime(tzinfo=UTC)
     elif event.HasField("occurred_at"):
-        record.ended_at.CopyFrom(event.occurred_at)
+        ended = event.occurred_at.ToDatetime(tzinfo=UTC)
     else:
-        record.ended_at.FromDatetime(datetime.now(UTC))
-    record.started_at.CopyFrom(
-        event.started_at if event.HasField("started_at") else record.ended_at
+        ended = datetime.now(UTC)
+    row["ended_at"] = ended
+    row["started_at"] = (
+        event.started_at.ToDatetime(tzinfo=UTC) if event.HasField("started_at") else ended
     )
-    return record
+    return row
 
 
 class UsageRecorder:
-    def __init__(self, store: UsageStore) -> None:
+    def __init__(self, store: UsageStore, tenants: Callable[[], frozenset[str]]) -> None:
         self._store = store
+        self._tenants = tenants
 
-    async def handle(self, event: events_pb2.UsageRecorded, meta: EventMeta) -> None:
-        usage_id = event.event_id or meta.event_id
-        why = problem(event, usage_id)
-        if why:
-            raise PoisonEvent(f"usage event {usage_id!r} cannot be stored: {why}")
-        stored = await self._store.record(to_record(event, usage_id))
+    async def handle_batch(
+        self, batch: Sequence[tuple[events_pb2.UsageRecorded, EventMeta]]
+    ) -> list[str]:
+        """Store the batch in one transaction; the reason each refused event was refused."""
+        tenants = self._tenants()
+        reasons = [""] * len(batch)
+        rows: list[dict[str, Any]] = []
+        index: dict[str, int] = {}
+        for i, (event, meta) in enumerate(batch):
+            usage_id = event.event_id or meta.event_id
+            why = problem(event, usage_id, tenants)
+            if why:
+                reasons[i] = f"usage event {usage_id!r} cannot be stored: {why}"
+                continue
+            if usage_id in index:
+                continue  # the same event twice in one fetch: stored once
+            index[usage_id] = i
+            rows.append(to_row(event, usage_id))
+        if rows:
+            refused = await self._store.record_batch(rows)
+            for usage_id, why in refused.items():
+                reasons[index[usage_id]] = f"usage event {usage_id!r} cannot be stored: {why}"
         log.debug(
-            "usage.recorded" if stored else "usage.duplicate",
-            usage_id=usage_id,
-            tenant=event.tenant,
-            chip=event.chip,
-            delivery=meta.delivery,
+            "usage.batch", events=len(batch), stored=len(rows), refused=sum(map(bool, reasons))
         )
+        return reasons

@@ -1,21 +1,28 @@
-"""The metering process: servicer, usage storage and the durable JetStream consumer."""
+"""The metering process: servicer, usage storage, the durable JetStream batch consumer and the
+invoice finalizer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.price_book import default_price_book
 from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
+from services.core.apikeys import configured_tenants
 from services.core.config import CommonConfig
+from services.core.logging import get_logger
 from services.core.service import Service
 from services.metering.config import MeteringConfig
+from services.metering.invoices import Invoicer
 from services.metering.migrations import MIGRATIONS
 from services.metering.recorder import UsageRecorder
 from services.metering.servicer import MeteringServicer
 from services.metering.store import UsageStore
+
+log = get_logger()
 
 USAGE_STREAM = "POCGRID_USAGE"
 USAGE_SUBJECTS = "usage.>"
@@ -38,24 +45,37 @@ class MeteringServer(Service):
         super().__init__(common, env=env, span_processors=span_processors)
         self.config = config
         self.store: UsageStore | None = None
+        self.invoicer: Invoicer | None = None
+        self.tenants: frozenset[str] = frozenset()
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.metering_database_url, MIGRATIONS)
         self.store = UsageStore(db)
+        # Tenants metering accepts usage for: those of the gateway's key configuration (the
+        # same POCGRID_API_KEYS / _FILE), kept in its own table so a tenant whose key is
+        # removed is still known (its invoices, its late usage).
+        configured = configured_tenants(self.config.api_keys, self.config.api_keys_file)
+        self.tenants = await self.store.add_tenants(configured)
+        if not self.tenants:
+            log.warning("metering.no_tenants", hint="set POCGRID_API_KEYS or _FILE as the gateway")
+        books = (default_price_book(),)
+        self.invoicer = Invoicer(self.store, books, timedelta(seconds=self.config.invoice_grace_s))
         await self.connect_bus()
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-            MeteringServicer(self.store, (default_price_book(),)), server
+            MeteringServicer(self.store, books, self.invoicer), server
         )
         self.add_service(metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name)
 
     async def on_serving(self) -> None:
-        assert self.bus is not None and self.store is not None
-        # Supervised by the bus (retries, dead letters, health); batch and timings come from
+        assert self.bus is not None and self.store is not None and self.invoicer is not None
+        # Supervised by the bus (retries, dead letters, health); timings come from
         # CommonConfig's consumer_* settings.
-        self.bus.consume(
+        self.bus.consume_batch(
             stream=USAGE_STREAM,
             durable=DURABLE,
             subject=USAGE_SUBJECTS,
             message_type=events_pb2.UsageRecorded,
-            handler=UsageRecorder(self.store).handle,
+            handler=UsageRecorder(self.store, lambda: self.tenants).handle_batch,
+            batch=self.config.metering_ingest_batch,
         )
+        self.spawn(self.invoicer.run(self.config.invoice_check_interval_s), "invoices")

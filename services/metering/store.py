@@ -1,32 +1,47 @@
-"""Persistence and queries of usage records (metering's own database)."""
+"""Persistence and queries of usage records, tenants and final invoices (metering's own
+database)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
+from pocgrid.meters import METERS
 from pocgrid.v1 import metering_pb2
 from services.core.storage import Database, db_operation, utc
 from services.core.usage import AMOUNT_FIELDS, RECORD_SCALARS, RECORD_TIMES, copy_fields
-from services.metering.tables import UsageRow
+from services.metering.invoicing import Month
+from services.metering.tables import InvoiceRow, TenantRow, UsageRow
+
+ALL_TENANTS: Final = "*"
+#: Record fields a stored row fills from its own columns (invoice_id may be NULL).
+_ROW_SCALARS: Final = tuple(n for n in RECORD_SCALARS if n != "invoice_id")
+#: Columns a correction takes from the usage it corrects: it lands where that usage did.
+_FROM_ORIGINAL: Final = ("chip", "node_id", "job_id", "model", "devices", "started_at", "ended_at")
 
 
 @dataclass(frozen=True, slots=True)
 class UsageFilter:
     tenant: str
+    """One tenant, or ALL_TENANTS (admin keys only; the servicer checks)."""
     job_id: str = ""
     chip: str = ""
     since: datetime | None = None
     """Records that ended at or after this."""
     until: datetime | None = None
     """Records that ended before this."""
+    invoice_id: str = ""
 
     def where(self) -> list[Any]:
-        clauses: list[Any] = [UsageRow.tenant == self.tenant]
+        clauses: list[Any] = []
+        if self.tenant != ALL_TENANTS:
+            clauses.append(UsageRow.tenant == self.tenant)
         if self.job_id:
             clauses.append(UsageRow.job_id == self.job_id)
         if self.chip:
@@ -35,33 +50,86 @@ class UsageFilter:
             clauses.append(UsageRow.ended_at >= self.since)
         if self.until is not None:
             clauses.append(UsageRow.ended_at < self.until)
+        if self.invoice_id:
+            clauses.append(UsageRow.invoice_id == self.invoice_id)
         return clauses
+
+
+WINDOWS: Final = ("minute", "hour", "day", "month")
+
+
+def window_start(when: datetime, size: str) -> datetime:
+    when = utc(when)
+    if size == "minute":
+        return when.replace(second=0, microsecond=0)
+    if size == "hour":
+        return when.replace(minute=0, second=0, microsecond=0)
+    if size == "day":
+        return when.replace(hour=0, minute=0, second=0, microsecond=0)
+    if size == "month":
+        return when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    raise ValueError(f"window size {size!r} is not one of {WINDOWS}")
 
 
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._insert = (
+            postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+        )
 
+    # -- ingest ---------------------------------------------------------------------------
     @db_operation
     async def record(self, record: metering_pb2.UsageRecord) -> bool:
-        """Store a record once; False when its usage_id is already stored (a redelivery)."""
-        # Columns are named as the record's fields (tests/unit/metering checks it).
-        values: dict[str, Any] = {name: getattr(record, name) for name in RECORD_SCALARS}
+        """Store one record (tests, tools); False when its usage_id is already stored."""
+        values: dict[str, Any] = {name: getattr(record, name) for name in _ROW_SCALARS}
         for name in RECORD_TIMES:
             values[name] = getattr(record, name).ToDatetime(tzinfo=UTC)
         values["recorded_at"] = datetime.now(UTC)
-        # INSERT ... ON CONFLICT DO NOTHING: one statement, no read-then-write race between
-        # two replicas consuming the same redelivered event.
-        dialect = postgresql if self._db.engine.dialect.name == "postgresql" else sqlite
-        stmt = (
-            dialect.insert(UsageRow)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["usage_id"])
-        )
+        stmt = self._insert(UsageRow).values(**values).on_conflict_do_nothing()
         async with self._db.session() as session, session.begin():
             result = await session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
+    @db_operation
+    async def record_batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """Store ``rows`` (column -> value; one per usage event) in one transaction, each at
+        most once (INSERT ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections
+        refused, usage_id -> why; everything else is committed when this returns."""
+        refused: dict[str, str] = {}
+        now = datetime.now(UTC)
+        insert = self._insert(UsageRow).on_conflict_do_nothing(index_elements=["usage_id"])
+        async with self._db.session() as session, session.begin():
+            usage = [{**r, "recorded_at": now} for r in rows if not r["corrects"]]
+            if usage:
+                await session.execute(insert, usage)
+            corrections = [r for r in rows if r["corrects"]]
+            if corrections:
+                # After the usage above: a correction may follow its usage in one batch, and
+                # this transaction already sees it.
+                refused = await _check_corrections(session, corrections)
+                keep = [
+                    {**r, "recorded_at": now} for r in corrections if r["usage_id"] not in refused
+                ]
+                if keep:
+                    await session.execute(insert, keep)
+        return refused
+
+    # -- tenants --------------------------------------------------------------------------
+    @db_operation
+    async def add_tenants(self, names: Iterable[str]) -> frozenset[str]:
+        """Make ``names`` known (kept forever); returns every tenant known."""
+        now = datetime.now(UTC)
+        async with self._db.session() as session, session.begin():
+            values = [{"name": n, "added_at": now} for n in sorted(set(names))]
+            if values:
+                await session.execute(
+                    self._insert(TenantRow).on_conflict_do_nothing(index_elements=["name"]),
+                    values,
+                )
+            return frozenset(await session.scalars(select(TenantRow.name)))
+
+    # -- queries --------------------------------------------------------------------------
     @db_operation
     async def query(
         self, where: UsageFilter, offset: int, limit: int
@@ -76,7 +144,13 @@ class UsageStore:
                 .offset(offset)
                 .limit(limit)
             )
-            return [_row_to_record(r) for r in rows], int(total or 0)
+            return [row_to_record(r) for r in rows], int(total or 0)
+
+    @db_operation
+    async def get(self, usage_id: str) -> metering_pb2.UsageRecord | None:
+        async with self._db.session() as session:
+            row = await session.get(UsageRow, usage_id)
+            return None if row is None else row_to_record(row)
 
     @db_operation
     async def summary(self, where: UsageFilter) -> list[metering_pb2.ChipUsage]:
@@ -93,15 +167,202 @@ class UsageStore:
         for chip, count, *amounts in rows:
             usage = metering_pb2.ChipUsage(chip=chip, records=int(count))
             for name, value in zip(AMOUNT_FIELDS, amounts, strict=True):
-                # The field's own type: SQL sums of integers may come back as Decimal.
-                setattr(usage, name, type(getattr(usage, name))(value))
+                # SQL sums of integers may come back as Decimal: exact, made int here.
+                setattr(usage, name, int(value))
             out.append(usage)
         return out
 
+    @db_operation
+    async def groups(
+        self, where: UsageFilter, group_by: Sequence[str], window_size: str
+    ) -> list[metering_pb2.UsageGroup]:
+        """Usage summed per group (any of tenant, chip, job, window), exact integers."""
+        cols = [UsageRow.tenant, UsageRow.chip, UsageRow.job_id, UsageRow.ended_at]
+        amounts = [getattr(UsageRow, name) for name in AMOUNT_FIELDS]
+        out: dict[tuple[Any, ...], metering_pb2.UsageGroup] = {}
+        async with self._db.session() as session:
+            result = await session.stream(select(*cols, *amounts).where(*where.where()))
+            async for row in result:
+                tenant, chip, job, ended = (
+                    str(row[0]),
+                    str(row[1]),
+                    str(row[2]),
+                    cast(datetime, row[3]),
+                )
+                values = row[4:]
+                start = window_start(ended, window_size) if "window" in group_by else None
+                key = (
+                    tenant if "tenant" in group_by else "",
+                    chip if "chip" in group_by else "",
+                    job if "job" in group_by else "",
+                    start,
+                )
+                group = out.get(key)
+                if group is None:
+                    group = metering_pb2.UsageGroup(tenant=key[0], chip=key[1], job_id=key[2])
+                    if start is not None:
+                        group.window_start.FromDatetime(start)
+                    for name in METERS:
+                        group.meters[name] = 0
+                    out[key] = group
+                group.records += 1
+                for (name, meter), value in zip(METERS.items(), values, strict=True):
+                    assert meter.source_field in AMOUNT_FIELDS
+                    group.meters[name] += int(value)
+        return [out[k] for k in sorted(out, key=lambda k: (*k[:3], k[3] or datetime.min))]
 
-def _row_to_record(row: UsageRow) -> metering_pb2.UsageRecord:
-    record = metering_pb2.UsageRecord()
-    copy_fields(row, record, RECORD_SCALARS)
+    # -- invoices -------------------------------------------------------------------------
+    @db_operation
+    async def unbilled(
+        self, tenant: str, before: datetime | None, since: datetime | None
+    ) -> list[Any]:
+        """The tenant's records on no final invoice that ended before ``before`` and at or
+        after ``since`` (either bound may be None)."""
+        clauses = [UsageRow.tenant == tenant, UsageRow.invoice_id.is_(None)]
+        if before is not None:
+            clauses.append(UsageRow.ended_at < before)
+        if since is not None:
+            clauses.append(UsageRow.ended_at >= since)
+        async with self._db.session() as session:
+            return [_aware(r) for r in await session.scalars(select(UsageRow).where(*clauses))]
+
+    @db_operation
+    async def oldest_unbilled(self) -> list[tuple[str, datetime]]:
+        """Per tenant with records on no final invoice, when its oldest one ended."""
+        query = (
+            select(UsageRow.tenant, func.min(UsageRow.ended_at))
+            .where(UsageRow.invoice_id.is_(None))
+            .group_by(UsageRow.tenant)
+        )
+        async with self._db.session() as session:
+            return [(t, utc(m)) for t, m in (await session.execute(query)).all()]
+
+    @db_operation
+    async def last_final(self, tenant: str) -> Month | None:
+        async with self._db.session() as session:
+            period = await session.scalar(
+                select(func.max(InvoiceRow.period)).where(InvoiceRow.tenant == tenant)
+            )
+        return None if period is None else Month.parse(period)
+
+    @db_operation
+    async def final_invoice(self, invoice_id: str) -> bytes | None:
+        async with self._db.session() as session:
+            row = await session.get(InvoiceRow, invoice_id)
+            return None if row is None else row.document
+
+    @db_operation
+    async def final_invoices(self, tenant: str) -> list[bytes]:
+        query = select(InvoiceRow.document).where(InvoiceRow.tenant == tenant)
+        async with self._db.session() as session:
+            return list(await session.scalars(query.order_by(InvoiceRow.period)))
+
+    @db_operation
+    async def finalize(self, tenant: str, month: Month, build: Any) -> bytes | None:
+        """Close ``tenant``'s invoice of ``month``: in one transaction, take every record on no
+        final invoice that ended before the month's end, build the document from exactly those
+        (``build(rows) -> bytes``) and store it. Marking first, then reading what was marked,
+        means a record committed meanwhile is either on this invoice or on the next, never
+        counted and missed. None when another replica finalized it first."""
+        invoice_id = f"{tenant}/{month}"
+        try:
+            async with self._db.session() as session, session.begin():
+                if await session.get(InvoiceRow, invoice_id) is not None:
+                    return None
+                await session.execute(
+                    update(UsageRow)
+                    .where(
+                        UsageRow.tenant == tenant,
+                        UsageRow.invoice_id.is_(None),
+                        UsageRow.ended_at < month.end,
+                    )
+                    .values(invoice_id=invoice_id)
+                )
+                rows = [
+                    _aware(r)
+                    for r in await session.scalars(
+                        select(UsageRow).where(UsageRow.invoice_id == invoice_id)
+                    )
+                ]
+                document: bytes = build(rows)
+                session.add(
+                    InvoiceRow(
+                        invoice_id=invoice_id,
+                        tenant=tenant,
+                        period=str(month),
+                        finalized_at=datetime.now(UTC),
+                        document=document,
+                    )
+                )
+            return document
+        except IntegrityError:
+            return None  # another replica stored it first; its document stands
+
+
+def _aware(row: UsageRow) -> UsageRow:
+    # SQLite hands back naive datetimes; invoices compare them with aware ones.
+    row.started_at = utc(row.started_at)
+    row.ended_at = utc(row.ended_at)
+    return row
+
+
+async def _check_corrections(session: Any, corrections: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Refuse corrections of unknown usage, of another tenant's usage, of a correction, or
+    that would take any amount of the corrected usage below zero; fill the rest in from the
+    usage they correct (same chip, job and event time: they land in its window)."""
+    ids = [c["usage_id"] for c in corrections]
+    targets = {c["corrects"] for c in corrections}
+    stored = set(await session.scalars(select(UsageRow.usage_id).where(UsageRow.usage_id.in_(ids))))
+    originals = {
+        r.usage_id: r
+        for r in await session.scalars(select(UsageRow).where(UsageRow.usage_id.in_(targets)))
+    }
+    sums = [func.coalesce(func.sum(getattr(UsageRow, n)), 0) for n in AMOUNT_FIELDS]
+    corrected = {
+        target: dict(zip(AMOUNT_FIELDS, (int(v) for v in values), strict=True))
+        for target, *values in (
+            await session.execute(
+                select(UsageRow.corrects, *sums)
+                .where(UsageRow.corrects.in_(targets))
+                .group_by(UsageRow.corrects)
+            )
+        ).all()
+    }
+    refused: dict[str, str] = {}
+    for c in corrections:
+        original = originals.get(c["corrects"])
+        why = ""
+        if original is None:
+            why = f"corrects: no usage {c['corrects']!r} is stored (a correction follows it)"
+        elif original.corrects:
+            why = f"corrects: {c['corrects']!r} is itself a correction; correct the usage"
+        elif original.tenant != c["tenant"]:
+            why = f"corrects: usage {c['corrects']!r} is not tenant {c['tenant']!r}'s"
+        if why:
+            refused[c["usage_id"]] = why
+            continue
+        assert original is not None
+        for name in _FROM_ORIGINAL:
+            c[name] = getattr(original, name)
+        if c["usage_id"] in stored:
+            continue  # a redelivery: its delta is already in the sums; the insert drops it
+        net = corrected.setdefault(c["corrects"], dict.fromkeys(AMOUNT_FIELDS, 0))
+        after = {n: getattr(original, n) + net[n] + c[n] for n in AMOUNT_FIELDS}
+        negative = [n for n, v in after.items() if v < 0]
+        if negative:
+            refused[c["usage_id"]] = (
+                f"{negative[0]}: the correction would take usage {c['corrects']!r} to "
+                f"{after[negative[0]]} (< 0)"
+            )
+            continue
+        for n in AMOUNT_FIELDS:
+            net[n] += c[n]
+    return refused
+
+
+def row_to_record(row: UsageRow) -> metering_pb2.UsageRecord:
+    record = metering_pb2.UsageRecord(invoice_id=row.invoice_id or "")
+    copy_fields(row, record, _ROW_SCALARS)
     for name in RECORD_TIMES:
         getattr(record, name).FromDatetime(utc(getattr(row, name)))
     return record

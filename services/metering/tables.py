@@ -1,10 +1,11 @@
-"""Metering tables: one row per usage event. Only metering reads or writes them."""
+"""Metering tables: usage records (one row per usage event or correction), the tenants metering
+knows, and final invoices. Only metering reads or writes them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, String
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -14,8 +15,12 @@ class Base(DeclarativeBase):
 
 class UsageRow(Base):
     __tablename__ = "usage_records"
-    # Queries are always one tenant's records over a time window.
-    __table_args__ = (Index("ix_usage_tenant_ended", "tenant", "ended_at"),)
+    # Queries are always one tenant's records over a time window; invoices read a tenant's
+    # records not yet on a final invoice.
+    __table_args__ = (
+        Index("ix_usage_tenant_ended", "tenant", "ended_at"),
+        Index("ix_usage_tenant_invoice", "tenant", "invoice_id"),
+    )
 
     # The usage event's id: the primary key is what makes a redelivered event a no-op.
     usage_id: Mapped[str] = mapped_column(String(160), primary_key=True)
@@ -27,9 +32,37 @@ class UsageRow(Base):
     tokens_in: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens_out: Mapped[int] = mapped_column(BigInteger, default=0)
     samples: Mapped[int] = mapped_column(BigInteger, default=0)
-    busy_device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    memory_gib_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    busy_device_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_byte_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    devices: Mapped[int] = mapped_column(Integer, default=1)
+    # A correction: the usage_id it compensates (its amounts are signed deltas), and why.
+    corrects: Mapped[str] = mapped_column(String(160), default="", index=True)
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    # Set when a final invoice takes the record, in the same transaction; NULL until then.
+    invoice_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Usage counts in the window where it ended.
     ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantRow(Base):
+    """A tenant metering accepts usage for: fed from the API-key configuration at start-up,
+    never deleted (a tenant whose key was removed still has invoices and late usage)."""
+
+    __tablename__ = "metering_tenants"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InvoiceRow(Base):
+    """A final invoice: the Invoice message as it was finalized, never updated."""
+
+    __tablename__ = "invoices"
+
+    invoice_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    period: Mapped[str] = mapped_column(String(7))
+    finalized_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    document: Mapped[bytes] = mapped_column(LargeBinary)

@@ -216,7 +216,7 @@ async def test_metering_dead_letters_usage_it_can_never_store(
     common: CommonConfig, nats_server: NatsServer, closer: list[object]
 ):
     metering = MeteringServer(
-        dataclasses.replace(common, consumer_fetch_wait_s=0.1), MeteringConfig()
+        dataclasses.replace(common, consumer_fetch_wait_s=0.1), MeteringConfig(api_keys="k=acme")
     )
     await metering.start()
     closer.append(metering)
@@ -238,7 +238,7 @@ async def test_metering_dead_letters_usage_it_can_never_store(
         (letter,) = await _dead_letters(js)
         assert (letter.event_id, letter.consumer) == ("u-no-tenant", "metering")
         assert letter.reason == (
-            "rejected by the handler: usage event 'u-no-tenant' cannot be stored: no tenant"
+            "rejected by the handler: usage event 'u-no-tenant' cannot be stored: tenant: missing"
         )
     finally:
         await nc.close()

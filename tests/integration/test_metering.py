@@ -20,6 +20,9 @@ pytestmark = pytest.mark.integration
 
 ACME = (("x-pocgrid-tenant", "acme"),)
 GLOBEX = (("x-pocgrid-tenant", "globex"),)
+#: The gateway's keys, as metering reads them: its tenants.
+TENANTS = "key-acme=acme,key-globex=globex"
+GIB = 1 << 30
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 
 
@@ -47,7 +50,7 @@ def _usage(event_id: str, *, minute: int = 0, **fields) -> events_pb2.UsageRecor
 
 
 async def _metering(common) -> MeteringServer:
-    server = MeteringServer(common, MeteringConfig())
+    server = MeteringServer(common, MeteringConfig(api_keys=TENANTS))
     await server.start()
     return server
 
@@ -82,7 +85,7 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
     closer.append(meter)
     nc = await nats.connect(nats_server.url)
     pub = Publisher(nc.jetstream())
-    first = _usage("usage-1", tokens_in=100, tokens_out=40, busy_device_seconds=1.5)
+    first = _usage("usage-1", tokens_in=100, tokens_out=40, busy_device_us=1_500_000)
     ack = await pub.publish(first)
     assert not ack.duplicate
     # A retried publish inside the duplicate window: JetStream itself drops it.
@@ -91,7 +94,7 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
     # publisher that lost its ack): JetStream stores it, metering must not count it twice.
     assert not (await pub.publish(first, msg_id="usage-1-after-window")).duplicate
     await pub.publish(
-        _usage("usage-2", minute=5, tokens_in=10, tokens_out=2, busy_device_seconds=0.5)
+        _usage("usage-2", minute=5, tokens_in=10, tokens_out=2, busy_device_us=500_000)
     )
     await pub.publish(
         _usage(
@@ -100,8 +103,8 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
             chip="mlu370-x8",
             job_id="job-b",
             samples=7,
-            busy_device_seconds=2.0,
-            memory_gib_seconds=12.5,
+            busy_device_us=2_000_000,
+            memory_byte_seconds=12 * GIB + GIB // 2,
         )
     )
     await pub.publish(_usage("usage-4", tenant="globex", tokens_in=999))
@@ -121,10 +124,10 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
         assert sorted(by_chip) == ["ascend-910b2", "mlu370-x8"]
         ascend = by_chip["ascend-910b2"]
         assert (ascend.records, ascend.tokens_in, ascend.tokens_out) == (2, 110, 42)
-        assert ascend.busy_device_seconds == pytest.approx(2.0)
+        assert ascend.busy_device_us == 2_000_000
         mlu = by_chip["mlu370-x8"]
         assert (mlu.records, mlu.samples) == (1, 7)
-        assert mlu.memory_gib_seconds == pytest.approx(12.5)
+        assert mlu.memory_byte_seconds == 12 * GIB + GIB // 2
 
         theirs = await stub.ListUsage(metering_pb2.ListUsageRequest(), metadata=GLOBEX)
         assert [r.usage_id for r in theirs.records] == ["usage-4"]
@@ -156,7 +159,7 @@ async def test_filters_window_and_paging(common, closer, nats_server):
         assert await ids(chip="mlu370-x8") == ["u-1", "u-3", "u-5"]
         assert await ids(job_id="job-0") == ["u-0", "u-3"]
         # Windows select on when usage ended: [since, until).
-        window = {
+        window: dict[str, Any] = {
             "since": _ts(T0 + timedelta(minutes=10)),
             "until": _ts(T0 + timedelta(minutes=30, seconds=30)),
         }

@@ -24,7 +24,7 @@ from tests.integration.test_metering import Publisher, _usage
 
 pytestmark = pytest.mark.integration
 
-KEY_A, KEY_B = "key-acme-123", "key-globex-456"
+KEY_A, KEY_B, KEY_ADMIN = "key-acme-123", "key-globex-456", "key-ops-789"
 
 
 def _auth(key: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
@@ -32,12 +32,11 @@ def _auth(key: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 async def _mesh(common, closer, nats_server) -> tuple[GatewayServer, Publisher]:
-    meter = MeteringServer(common, MeteringConfig())
+    keys = f"{KEY_A}=acme,{KEY_B}=globex,{KEY_ADMIN}=ops:admin"
+    meter = MeteringServer(common, MeteringConfig(api_keys=keys))
     await meter.start()
     closer.append(meter)
-    gw = GatewayServer(
-        common, GatewayConfig(api_keys=f"{KEY_A}=acme,{KEY_B}=globex", metering_addr=meter.address)
-    )
+    gw = GatewayServer(common, GatewayConfig(api_keys=keys, metering_addr=meter.address))
     await gw.start()
     closer.append(gw)
     nc = await nats.connect(nats_server.url)
@@ -47,9 +46,9 @@ async def _mesh(common, closer, nats_server) -> tuple[GatewayServer, Publisher]:
     minutes_ago = int((now - datetime(2025, 3, 1, 10, 0, tzinfo=UTC)) / timedelta(minutes=1))
     # acme: two jobs on two chips, one event long ago; globex: one event.
     for event in (
-        _usage("a-1", minute=minutes_ago - 5, tokens_in=100, busy_device_seconds=0.1),
+        _usage("a-1", minute=minutes_ago - 5, tokens_in=100, busy_device_us=100_000),
         _usage("a-2", minute=minutes_ago - 5, job_id="job-b", tokens_out=7, samples=3),
-        _usage("a-3", minute=minutes_ago - 4, chip="mlu370-x8", busy_device_seconds=0.2),
+        _usage("a-3", minute=minutes_ago - 4, chip="mlu370-x8", busy_device_us=200_000),
         _usage("a-old", minute=0, tokens_in=1),
         _usage("b-1", minute=minutes_ago - 5, tenant="globex", tokens_in=999),
     ):
@@ -101,12 +100,12 @@ async def test_pocgrid_usage_by_chip_job_meter_and_window(
 ) -> None:
     gw, _ = await _mesh(common, closer, nats_server)
     by_chip = await _cli(capsys, gw, KEY_A)
-    assert [(r["chip"], r["records"], r["tokens_in"]) for r in by_chip] == [
+    assert [(r["chip"], r["records"], r["input_tokens"]) for r in by_chip] == [
         ("ascend-910b2", 3, 101),
         ("mlu370-x8", 1, 0),
     ]
     recent = await _cli(capsys, gw, KEY_A, "--window", "1h")
-    assert [(r["chip"], r["records"], r["tokens_in"]) for r in recent] == [
+    assert [(r["chip"], r["records"], r["input_tokens"]) for r in recent] == [
         ("ascend-910b2", 2, 100),
         ("mlu370-x8", 1, 0),
     ]
@@ -120,13 +119,13 @@ async def test_pocgrid_usage_by_chip_job_meter_and_window(
         "input_tokens": 100,
         "output_tokens": 7,
         "samples": 3,
-        # 0.1 s + 0.2 s, each in whole microseconds: exactly 300000.
+        # 100000 + 200000 device-us: exactly 300000.
         "busy_device_us": 300_000,
         "memory_byte_seconds": 0,
     }
     one_chip = await _cli(capsys, gw, KEY_A, "--chip", "mlu370-x8", "--by", "meter")
     assert {r["meter"]: r["quantity"] for r in one_chip}["busy_device_us"] == 200_000
-    assert [r["tokens_in"] for r in await _cli(capsys, gw, KEY_B)] == [999]
+    assert [r["input_tokens"] for r in await _cli(capsys, gw, KEY_B)] == [999]
 
 
 def test_pocgrid_usage_window_is_checked(capsys) -> None:
@@ -172,3 +171,71 @@ async def test_the_price_book_in_force_through_the_gateway(
     doc = json.JSONDecoder().raw_decode(out, out.index("\n{") + 1)[0]
     assert doc["cards"][0]["chip"] == "mlu370-x8"
     assert doc["cards"][0]["basis"] == "PRICE_BASIS_ESTIMATED"
+
+
+async def test_invoices_and_usage_are_each_tenants_own_and_an_admin_key_sees_all(
+    common, closer, nats_server, capsys, tmp_path
+) -> None:
+    gw, _ = await _mesh(common, closer, nats_server)
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = metering_pb2_grpc.MeteringServiceStub(ch)
+        mine = (
+            await stub.GetInvoice(metering_pb2.GetInvoiceRequest(), metadata=_auth(KEY_A))
+        ).invoice
+        assert mine.tenant == "acme" and mine.status == metering_pb2.INVOICE_STATUS_DRAFT
+        assert mine.records == 3  # a-1, a-2, a-3 this month; a-old is in March 2025
+        theirs = (
+            await stub.GetInvoice(metering_pb2.GetInvoiceRequest(), metadata=_auth(KEY_B))
+        ).invoice
+        assert theirs.tenant == "globex" and theirs.records == 1
+        # Naming another tenant: refused for a tenant's key, with the field and the rule...
+        for call, request in (
+            (stub.GetInvoice, metering_pb2.GetInvoiceRequest(tenant="globex")),
+            (stub.ListInvoices, metering_pb2.ListInvoicesRequest(tenant="globex")),
+            (stub.ListUsage, metering_pb2.ListUsageRequest(tenant="globex")),
+            (stub.QueryUsage, metering_pb2.QueryUsageRequest(tenant="*")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(request, metadata=_auth(KEY_A, ("x-pocgrid-role", "admin")))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert (err.value.details() or "").startswith("tenant")
+        # ... and allowed for an admin key (a caller's own role header is never passed on).
+        admin = _auth(KEY_ADMIN)
+        seen = await stub.GetInvoice(
+            metering_pb2.GetInvoiceRequest(tenant="globex"), metadata=admin
+        )
+        assert seen.invoice.records == 1
+        everyone = await stub.QueryUsage(
+            metering_pb2.QueryUsageRequest(tenant="*", group_by=["tenant"]), metadata=admin
+        )
+        assert {g.tenant: g.meters["input_tokens"] for g in everyone.groups} == {
+            "acme": 101,
+            "globex": 999,
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetInvoice(metering_pb2.GetInvoiceRequest(period="2026-13"), metadata=admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("period")
+    html_file = tmp_path / "invoice.html"
+    argv = [
+        "--gateway",
+        gw.address,
+        "--api-key",
+        KEY_A,
+        "invoice",
+        "--json",
+        "--html",
+        str(html_file),
+    ]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    doc = json.JSONDecoder().raw_decode(out, out.index("\n{") + 1)[0]
+    assert doc["tenant"] == "acme" and doc["status"] == "INVOICE_STATUS_DRAFT"
+    assert "Invoice acme/" in html_file.read_text()
+    by_tenant = await _cli(capsys, gw, KEY_ADMIN, "--tenant", "*", "--by", "tenant")
+    assert [(r["tenant"], r["records"]) for r in by_tenant] == [("acme", 4), ("globex", 1)]
+    argv = ["--gateway", gw.address, "--api-key", KEY_B, "usage", "--tenant", "acme"]
+    assert await asyncio.to_thread(main, argv) != 0
+    per_month = await _cli(capsys, gw, KEY_A, "--by", "window", "--every", "month")
+    assert per_month[0]["records"] == 1  # March 2025 first: a-old

@@ -65,7 +65,7 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     closer.append(reg)
     backends = [
         SchedulerServer(common, SchedulerConfig(registry_addr=reg.address)),
-        MeteringServer(common, MeteringConfig()),
+        MeteringServer(common, MeteringConfig(api_keys="walk-key=walker,walk-admin=ops:admin")),
         AdapterServer(common, AdapterConfig()),
     ]
     for svc in backends:
@@ -79,7 +79,7 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     gw = GatewayServer(
         common,
         GatewayConfig(
-            api_keys="walk-key=walker",
+            api_keys="walk-key=walker,walk-admin=ops:admin",
             registry_addr=reg.address,
             scheduler_addr=sched,
             metering_addr=meter,
@@ -169,6 +169,19 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
             scheduler_pb2.CompleteJobRequest(job_id=held.job.job_id), metadata=AUTH
         )
 
+    async def correct() -> Any:
+        # Routed and implemented: metering itself answers that there is no such usage.
+        try:
+            await metering.CorrectUsage(
+                metering_pb2.CorrectUsageRequest(
+                    correction_id="walk", corrects="no-usage", meter="samples", delta=1
+                ),
+                metadata=(("authorization", "Bearer walk-admin"),),
+            )
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return None
+
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "RegistryService/ListChips": lambda: registry.ListChips(
             registry_pb2.ListChipsRequest(), metadata=AUTH
@@ -211,6 +224,16 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
         "MeteringService/GetUsageSummary": lambda: metering.GetUsageSummary(
             metering_pb2.GetUsageSummaryRequest(), metadata=AUTH
         ),
+        "MeteringService/QueryUsage": lambda: metering.QueryUsage(
+            metering_pb2.QueryUsageRequest(group_by=["chip"]), metadata=AUTH
+        ),
+        "MeteringService/GetInvoice": lambda: metering.GetInvoice(
+            metering_pb2.GetInvoiceRequest(), metadata=AUTH
+        ),
+        "MeteringService/ListInvoices": lambda: metering.ListInvoices(
+            metering_pb2.ListInvoicesRequest(), metadata=AUTH
+        ),
+        "MeteringService/CorrectUsage": correct,
         "MeteringService/GetPriceBook": lambda: metering.GetPriceBook(
             metering_pb2.GetPriceBookRequest(chip="mtt-s4000"), metadata=AUTH
         ),
@@ -289,5 +312,7 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert len(results["AdapterService/ListImportedModels"].models) == 2
     assert results["AdapterService/Estimate"].best_by_throughput.output_tokens_per_s > 0
     assert results["GatewayService/WhoAmI"].tenant == "walker"
+    assert results["MeteringService/GetInvoice"].invoice.tenant == "walker"
+    assert results["MeteringService/CorrectUsage"] == grpc.StatusCode.NOT_FOUND
     assert all(s.healthy for s in results["GatewayService/CheckServices"].services)
     assert len(results["GatewayService/CheckServices"].services) == 6

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pocgrid.meters import METERS, record_quantities
+from pocgrid.meters import METERS, byte_seconds, device_us, record_quantities
 from pocgrid.pricing import (
     ANY_CHIP,
     Graduated,
@@ -44,7 +44,11 @@ def test_every_usage_amount_has_a_meter() -> None:
 
 def test_record_quantities_are_exact_integers() -> None:
     record = SimpleNamespace(
-        tokens_in=100, tokens_out=40, samples=0, busy_device_seconds=1.5, memory_gib_seconds=0.25
+        tokens_in=100,
+        tokens_out=40,
+        samples=0,
+        busy_device_us=1_500_000,
+        memory_byte_seconds=(1 << 30) // 4,
     )
     assert record_quantities(record) == {
         "input_tokens": 100,
@@ -53,15 +57,15 @@ def test_record_quantities_are_exact_integers() -> None:
         "busy_device_us": 1_500_000,
         "memory_byte_seconds": (1 << 30) // 4,
     }
-    # 0.1 s is not exact in binary; the microsecond count is.
-    assert METERS["busy_device_us"].quantity(0.1) == 100_000
+    # A producer that measured 0.1 s (not exact in binary) reports whole microseconds.
+    assert device_us(0.1) == 100_000 and byte_seconds(0.25) == (1 << 30) // 4
     # Ten thousand 0.1 s records sum to exactly 1000 s, which float sums do not.
     assert sum([0.1] * 10_000) != 1000.0
-    assert sum(METERS["busy_device_us"].quantity(0.1) for _ in range(10_000)) == 1_000_000_000
+    assert sum(device_us(0.1) for _ in range(10_000)) == 1_000_000_000
     with pytest.raises(ValueError, match="< 0"):
         METERS["samples"].quantity(-1)
-    with pytest.raises(ValueError, match="not finite"):
-        METERS["busy_device_us"].quantity(float("nan"))
+    with pytest.raises(ValueError, match="whole number"):
+        METERS["busy_device_us"].quantity(0.5)  # type: ignore[arg-type]
 
 
 def test_standard() -> None:

@@ -25,6 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 
 from pocgrid.catalog import Catalog, Chip, default_catalog
+from pocgrid.meters import byte_seconds, device_us
 from pocgrid.perf.errors import PerfInputError, UnknownNameInput, UnsupportedInput
 from pocgrid.perf.onnx_cost import graph_cost
 from pocgrid.perf.predict import Prediction, predict
@@ -38,7 +39,7 @@ from services.agent.work.numerics import OnnxRunner, describe
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
 from services.core.logging import get_logger
-from services.core.usage import AMOUNT_FIELDS, copy_fields
+from services.core.usage import usage_into_response
 
 log = get_logger()
 
@@ -78,8 +79,9 @@ def _stream_usage(
     return events_pb2.UsageRecorded(
         tokens_in=request.input_len,
         tokens_out=produced,
-        busy_device_seconds=seconds,
-        memory_gib_seconds=memory_gib * seconds,
+        busy_device_us=device_us(seconds),
+        memory_byte_seconds=byte_seconds(memory_gib * seconds),
+        devices=1,
     )
 
 
@@ -317,7 +319,10 @@ class TaskExecutor:
         busy = cost.seconds * len(devices)
         mem = resident * len(devices) / GIB * cost.seconds
         usage = events_pb2.UsageRecorded(
-            samples=batch, busy_device_seconds=busy, memory_gib_seconds=mem
+            samples=batch,
+            busy_device_us=device_us(busy),
+            memory_byte_seconds=byte_seconds(mem),
+            devices=len(devices),
         )
         usage_id = await self._record(
             tenant, "task", request.task_id, request.job_id, "onnx", usage=usage, span=span
@@ -337,7 +342,7 @@ class TaskExecutor:
                 fused_ops=cost.fused_ops,
             ),
         )
-        copy_fields(usage, response, AMOUNT_FIELDS)
+        usage_into_response(usage, response)
         return response
 
     def _llm_prediction(
@@ -375,8 +380,9 @@ class TaskExecutor:
         usage = events_pb2.UsageRecorded(
             tokens_in=work.batch * work.input_len,
             tokens_out=work.batch * work.output_len,
-            busy_device_seconds=seconds * len(devices),
-            memory_gib_seconds=p.memory_gib * len(devices) * seconds,
+            busy_device_us=device_us(seconds * len(devices)),
+            memory_byte_seconds=byte_seconds(p.memory_gib * len(devices) * seconds),
+            devices=len(devices),
         )
         usage_id = await self._record(
             tenant, "task", request.task_id, request.job_id, work.model, usage=usage, span=span
@@ -395,7 +401,7 @@ class TaskExecutor:
                 bound=str(p.decode_bound or p.prefill_bound or ""), kernels=work.output_len
             ),
         )
-        copy_fields(usage, response, AMOUNT_FIELDS)
+        usage_into_response(usage, response)
         return response
 
     # -- ServeRequests ----------------------------------------------------------------------
@@ -492,8 +498,9 @@ class TaskExecutor:
             tokens_in=0 if samples else int(wl.input_len.sum()),
             tokens_out=0 if samples else int(wl.output_len.sum()),
             samples=wl.size if samples else 0,
-            busy_device_seconds=duration * len(devices),
-            memory_gib_seconds=run.memory_gib * len(devices) * duration,
+            busy_device_us=device_us(duration * len(devices)),
+            memory_byte_seconds=byte_seconds(run.memory_gib * len(devices) * duration),
+            devices=len(devices),
         )
         usage_id = await self._record(
             tenant, "serve", request.run_id, request.job_id, model, usage=usage, span=span
@@ -535,7 +542,7 @@ class TaskExecutor:
             kv_cache_blocks=run.kv_cache_blocks,
             numerics="not computed: timings from the performance model on the virtual clock",
         )
-        copy_fields(usage, response, AMOUNT_FIELDS)
+        usage_into_response(usage, response)
         return response
 
     # -- Generate -------------------------------------------------------------------------

@@ -210,7 +210,9 @@ async def test_metering_0_1_0_database_is_upgraded_in_place(db_url):
 
         await _assert_matches_head(db, METERING)
         records, total = await UsageStore(db).query(UsageFilter("acme"), 0, 10)
-        assert total == 1 and records[0].tokens_out == 42 and records[0].busy_device_seconds == 1.5
+        # The float seconds became whole microseconds, exactly.
+        assert total == 1 and records[0].tokens_out == 42
+        assert records[0].busy_device_us == 1_500_000 and records[0].devices == 1
     finally:
         await db.dispose()
 

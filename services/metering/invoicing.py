@@ -1,0 +1,219 @@
+"""Invoices from usage records (pure: no I/O): monthly periods, lines per chip, meter and price
+book, late usage as adjustments, and the rental comparison.
+
+An invoice covers one tenant and one calendar month (UTC), named ``YYYY-MM``. It holds every
+record of the tenant not yet on a final invoice whose usage ended before the month's end:
+
+- records that ended inside the month are its own lines;
+- records that ended in an earlier month whose invoice is already final (late events, and
+  corrections of usage already invoiced) are *adjustment* lines, naming the month they belong
+  to. A final invoice is never changed.
+
+Lines: per (adjustment month or none, chip, meter, price-book version), rated by
+``pocgrid.pricing.rate`` with the book in force when each usage ended. Every line names its
+version; the records behind it are the ones stored with the invoice's id (final) or matching
+the line (draft), so ``ListUsage(invoice_id=..., chip=...)`` lists them.
+
+Rental comparison: the same work done by renting whole cards for the time they were held. Per
+job and chip type (a record without a job is its own), the cards are the most devices any of
+its records used, held from its first start to its last end: ``card_hour x cards x held``.
+Corrections change quantities, not the time a card was held, so they are left out of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Protocol
+
+from pocgrid.meters import METERS
+from pocgrid.price_book import SourcedBook, rental_cost
+from pocgrid.pricing import Usage, rate, round_money
+
+_MICRO = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Month:
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Month:
+        try:
+            year, month = (int(p) for p in text.split("-"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a period: YYYY-MM, e.g. 2026-11") from None
+        if not (1970 <= year <= 9999 and 1 <= month <= 12):
+            raise ValueError(f"{text!r} is not a period: YYYY-MM, e.g. 2026-11")
+        return cls(year, month)
+
+    @classmethod
+    def of(cls, when: datetime) -> Month:
+        when = when.astimezone(UTC)
+        return cls(when.year, when.month)
+
+    @property
+    def start(self) -> datetime:
+        return datetime(self.year, self.month, 1, tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return self.next().start
+
+    def next(self) -> Month:
+        return Month(self.year + self.month // 12, self.month % 12 + 1)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+
+class RecordLike(Protocol):
+    """A stored usage record (a row): what an invoice reads."""
+
+    usage_id: str
+    chip: str
+    job_id: str
+    corrects: str
+    devices: int
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    chip: str
+    meter: str
+    quantity: int
+    amount: Decimal
+    exact: Fraction
+    price_version: str
+    adjustment_for: str
+    """The earlier month this line adjusts; empty for the invoice's own month."""
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rental:
+    job_id: str
+    chip: str
+    cards: int
+    held_us: int
+    card_hour: Decimal
+    exact: Fraction
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    lines: tuple[Line, ...]
+    rentals: tuple[Rental, ...]
+    currency: str
+    total: Decimal
+    rental_total: Decimal
+    price_versions: tuple[str, ...]
+    records: int
+    usage_ids: tuple[str, ...] = field(repr=False, default=())
+
+
+def book_at(books: Sequence[SourcedBook], when: datetime) -> SourcedBook:
+    current = [b for b in books if b.book.effective_from <= when]
+    if not current:
+        raise LookupError(f"no price book is in force at {when.isoformat()}")
+    return max(current, key=lambda b: b.book.effective_from)
+
+
+def _us(seconds_delta: Fraction) -> int:
+    return int(seconds_delta * 1_000_000)
+
+
+def compose(month: Month, records: Iterable[RecordLike], books: Sequence[SourcedBook]) -> Composed:
+    """The invoice of ``month`` over ``records`` (the tenant's unbilled records that ended
+    before the month's end)."""
+    rows = sorted(records, key=lambda r: (r.ended_at, r.usage_id))
+    groups: dict[tuple[str, str], list[tuple[RecordLike, SourcedBook]]] = {}
+    for r in rows:
+        if r.ended_at >= month.end:
+            raise ValueError(f"record {r.usage_id} ended after {month}")
+        adjusts = "" if r.ended_at >= month.start else str(Month.of(r.ended_at))
+        book = book_at(books, r.ended_at)
+        groups.setdefault((adjusts, book.book.version), []).append((r, book))
+    lines: list[Line] = []
+    currencies: set[str] = set()
+    for (adjusts, version), members in sorted(groups.items()):
+        book = members[0][1]
+        currencies.add(book.book.currency)
+        usage = [
+            Usage(r.chip, name, getattr(r, m.source_field), r.ended_at)
+            for r, _ in members
+            for name, m in METERS.items()
+            if getattr(r, m.source_field)
+        ]
+        counts: dict[str, int] = {}
+        for r, _ in members:
+            counts[r.chip] = counts.get(r.chip, 0) + 1
+        # Corrections carry signed deltas and the event time of the usage they correct, so one
+        # on the same invoice as its usage nets out against it exactly, before rating. One whose
+        # usage is on an earlier, final invoice is left negative: a credit, rated on its own
+        # (exact for standard prices; tiered prices rate it as if it were all the usage).
+        net: dict[tuple[str, str, datetime], int] = {}
+        for u in usage:
+            key = (u.chip, u.meter, u.ended_at)
+            net[key] = net.get(key, 0) + u.quantity
+        debits = rate(book.book, [Usage(c, m, q, t) for (c, m, t), q in net.items() if q > 0])
+        credits = rate(book.book, [Usage(c, m, -q, t) for (c, m, t), q in net.items() if q < 0])
+        merged: dict[tuple[str, str], tuple[int, Fraction]] = {}
+        for charge, sign in [(c, 1) for c in debits] + [(c, -1) for c in credits]:
+            q, x = merged.get((charge.chip, charge.meter), (0, Fraction(0)))
+            merged[(charge.chip, charge.meter)] = (
+                q + sign * charge.quantity,
+                x + sign * charge.exact,
+            )
+        lines.extend(
+            Line(
+                chip=chip,
+                meter=meter,
+                quantity=q,
+                amount=round_money(x),
+                exact=x,
+                price_version=version,
+                adjustment_for=adjusts,
+                records=counts[chip],
+            )
+            for (chip, meter), (q, x) in sorted(merged.items())
+        )
+    rentals = _rentals(rows, books)
+    if len(currencies) > 1:
+        raise ValueError(f"price books in more than one currency: {sorted(currencies)}")
+    currency = currencies.pop() if currencies else (books[-1].book.currency if books else "")
+    return Composed(
+        lines=tuple(lines),
+        rentals=tuple(rentals),
+        currency=currency,
+        total=round_money(sum((line.exact for line in lines), Fraction(0))),
+        rental_total=round_money(sum((r.exact for r in rentals), Fraction(0))),
+        price_versions=tuple(sorted({line.price_version for line in lines})),
+        records=len(rows),
+        usage_ids=tuple(r.usage_id for r in rows),
+    )
+
+
+def _rentals(rows: Sequence[RecordLike], books: Sequence[SourcedBook]) -> list[Rental]:
+    spans: dict[tuple[str, str], tuple[datetime, datetime, int]] = {}
+    for r in rows:
+        if r.corrects:
+            continue
+        key = (r.job_id or f"usage:{r.usage_id}", r.chip)
+        start, end, cards = spans.get(key, (r.started_at, r.ended_at, 0))
+        spans[key] = (min(start, r.started_at), max(end, r.ended_at), max(cards, r.devices, 1))
+    out: list[Rental] = []
+    for (job, chip), (start, end, cards) in sorted(spans.items()):
+        book = book_at(books, end)
+        card_hour = book.card(chip).card_hour
+        held = Fraction((end - start) // _MICRO, 1_000_000)
+        out.append(
+            Rental(job, chip, cards, _us(held), card_hour, rental_cost(card_hour, cards, held))
+        )
+    return out

@@ -1,0 +1,206 @@
+"""Ingest rules and invoices against real JetStream and a real database: bad events refused
+with their reason while the rest of their batch is stored, corrections as compensating
+records, late usage moving a draft invoice but never a final one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+
+from pocgrid import deadletter
+from pocgrid.price_book import default_price_book
+from pocgrid.v1 import metering_pb2, metering_pb2_grpc
+from services.core.bus import STREAMS
+from services.core.migrations import migrate
+from services.core.storage import Database
+from services.metering.config import MeteringConfig
+from services.metering.invoices import Invoicer
+from services.metering.invoicing import Month
+from services.metering.migrations import MIGRATIONS
+from services.metering.recorder import to_row
+from services.metering.service import MeteringServer
+from services.metering.store import UsageFilter, UsageStore
+from tests.conftest import wait_for
+from tests.integration.test_metering import ACME, TENANTS, Publisher, _usage
+
+pytestmark = pytest.mark.integration
+
+NOV = Month(2026, 11)
+HOUR_US = 3_600_000_000
+
+
+async def _dead_letters(url: str) -> dict[str, str]:
+    """Original event id -> reason, of every dead letter so far."""
+    nc = await nats.connect(url)
+    try:
+        return {d.event_id: d.reason for d in await deadletter.list_dead_letters(nc.jetstream())}
+    finally:
+        await nc.close()
+
+
+async def test_bad_events_are_refused_with_their_reason_and_their_batch_is_stored(
+    common, closer, nats_server
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    pub = Publisher(nc.jetstream())
+    for spec in STREAMS:  # as the first service to connect would
+        await pub.js.add_stream(name=spec.name, subjects=list(spec.subjects))
+    # One batch: published before metering starts, so its first fetch takes all of them.
+    await pub.publish(_usage("good-1", tokens_in=10, busy_device_us=1_000))
+    await pub.publish(_usage("negative", tokens_in=-5))
+    await pub.publish(_usage("stranger", tenant="nobody", tokens_in=1))
+    unknown = _usage("unknown-meter", tokens_in=3).SerializeToString() + bytes([0xF8, 0x06, 7])
+    await pub.js.publish("usage.recorded", unknown, headers={"Nats-Msg-Id": "unknown-meter"})
+    pub.last_seq += 1
+    await pub.publish(_usage("good-2", tokens_out=4))
+    await pub.publish(_usage("good-1", tokens_in=10, busy_device_us=1_000), msg_id="good-1-again")
+    await pub.publish(_usage("undo", corrects="good-1", tokens_in=-20))
+    await pub.publish(_usage("fix", corrects="good-1", tokens_in=-4))
+    meter = MeteringServer(common, MeteringConfig(api_keys=TENANTS))
+    await meter.start()
+    closer.append(meter)
+    await wait_for(pub.consumed, within=15, what="metering to take the whole batch")
+    assert meter.store is not None
+    records, _ = await meter.store.query(UsageFilter("*"), 0, 100)
+    assert sorted(r.usage_id for r in records) == ["fix", "good-1", "good-2"]
+    by_id = {r.usage_id: r for r in records}
+    # The correction is its own record, in good-1's window, good-1 itself unchanged.
+    assert by_id["fix"].tokens_in == -4 and by_id["fix"].corrects == "good-1"
+    assert by_id["fix"].ended_at == by_id["good-1"].ended_at
+    assert by_id["good-1"].tokens_in == 10 and by_id["good-1"].busy_device_us == 1_000
+    reasons = await _dead_letters(nats_server.url)
+    assert sorted(reasons) == ["negative", "stranger", "undo", "unknown-meter"]
+    assert "tokens_in: -5 < 0" in reasons["negative"]
+    assert "tenant: 'nobody' is unknown" in reasons["stranger"]
+    assert "unknown field #111" in reasons["unknown-meter"]
+    assert "tokens_in: the correction would take usage 'good-1' to -10" in reasons["undo"]
+    await nc.close()
+
+
+async def _store(tmp_path: Path) -> tuple[Database, UsageStore]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}")
+    await migrate(db, MIGRATIONS)
+    return db, UsageStore(db)
+
+
+async def _put(store: UsageStore, event_id: str, ended: datetime, **fields) -> dict[str, str]:
+    event = _usage(event_id, **fields)
+    event.started_at.FromDatetime(ended - timedelta(minutes=1))
+    event.ended_at.FromDatetime(ended)
+    return await store.record_batch([to_row(event, event_id)])
+
+
+def _amounts(invoice: metering_pb2.Invoice) -> dict[tuple[str, str], tuple[int, str]]:
+    return {
+        (line.adjustment_for, line.meter): (line.quantity, line.amount) for line in invoice.lines
+    }
+
+
+async def test_late_usage_moves_a_draft_never_a_final_invoice(tmp_path: Path) -> None:
+    db, store = await _store(tmp_path)
+    try:
+        now = [datetime(2026, 12, 1, 12, tzinfo=UTC)]
+        invoicer = Invoicer(store, [default_price_book()], timedelta(days=1), clock=lambda: now[0])
+        await _put(store, "n1", datetime(2026, 11, 20, tzinfo=UTC), busy_device_us=HOUR_US)
+        draft = await invoicer.invoice("acme", NOV)
+        assert draft is not None and draft.status == metering_pb2.INVOICE_STATUS_DRAFT
+        # ascend-910b2 (ESTIMATE 1.80/h): an hour busy is 80 %, 1.44.
+        assert draft.total == "1.440000"
+        assert draft.final_at.ToDatetime(tzinfo=UTC) == datetime(2026, 12, 2, tzinfo=UTC)
+        # Late usage for November inside the grace period lands on the draft, in its window.
+        await _put(store, "n-late", datetime(2026, 11, 30, 23, tzinfo=UTC), busy_device_us=HOUR_US)
+        moved = await invoicer.invoice("acme", NOV)
+        assert moved is not None and moved.total == "2.880000"
+        assert await invoicer.finalize_due() == []  # still in its grace period
+
+        now[0] = datetime(2026, 12, 2, 0, 0, 1, tzinfo=UTC)
+        assert await invoicer.finalize_due() == ["acme/2026-11"]
+        final = await invoicer.invoice("acme", NOV)
+        assert final is not None
+        assert final.status == metering_pb2.INVOICE_STATUS_FINAL and final.total == "2.880000"
+        frozen = final.SerializeToString(deterministic=True)
+        on_it, _ = await store.query(UsageFilter("acme", invoice_id="acme/2026-11"), 0, 10)
+        assert sorted(r.usage_id for r in on_it) == ["n-late", "n1"]
+
+        # Later still: November usage after its invoice is final, December usage, and a
+        # correction of November usage. November's invoice does not change; December's draft
+        # carries the late ones as adjustments for 2026-11.
+        await _put(
+            store, "n-later", datetime(2026, 11, 29, tzinfo=UTC), busy_device_us=HOUR_US // 2
+        )
+        await _put(
+            store, "d1", datetime(2026, 12, 1, 8, tzinfo=UTC), samples=5, busy_device_us=HOUR_US
+        )
+        fix = _usage("n1-fix", corrects="n1", busy_device_us=-HOUR_US // 4)
+        assert await store.record_batch([to_row(fix, "n1-fix")]) == {}
+        assert await invoicer.finalize_due() == []
+        again = await invoicer.invoice("acme", NOV)
+        assert again is not None
+        assert again.SerializeToString(deterministic=True) == frozen
+        dec = await invoicer.invoice("acme", Month(2026, 12))
+        assert dec is not None
+        assert dec.status == metering_pb2.INVOICE_STATUS_DRAFT
+        assert _amounts(dec)[("2026-11", "busy_device_us")] == (HOUR_US // 4, "0.360000")
+        assert _amounts(dec)[("", "busy_device_us")] == (HOUR_US, "1.440000")
+        assert dec.total == "1.800000"
+        assert list(dec.price_versions) == ["default-2026-12-01"]
+        listed = await invoicer.invoices("acme")
+        assert [(i.period, i.status) for i in listed] == [
+            ("2026-11", metering_pb2.INVOICE_STATUS_FINAL),
+            ("2026-12", metering_pb2.INVOICE_STATUS_DRAFT),
+        ]
+        # A correction that would take usage below zero is refused, naming the field.
+        over = _usage("n1-over", corrects="n1", busy_device_us=-HOUR_US)
+        refused = await store.record_batch([to_row(over, "n1-over")])
+        assert "busy_device_us" in refused["n1-over"]
+    finally:
+        await db.dispose()
+
+
+async def test_correct_usage_rpc(common, closer, nats_server) -> None:
+    meter = MeteringServer(common, MeteringConfig(api_keys=TENANTS))
+    await meter.start()
+    closer.append(meter)
+    nc = await nats.connect(nats_server.url)
+    pub = Publisher(nc.jetstream())
+    await pub.publish(_usage("u1", tokens_out=50))
+    await wait_for(pub.consumed, within=10, what="metering to store u1")
+    admin = (*ACME, ("x-pocgrid-role", "admin"))
+    async with grpc.aio.insecure_channel(meter.address) as ch:
+        stub = metering_pb2_grpc.MeteringServiceStub(ch)
+        req = metering_pb2.CorrectUsageRequest(
+            correction_id="c1", corrects="u1", meter="output_tokens", delta=-8, reason="retry"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CorrectUsage(req, metadata=ACME)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        resp = await stub.CorrectUsage(req, metadata=admin)
+        assert resp.record.tokens_out == -8 and resp.record.corrects == "u1"
+        assert (await stub.CorrectUsage(req, metadata=admin)).record == resp.record  # idempotent
+        bad_meter = metering_pb2.CorrectUsageRequest(
+            correction_id="c2", corrects="u1", meter="watts", delta=1
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CorrectUsage(bad_meter, metadata=admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("meter")
+        too_much = metering_pb2.CorrectUsageRequest(
+            correction_id="c3", corrects="u1", meter="output_tokens", delta=-43
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CorrectUsage(too_much, metadata=admin)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "tokens_out" in (err.value.details() or "")
+        missing = metering_pb2.CorrectUsageRequest(
+            correction_id="c4", corrects="nope", meter="samples", delta=1
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CorrectUsage(missing, metadata=admin)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        summary = await stub.GetUsageSummary(metering_pb2.GetUsageSummaryRequest(), metadata=ACME)
+        assert [c.tokens_out for c in summary.by_chip] == [42]
+    await nc.close()

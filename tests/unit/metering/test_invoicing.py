@@ -1,0 +1,116 @@
+"""Invoices composed from records, on hand-computed examples: lines per chip, meter and price
+book, adjustments for earlier months, and the rental comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from pocgrid.price_book import default_price_book
+from services.metering.invoicing import Month, compose
+
+GIB = 1 << 30
+NOV = Month(2026, 11)
+
+
+@dataclass
+class Rec:
+    usage_id: str
+    chip: str = "ascend-910b"
+    job_id: str = "job-1"
+    corrects: str = ""
+    devices: int = 1
+    tokens_in: int = 0
+    tokens_out: int = 0
+    samples: int = 0
+    busy_device_us: int = 0
+    memory_byte_seconds: int = 0
+    started_at: datetime = datetime(2026, 11, 5, 10, tzinfo=UTC)
+    ended_at: datetime = datetime(2026, 11, 5, 10, tzinfo=UTC)
+
+
+def _at(h: int, m: int, s: int = 0) -> datetime:
+    return datetime(2026, 11, 5, h, m, s, tzinfo=UTC)
+
+
+def test_months() -> None:
+    assert str(Month.parse("2026-12").next()) == "2027-01"
+    assert Month(2026, 12).end == datetime(2027, 1, 1, tzinfo=UTC)
+    assert Month.of(datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == NOV
+    for bad in ("2026-13", "2026", "26-11", "x"):
+        with pytest.raises(ValueError):
+            Month.parse(bad)
+
+
+def test_rental_comparison_on_a_hand_computed_example() -> None:
+    """A chat job on ascend-910b (card-hour 1.63, estimated), two devices, two 30 s requests
+    20 minutes apart, each holding 32 GiB per device.
+
+    Consumption: busy 2 x 2 x 30 = 120 device-s at 1.304/h = 120 x 1.304 / 3600 = 0.0434666..;
+    memory 2 x 2 x 32 GiB x 30 s = 3840 GiB-s at 0.326 per 64 GiB-hour
+    = 3840 x 0.326 / (64 x 3600) = 0.00543333..; total 0.048900 (exactly 0.0489).
+    Renting: 2 cards held 10:00:00 -> 10:20:30 = 1230 s: 2 x 1230 x 1.63 / 3600 = 1.113833..
+    -> 1.113833; saving 1.064933.
+    """
+    records = [
+        Rec(
+            f"u{i}",
+            devices=2,
+            tokens_in=500,
+            tokens_out=200,
+            busy_device_us=60_000_000,
+            memory_byte_seconds=2 * 32 * GIB * 30,
+            started_at=_at(10, 20 * i),
+            ended_at=_at(10, 20 * i, 30),
+        )
+        for i in range(2)
+    ]
+    inv = compose(NOV, records, [default_price_book()])
+    by_meter = {line.meter: line for line in inv.lines}
+    assert by_meter["busy_device_us"].exact == Fraction(120) * Fraction("1.304") / 3600
+    assert by_meter["memory_byte_seconds"].exact == Fraction(3840) * Fraction("0.326") / (64 * 3600)
+    assert by_meter["input_tokens"].quantity == 1000 and by_meter["input_tokens"].exact == 0
+    assert inv.total == Decimal("0.048900")
+    [rental] = inv.rentals
+    assert (rental.job_id, rental.chip, rental.cards, rental.held_us) == (
+        "job-1",
+        "ascend-910b",
+        2,
+        1_230_000_000,
+    )
+    assert rental.exact == Fraction(2 * 1230) * Fraction("1.63") / 3600
+    assert inv.rental_total == Decimal("1.113833")
+    assert inv.rental_total - inv.total == Decimal("1.064933")
+    assert {line.price_version for line in inv.lines} == {"default-2026-12-01"}
+    assert inv.records == 2
+
+
+def test_earlier_months_are_adjustment_lines_and_corrections_net_out() -> None:
+    late = Rec(
+        "late",
+        busy_device_us=3_600_000_000,
+        started_at=datetime(2026, 10, 31, 23, tzinfo=UTC),
+        ended_at=datetime(2026, 10, 31, 23, 59, tzinfo=UTC),
+    )
+    own = Rec("own", busy_device_us=1_800_000_000)
+    fix = Rec("fix", corrects="own", busy_device_us=-900_000_000)
+    inv = compose(NOV, [own, late, fix], [default_price_book()])
+    lines = {(line.adjustment_for, line.meter): line for line in inv.lines}
+    # October's hour of 910b busy time: 1.304; November's 30 min less 15 min corrected: 0.326.
+    assert lines[("2026-10", "busy_device_us")].amount == Decimal("1.304000")
+    assert lines[("", "busy_device_us")].quantity == 900_000_000
+    assert lines[("", "busy_device_us")].amount == Decimal("0.326000")
+    # The correction changes what was used, not how long a card was held.
+    assert sorted(r.job_id for r in inv.rentals) == ["job-1"]
+    assert inv.rentals[0].held_us == (own.ended_at - late.started_at) // timedelta(microseconds=1)
+
+
+def test_a_record_after_the_month_is_refused() -> None:
+    with pytest.raises(ValueError):
+        compose(
+            NOV, [Rec("dec", ended_at=datetime(2026, 12, 1, tzinfo=UTC))], [default_price_book()]
+        )
