@@ -173,8 +173,9 @@ async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_res
             await asyncio.sleep(0.02)  # a steady stream, not one burst
 
     async def outages() -> None:
-        # At 1/4 and 1/2 of N: SIGKILL metering (what it had fetched and not committed comes back) and start it again; at 3/4:
-        # stop nats-server and start it again. The publisher goes on meanwhile.
+        # At 1/4 and 1/2 of N: SIGKILL metering (what it had fetched and not committed comes
+        # back) and start it again; at 3/4: stop nats-server and start it again. The publisher
+        # goes on meanwhile.
         for at, what in zip(thresholds, ("kill", "kill", "nats"), strict=True):
             await reached[at].wait()
             if what == "kill":
