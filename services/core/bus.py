@@ -65,6 +65,9 @@ DUPLICATE_WINDOW_S = 120.0
 #: Bound on ``close()``: the consumers' last fetch, then the connection's drain.
 CLOSE_TIMEOUT_S = 5.0
 
+#: Links from a batch's span to its publishers' spans: the SDK keeps 128 by default anyway.
+MAX_BATCH_LINKS = 128
+
 #: gRPC health name of the bus as a whole: the NATS connection and every consumer.
 BUS_HEALTH = "pocgrid.bus"
 
@@ -494,9 +497,10 @@ class EventBus:
                 continue
             meta = EventMeta(deadletter.event_id(headers), msg.subject, deliveries)
             taken.append((msg, headers, event, meta))
-            parent = trace.get_current_span(telemetry.extract(headers)).get_span_context()
-            if parent.is_valid:
-                links.append(Link(parent))
+            if len(links) < MAX_BATCH_LINKS and "traceparent" in headers:
+                parent = trace.get_current_span(telemetry.extract(headers)).get_span_context()
+                if parent.is_valid:
+                    links.append(Link(parent))
         if not taken:
             return
         # One span for the batch, linked to each publisher's span (messaging batch receive).

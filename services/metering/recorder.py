@@ -12,10 +12,11 @@ list``), and the rest of its batch is stored as if it had not been there.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import unknown_fields
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from pocgrid.v1 import events_pb2
 from services.core.bus import EventMeta
@@ -91,16 +92,22 @@ def to_row(event: events_pb2.UsageRecorded, usage_id: str) -> dict[str, Any]:
     # Usage counts where it ended; an event that does not say when falls back to when it was
     # emitted (then received), never to nothing.
     if event.HasField("ended_at"):
-        ended = event.ended_at.ToDatetime(tzinfo=UTC)
+        ended = _utc(event.ended_at)
     elif event.HasField("occurred_at"):
-        ended = event.occurred_at.ToDatetime(tzinfo=UTC)
+        ended = _utc(event.occurred_at)
     else:
         ended = datetime.now(UTC)
     row["ended_at"] = ended
-    row["started_at"] = (
-        event.started_at.ToDatetime(tzinfo=UTC) if event.HasField("started_at") else ended
-    )
+    row["started_at"] = _utc(event.started_at) if event.HasField("started_at") else ended
     return row
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(ts: Timestamp) -> datetime:
+    # Timestamp.ToDatetime, to the microsecond, at a fraction of its cost (ingest is hot).
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 class UsageRecorder:

@@ -74,8 +74,25 @@ def window_start(when: datetime, size: str) -> datetime:
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._insert = (
-            postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+        dialect = db.engine.dialect
+        self._insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        # Ingest writes through the driver's own executemany: SQLAlchemy's per-row parameter
+        # processing cost more than the database's insert. Values go as the column types
+        # would bind them (SQLite keeps datetimes as text in SQLAlchemy's format).
+        table = UsageRow.__table__
+        self._columns = tuple(c.name for c in table.columns)
+        if dialect.paramstyle == "qmark":
+            marks = ", ".join("?" for _ in self._columns)
+        elif dialect.paramstyle == "numeric_dollar":
+            marks = ", ".join(f"${i}" for i in range(1, len(self._columns) + 1))
+        else:
+            raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
+        self._insert_sql = (
+            f"INSERT INTO {table.name} ({', '.join(self._columns)}) VALUES ({marks}) "
+            "ON CONFLICT (usage_id) DO NOTHING"
+        )
+        self._binders: tuple[Any, ...] = tuple(
+            c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
         )
 
     # -- ingest ---------------------------------------------------------------------------
@@ -98,22 +115,30 @@ class UsageStore:
         refused, usage_id -> why; everything else is committed when this returns."""
         refused: dict[str, str] = {}
         now = datetime.now(UTC)
-        insert = self._insert(UsageRow).on_conflict_do_nothing(index_elements=["usage_id"])
         async with self._db.session() as session, session.begin():
-            usage = [{**r, "recorded_at": now} for r in rows if not r["corrects"]]
+            conn = await session.connection()
+            usage = [r for r in rows if not r["corrects"]]
             if usage:
-                await session.execute(insert, usage)
+                await conn.exec_driver_sql(self._insert_sql, self._params(usage, now))
             corrections = [r for r in rows if r["corrects"]]
             if corrections:
                 # After the usage above: a correction may follow its usage in one batch, and
                 # this transaction already sees it.
                 refused = await _check_corrections(session, corrections)
-                keep = [
-                    {**r, "recorded_at": now} for r in corrections if r["usage_id"] not in refused
-                ]
+                keep = [r for r in corrections if r["usage_id"] not in refused]
                 if keep:
-                    await session.execute(insert, keep)
+                    await conn.exec_driver_sql(self._insert_sql, self._params(keep, now))
         return refused
+
+    def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
+        out = []
+        for r in rows:
+            values = []
+            for name, bind in zip(self._columns, self._binders, strict=True):
+                value = now if name == "recorded_at" else r.get(name)
+                values.append(value if bind is None or value is None else bind(value))
+            out.append(tuple(values))
+        return out
 
     # -- tenants --------------------------------------------------------------------------
     @db_operation

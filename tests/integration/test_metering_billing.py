@@ -4,12 +4,17 @@ records, late usage moving a draft invoice but never a final one."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import nats
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from pocgrid import deadletter
 from pocgrid.price_book import default_price_book
@@ -26,10 +31,12 @@ from services.metering.service import MeteringServer
 from services.metering.store import UsageFilter, UsageStore
 from tests.conftest import wait_for
 from tests.integration.test_metering import ACME, TENANTS, Publisher, _usage
+from tests.postgres import postgres_server
 
 pytestmark = pytest.mark.integration
 
 NOV = Month(2026, 11)
+_names = itertools.count()
 HOUR_US = 3_600_000_000
 
 
@@ -81,8 +88,29 @@ async def test_bad_events_are_refused_with_their_reason_and_their_batch_is_store
     await nc.close()
 
 
-async def _store(tmp_path: Path) -> tuple[Database, UsageStore]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}")
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    yield from postgres_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request, tmp_path: Path) -> AsyncIterator[str]:
+    """A new, empty database on each backend (ingest writes through each driver's own
+    executemany, so both are exercised)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
+        return
+    server: str = request.getfixturevalue("pg_server")
+    name = f"billing_{next(_names)}"
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    await admin.dispose()
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+async def _store(url: str) -> tuple[Database, UsageStore]:
+    db = Database(url)
     await migrate(db, MIGRATIONS)
     return db, UsageStore(db)
 
@@ -100,8 +128,8 @@ def _amounts(invoice: metering_pb2.Invoice) -> dict[tuple[str, str], tuple[int, 
     }
 
 
-async def test_late_usage_moves_a_draft_never_a_final_invoice(tmp_path: Path) -> None:
-    db, store = await _store(tmp_path)
+async def test_late_usage_moves_a_draft_never_a_final_invoice(db_url: str) -> None:
+    db, store = await _store(db_url)
     try:
         now = [datetime(2026, 12, 1, 12, tzinfo=UTC)]
         invoicer = Invoicer(store, [default_price_book()], timedelta(days=1), clock=lambda: now[0])
