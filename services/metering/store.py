@@ -88,7 +88,7 @@ class UsageStore:
         else:
             raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
         self._insert_sql = (
-            f"INSERT INTO {table.name} ({', '.join(self._columns)}) VALUES ({marks}) "
+            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(self._columns)}) VALUES ({marks}) "
             "ON CONFLICT (usage_id) DO NOTHING"
         )
         self._binders: tuple[Any, ...] = tuple(
