@@ -210,6 +210,7 @@ def to_proto(sourced: SourcedBook, chip: str = "") -> metering_pb2.PriceBook:
         version=book.version,
         currency=book.currency,
         memory_share=_dec(sourced.memory_share),
+        estimate_reference=sourced.reference_chip,
     )
     msg.effective_from.FromDatetime(book.effective_from)
     for card in sorted(sourced.cards.values(), key=lambda c: c.chip):
@@ -224,6 +225,7 @@ def to_proto(sourced: SourcedBook, chip: str = "") -> metering_pb2.PriceBook:
                 basis=_BASIS_TO_PROTO[card.basis],
                 sources=card.sources,
                 method=card.method,
+                memory_gib=card.memory_gib or 0.0,
             )
         )
     for (price_chip, meter), price in sorted(book.prices.items()):
@@ -274,8 +276,16 @@ def from_proto(msg: metering_pb2.PriceBook) -> tuple[PriceBook, dict[str, CardPr
             basis=_BASIS_FROM_PROTO[c.basis],
             sources=tuple(c.sources),
             method=c.method,
-            memory_gib=None,
+            memory_gib=c.memory_gib or None,
         )
         for c in msg.cards
     }
     return book, cards
+
+
+def sourced_from_proto(msg: metering_pb2.PriceBook) -> SourcedBook:
+    """A whole book (as ``to_proto`` wrote it) back, with its card prices and derivation."""
+    book, cards = from_proto(msg)
+    if msg.estimate_reference not in cards:
+        raise ValueError(f"price book {msg.version}: no card price for its reference chip")
+    return SourcedBook(book, cards, Decimal(msg.memory_share), msg.estimate_reference)

@@ -356,10 +356,15 @@ class PriceBook(_message.Message):
     CARDS_FIELD_NUMBER: _builtins.int
     PRICES_FIELD_NUMBER: _builtins.int
     MEMORY_SHARE_FIELD_NUMBER: _builtins.int
+    ESTIMATE_REFERENCE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     currency: _builtins.str
     memory_share: _builtins.str
     """Share of a card-hour charged for its memory (the rest is charged for busy device time)."""
+    estimate_reference: _builtins.str
+    """The chip whose published price estimates are scaled from; its price is also what a chip
+    type the book does not list pays.
+    """
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -381,10 +386,11 @@ class PriceBook(_message.Message):
         cards: _abc.Iterable[Global___CardPrice] | None = ...,
         prices: _abc.Iterable[Global___MeterPrice] | None = ...,
         memory_share: _builtins.str = ...,
+        estimate_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "currency", b"currency", "effective_from", b"effective_from", "memory_share", b"memory_share", "prices", b"prices", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "currency", b"currency", "effective_from", b"effective_from", "estimate_reference", b"estimate_reference", "memory_share", b"memory_share", "prices", b"prices", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,6 +407,7 @@ class CardPrice(_message.Message):
     BASIS_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
+    MEMORY_GIB_FIELD_NUMBER: _builtins.int
     chip: _builtins.str
     card_hour: _builtins.str
     """Renting one whole card for an hour."""
@@ -412,6 +419,10 @@ class CardPrice(_message.Message):
     basis: Global___PriceBasis.ValueType
     method: _builtins.str
     """How the price was obtained: the listing read, the conversion, or the estimate's rule."""
+    memory_gib: _builtins.float
+    """The card's memory (GiB) its memory price is per; 0 where the catalogue has no figure (the
+    reference card's is used).
+    """
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -424,10 +435,11 @@ class CardPrice(_message.Message):
         basis: Global___PriceBasis.ValueType = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
         method: _builtins.str = ...,
+        memory_gib: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "busy_device_hour", b"busy_device_hour", "card_hour", b"card_hour", "chip", b"chip", "memory_gib_hour", b"memory_gib_hour", "method", b"method", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "busy_device_hour", b"busy_device_hour", "card_hour", b"card_hour", "chip", b"chip", "memory_gib", b"memory_gib", "memory_gib_hour", b"memory_gib_hour", "method", b"method", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

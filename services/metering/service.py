@@ -58,7 +58,8 @@ class MeteringServer(Service):
         self.tenants = await self.store.add_tenants(configured)
         if not self.tenants:
             log.warning("metering.no_tenants", hint="set POCGRID_API_KEYS or _FILE as the gateway")
-        books = (default_price_book(),)
+        # Every version ever priced with stays available; a changed book needs a new version.
+        books = tuple(await self.store.keep_books((default_price_book(),)))
         self.invoicer = Invoicer(self.store, books, timedelta(seconds=self.config.invoice_grace_s))
         await self.connect_bus()
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(

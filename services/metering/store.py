@@ -13,11 +13,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from pocgrid.meters import METERS
+from pocgrid.price_book import SourcedBook, sourced_from_proto, to_proto
 from pocgrid.v1 import metering_pb2
+from services.core.config import ConfigError
 from services.core.storage import Database, db_operation, utc
 from services.core.usage import AMOUNT_FIELDS, RECORD_SCALARS, RECORD_TIMES, copy_fields
 from services.metering.invoicing import Month
-from services.metering.tables import InvoiceRow, TenantRow, UsageRow
+from services.metering.tables import InvoiceRow, PriceBookRow, TenantRow, UsageRow
 
 ALL_TENANTS: Final = "*"
 #: Record fields a stored row fills from its own columns (invoice_id may be NULL).
@@ -139,6 +141,35 @@ class UsageStore:
                 values.append(value if bind is None or value is None else bind(value))
             out.append(tuple(values))
         return out
+
+    # -- price books ----------------------------------------------------------------------
+    @db_operation
+    async def keep_books(self, books: Sequence[SourcedBook]) -> list[SourcedBook]:
+        """Store each of ``books`` not stored yet, refuse one whose version is stored with other
+        contents, and return every stored version (oldest first): what metering prices with."""
+        now = datetime.now(UTC)
+        async with self._db.session() as session, session.begin():
+            for sourced in books:
+                document = to_proto(sourced).SerializeToString(deterministic=True)
+                row = await session.get(PriceBookRow, sourced.book.version)
+                if row is None:
+                    session.add(
+                        PriceBookRow(
+                            version=sourced.book.version,
+                            effective_from=sourced.book.effective_from,
+                            stored_at=now,
+                            document=document,
+                        )
+                    )
+                elif row.document != document:
+                    raise ConfigError(
+                        f"price book {sourced.book.version!r} differs from the version stored "
+                        "in metering's database: a changed book needs a new version"
+                    )
+            stored = await session.scalars(
+                select(PriceBookRow.document).order_by(PriceBookRow.effective_from)
+            )
+            return [sourced_from_proto(metering_pb2.PriceBook.FromString(d)) for d in stored]
 
     # -- tenants --------------------------------------------------------------------------
     @db_operation

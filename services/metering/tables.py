@@ -66,3 +66,15 @@ class InvoiceRow(Base):
     period: Mapped[str] = mapped_column(String(7))
     finalized_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     document: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PriceBookRow(Base):
+    """Every price-book version metering has priced with, as it was (the PriceBook message):
+    an invoice's version can always be looked up, and a version never changes."""
+
+    __tablename__ = "price_books"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    effective_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    document: Mapped[bytes] = mapped_column(LargeBinary)

@@ -4,9 +4,11 @@ records, late usage moving a draft invoice but never a final one."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -20,6 +22,7 @@ from pocgrid import deadletter
 from pocgrid.price_book import default_price_book
 from pocgrid.v1 import metering_pb2, metering_pb2_grpc
 from services.core.bus import STREAMS
+from services.core.config import ConfigError
 from services.core.migrations import migrate
 from services.core.storage import Database
 from services.metering.config import MeteringConfig
@@ -232,3 +235,23 @@ async def test_correct_usage_rpc(common, closer, nats_server) -> None:
         summary = await stub.GetUsageSummary(metering_pb2.GetUsageSummaryRequest(), metadata=ACME)
         assert [c.tokens_out for c in summary.by_chip] == [42]
     await nc.close()
+
+
+async def test_price_books_are_stored_and_a_version_never_changes(db_url: str) -> None:
+    db, store = await _store(db_url)
+    try:
+        book = default_price_book()
+        [stored] = await store.keep_books([book])
+        assert stored.book == book.book and stored.cards.keys() == book.cards.keys()
+        assert stored.busy_device_hour("mlu370-x8") == book.busy_device_hour("mlu370-x8")
+        assert stored.memory_gib_hour("enflame-i20") == book.memory_gib_hour("enflame-i20")
+        assert len(await store.keep_books([book])) == 1  # the same again: nothing new
+        card = book.cards["a100-80gb-sxm"]
+        changed = dataclasses.replace(
+            book,
+            cards={**book.cards, card.chip: dataclasses.replace(card, card_hour=Decimal("9"))},
+        )
+        with pytest.raises(ConfigError, match="needs a new version"):
+            await store.keep_books([changed])
+    finally:
+        await db.dispose()
