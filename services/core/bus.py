@@ -431,18 +431,8 @@ class EventBus:
                 "messaging.message.id": event_id,
             },
         ) as span:
-            if deliveries > max_deliver:
-                # Earlier deliveries were never acked or nakked: the handler hung past the ack
-                # wait or its process died with it in hand.
-                why = f"not acked in {deliveries - 1} deliveries (max {max_deliver})"
-                await self._dead_letter(msg, spec, headers, why)
-                return
-            try:
-                event = spec.message_type.FromString(msg.data)
-            except DecodeError as exc:
-                await self._dead_letter(
-                    msg, spec, headers, f"undecodable as {spec.message_type.__name__}: {exc}"
-                )
+            event = await self._admit(msg, spec, headers, deliveries)
+            if event is None:
                 return
             meta = EventMeta(event_id, msg.subject, deliveries)
             try:
@@ -477,23 +467,33 @@ class EventBus:
                 return
             await msg.ack()
 
-    async def _deliver_batch(self, msgs: list[Any], spec: _Consumer) -> None:
+    async def _admit(
+        self, msg: Any, spec: _Consumer, headers: dict[str, str], deliveries: int
+    ) -> Message | None:
+        """The decoded event, or None once the message is dead-lettered: delivered too often
+        (earlier deliveries were never acked or nakked: the handler hung past the ack wait or
+        its process died with it in hand) or undecodable. One rule for both delivery paths."""
         max_deliver = self._config.consumer_max_deliver
+        if deliveries > max_deliver:
+            why = f"not acked in {deliveries - 1} deliveries (max {max_deliver})"
+            await self._dead_letter(msg, spec, headers, why)
+            return None
+        try:
+            return spec.message_type.FromString(msg.data)
+        except DecodeError as exc:
+            await self._dead_letter(
+                msg, spec, headers, f"undecodable as {spec.message_type.__name__}: {exc}"
+            )
+            return None
+
+    async def _deliver_batch(self, msgs: list[Any], spec: _Consumer) -> None:
         taken: list[tuple[Any, dict[str, str], Message, EventMeta]] = []
         links: list[Link] = []
         for msg in msgs:
             headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
             deliveries = int(msg.metadata.num_delivered)
-            if deliveries > max_deliver:
-                why = f"not acked in {deliveries - 1} deliveries (max {max_deliver})"
-                await self._dead_letter(msg, spec, headers, why)
-                continue
-            try:
-                event = spec.message_type.FromString(msg.data)
-            except DecodeError as exc:
-                await self._dead_letter(
-                    msg, spec, headers, f"undecodable as {spec.message_type.__name__}: {exc}"
-                )
+            event = await self._admit(msg, spec, headers, deliveries)
+            if event is None:
                 continue
             meta = EventMeta(deadletter.event_id(headers), msg.subject, deliveries)
             taken.append((msg, headers, event, meta))
