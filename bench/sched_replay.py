@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import sched_diurnal
+from pocgrid.price_book import card_hour_prices
 from pocgrid.sched import POLICY_NAMES, make_policy
-from pocgrid.sched.cli import default_prices
 from pocgrid.sched.shaping import Shaped
 from pocgrid.sched.sim import EPOCH, RESULT_KEYS, Result, Simulator
 from pocgrid.sched.trace import read_trace
@@ -61,7 +61,7 @@ def replay(
 ) -> Run:
     w0, c0 = time.perf_counter(), time.process_time()
     loaded = read_trace(pods, nodes)
-    prices = default_prices(loaded.pool.chips)
+    prices = card_hour_prices(loaded.pool.chips)
     base = make_policy(policy, prices=prices)
     sim_policy = base if cap is None else Shaped(base, tariff, cap, epoch=EPOCH)
     result = Simulator(loaded.pool, sim_policy, loaded.demands, prices=prices, tariff=tariff).run()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -155,6 +155,13 @@ def default_price_book() -> SourcedBook:
     """The packaged default book, loaded and checked against the catalogue once."""
     text = resources.files("pocgrid").joinpath("data/price_book.json").read_text("utf-8")
     return _parse(json.loads(text), default_catalog())
+
+
+def card_hour_prices(chips: Iterable[str]) -> dict[str, float]:
+    """A busy card-hour by chip type from the default book: what the scheduler's ``cost``
+    policy ranks chip types by, live and in the simulator (one source for both)."""
+    book = default_price_book()
+    return {chip: float(book.card(chip).card_hour) for chip in chips}
 
 
 def default_price_books() -> PriceBooks:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pocgrid.price_book import default_price_book
+from pocgrid.price_book import card_hour_prices
 from pocgrid.sched.registry import POLICY_NAMES, make_policy
 from pocgrid.sched.shaping import Shaped
 from pocgrid.sched.sim import EPOCH, RESULT_KEYS, Result, Simulator
@@ -60,13 +60,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
-def default_prices(chips: Iterable[str]) -> dict[str, float]:
-    """A busy card-hour by chip type, from the project's default price book
-    (``pocgrid.price_book``: published, converted or estimated, each with its source)."""
-    book = default_price_book()
-    return {chip: float(book.card(chip).card_hour) for chip in chips}
-
-
 @contextmanager
 def _progress(stream: TextIO, total: int) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on a terminal (rich), nothing elsewhere (pipes, CI, --json logs)."""
@@ -107,7 +100,7 @@ def replay(
 ) -> Result:
     """One replay (what the command and the benchmarks run)."""
     loaded = read_trace(trace, nodes, be_slack_s=be_slack_h * 3600)
-    book = dict(prices) if prices is not None else default_prices(loaded.pool.chips)
+    book = dict(prices) if prices is not None else card_hour_prices(loaded.pool.chips)
     policy = make_policy(policy_name, prices=book)
     if tariff is not None:
         try:

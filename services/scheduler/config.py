@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from pocgrid.sched import POLICY_NAMES, Quota, QuotaBook
+from pocgrid.tariff import TariffFile, parse_tariff
 from services.core.config import ConfigError, EnvConfig, env_name, parse_hostport
 
 
@@ -44,6 +46,11 @@ class SchedulerConfig(EnvConfig):
     """Quota of a tenant scheduler_quotas does not name, 'G[:B]'; empty: 0 guaranteed, no
     borrowing limit."""
 
+    scheduler_tariff_file: str = ""
+    """Tariff JSON (``pocgrid.tariff.parse_tariff``: peak/flat/valley hours, multipliers and an
+    optional load cap per period): deferrable jobs are held for hours under the cap (peak
+    shaving, valley filling; docs/scheduling.md). Empty: no shaping, the policy alone."""
+
     placement_interval_ms: int = 500
     """How often the placement loop runs when nothing wakes it (submit, cancel, node lost)."""
 
@@ -58,6 +65,20 @@ class SchedulerConfig(EnvConfig):
         if self.placement_interval_ms <= 0:
             raise ConfigError(f"{env_name('placement_interval_ms')}: must be > 0")
         self.quota_book()
+        self.tariff()
+
+    def tariff(self) -> TariffFile | None:
+        if not self.scheduler_tariff_file:
+            return None
+        name = env_name("scheduler_tariff_file")
+        try:
+            text = Path(self.scheduler_tariff_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{name}: {self.scheduler_tariff_file}: {exc.strerror}") from None
+        try:
+            return parse_tariff(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
 
     def quota_book(self) -> QuotaBook | None:
         if not self.scheduler_quotas and not self.scheduler_default_quota:

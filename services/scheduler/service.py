@@ -4,12 +4,15 @@ node-lost consumer and the outbox relay of job events."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
-from pocgrid.sched import make_policy
+from pocgrid.price_book import card_hour_prices
+from pocgrid.sched import Policy, make_policy
+from pocgrid.sched.shaping import Shaped
 from pocgrid.v1 import events_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.config import CommonConfig
 from services.core.outbox import OutboxRelay
@@ -24,6 +27,22 @@ from services.scheduler.store import JobStore
 #: The registry's stream and the durable consumer of lost nodes.
 REGISTRY_STREAM = "POCGRID_REGISTRY"
 NODE_LOST_DURABLE = "scheduler-node-lost"
+
+
+#: Second 0 of the live clock (``time.time()``), which ``Shaped`` maps to the tariff's hours.
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def live_policy(config: SchedulerConfig, catalog: Catalog) -> Policy:
+    """The configured policy as the live loop runs it: ``cost`` ranks chip types by the default
+    price book's card-hours (the same prices the simulator uses), and with a tariff file the
+    policy is wrapped in ``Shaped`` (deferrable work held under the load cap)."""
+    prices = card_hour_prices(c.name for c in catalog.emulatable_chips())
+    policy: Policy = make_policy(config.scheduler_policy, config.quota_book(), prices)
+    tariff = config.tariff()
+    if tariff is not None:
+        policy = Shaped(policy, tariff.time_of_use, tariff.cap, epoch=UNIX_EPOCH)
+    return policy
 
 
 class SchedulerServer(Service):
@@ -58,7 +77,7 @@ class SchedulerServer(Service):
             self.placer = Placer(
                 store,
                 self.relay,
-                make_policy(self.config.scheduler_policy, self.config.quota_book()),
+                live_policy(self.config, self.catalog),
                 registry,
                 AgentCalls(self.channel),
                 self.config.placement_interval_ms / 1000,

@@ -88,12 +88,14 @@ class Mesh:
         self.closer.append(self.registry)
         return self.registry
 
-    async def agent(self, node_id: str, devices: int = 1, speed: float = 1.0) -> AgentServer:
+    async def agent(
+        self, node_id: str, devices: int = 1, speed: float = 1.0, chip: str = CHIP
+    ) -> AgentServer:
         assert self.registry is not None
         agent = AgentServer(
             self.common,
             AgentConfig(
-                chip=CHIP,
+                chip=chip,
                 devices=devices,
                 node_id=node_id,
                 registry_addr=self.registry.address,

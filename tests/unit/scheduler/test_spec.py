@@ -8,11 +8,16 @@ from typing import Any
 import pytest
 
 from pocgrid.catalog import default_catalog
+from pocgrid.price_book import default_price_book
 from pocgrid.sched import WHOLE
+from pocgrid.sched.policies.cost import Cost
+from pocgrid.sched.shaping import Shaped
+from pocgrid.tariff import Period
 from pocgrid.v1 import common_pb2, scheduler_pb2
 from services.core.config import ConfigError
 from services.core.errors import FailedPrecondition, InvalidArgument
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.service import live_policy
 from services.scheduler.spec import GIB, SpecChecker, demand, step_seconds
 
 CHECK = SpecChecker(default_catalog())
@@ -155,3 +160,32 @@ def test_quota_settings():
             SchedulerConfig(scheduler_quotas=bad)
     with pytest.raises(ConfigError, match="POCGRID_SCHEDULER_POLICY"):
         SchedulerConfig(scheduler_policy="lottery")
+
+
+def test_tariff_setting_is_read_and_checked(tmp_path):
+    good = tmp_path / "tariff.json"
+    good.write_text(
+        '{"hours": {"0": "valley", "8": "peak"}, "multipliers": {"peak": 2, "valley": 0.5},'
+        ' "cap_devices": {"peak": 4}}',
+        encoding="utf-8",
+    )
+    config = SchedulerConfig(scheduler_policy="cost", scheduler_tariff_file=str(good))
+    tariff = config.tariff()
+    assert tariff is not None and tariff.cap.devices == {Period.PEAK: 4.0}
+    policy = live_policy(config, default_catalog())
+    assert policy.name == "cost+shaping"
+    assert isinstance(policy, Shaped) and isinstance(policy.inner, Cost)
+    # the live cost policy ranks chip types by the default price book's card-hours
+    assert policy.inner.prices["h20-96gb"] == float(
+        default_price_book().card("h20-96gb").card_hour
+    )
+    assert live_policy(SchedulerConfig(), default_catalog()).name == "fifo"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hours": {"0": "valley"}, "cap_devices": {"peak": -1}}', encoding="utf-8")
+    for path, rule in (
+        (bad, "tariff.cap_devices.peak: must be a number >= 0"),
+        (tmp_path / "missing.json", "No such file"),
+    ):
+        with pytest.raises(ConfigError, match="POCGRID_SCHEDULER_TARIFF_FILE") as err:
+            SchedulerConfig(scheduler_tariff_file=str(path))
+        assert rule in str(err.value)
