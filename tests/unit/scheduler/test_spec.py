@@ -176,9 +176,7 @@ def test_tariff_setting_is_read_and_checked(tmp_path):
     assert policy.name == "cost+shaping"
     assert isinstance(policy, Shaped) and isinstance(policy.inner, Cost)
     # the live cost policy ranks chip types by the default price book's card-hours
-    assert policy.inner.prices["h20-96gb"] == float(
-        default_price_book().card("h20-96gb").card_hour
-    )
+    assert policy.inner.prices["h20-96gb"] == float(default_price_book().card("h20-96gb").card_hour)
     assert live_policy(SchedulerConfig(), default_catalog()).name == "fifo"
     bad = tmp_path / "bad.json"
     bad.write_text('{"hours": {"0": "valley"}, "cap_devices": {"peak": -1}}', encoding="utf-8")
