@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from devmesh.nats_server import NatsServer, NatsServerError
+from devmesh.tls import TlsFiles, make_gateway_tls
 from pocgrid.catalog import default_catalog
 from pocgrid.healthcheck import probe as health_ok
 from pocgrid.meshstate import MeshState, ProcessInfo
@@ -83,6 +84,9 @@ class LocalMesh:
     gateway: str = ""
     openai: str = ""
     """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint."""
+    tls: bool = False
+    """Serve the gateway's gRPC and HTTP ports over TLS, with a CA made for this run."""
+    tls_files: TlsFiles | None = None
 
     # -- start ------------------------------------------------------------------------
     def start(self, timeout_s: float = 120.0) -> None:
@@ -141,10 +145,14 @@ class LocalMesh:
         # The OpenAI-compatible endpoint gets a port chosen here, not port 0, so that a restarted
         # gateway serves it where clients were told it is (as gRPC keeps its address).
         self.openai = f"127.0.0.1:{_free_port()}"
+        tls_env: dict[str, str] = {}
+        if self.tls:
+            self.tls_files = make_gateway_tls(self.run_dir / "tls")
+            tls_env = self.tls_files.gateway_env()
         gateway = self._spawn(
             "gateway",
             ["-m", "gateway"],
-            {**addrs, **self._gateway_keys(), "POCGRID_OPENAI_LISTEN": self.openai},
+            {**addrs, **self._gateway_keys(), "POCGRID_OPENAI_LISTEN": self.openai, **tls_env},
         )
         self._wait_ready([gateway], deadline)
         self.gateway = gateway.info.address
@@ -230,7 +238,7 @@ class LocalMesh:
                     )
                 if not child.info.address and child.address_file.exists():
                     child.info.address = child.address_file.read_text().strip()
-                if child.info.address and health_ok(child.info.address):
+                if child.info.address and health_ok(child.info.address, ca_file=self._ca(child)):
                     pending.remove(child)
                     self.log(f"{child.info.name} {child.info.address}")
             if pending and time.monotonic() > deadline:
@@ -239,6 +247,12 @@ class LocalMesh:
             if pending:
                 self.waiting(_waiting_for([c.info.name for c in pending], len(self.children)))
                 time.sleep(0.05)
+
+    def _ca(self, child: _Child) -> str | None:
+        """The CA to probe ``child`` with: the gateway's when it serves TLS."""
+        if child.info.name == "gateway" and self.tls_files is not None:
+            return str(self.tls_files.ca_file)
+        return None
 
     def _wait_registered(self, registry: str, agents: list[_Child], deadline: float) -> None:
         """Every agent of this run READY in the registry (with --data-dir the registry also
@@ -329,6 +343,7 @@ class LocalMesh:
             gateway=self.gateway,
             openai=self.openai,
             api_key=self.api_key,
+            ca_file="" if self.tls_files is None else str(self.tls_files.ca_file),
             nats_url=self.nats.url if self.nats else "",
             run_dir=str(self.run_dir),
             status=status,

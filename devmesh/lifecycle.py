@@ -52,7 +52,26 @@ def _new_mesh(args: argparse.Namespace, home: Path, chips: tuple[str, ...]) -> L
         chips=chips,
         devices_per_agent=args.devices,
         data_dir=None if data_dir is None else Path(data_dir).resolve(),
+        tls=bool(getattr(args, "tls", False)),
     )
+
+
+def _announce(state: MeshState) -> None:
+    """Where the mesh answers and with which key (and CA), as `up` prints it."""
+    scheme = "https" if state.ca_file else "http"
+    say(f"  gateway  {state.gateway}\n  api key  {state.api_key}")
+    say(f"  openai   {scheme}://{state.openai}/v1 (OpenAI-compatible, same key)")
+    if state.ca_file:
+        say(f"  ca       {state.ca_file} (TLS: clients verify the gateway with it)")
+    if state.data_dir:
+        say(f"  data     {state.data_dir} (kept across down/up)")
+
+
+def _summary(state: MeshState) -> dict[str, str]:
+    summary = {"gateway": state.gateway, "api_key": state.api_key, "openai": state.openai}
+    if state.ca_file:  # --tls: what clients verify the gateway with
+        summary["ca_file"] = state.ca_file
+    return summary
 
 
 def supervise(args: argparse.Namespace, foreground: bool) -> int:
@@ -107,13 +126,10 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
         state.save(path)
         if foreground:
             if args.json:
-                emit_json({"gateway": mesh.gateway, "api_key": mesh.api_key, "openai": mesh.openai})
+                emit_json(_summary(state))
             else:
                 say(f"\npocgrid mesh is up: {len(mesh.fleet())} agents, logs in {mesh.run_dir}")
-                say(f"  gateway  {mesh.gateway}\n  api key  {mesh.api_key}")
-                say(f"  openai   http://{mesh.openai}/v1 (OpenAI-compatible, same key)")
-                if mesh.data_dir is not None:
-                    say(f"  data     {mesh.data_dir} (kept across down/up)")
+                _announce(state)
                 say("Press Ctrl-C to stop.")
         with StopSignals() as stop:
             while stop.wait(_SUPERVISE_EVERY_S) is None:
@@ -159,6 +175,8 @@ def up(args: argparse.Namespace) -> int:
         cmd += ["--chips", args.chips]
     if args.data_dir is not None:
         cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
+    if args.tls:
+        cmd.append("--tls")
     with (home / "supervisor.log").open("ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -176,15 +194,10 @@ def up(args: argparse.Namespace) -> int:
             if state.status == "ready":
                 progress.done()
                 if args.json:
-                    emit_json(
-                        {"gateway": state.gateway, "api_key": state.api_key, "openai": state.openai}
-                    )
+                    emit_json(_summary(state))
                 else:
                     say(f"pocgrid mesh is up (supervisor pid {proc.pid})")
-                    say(f"  gateway  {state.gateway}\n  api key  {state.api_key}")
-                    say(f"  openai   http://{state.openai}/v1 (OpenAI-compatible, same key)")
-                    if state.data_dir:
-                        say(f"  data     {state.data_dir} (kept across down/up)")
+                    _announce(state)
                     say("Stop it with `pocgrid down`.")
                 return 0
             if state.status == "failed":

@@ -43,7 +43,28 @@ class GatewayConfig(EnvConfig):
     """Real seconds per virtual second the endpoint streams tokens at, inverted: 1.0 paces
     tokens in real time, 2.0 twice as fast, 0 sends each as soon as the agent produces it."""
 
+    tls_cert_file: str = ""
+    """PEM certificate chain the gateway presents on its gRPC port and its OpenAI-compatible
+    HTTP endpoint; set with tls_key_file, and both ports speak only TLS. Empty: plaintext."""
+
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file (unencrypted; mount it from a secret, mode 0600)."""
+
+    tls_client_ca_file: str = ""
+    """PEM CA bundle: when set, clients must also present a certificate it signed (mutual TLS)
+    on both ports; empty: any client that trusts the gateway's certificate may connect."""
+
     def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together: "
+                "set both (TLS) or neither (plaintext)"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                f"{env_name('tls_client_ca_file')} needs {env_name('tls_cert_file')}: "
+                "client certificates are checked only over TLS"
+            )
         if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1:
             raise ConfigError("rate limits must be positive")
         if self.openai_speed_factor < 0:

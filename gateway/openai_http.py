@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -140,8 +141,10 @@ class OpenAIEndpoint:
         *,
         speed_factor: float = 1.0,
         shutdown_s: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
+        self._ssl = ssl_context
         self._host, self._port = host or "127.0.0.1", int(port)
         self._keys, self._limiter = keys, limiter
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
@@ -164,13 +167,13 @@ class OpenAIEndpoint:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await site.start()
         server = site._server  # aiohttp keeps the bound socket here; port 0 needs it read back
         assert server is not None
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("gateway.openai.started", address=self.address)
+        log.info("gateway.openai.started", address=self.address, tls=self._ssl is not None)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -13,6 +13,7 @@ from gateway.forwarder import GatewayHandler
 from gateway.openai_http import OpenAIEndpoint
 from gateway.ratelimit import RateLimiter
 from gateway.routing import public_routes, public_service_names
+from gateway.tls import GatewayTls
 from services.core.config import CommonConfig, ConfigError
 from services.core.service import Service
 
@@ -38,6 +39,7 @@ class GatewayServer(Service):
             config.api_keys, config.api_keys_file, config.rate_limit_per_s, config.rate_limit_burst
         )
         self.limiter = RateLimiter()
+        self.tls = GatewayTls.from_config(config)
         self.openai: OpenAIEndpoint | None = None
         self._agent_channels: dict[str, grpc.aio.Channel] = {}
 
@@ -77,8 +79,12 @@ class GatewayServer(Service):
                 self._agent_channel,
                 speed_factor=self.config.openai_speed_factor,
                 shutdown_s=self.common.shutdown_grace_s,
+                ssl_context=None if self.tls is None else self.tls.ssl_context(),
             )
             await self.openai.start()
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        return None if self.tls is None else self.tls.grpc_credentials()
 
     def _agent_channel(self, address: str) -> grpc.aio.Channel:
         """One channel per agent, closed with the gateway."""

@@ -7,6 +7,9 @@
     with Client.from_local_mesh() as pg:  # the mesh `pocgrid up` started on this machine
         ...
 
+    with Client("gw.example:50051", api_key="...", ca_file="ca.pem") as pg:  # a TLS gateway
+        ...
+
 Every call carries ``authorization: Bearer <key>`` and W3C trace context, so a client span (when
 the caller has a tracer) and the gateway's and services' spans share one trace.
 """
@@ -80,12 +83,31 @@ class NoLocalMeshError(RuntimeError):
     """No local mesh is running (or it has not finished starting)."""
 
 
+def gateway_channel(gateway: str, ca_file: str | Path | None = None) -> grpc.Channel:
+    """A channel to ``gateway``: TLS verified against the PEM CA bundle ``ca_file`` when one is
+    given (the gateway's certificate must name the host in ``gateway``), else plaintext."""
+    if not ca_file:
+        return grpc.insecure_channel(gateway)
+    try:
+        roots = Path(ca_file).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"ca_file {str(ca_file)!r}: cannot read ({exc.strerror})") from None
+    return grpc.secure_channel(gateway, grpc.ssl_channel_credentials(root_certificates=roots))
+
+
 class Client:
     """Blocking client; one channel, one stub per public service."""
 
-    def __init__(self, gateway: str, api_key: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        gateway: str,
+        api_key: str,
+        *,
+        timeout_s: float = 30.0,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.gateway = gateway
-        self._raw = grpc.insecure_channel(gateway)
+        self._raw = gateway_channel(gateway, ca_file)
         self.channel = grpc.intercept_channel(self._raw, _AuthInterceptor(api_key, timeout_s))
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
@@ -106,7 +128,7 @@ class Client:
             )
         if state.status != "ready" or not state.gateway:
             raise NoLocalMeshError(f"the local mesh is {state.status}, not ready yet")
-        return cls(state.gateway, state.api_key, timeout_s=timeout_s)
+        return cls(state.gateway, state.api_key, timeout_s=timeout_s, ca_file=state.ca_file or None)
 
     def close(self) -> None:
         self._raw.close()

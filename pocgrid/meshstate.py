@@ -38,6 +38,8 @@ class MeshState:
     openai: str = ""
     """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint (``http://HOST:PORT/v1``)."""
     api_key: str = ""
+    ca_file: str = ""
+    """PEM CA the gateway's certificate is signed by (``pocgrid up --tls``); empty: plaintext."""
     nats_url: str = ""
     run_dir: str = ""
     status: str = "starting"  # starting | ready | failed | stopping

@@ -119,7 +119,7 @@ def _reports(data: dict[str, Any], args: argparse.Namespace) -> None:
 
 def _client(args: argparse.Namespace) -> Client:
     target = resolve(args)
-    return Client(target.gateway, target.api_key, timeout_s=args.timeout)
+    return Client(target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file)
 
 
 def _request(args: argparse.Namespace) -> evaluator_pb2.StartEvaluationRequest:

@@ -36,7 +36,9 @@ def _held(us: int) -> str:
 
 def invoice(args: argparse.Namespace) -> int:
     target = resolve(args)
-    with Client(target.gateway, target.api_key, timeout_s=args.timeout) as pg:
+    with Client(
+        target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file
+    ) as pg:
         if args.list:
             listed = pg.metering.ListInvoices(
                 metering_pb2.ListInvoicesRequest(tenant=args.tenant)

@@ -128,7 +128,7 @@ def job_dict(job: scheduler_pb2.Job) -> dict[str, Any]:
 
 def _client(args: argparse.Namespace) -> Client:
     target = resolve(args)
-    return Client(target.gateway, target.api_key, timeout_s=args.timeout)
+    return Client(target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file)
 
 
 def submit(args: argparse.Namespace) -> int:

@@ -74,6 +74,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-key", help="API key (env POCGRID_API_KEY)")
     parser.add_argument(
+        "--ca-file",
+        help="PEM CA bundle to verify a TLS gateway with (env POCGRID_CA_FILE; default: the "
+        "local mesh's CA when it runs with --tls, else plaintext)",
+    )
+    parser.add_argument(
         "--timeout", type=_positive_seconds, default=30.0, help="per-call deadline, seconds (> 0)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         help="keep databases and JetStream streams here across down/up (default: a scratch "
         "directory per run, removed at stop)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the gateway (gRPC and OpenAI HTTP) over TLS with a CA made for this run; "
+        "the CLI and Client.from_local_mesh() find the CA in the mesh's state",
     )
     p.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_local_mesh_command("up"))

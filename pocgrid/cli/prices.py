@@ -26,7 +26,9 @@ def _basis(value: metering_pb2.PriceBasis.ValueType) -> str:
 
 def prices(args: argparse.Namespace) -> int:
     target = resolve(args)
-    with Client(target.gateway, target.api_key, timeout_s=args.timeout) as pg:
+    with Client(
+        target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file
+    ) as pg:
         book = pg.metering.GetPriceBook(metering_pb2.GetPriceBookRequest(chip=args.chip)).book
     if args.json:
         emit_json(MessageToDict(book, preserving_proto_field_name=True))

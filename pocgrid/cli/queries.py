@@ -16,7 +16,7 @@ from pocgrid.v1 import common_pb2, gateway_pb2, registry_pb2
 
 def _client(args: argparse.Namespace) -> Client:
     target = resolve(args)
-    return Client(target.gateway, target.api_key, timeout_s=args.timeout)
+    return Client(target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file)
 
 
 def _all_nodes(pg: Client, **filters: Any) -> list[registry_pb2.Node]:

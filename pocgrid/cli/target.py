@@ -18,6 +18,8 @@ class NoMeshError(RuntimeError):
 class Target:
     gateway: str
     api_key: str
+    ca_file: str = ""
+    """PEM CA bundle for a TLS gateway; empty: plaintext."""
 
 
 def local_mesh() -> MeshState | None:
@@ -27,15 +29,18 @@ def local_mesh() -> MeshState | None:
 def resolve(args: argparse.Namespace) -> Target:
     gateway = args.gateway or os.environ.get("POCGRID_GATEWAY", "")
     api_key = args.api_key or os.environ.get("POCGRID_API_KEY", "")
-    if not gateway or not api_key:
-        state = local_mesh()
-        if state is not None and state.status == "ready":
-            gateway = gateway or state.gateway
-            api_key = api_key or state.api_key
+    ca_file = getattr(args, "ca_file", None) or os.environ.get("POCGRID_CA_FILE", "")
+    state = local_mesh()
+    if state is not None and state.status == "ready" and gateway in ("", state.gateway):
+        gateway = gateway or state.gateway
+        api_key = api_key or state.api_key
+        # The local mesh's CA only for the local mesh's gateway: another gateway's certificate
+        # is not signed by it.
+        ca_file = ca_file or state.ca_file
     if not gateway:
         raise NoMeshError(
             "no mesh found: run `pocgrid up --detach`, or pass --gateway / set POCGRID_GATEWAY"
         )
     if not api_key:
         raise NoMeshError("no API key: pass --api-key or set POCGRID_API_KEY")
-    return Target(gateway, api_key)
+    return Target(gateway, api_key, ca_file)

@@ -73,7 +73,9 @@ def usage(args: argparse.Namespace) -> int:
         group_by=group_by,
         window_size=args.every if args.by == "window" else "",
     )
-    with Client(target.gateway, target.api_key, timeout_s=args.timeout) as pg:
+    with Client(
+        target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file
+    ) as pg:
         groups = pg.metering.QueryUsage(request).groups
     rows: list[dict[str, Any]]
     if args.by == "meter":

@@ -101,6 +101,10 @@ class Service:
     async def on_stop(self) -> None:
         """Release what on_start opened (database engines, ...)."""
 
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials for the gRPC port; None (the default) serves plaintext."""
+        return None
+
     # -- helpers for subclasses -----------------------------------------------------------
     def add_service(self, name: str) -> None:
         """Record a full service name for health and reflection."""
@@ -237,7 +241,12 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
-        self._port = self.server.add_insecure_port(self.common.listen)
+        credentials = self.server_credentials()
+        self._port = (
+            self.server.add_insecure_port(self.common.listen)
+            if credentials is None
+            else self.server.add_secure_port(self.common.listen, credentials)
+        )
         if self._port == 0:
             raise RuntimeError(f"{self.name}: could not bind {self.common.listen}")
         await self.server.start()
