@@ -133,6 +133,43 @@ def recommendation_to_dict(rec: evaluator_pb2.Recommendation) -> dict[str, Any]:
     }
 
 
+def training_to_dict(t: evaluator_pb2.TrainingResult) -> dict[str, Any]:
+    """A training scenario's pool result: per split, the virtual step and scaling efficiency."""
+    spec = t.spec
+    return {
+        "chips": list(t.chips),
+        "devices": list(t.devices),
+        "precisions": list(t.precisions),
+        "samples_per_s": list(t.samples_per_s),
+        "model": {
+            "inputs": spec.inputs,
+            "hidden": spec.hidden,
+            "classes": spec.classes,
+            "samples": spec.samples,
+            "batch": spec.batch,
+            "steps": spec.steps,
+            "lr": spec.lr,
+        },
+        "splits": [
+            {
+                "split": s.split,
+                "batch": list(s.batch),
+                "compute_ms": list(s.compute_ms),
+                "all_reduce_ms": s.all_reduce_ms,
+                "all_reduce_algorithm": s.all_reduce_algorithm,
+                "step_ms": s.step_ms,
+                "ideal_step_ms": s.ideal_step_ms,
+                "scaling_efficiency": s.scaling_efficiency,
+                "losses": list(s.losses),
+                "max_loss_deviation": s.max_loss_deviation,
+            }
+            for s in t.splits
+        ],
+        "single_process_losses": list(t.single_process_losses),
+        "proportional_speedup": t.proportional_speedup,
+    }
+
+
 def evaluation_to_dict(e: evaluator_pb2.Evaluation) -> dict[str, Any]:
     request = e.request
     return {
@@ -160,4 +197,5 @@ def evaluation_to_dict(e: evaluator_pb2.Evaluation) -> dict[str, Any]:
         "finished_at": e.finished_at.ToJsonString() if e.HasField("finished_at") else None,
         "results": [result_to_dict(r) for r in e.results],
         "recommendation": recommendation_to_dict(e.recommendation),
+        "training": training_to_dict(e.training) if e.HasField("training") else None,
     }

@@ -191,7 +191,67 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(data: dict[str, Any], *, detail: bool = False) -> None:
     say(f"evaluation {data['evaluation_id']}: {data['scenario']} ({data['state'].lower()})")
+    if data.get("training"):
+        _print_training(data)
+        return
     render(data, console(), detail=detail)
+
+
+def _print_training(data: dict[str, Any]) -> None:
+    """hybrid-training: the chips taking part, then per split the virtual step time and the
+    scaling efficiency."""
+    t = data["training"]
+    m = t["model"]
+    say(
+        f"MLP {m['inputs']}-{m['hidden']}-{m['classes']}, global batch {m['batch']}, "
+        f"{m['steps']} steps"
+    )
+    say(
+        table(
+            ["chip", "dev", "prec", "samples/s (modelled)", "node"],
+            [
+                [c, d, p, f"{s:,.0f}", r["node_id"] or "-"]
+                for c, d, p, s, r in zip(
+                    t["chips"],
+                    t["devices"],
+                    t["precisions"],
+                    t["samples_per_s"],
+                    [r for r in data["results"] if r["reason"] is None],
+                    strict=True,
+                )
+            ],
+        )
+    )
+    for r in data["results"]:
+        if r["reason"]:
+            say(f"{r['chip']}: not run: {r['reason']}")
+    say(
+        table(
+            [
+                "split",
+                "batch per chip",
+                "step ms",
+                "slowest compute ms",
+                "all-reduce ms",
+                "scaling eff.",
+                "max |loss - 1 proc|",
+            ],
+            [
+                [
+                    s["split"],
+                    "/".join(str(b) for b in s["batch"]),
+                    f"{s['step_ms']:.4f}",
+                    f"{max(s['compute_ms']):.4f}",
+                    f"{s['all_reduce_ms']:.4f} ({s['all_reduce_algorithm']})",
+                    f"{s['scaling_efficiency']:.3f}",
+                    f"{s['max_loss_deviation']:.1e}",
+                ]
+                for s in t["splits"]
+            ],
+        )
+    )
+    say()
+    say(data["recommendation"]["summary"])
 
 
 def list_evaluations(args: argparse.Namespace) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any, TextIO
 
 from pocgrid.comm.bench import DEFAULT_RANKS, DEFAULT_SIZES, format_table, parse_size, report_rows
 from pocgrid.comm.errors import CommError
 from pocgrid.comm.launch import RankOutcome, RankSpec, parse_ranks, run_ranks
 from pocgrid.comm.topology import NetworkConfig
-from pocgrid.comm.training import SPLITS, MlpConfig, train_single
+from pocgrid.comm.training import SPLITS, MlpConfig, train_pool
 from pocgrid.perf.collective import COLLECTIVE_KINDS
 
 EXIT_OK = 0
@@ -138,32 +138,6 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         stream.write(format_table(values) + "\n")
     return EXIT_OK
-
-
-def train_pool(
-    specs: list[RankSpec], cfg: MlpConfig, network: NetworkConfig | None = None
-) -> dict[str, Any]:
-    """Both splits on the pool, and the single-process reference (the CLI's and the tests')."""
-    reference = train_single(cfg)
-    result: dict[str, Any] = {"config": asdict(cfg), "single_process_losses": reference}
-    for split in SPLITS:
-        outcomes = run_ranks(
-            "pocgrid.comm.training:train_rank",
-            specs,
-            kwargs={"config": asdict(cfg), "split": split},
-            network=network,
-            timeout_s=1800.0,
-        )
-        bad = [o for o in outcomes if not o.ok]
-        if bad:
-            raise CommError(f"{split}: rank {bad[0].rank}: {bad[0].error_type}: {bad[0].error}")
-        value = outcomes[0].value
-        value["max_loss_diff"] = max(
-            abs(a - b) for a, b in zip(value["losses"], reference, strict=True)
-        )
-        value["ranks_agree"] = all(o.value["losses"] == value["losses"] for o in outcomes)
-        result[split] = value
-    return result
 
 
 def run_train(args: argparse.Namespace, out: TextIO | None = None) -> int:

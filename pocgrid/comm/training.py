@@ -31,9 +31,10 @@ import numpy.typing as npt
 
 from pocgrid.catalog import Chip, default_catalog
 from pocgrid.comm.communicator import Communicator
-from pocgrid.comm.errors import CommInputError
+from pocgrid.comm.errors import CommError, CommInputError
+from pocgrid.comm.launch import RankSpec, run_ranks
 from pocgrid.comm.plans import choose
-from pocgrid.comm.topology import Topology
+from pocgrid.comm.topology import NetworkConfig, Topology
 from pocgrid.perf.efficiency import default_efficiency
 from pocgrid.perf.roofline import op_time
 
@@ -294,3 +295,33 @@ def train_rank(comm: Communicator, config: dict[str, Any], split: str) -> dict[s
         "speeds": [m.samples_per_s for m in models],
         "precisions": [m.precision for m in models],
     }
+
+
+def train_pool(
+    specs: list[RankSpec], cfg: MlpConfig, network: NetworkConfig | None = None
+) -> dict[str, Any]:
+    """Both splits on the pool (one process per rank), and the single-process reference.
+
+    What ``pocgrid comm train`` prints and the evaluator's ``hybrid-training`` scenario
+    reports. Raises :class:`~pocgrid.comm.errors.CommError` when a rank fails.
+    """
+    reference = train_single(cfg)
+    result: dict[str, Any] = {"config": asdict(cfg), "single_process_losses": reference}
+    for split in SPLITS:
+        outcomes = run_ranks(
+            "pocgrid.comm.training:train_rank",
+            specs,
+            kwargs={"config": asdict(cfg), "split": split},
+            network=network,
+            timeout_s=1800.0,
+        )
+        bad = [o for o in outcomes if not o.ok]
+        if bad:
+            raise CommError(f"{split}: rank {bad[0].rank}: {bad[0].error_type}: {bad[0].error}")
+        value = outcomes[0].value
+        value["max_loss_diff"] = max(
+            abs(a - b) for a, b in zip(value["losses"], reference, strict=True)
+        )
+        value["ranks_agree"] = all(o.value["losses"] == value["losses"] for o in outcomes)
+        result[split] = value
+    return result

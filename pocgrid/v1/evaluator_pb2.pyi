@@ -247,6 +247,7 @@ class Scenario(_message.Message):
     ONNX_MODEL_HASH_FIELD_NUMBER: _builtins.int
     LABELLED_SAMPLES_FIELD_NUMBER: _builtins.int
     LENGTH_SOURCE_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable id, e.g. "llm-chat"."""
     title: _builtins.str
@@ -295,6 +296,10 @@ class Scenario(_message.Message):
     def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___PackComponent]:
         """Packs: the atomic scenarios they mix, with traffic shares and SLOs."""
 
+    @_builtins.property
+    def training(self) -> Global___TrainingSpec:
+        """kind "training" (hybrid-training): the model and optimiser it trains; built-in only."""
+
     def __init__(
         self,
         *,
@@ -322,14 +327,177 @@ class Scenario(_message.Message):
         onnx_model_hash: _builtins.str = ...,
         labelled_samples: _builtins.int = ...,
         length_source: _builtins.str = ...,
+        training: Global___TrainingSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_slo", b"default_slo", "input_len", b"input_len", "output_len", b"output_len"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_slo", b"default_slo", "input_len", b"input_len", "output_len", b"output_len", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "accuracy_task", b"accuracy_task", "components", b"components", "default_concurrency", b"default_concurrency", "default_mode", b"default_mode", "default_model", b"default_model", "default_precision", b"default_precision", "default_qps", b"default_qps", "default_requests", b"default_requests", "default_slo", b"default_slo", "description", b"description", "field", b"field", "input_len", b"input_len", "kind", b"kind", "labelled_samples", b"labelled_samples", "length_source", b"length_source", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "onnx_model_hash", b"onnx_model_hash", "output_len", b"output_len", "owner", b"owner", "passes_per_sample", b"passes_per_sample", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "accuracy_task", b"accuracy_task", "components", b"components", "default_concurrency", b"default_concurrency", "default_mode", b"default_mode", "default_model", b"default_model", "default_precision", b"default_precision", "default_qps", b"default_qps", "default_requests", b"default_requests", "default_slo", b"default_slo", "description", b"description", "field", b"field", "input_len", b"input_len", "kind", b"kind", "labelled_samples", b"labelled_samples", "length_source", b"length_source", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "onnx_model_hash", b"onnx_model_hash", "output_len", b"output_len", "owner", b"owner", "passes_per_sample", b"passes_per_sample", "title", b"title", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Scenario: _TypeAlias = Scenario  # noqa: Y015
+
+@_typing.final
+class TrainingSpec(_message.Message):
+    """A training scenario's MLP (numpy, float64, ReLU, softmax cross-entropy, SGD) on a synthetic
+    classification set, and the global batch split across the chips evaluated.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    LR_FIELD_NUMBER: _builtins.int
+    inputs: _builtins.int
+    hidden: _builtins.int
+    classes: _builtins.int
+    samples: _builtins.int
+    """Size of the synthetic training set; the global batch of every step (<= samples)."""
+    batch: _builtins.int
+    steps: _builtins.int
+    lr: _builtins.float
+    def __init__(
+        self,
+        *,
+        inputs: _builtins.int = ...,
+        hidden: _builtins.int = ...,
+        classes: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        batch: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        lr: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "classes", b"classes", "hidden", b"hidden", "inputs", b"inputs", "lr", b"lr", "samples", b"samples", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingSpec: _TypeAlias = TrainingSpec  # noqa: Y015
+
+@_typing.final
+class TrainingSplit(_message.Message):
+    """One batch split of a hybrid-training run. Times are virtual: roofline compute on each chip at
+    its 16-bit training precision, then the gradient all-reduce's alpha-beta time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    COMPUTE_MS_FIELD_NUMBER: _builtins.int
+    ALL_REDUCE_MS_FIELD_NUMBER: _builtins.int
+    ALL_REDUCE_ALGORITHM_FIELD_NUMBER: _builtins.int
+    STEP_MS_FIELD_NUMBER: _builtins.int
+    IDEAL_STEP_MS_FIELD_NUMBER: _builtins.int
+    SCALING_EFFICIENCY_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
+    MAX_LOSS_DEVIATION_FIELD_NUMBER: _builtins.int
+    split: _builtins.str
+    """"proportional" (each chip's share in proportion to its modelled speed) or "equal"."""
+    all_reduce_ms: _builtins.float
+    all_reduce_algorithm: _builtins.str
+    step_ms: _builtins.float
+    """Slowest chip's compute plus the all-reduce."""
+    ideal_step_ms: _builtins.float
+    """The batch at the pool's summed speed, one fixed cost, no communication."""
+    scaling_efficiency: _builtins.float
+    """ideal_step_ms / step_ms."""
+    max_loss_deviation: _builtins.float
+    """Largest |loss - the single-process run's| over the steps."""
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Samples per step on each chip, in the order of TrainingResult.chips."""
+
+    @_builtins.property
+    def compute_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Loss of every step (real numerics, every rank agreeing)."""
+
+    def __init__(
+        self,
+        *,
+        split: _builtins.str = ...,
+        batch: _abc.Iterable[_builtins.int] | None = ...,
+        compute_ms: _abc.Iterable[_builtins.float] | None = ...,
+        all_reduce_ms: _builtins.float = ...,
+        all_reduce_algorithm: _builtins.str = ...,
+        step_ms: _builtins.float = ...,
+        ideal_step_ms: _builtins.float = ...,
+        scaling_efficiency: _builtins.float = ...,
+        losses: _abc.Iterable[_builtins.float] | None = ...,
+        max_loss_deviation: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_reduce_algorithm", b"all_reduce_algorithm", "all_reduce_ms", b"all_reduce_ms", "batch", b"batch", "compute_ms", b"compute_ms", "ideal_step_ms", b"ideal_step_ms", "losses", b"losses", "max_loss_deviation", b"max_loss_deviation", "scaling_efficiency", b"scaling_efficiency", "split", b"split", "step_ms", b"step_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingSplit: _TypeAlias = TrainingSplit  # noqa: Y015
+
+@_typing.final
+class TrainingResult(_message.Message):
+    """hybrid-training: one data-parallel training step across the chips evaluated, gradients
+    all-reduced by the unified communication library, the batch split two ways.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHIPS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    PRECISIONS_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    SINGLE_PROCESS_LOSSES_FIELD_NUMBER: _builtins.int
+    PROPORTIONAL_SPEEDUP_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    proportional_speedup: _builtins.float
+    """The equal split's step over the proportional split's."""
+    @_builtins.property
+    def chips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One rank per chip type, with its node's devices."""
+
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def precisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def samples_per_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Modelled marginal speed of each chip's devices, samples per second."""
+
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingSplit]: ...
+    @_builtins.property
+    def single_process_losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The same steps in one process: the reference both splits' losses must equal."""
+
+    @_builtins.property
+    def spec(self) -> Global___TrainingSpec: ...
+    def __init__(
+        self,
+        *,
+        chips: _abc.Iterable[_builtins.str] | None = ...,
+        devices: _abc.Iterable[_builtins.int] | None = ...,
+        precisions: _abc.Iterable[_builtins.str] | None = ...,
+        samples_per_s: _abc.Iterable[_builtins.float] | None = ...,
+        splits: _abc.Iterable[Global___TrainingSplit] | None = ...,
+        single_process_losses: _abc.Iterable[_builtins.float] | None = ...,
+        proportional_speedup: _builtins.float = ...,
+        spec: Global___TrainingSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chips", b"chips", "devices", b"devices", "precisions", b"precisions", "proportional_speedup", b"proportional_speedup", "samples_per_s", b"samples_per_s", "single_process_losses", b"single_process_losses", "spec", b"spec", "splits", b"splits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingResult: _TypeAlias = TrainingResult  # noqa: Y015
 
 @_typing.final
 class ListScenariosRequest(_message.Message):
@@ -971,6 +1139,7 @@ class Evaluation(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     SLO_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     evaluation_id: _builtins.str
     tenant: _builtins.str
     state: Global___EvaluationState.ValueType
@@ -995,6 +1164,10 @@ class Evaluation(_message.Message):
     def slo(self) -> Global___Slo:
         """The SLO the results were judged against."""
 
+    @_builtins.property
+    def training(self) -> Global___TrainingResult:
+        """Training scenarios (hybrid-training): the pool's step per batch split."""
+
     def __init__(
         self,
         *,
@@ -1012,10 +1185,11 @@ class Evaluation(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         placement: _builtins.str = ...,
         slo: Global___Slo | None = ...,
+        training: Global___TrainingResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "slo", b"slo", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "evaluation_id", b"evaluation_id", "finished_at", b"finished_at", "model", b"model", "placement", b"placement", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "results", b"results", "scenario_kind", b"scenario_kind", "slo", b"slo", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "evaluation_id", b"evaluation_id", "finished_at", b"finished_at", "model", b"model", "placement", b"placement", "progress", b"progress", "recommendation", b"recommendation", "request", b"request", "results", b"results", "scenario_kind", b"scenario_kind", "slo", b"slo", "state", b"state", "tenant", b"tenant", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

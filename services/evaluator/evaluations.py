@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pocgrid.catalog import Catalog, UnknownChipError
+from pocgrid.comm.training import SPLITS
 from pocgrid.v1 import common_pb2, evaluator_pb2
 from services.core import rpc_context
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.logging import get_logger
-from services.evaluator import recommend
+from services.evaluator import recommend, training
 from services.evaluator.runner import Component, Runner, RunSpec, components_of, mode_name
 from services.evaluator.scenarios import (
     MAX_CONCURRENCY,
@@ -143,6 +144,8 @@ class Evaluations:
         if scenario is None:
             raise NotFound("scenario", r.scenario, "see ListScenarios")
         if r.model:
+            if scenario.kind == training.KIND:
+                raise InvalidArgument("model", "a training scenario trains its own MLP")
             if scenario.kind == "pack":
                 raise InvalidArgument("model", "a pack runs each component's own model")
             if r.model not in scenario.models:
@@ -178,8 +181,8 @@ class Evaluations:
         if r.precision and r.precision not in common_pb2.Precision.values():
             raise InvalidArgument("precision", "is not a Precision value")
         mode = self._mode(r, scenario)
-        # A pack's components bring their own rates and concurrencies.
-        if scenario.kind == "pack":
+        # A pack's components bring their own rates and concurrencies; training has none.
+        if scenario.kind in ("pack", training.KIND):
             pass
         elif mode == "server" and not (r.qps or scenario.default_qps):
             raise InvalidArgument("qps", "must be > 0 in server mode (the scenario has no default)")
@@ -245,12 +248,22 @@ class Evaluations:
         try:
             if not chips:
                 chips = sorted(await runner.pool.nodes())
-            evaluation.progress.runs_total = len(components) * len(chips)
-            results = await runner.run(components, chips, spec, progress)
-            del evaluation.results[:]
-            evaluation.results.extend(results)
-            shares = {c.scenario.name: c.share for c in components}
-            evaluation.recommendation.CopyFrom(recommend.recommend(results, shares))
+            if components[0].scenario.kind == training.KIND:
+                # One job across all the chips: a run per split.
+                evaluation.progress.runs_total = len(SPLITS)
+                results, trained = await runner.train(components[0].scenario, chips, spec, progress)
+                evaluation.training.CopyFrom(trained)
+                evaluation.progress.runs_done = len(trained.splits)
+                evaluation.recommendation.CopyFrom(training.recommendation(trained))
+                del evaluation.results[:]
+                evaluation.results.extend(results)
+            else:
+                evaluation.progress.runs_total = len(components) * len(chips)
+                results = await runner.run(components, chips, spec, progress)
+                del evaluation.results[:]
+                evaluation.results.extend(results)
+                shares = {c.scenario.name: c.share for c in components}
+                evaluation.recommendation.CopyFrom(recommend.recommend(results, shares))
             evaluation.state = SUCCEEDED
             evaluation.progress.current = ""
             evaluation.progress.message = "done"

@@ -32,7 +32,7 @@ from pocgrid.error_details import error_details
 from pocgrid.perf.fit import check_fit
 from pocgrid.precision import to_proto
 from pocgrid.v1 import agent_pb2, evaluator_pb2
-from services.evaluator import loadgen
+from services.evaluator import loadgen, training
 from services.evaluator import metrics as m
 from services.evaluator.accuracy import Reference, fp32_reference, measure_accuracy
 from services.evaluator.realmodels import RealModel, RealModelError, load_real_model
@@ -229,6 +229,20 @@ class Runner:
                 return result
 
         return list(await asyncio.gather(*(one(i, c, chip) for i, (c, chip) in enumerate(pairs))))
+
+    async def train(
+        self,
+        scenario: evaluator_pb2.Scenario,
+        chips: Sequence[str],
+        spec: RunSpec,
+        progress: Progress,
+    ) -> tuple[list[evaluator_pb2.ChipResult], evaluator_pb2.TrainingResult]:
+        """A training scenario: one job across every chip asked for, not one run per chip."""
+        nodes = await self.pool.nodes()
+        chip_names = list(chips) or sorted(nodes)
+        return await training.run(
+            self.catalog, nodes, scenario, chip_names, spec.seed, self.pool.placement, progress
+        )
 
     # -- one (component, chip) ---------------------------------------------------------------
     async def _pair(
@@ -579,6 +593,9 @@ def components_of(
     slo: evaluator_pb2.SloOverride,
 ) -> list[Component]:
     """The atomic scenarios an evaluation runs, with their shares, bounds and models."""
+    if scenario.kind == training.KIND:
+        name = training.model_name(scenario.training)
+        return [Component(scenario, 1.0, scenario.default_slo, name)]
     if scenario.kind == "pack":
         out = []
         for c in scenario.components:

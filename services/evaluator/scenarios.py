@@ -32,6 +32,12 @@ SCHEMA_VERSION: Final = 2
 LOAD_SCENARIOS: Final = ("offline", "server", "single-stream", "multi-stream")
 KINDS: Final = ("llm", "samples")
 PACK: Final = "pack"
+#: Built-in only: a data-parallel training step across the chips evaluated (hybrid-training).
+TRAINING: Final = "training"
+#: Largest training run a scenario may ask for (it runs for real, in numpy, on this host).
+MAX_TRAINING_WIDTH: Final = 16384
+MAX_TRAINING_SAMPLES: Final = 1 << 20
+MAX_TRAINING_STEPS: Final = 1000
 FIELDS: Final = (
     "finance",
     "manufacturing",
@@ -222,10 +228,15 @@ def check_distribution(d: evaluator_pb2.LengthDistribution, field: str) -> None:
 def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "scenario") -> None:
     """Raises ``ScenarioError`` naming the first field that is wrong."""
     _check_name(f"{field}.name", s.name)
-    if s.kind not in KINDS:
-        raise ScenarioError(f"{field}.kind", f"must be one of {', '.join(KINDS)}")
+    if s.kind not in (*KINDS, TRAINING):
+        raise ScenarioError(f"{field}.kind", f"must be one of {', '.join((*KINDS, TRAINING))}")
     _check_text(f"{field}.title", s.title, 256)
     _check_text(f"{field}.description", s.description, 4096, required=False)
+    if s.kind == TRAINING:
+        check_training(s, field)
+        return
+    if s.HasField("training"):
+        raise ScenarioError(f"{field}.training", "only training scenarios have one")
     if not s.models:
         raise ScenarioError(f"{field}.models", "must name at least one catalogue model")
     known = {m.name: m for m in catalog.models}
@@ -268,6 +279,38 @@ def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "sc
         raise ScenarioError(f"{field}.components", "only packs have components")
 
 
+def check_training(s: evaluator_pb2.Scenario, field: str) -> None:
+    """A training scenario trains the MLP its ``training`` spec describes: no catalogue
+    model, no load mode, no request sizes."""
+    if s.models or s.default_model:
+        raise ScenarioError(f"{field}.models", "a training scenario trains its own MLP: none")
+    if not s.HasField("training"):
+        raise ScenarioError(f"{field}.training", "is required for a training scenario")
+    t = s.training
+    for name, hi in (
+        ("inputs", MAX_TRAINING_WIDTH),
+        ("hidden", MAX_TRAINING_WIDTH),
+        ("classes", MAX_TRAINING_WIDTH),
+        ("samples", MAX_TRAINING_SAMPLES),
+        ("batch", MAX_TRAINING_SAMPLES),
+        ("steps", MAX_TRAINING_STEPS),
+    ):
+        value = getattr(t, name)
+        if not 1 <= value <= hi:
+            raise ScenarioError(f"{field}.training.{name}", f"must be between 1 and {hi}")
+    if t.classes < 2:
+        raise ScenarioError(f"{field}.training.classes", "must be >= 2")
+    if t.batch > t.samples:
+        raise ScenarioError(f"{field}.training.batch", f"must be <= samples ({t.samples})")
+    _finite(f"{field}.training.lr", t.lr, 0, 1e3)
+    if not t.lr > 0:
+        raise ScenarioError(f"{field}.training.lr", "must be > 0")
+    if s.HasField("input_len") or s.HasField("output_len") or s.default_mode or s.components:
+        raise ScenarioError(
+            f"{field}.kind", "a training scenario has no request sizes, load mode or components"
+        )
+
+
 def check_pack(
     p: evaluator_pb2.Scenario, atomic: Mapping[str, evaluator_pb2.Scenario], field: str = "scenario"
 ) -> None:
@@ -283,6 +326,8 @@ def check_pack(
         where = f"{field}.components[{i}]"
         if c.scenario not in atomic:
             raise ScenarioError(f"{where}.scenario", f"{c.scenario!r} is not an atomic scenario")
+        if atomic[c.scenario].kind == TRAINING:
+            raise ScenarioError(f"{where}.scenario", "a pack mixes serving scenarios, not training")
         if c.scenario in seen:
             raise ScenarioError(f"{where}.scenario", f"{c.scenario!r} appears more than once")
         seen.add(c.scenario)

@@ -12,7 +12,7 @@ from services.core import rpc_context
 from services.core import validation as v
 from services.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.evaluator.evaluations import Evaluations
-from services.evaluator.scenarios import ScenarioCatalog, ScenarioError, check_scenario
+from services.evaluator.scenarios import TRAINING, ScenarioCatalog, ScenarioError, check_scenario
 from services.evaluator.store import EvaluationStore
 
 
@@ -63,8 +63,10 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         s.CopyFrom(request.scenario)
         if s.owner and s.owner != tenant:
             raise InvalidArgument("scenario.owner", "must be empty (it is set to the caller)")
-        if s.kind == "pack":
-            raise InvalidArgument("scenario.kind", "user scenarios are llm or samples, not packs")
+        if s.kind in ("pack", TRAINING):
+            raise InvalidArgument(
+                "scenario.kind", f"user scenarios are llm or samples, not {s.kind}"
+            )
         if s.onnx_model_hash or s.labelled_samples:
             raise InvalidArgument(
                 "scenario.onnx_model_hash",

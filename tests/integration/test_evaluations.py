@@ -299,6 +299,8 @@ def _bad_scenario(**changes) -> evaluator_pb2.Scenario:
         ({"default_qps": 0.0}, "scenario.default_qps"),
         ({"default_slo__p99_ttft_ms": -1.0}, "scenario.default_slo.p99_ttft_ms"),
         ({"default_model": "Qwen2.5-72B"}, "scenario.default_model"),
+        # Training scenarios run numpy on the evaluator's host: built-in only.
+        ({"kind": "training"}, "scenario.kind"),
     ],
 )
 async def test_bad_scenario_is_invalid_argument_naming_the_field(mesh, changes, field):
@@ -348,6 +350,7 @@ async def test_user_scenario_runs_for_its_tenant_only(mesh):
         ({"scenario": "llm-chat", "qps": -1.0}, "qps"),
         ({"scenario": "llm-chat", "requests": 10**7}, "requests"),
         ({"scenario": "finance", "model": "Qwen2.5-7B"}, "model"),
+        ({"scenario": "hybrid-training", "model": "Qwen2.5-7B"}, "model"),
     ],
 )
 async def test_bad_start_is_invalid_argument(mesh, fields, field):
@@ -357,3 +360,50 @@ async def test_bad_start_is_invalid_argument(mesh, fields, field):
             await stub.StartEvaluation(evaluator_pb2.StartEvaluationRequest(**fields), metadata=A)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+async def test_hybrid_training_across_chip_types(mesh):
+    """hybrid-training runs one data-parallel job across the chips asked for (each with its
+    node's devices): the proportional split's virtual step beats the equal split's, and both
+    splits' losses equal a single-process run's; a chip with no node is reported, not run."""
+    request = evaluator_pb2.StartEvaluationRequest(
+        scenario="hybrid-training", chips=["a100-80gb-sxm", "rtx-4090", "mlu370-x8"], seed=3
+    )
+    async with grpc.aio.insecure_channel(mesh.gateway) as ch:
+        stub = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
+        started = (await stub.StartEvaluation(request, metadata=A)).evaluation
+        e = started
+        async for update in stub.WatchEvaluation(
+            evaluator_pb2.WatchEvaluationRequest(evaluation_id=started.evaluation_id),
+            metadata=A,
+            timeout=600,
+        ):
+            e = update.evaluation
+    assert e.state == evaluator_pb2.EVALUATION_STATE_SUCCEEDED, e.error
+    assert e.scenario_kind == "training" and e.model == "mlp-64-512-10"
+    rows = {r.chip: r for r in e.results}
+    assert not rows["mlu370-x8"].runnable and "no READY node" in rows["mlu370-x8"].reason
+    t = e.training
+    assert list(t.chips) == ["a100-80gb-sxm", "rtx-4090"]
+    assert list(t.devices) == [2, DEVICES["rtx-4090"]]
+    for chip, devices in zip(t.chips, t.devices, strict=True):
+        r = rows[chip]
+        assert r.runnable and r.devices == devices and r.node_id == f"{chip}-t"
+        assert r.verdict == evaluator_pb2.VERDICT_VALID, list(r.verdict_reasons)
+    splits = {s.split: s for s in t.splits}
+    prop, equal = splits["proportional"], splits["equal"]
+    assert sum(prop.batch) == sum(equal.batch) == t.spec.batch
+    # The faster chips (two A100s against one RTX 4090) take the larger share.
+    assert prop.batch[0] > prop.batch[1] and equal.batch[0] == equal.batch[1]
+    assert prop.step_ms < equal.step_ms
+    assert prop.scaling_efficiency > equal.scaling_efficiency
+    assert t.proportional_speedup == pytest.approx(equal.step_ms / prop.step_ms)
+    ref = np.array(t.single_process_losses)
+    assert len(ref) == t.spec.steps and ref[-1] < ref[0]
+    for s in (prop, equal):
+        assert np.allclose(s.losses, ref, rtol=1e-10, atol=1e-12)
+        assert s.max_loss_deviation < 1e-9
+        assert s.step_ms == pytest.approx(max(s.compute_ms) + s.all_reduce_ms)
+    assert "proportional" in e.recommendation.summary
+    data = evaluation_to_dict(e)
+    assert data["training"]["splits"][0]["split"] == "proportional"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pocgrid.comm.cli import train_pool
 from pocgrid.comm.launch import RankSpec
 from pocgrid.comm.plans import choose
 from pocgrid.comm.topology import RankInfo, Topology
@@ -16,6 +15,7 @@ from pocgrid.comm.training import (
     model_step,
     shares,
     split_batch,
+    train_pool,
     train_single,
 )
 
