@@ -234,6 +234,7 @@ def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "sc
     _check_text(f"{field}.description", s.description, 4096, required=False)
     if s.kind == TRAINING:
         check_training(s, field)
+        check_slo(s.default_slo, f"{field}.default_slo")
         return
     if s.HasField("training"):
         raise ScenarioError(f"{field}.training", "only training scenarios have one")
