@@ -1,21 +1,27 @@
 """Sustained usage ingest: events per second from JetStream to committed rows, on SQLite and on
-PostgreSQL, side by side with a bare nats-py pull consumer that only acks (the ceiling here).
+PostgreSQL, side by side with bare pull consumers that only ack (the ceiling here).
 
 One nats-server; the usage stream is filled once with ``--events`` UsageRecorded events (tenant
 ``acme``, unique ids, integer quantities), before anything consumes. Then, ``--repeats`` times
 each, in turn:
 
-- ``bare``: a nats-py durable pull consumer in this process: fetch ``--batch`` at a time, ack
+- ``bare nats-py``: a nats-py durable pull consumer in this process: ``fetch(--batch)``, ack
   every message, nothing else (no decode, no database).
+- ``bare bus fetch``: the same, fetching the way the service's bus does (``PullBatcher``: one
+  pull request per fetch, messages off a callback subscription, instead of nats-py's task per
+  message). This is the fair ceiling for metering, which fetches this way too.
 - ``sqlite`` / ``postgresql``: the real metering service (``python -m services.metering``, its
-  own process and event loop, its batch consumer: fetch, validate, one transaction, then ack),
-  on a fresh SQLite file / a fresh database on a throwaway PostgreSQL server. Its durable
-  consumer is deleted between runs, so every run reads the whole stream from the start.
+  own process and event loop, its batch consumer: fetch ``--batch``, validate, one transaction,
+  then ack), on a fresh SQLite file / a fresh database on a throwaway PostgreSQL server. Its
+  durable consumer is deleted between runs, so every run reads the whole stream from the start.
 
-A run's rate is events / time between the first and the last commit (metering: rows counted in
-its database every 20 ms; bare: the first fetch to the last ack), so process start-up is not in
-it. Every metering run must end with exactly ``--events`` rows. Figures: median and spread over
-the repeats, and each backend's median as a share of the bare consumer's.
+Every consumer has the server's default ack-pending limit (1000) and the same fetch size. A
+run's rate is events / time between the first and the last ack seen (metering acks a batch
+only after it committed; its durable's ack floor is polled every 20 ms over NATS, which costs
+the machine next to nothing, unlike counting rows), so process start-up is not in it; every
+metering run must end with exactly ``--events`` rows. Figures: median and spread over the
+repeats, each median as a share of both bare medians, the consumer's CPU per event over the
+run, and the load average before and after.
 
     .venv/bin/python -m bench.metering_ingest [--events 100000] [--repeats 3] [--batch 1000]
 """
@@ -25,25 +31,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench._util import BenchError, median, spawn, stop, table, wait_ready
+from bench._util import BenchError, Child, cpu_seconds, median, spawn, stop, table, wait_ready
 from devmesh.nats_server import NatsServer
 from pocgrid.v1 import events_pb2
-from services.core.bus import STREAMS
+from services.core.bus import STREAMS, PullBatcher
 
 STREAM = "POCGRID_USAGE"
+
+
+@dataclass(frozen=True)
+class Run:
+    rate: float
+    """Events per second."""
+    cpu_s: float
+    """CPU seconds of the consuming process per event (all its threads)."""
+
+
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
 
@@ -92,7 +112,7 @@ async def fill(url: str, events: int) -> None:
         raise BenchError(f"stream holds {info.state.messages} events, expected {events}")
 
 
-async def bare(url: str, events: int, batch: int, durable: str) -> float:
+async def bare(url: str, events: int, batch: int, durable: str, bus_fetch: bool) -> Run:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await js.add_consumer(
@@ -105,54 +125,86 @@ async def bare(url: str, events: int, batch: int, durable: str) -> float:
             filter_subject="usage.>",
         ),
     )
-    sub = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
+    fetch: Callable[[], Awaitable[list[Any]]]
+    if bus_fetch:
+        puller = PullBatcher(nc, STREAM, durable)
+        await puller.start()
+
+        async def fetch() -> list[Any]:
+            return await puller.fetch(batch, 1.0)
+    else:
+        sub = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
+
+        async def fetch() -> list[Any]:
+            try:
+                return list(await sub.fetch(batch, timeout=1.0))
+            except TimeoutError:
+                return []
+
     done = 0
     first = 0.0
+    cpu = 0.0
     while done < events:
-        try:
-            msgs = await sub.fetch(batch, timeout=1.0)
-        except TimeoutError:
-            continue
-        if not first:
-            first = time.perf_counter()
+        msgs = await fetch()
+        if msgs and not first:
+            first, cpu = time.perf_counter(), time.process_time()
         for msg in msgs:
             await msg.ack()
         done += len(msgs)
     await nc.flush()
     elapsed = time.perf_counter() - first
+    cpu = time.process_time() - cpu
     await nc.close()
-    return events / elapsed
+    return Run(events / elapsed, cpu / events)
 
 
-async def _count(db_url: str, events: int, child_alive: Callable[[], bool]) -> float:
-    """Rows per second between the first and the last commit the poll sees."""
-    engine = create_async_engine(db_url)
-    first_t = 0.0
-    first_n = 0
+async def _acked(js: Any, durable: str) -> int:
+    """Stream sequence up to which the durable has acked everything (0 before it exists)."""
     try:
-        while True:
-            if not child_alive():
-                raise BenchError("metering exited during the run")
-            try:
-                async with engine.connect() as conn:
-                    n = int(
-                        (await conn.execute(text("SELECT count(*) FROM usage_records"))).scalar()
-                        or 0
-                    )
-            except Exception:  # the table does not exist until the migrations ran
-                n = 0
-            now = time.perf_counter()
-            if n and not first_t:
-                first_t, first_n = now, n
-            if n >= events:
-                if n != events:
-                    raise BenchError(f"{n} rows for {events} events")
-                if now == first_t:
-                    raise BenchError("the whole run fitted in one poll: use more --events")
-                return (n - first_n) / (now - first_t)
-            await asyncio.sleep(0.02)
+        info = await js.consumer_info(STREAM, durable)
+    except NotFoundError:
+        return 0
+    return int(info.ack_floor.stream_seq or 0)
+
+
+async def _rows(db_url: str) -> int:
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return int(
+                (await conn.execute(text("SELECT count(*) FROM usage_records"))).scalar() or 0
+            )
     finally:
         await engine.dispose()
+
+
+async def _measure(url: str, db_url: str, events: int, child: Child) -> Run:
+    """Acked events per second between the first and the last ack the poll sees."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    first_t = 0.0
+    first_n = 0
+    first_cpu = 0.0
+    try:
+        while True:
+            if child.proc.poll() is not None:
+                raise BenchError("metering exited during the run")
+            n = await _acked(js, "metering")
+            now = time.perf_counter()
+            if n and not first_t:
+                first_t, first_n, first_cpu = now, n, cpu_seconds(child.pid)
+            if n >= events:
+                if now == first_t:
+                    raise BenchError("the whole run fitted in one poll: use more --events")
+                cpu = cpu_seconds(child.pid) - first_cpu
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
+    rows = await _rows(db_url)
+    if rows != events:
+        raise BenchError(f"{rows} rows for {events} events")
+    return Run((n - first_n) / (now - first_t), cpu / (n - first_n))
 
 
 async def _delete_durable(url: str) -> None:
@@ -162,9 +214,7 @@ async def _delete_durable(url: str) -> None:
     await nc.close()
 
 
-async def metering(
-    url: str, db_url: str, events: int, batch: int, run_dir: Path, name: str
-) -> float:
+async def metering(url: str, db_url: str, events: int, batch: int, run_dir: Path, name: str) -> Run:
     await _delete_durable(url)
     child = spawn(
         name,
@@ -174,14 +224,14 @@ async def metering(
             "POCGRID_DATA_DIR": str(run_dir / name),
             "POCGRID_METERING_DATABASE_URL": db_url,
             "POCGRID_API_KEYS": "bench-key=acme",
-            "POCGRID_CONSUMER_BATCH": str(batch),
+            "POCGRID_METERING_INGEST_BATCH": str(batch),
             "POCGRID_LOG_LEVEL": "warning",
         },
         run_dir,
     )
     try:
         await asyncio.to_thread(wait_ready, [child], run_dir)
-        return await _count(db_url, events, lambda: child.proc.poll() is None)
+        return await _measure(url, db_url, events, child)
     finally:
         stop([child])
 
@@ -205,47 +255,70 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 async def main_async(args: argparse.Namespace) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="pocgrid-bench-metering-"))
     server = NatsServer(run_dir / "nats")
     server.start()
+    load_before = _load()
     try:
         t = time.perf_counter()
         await fill(server.url, args.events)
         print(f"stream filled: {args.events:,} events in {time.perf_counter() - t:.1f} s")
-        rates: dict[str, list[float]] = {"bare": [], "sqlite": [], "postgresql": []}
+        runs: dict[str, list[Run]] = {
+            "bare nats-py": [],
+            "bare bus fetch": [],
+            "sqlite": [],
+            "postgresql": [],
+        }
         with _postgres() as pg_server:
             for r in range(args.repeats):
-                rates["bare"].append(await bare(server.url, args.events, args.batch, f"bare{r}"))
+                runs["bare nats-py"].append(
+                    await bare(server.url, args.events, args.batch, f"bare{r}", False)
+                )
+                runs["bare bus fetch"].append(
+                    await bare(server.url, args.events, args.batch, f"barebus{r}", True)
+                )
                 sqlite_url = f"sqlite+aiosqlite:///{run_dir / f'metering-{r}.db'}"
-                rates["sqlite"].append(
+                runs["sqlite"].append(
                     await metering(
                         server.url, sqlite_url, args.events, args.batch, run_dir, f"sqlite{r}"
                     )
                 )
                 pg_url = await _fresh_pg(pg_server, f"bench_metering_{r}")
-                rates["postgresql"].append(
+                runs["postgresql"].append(
                     await metering(server.url, pg_url, args.events, args.batch, run_dir, f"pg{r}")
                 )
                 print(
-                    f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
+                    f"repeat {r + 1}: "
+                    + ", ".join(f"{k} {v[-1].rate:,.0f}/s" for k, v in runs.items())
                 )
-        ceiling = median(rates["bare"])
-        rows = [
-            [
-                name,
-                f"{median(values):,.0f}",
-                _spread(values),
-                f"{median(values) / ceiling:.2f}x",
-            ]
-            for name, values in rates.items()
-        ]
+        nats_py = median([x.rate for x in runs["bare nats-py"]])
+        bus = median([x.rate for x in runs["bare bus fetch"]])
+        rows = []
+        for name, values in runs.items():
+            rates = [x.rate for x in values]
+            rows.append(
+                [
+                    name,
+                    f"{median(rates):,.0f}",
+                    _spread(rates),
+                    f"{median(rates) / nats_py:.2f}x",
+                    f"{median(rates) / bus:.2f}x",
+                    f"{median([x.cpu_s for x in values]) * 1e6:.1f}",
+                ]
+            )
         print()
         print(
             f"usage ingest, {args.events:,} events, batch {args.batch}, "
-            f"{args.repeats} repeats (events/s, JetStream to committed rows)"
+            f"{args.repeats} repeats (events/s, JetStream to committed rows); "
+            f"load average before {load_before}, after {_load()}"
         )
-        print(table(["consumer", "median/s", "range/s", "vs bare"], rows))
+        headers = ["consumer", "median/s", "range/s", "vs nats-py", "vs bus fetch", "CPU us/event"]
+        print(table(headers, rows))
     finally:
         server.stop()
         shutil.rmtree(run_dir, ignore_errors=True)

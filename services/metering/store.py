@@ -3,9 +3,12 @@ database)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Final, cast
 
 from sqlalchemy import func, select, update
@@ -80,21 +83,33 @@ class UsageStore:
         self._insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
         # Ingest writes through the driver's own executemany: SQLAlchemy's per-row parameter
         # processing cost more than the database's insert. Values go as the column types
-        # would bind them (SQLite keeps datetimes as text in SQLAlchemy's format).
+        # would bind them: only SQLite's datetimes need binding (SQLAlchemy keeps them as
+        # text), and they come last so a row's other values are taken in one C call.
+        # invoice_id is left out: it is NULL until a final invoice takes the record.
         table = UsageRow.__table__
-        self._columns = tuple(c.name for c in table.columns)
+        times = ("started_at", "ended_at", "recorded_at")
+        plain = tuple(c.name for c in table.columns if c.name not in (*times, "invoice_id"))
+        unbound = [
+            c.name
+            for c in table.columns
+            if c.name not in times and c.type.dialect_impl(dialect).bind_processor(dialect)
+        ]
+        if unbound:
+            raise RuntimeError(f"no fast ingest for columns that need binding: {unbound}")
+        self._row_values = itemgetter(*plain)
+        self._time_param: Callable[[int], Any] = (
+            sqlite_datetime if dialect.name == "sqlite" else from_epoch_us
+        )
+        columns = (*plain, *times)
         if dialect.paramstyle == "qmark":
-            marks = ", ".join("?" for _ in self._columns)
+            marks = ", ".join("?" for _ in columns)
         elif dialect.paramstyle == "numeric_dollar":
-            marks = ", ".join(f"${i}" for i in range(1, len(self._columns) + 1))
+            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         else:
             raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
         self._insert_sql = (
-            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(self._columns)}) VALUES ({marks}) "
+            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "
             "ON CONFLICT (usage_id) DO NOTHING"
-        )
-        self._binders: tuple[Any, ...] = tuple(
-            c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
         )
 
     # -- ingest ---------------------------------------------------------------------------
@@ -112,8 +127,8 @@ class UsageStore:
 
     @db_operation
     async def record_batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-        """Store ``rows`` (column -> value; one per usage event) in one transaction, each at
-        most once (INSERT ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections
+        """Store ``rows`` (column -> value, started_at and ended_at as integer microseconds
+        since the epoch; one per usage event) in one transaction, each at most once (INSERT ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections
         refused, usage_id -> why; everything else is committed when this returns."""
         refused: dict[str, str] = {}
         now = datetime.now(UTC)
@@ -133,14 +148,13 @@ class UsageStore:
         return refused
 
     def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
-        out = []
-        for r in rows:
-            values = []
-            for name, bind in zip(self._columns, self._binders, strict=True):
-                value = now if name == "recorded_at" else r.get(name)
-                values.append(value if bind is None or value is None else bind(value))
-            out.append(tuple(values))
-        return out
+        values = self._row_values
+        time_param = self._time_param
+        recorded = time_param(epoch_us(now))
+        return [
+            (*values(r), time_param(r["started_at"]), time_param(r["ended_at"]), recorded)
+            for r in rows
+        ]
 
     # -- price books ----------------------------------------------------------------------
     @db_operation
@@ -355,6 +369,33 @@ class UsageStore:
             return None  # another replica stored it first; its document stands
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
+
+
+def epoch_us(when: datetime) -> int:
+    """``when`` (naive means UTC) as integer microseconds since the epoch, exactly."""
+    return (utc(when) - _EPOCH) // _US
+
+
+def from_epoch_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@lru_cache(maxsize=4096)
+def _sqlite_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def sqlite_datetime(us: int) -> str:
+    """Microseconds since the epoch as SQLAlchemy's SQLite DATETIME stores them
+    ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), without a datetime: SQLAlchemy's bind processor
+    builds a dict per value and formats it, at several times the cost of the insert. Events
+    of one batch mostly share their seconds, hence the cache."""
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_sqlite_second(seconds)}.{micros:06d}"
+
+
 def _aware(row: UsageRow) -> UsageRow:
     # SQLite hands back naive datetimes; invoices compare them with aware ones.
     row.started_at = utc(row.started_at)
@@ -400,6 +441,8 @@ async def _check_corrections(session: Any, corrections: Sequence[dict[str, Any]]
         assert original is not None
         for name in _FROM_ORIGINAL:
             c[name] = getattr(original, name)
+        for name in ("started_at", "ended_at"):
+            c[name] = epoch_us(c[name])  # as record_batch takes times
         if c["usage_id"] in stored:
             continue  # a redelivery: its delta is already in the sums; the insert drops it
         net = corrected.setdefault(c["corrects"], dict.fromkeys(AMOUNT_FIELDS, 0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 from google.protobuf.descriptor import FieldDescriptor
 
 from pocgrid.meters import METERS
@@ -56,7 +58,7 @@ def test_an_event_becomes_a_row_field_for_field() -> None:
     for name in EVENT_TO_RECORD:
         if name != "devices":
             assert row[name] == getattr(event, name), name
-    assert row["started_at"].timestamp() == 10 and row["ended_at"].timestamp() == 20
+    assert (row["started_at"], row["ended_at"]) == (10_000_000, 20_000_000)  # microseconds
 
 
 def test_the_agent_response_shows_seconds_from_the_integer_event() -> None:
@@ -70,3 +72,30 @@ def test_the_agent_response_shows_seconds_from_the_integer_event() -> None:
         1.5,
         3.0,
     )
+
+
+def test_ingest_writes_sqlite_datetimes_exactly_as_sqlalchemy_binds_them() -> None:
+    # Ingest formats SQLite's DATETIME text itself (store.sqlite_datetime); rows it writes must
+    # read back, sort and compare exactly like rows SQLAlchemy writes.
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from services.metering.store import epoch_us, from_epoch_us, sqlite_datetime
+
+    dialect = sqlite.dialect()
+    bind = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    assert bind is not None
+    for when in (
+        datetime(2026, 11, 30, 8, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 8, 0, 1, 123456, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2100, 2, 28, 23, 59, 59, 999999, tzinfo=UTC),
+    ):
+        us = epoch_us(when)
+        assert from_epoch_us(us) == when
+        assert sqlite_datetime(us) == bind(when), when
+    # Another zone's wall time is converted, not written as it is; naive means UTC.
+    eight_in_shanghai = datetime(2026, 12, 1, 8, tzinfo=timezone(timedelta(hours=8)))
+    assert sqlite_datetime(epoch_us(eight_in_shanghai)) == "2026-12-01 00:00:00.000000"
+    assert epoch_us(datetime(1970, 1, 1, 0, 0, 1)) == 1_000_000
