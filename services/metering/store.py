@@ -11,7 +11,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Final, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -22,7 +22,13 @@ from services.core.config import ConfigError
 from services.core.storage import Database, db_operation, utc
 from services.core.usage import AMOUNT_FIELDS, RECORD_SCALARS, RECORD_TIMES, copy_fields
 from services.metering.invoicing import Month
-from services.metering.tables import InvoiceRow, PriceBookRow, TenantRow, UsageRow
+from services.metering.tables import (
+    IS_CORRECTION,
+    InvoiceRow,
+    PriceBookRow,
+    TenantRow,
+    UsageRow,
+)
 
 ALL_TENANTS: Final = "*"
 #: Record fields a stored row fills from its own columns (invoice_id may be NULL).
@@ -128,8 +134,9 @@ class UsageStore:
     @db_operation
     async def record_batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
         """Store ``rows`` (column -> value, started_at and ended_at as integer microseconds
-        since the epoch; one per usage event) in one transaction, each at most once (INSERT ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections
-        refused, usage_id -> why; everything else is committed when this returns."""
+        since the epoch; one per usage event) in one transaction, each at most once (INSERT
+        ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections refused,
+        usage_id -> why; everything else is committed when this returns."""
         refused: dict[str, str] = {}
         now = datetime.now(UTC)
         async with self._db.session() as session, session.begin():
@@ -420,7 +427,7 @@ async def _check_corrections(session: Any, corrections: Sequence[dict[str, Any]]
         for target, *values in (
             await session.execute(
                 select(UsageRow.corrects, *sums)
-                .where(UsageRow.corrects.in_(targets))
+                .where(UsageRow.corrects.in_(targets), text(IS_CORRECTION))
                 .group_by(UsageRow.corrects)
             )
         ).all()
