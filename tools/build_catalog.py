@@ -658,6 +658,81 @@ def apply_supplement(chip: Chip, entry: Mapping[str, object]) -> Chip:
     )
 
 
+MODEL_SUPPLEMENT_FILE: Final = "model_supplement.json"
+_STAGES: Final = ("text_encoder", "denoiser", "vae_decoder")
+
+
+def _positive(entry: Mapping[str, object], key: str, where: str) -> Decimal:
+    raw = entry.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise BuildError(f"{where}: {key} must be a positive number")
+    return Decimal(str(raw))
+
+
+def build_supplement_model(entry: Mapping[str, object]) -> Model:
+    """One hand-kept model: published stage MACs in, FLOPs per call and total parameters out."""
+    name = entry.get("name")
+    where = f"{MODEL_SUPPLEMENT_FILE} {name!r}"
+    diffusion = entry.get("diffusion")
+    if not isinstance(diffusion, dict) or not isinstance(diffusion.get("stages"), dict):
+        raise BuildError(f"{where}: diffusion.stages must be an object")
+    stages = cast("Mapping[str, object]", diffusion["stages"])
+    if set(stages) != set(_STAGES):
+        raise BuildError(f"{where}: diffusion.stages must be exactly {_STAGES}")
+    arch: dict[str, object] = {k: v for k, v in diffusion.items() if k != "stages"}
+    params_m = Decimal(0)
+    annotations: list[str] = []
+    for stage in _STAGES:
+        raw = stages[stage]
+        if not isinstance(raw, dict):
+            raise BuildError(f"{where}: diffusion.stages.{stage} must be an object")
+        figures = cast("Mapping[str, object]", raw)
+        p = _positive(figures, "params_m", f"{where} {stage}")
+        macs = _positive(figures, "macs_m", f"{where} {stage}")
+        batch = _positive(figures, "macs_batch", f"{where} {stage}")
+        native = _positive(figures, "native_activation_mb", f"{where} {stage}")
+        # Published per call of the export, and a call may hold several items (the UNet's two
+        # latents): the catalogue keeps figures per item.
+        gflops = macs * 2 / 1000 / batch
+        activation_mb = native / batch
+        arch[stage] = {
+            "params_m": float(p),
+            "gflops": float(gflops),
+            "activation_mb": float(activation_mb),
+        }
+        params_m += p
+        annotations.append(
+            f"[catalog: {stage} gflops = 2 x {macs} M MACs / {batch} items per call = {gflops:g};"
+            f" activation_mb = {native} / {batch} = {activation_mb:g}.]"
+        )
+    doc = {k: v for k, v in entry.items() if k != "diffusion"}
+    doc["diffusion"] = arch
+    doc["params_b"] = float(params_m / 1000)
+    doc["derived_fields"] = [
+        "params_b",
+        *(f"diffusion.{s}.{f}" for s in _STAGES for f in ("gflops", "activation_mb")),
+    ]
+    total = f"[catalog: params_b = sum of the stages' {params_m} M.]"
+    doc["notes"] = " ".join([str(entry.get("notes", "")), total, *annotations]).strip()
+    try:
+        return Model.from_dict(doc)
+    except CatalogDataError as exc:
+        raise BuildError(f"{where}: {exc}") from None
+
+
+def load_model_supplement(data_dir: Path) -> list[Model]:
+    path = data_dir / MODEL_SUPPLEMENT_FILE
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("schema_version") != SUPPLEMENT_SCHEMA:
+        raise BuildError(f"{MODEL_SUPPLEMENT_FILE}: schema_version must be {SUPPLEMENT_SCHEMA}")
+    entries = doc.get("models")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BuildError(f"{MODEL_SUPPLEMENT_FILE}: models must be a list of objects")
+    return [build_supplement_model(cast("Mapping[str, object]", e)) for e in entries]
+
+
 def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
     """File name -> exact text to write; ``data_dir`` holds the kept vendor files."""
     chips_csv = source / "chips.csv"
@@ -681,6 +756,8 @@ def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
     by_name = {r["name"].strip(): r for r in llm_rows}
     models = [build_llm(r, by_name) for r in llm_rows]
     models += [build_atomic(r) for r in read_csv(atomic_csv, ATOMIC_COLUMNS)]
+    kept_models = load_model_supplement(data_dir)
+    models += kept_models
 
     try:
         # Rejects duplicate names, and kept per-chip entries for chips the table lacks.
@@ -712,7 +789,14 @@ def build(source: Path, data_dir: Path = DEFAULT_OUT) -> dict[str, str]:
             {
                 "schema_version": SCHEMA_VERSION,
                 "generated_by": GENERATED_BY,
-                "inputs": {p.name: _digest(p) for p in (models_csv, atomic_csv)},
+                "inputs": {
+                    **{p.name: _digest(p) for p in (models_csv, atomic_csv)},
+                    **(
+                        {MODEL_SUPPLEMENT_FILE: _digest(data_dir / MODEL_SUPPLEMENT_FILE)}
+                        if kept_models
+                        else {}
+                    ),
+                },
                 "models": [m.to_dict() for m in models],
             }
         ),

@@ -23,6 +23,7 @@ from pocgrid.adapt.hostlink import host_link
 from pocgrid.adapt.plan import QUANTIZED, SIXTEEN_BIT, PlanRequest
 from pocgrid.catalog import PRECISION_BYTES, Chip, Model
 from pocgrid.perf import default_efficiency
+from pocgrid.perf.diffusion import image_batch_time, image_flops
 from pocgrid.perf.roofline import combine_terms
 
 BATCH_CHOICES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -71,7 +72,10 @@ def _lookup(table: Mapping[str, object], name: str) -> object | None:
     return None
 
 
-def sample_flops(model: Model) -> float:
+def sample_flops(model: Model, passes: int = 0) -> float:
+    """FLOPs of one sample; a diffusion model's image at ``passes`` steps (0: its default)."""
+    if model.diffusion is not None:
+        return image_flops(model, passes or None)
     shape = _lookup(_SHAPES, model.name)
     if model.gflops is not None:
         return model.gflops * 1e9
@@ -81,9 +85,17 @@ def sample_flops(model: Model) -> float:
 
 
 def price_batch(
-    model: Model, chip: Chip, precision: str, batch: int, coverage: Coverage | None
+    model: Model,
+    chip: Chip,
+    precision: str,
+    batch: int,
+    coverage: Coverage | None,
+    passes: int = 0,
 ) -> float:
-    """Seconds of one batch on one device."""
+    """Seconds of one batch on one device: one forward pass, or a diffusion model's whole
+    pipeline at ``passes`` denoising steps (0: the model's default)."""
+    if model.diffusion is not None:
+        return image_batch_time(model, chip, precision, batch, passes or None).seconds
     eff = default_efficiency()
     c = eff.ceilings(chip, precision, eff.params)
     flops = sample_flops(model) * batch

@@ -92,6 +92,32 @@ _SIGNATURES: dict[str, dict[str, int]] = {
         "Reshape": 100,
         "Transpose": 100,
     },
+    # Stable Diffusion v1.x: the text encoder, UNet and VAE decoder graphs together (one
+    # forward pass each), counted block by block from the diffusers architecture (CLIP ViT-L/14
+    # text model: 12 layers; UNet: 22 ResNet blocks, 16 transformer blocks with self- and
+    # cross-attention whose score products the ONNX export writes as Einsum, 3 down- and 3
+    # up-samplers; decoder: 11 ResNet blocks, 1 attention block, 3 up-samplers), not read from
+    # an exported graph. GroupNorm exports as InstanceNormalization at opset 17.
+    "Stable-Diffusion": {
+        "Gather": 2,
+        "Conv": 90 + 30,
+        "InstanceNormalization": 61 + 30,
+        "Sigmoid": 46 + 30 + 12,
+        "Mul": 46 + 30 + 12 + 16,
+        "Add": 110 + 30 + 50,
+        "MatMul": 160 + 4 + 72,
+        "Einsum": 64,
+        "Softmax": 32 + 1 + 12,
+        "LayerNormalization": 48 + 25,
+        "Gelu": 16,
+        "Gemm": 24,
+        "Resize": 3 + 3,
+        "Concat": 12,
+        "Reshape": 96 + 4 + 48,
+        "Transpose": 64 + 4 + 48,
+        "Sin": 1,
+        "Cos": 1,
+    },
     "YOLOv5s": {
         "Conv": 60,
         "Sigmoid": 61,

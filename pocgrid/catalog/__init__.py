@@ -45,6 +45,7 @@ from pocgrid.catalog.operators import FamilyOperators, OperatorCatalog, Operator
 from pocgrid.catalog.records import (
     CHIP_SCALAR_FIELDS,
     CONFIDENCES,
+    DIFFUSION_STAGES,
     MODEL_KINDS,
     PRECISION_BYTES,
     PRECISIONS,
@@ -52,6 +53,8 @@ from pocgrid.catalog.records import (
     VENDOR_FAMILIES,
     Chip,
     Confidence,
+    DiffusionArch,
+    DiffusionStage,
     LlmArch,
     Metric,
     Model,
@@ -75,6 +78,7 @@ from pocgrid.catalog.vendors import (
 __all__ = [
     "CHIP_SCALAR_FIELDS",
     "CONFIDENCES",
+    "DIFFUSION_STAGES",
     "MODEL_KINDS",
     "PRECISIONS",
     "PRECISION_BYTES",
@@ -85,6 +89,8 @@ __all__ = [
     "Chip",
     "ChipFacts",
     "Confidence",
+    "DiffusionArch",
+    "DiffusionStage",
     "ErrorSpec",
     "ErrorTable",
     "FamilyOperators",

@@ -47,7 +47,7 @@ PROVENANCES: Final = cast("tuple[Provenance, ...]", get_args(Provenance))
 Confidence: TypeAlias = Literal["high", "medium", "low"]
 CONFIDENCES: Final = cast("tuple[Confidence, ...]", get_args(Confidence))
 
-ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp"]
+ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp", "diffusion"]
 MODEL_KINDS: Final = cast("tuple[ModelKind, ...]", get_args(ModelKind))
 
 # Scalar numeric chip fields; peak figures are keyed "peak_tflops.<precision>".
@@ -313,6 +313,102 @@ class LlmArch:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DiffusionStage:
+    """One stage of a diffusion pipeline, per item it processes (a prompt, a latent, an image)."""
+
+    params_m: float
+    gflops: float
+    """FLOPs per item in units of 1e9 (1 MAC = 2 FLOPs)."""
+    activation_mb: float
+    """Bytes of every intermediate tensor of one item at fp32, in MB (1e6): what a stage writes
+    and reads back besides its weights (the roofline's memory term)."""
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "params_m": self.params_m,
+            "gflops": self.gflops,
+            "activation_mb": self.activation_mb,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DiffusionStage:
+        stage = cls(
+            params_m=_float(data, "params_m"),
+            gflops=_float(data, "gflops"),
+            activation_mb=_float(data, "activation_mb"),
+        )
+        if not (stage.params_m > 0 and stage.gflops > 0 and stage.activation_mb >= 0):
+            raise CatalogDataError("stage params_m and gflops must be positive")
+        return stage
+
+
+DIFFUSION_STAGES: Final = ("text_encoder", "denoiser", "vae_decoder")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffusionArch:
+    """A latent diffusion pipeline's three stages.
+
+    One image costs the text encoder once per prompt (``guidance_batch`` prompts: the prompt and,
+    with classifier-free guidance, the empty one), the denoiser ``steps`` times on
+    ``guidance_batch`` latents each, and the VAE decoder once.
+    """
+
+    denoiser_kind: str
+    """``unet`` or ``dit``: what a step runs (reports only)."""
+    resolution: int
+    """Image side in pixels the figures are for."""
+    default_steps: int
+    guidance_batch: int
+    """Latents per step per image: 2 with classifier-free guidance, 1 without."""
+    text_encoder: DiffusionStage
+    """Per prompt."""
+    denoiser: DiffusionStage
+    """Per latent per step."""
+    vae_decoder: DiffusionStage
+    """Per image."""
+
+    def image_gflops(self, steps: int) -> float:
+        """FLOPs of one image in units of 1e9 (the MFU numerator)."""
+        return (
+            self.guidance_batch * self.text_encoder.gflops
+            + steps * self.guidance_batch * self.denoiser.gflops
+            + self.vae_decoder.gflops
+        )
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "denoiser_kind": self.denoiser_kind,
+            "resolution": self.resolution,
+            "default_steps": self.default_steps,
+            "guidance_batch": self.guidance_batch,
+            "text_encoder": self.text_encoder.to_dict(),
+            "denoiser": self.denoiser.to_dict(),
+            "vae_decoder": self.vae_decoder.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DiffusionArch:
+        def stage(key: str) -> DiffusionStage:
+            return DiffusionStage.from_dict(_as_mapping(key, _field(data, key)))
+
+        arch = cls(
+            denoiser_kind=_str(data, "denoiser_kind"),
+            resolution=_int(data, "resolution"),
+            default_steps=_int(data, "default_steps"),
+            guidance_batch=_int(data, "guidance_batch"),
+            text_encoder=stage("text_encoder"),
+            denoiser=stage("denoiser"),
+            vae_decoder=stage("vae_decoder"),
+        )
+        if arch.guidance_batch not in (1, 2):
+            raise CatalogDataError("'guidance_batch' must be 1 or 2")
+        if not (arch.resolution > 0 and arch.default_steps > 0):
+            raise CatalogDataError("'resolution' and 'default_steps' must be positive")
+        return arch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Metric:
     """A published quality figure for a model; value None when the source gives no number."""
 
@@ -353,6 +449,8 @@ class Model:
     reference_metrics: tuple[Metric, ...] = ()
     derived_fields: tuple[str, ...] = ()
     """Fields computed by the catalogue builder rather than copied (see ``notes``)."""
+    diffusion: DiffusionArch | None = None
+    """The stages of a text-to-image pipeline (kind ``diffusion``)."""
 
     @property
     def active_params_b(self) -> float | None:
@@ -378,6 +476,7 @@ class Model:
             "architecture": self.architecture,
             "reference_metrics": [m.to_dict() for m in self.reference_metrics],
             "derived_fields": list(self.derived_fields),
+            "diffusion": self.diffusion.to_dict() if self.diffusion is not None else None,
         }
 
     @classmethod
@@ -389,7 +488,7 @@ class Model:
             metrics = data.get("reference_metrics", [])
             if not isinstance(metrics, list):
                 raise CatalogDataError("'reference_metrics' must be a list")
-            return cls(
+            model = cls(
                 name=name,
                 kind=_choice(data, "kind", MODEL_KINDS),
                 task=_str(data, "task"),
@@ -404,7 +503,14 @@ class Model:
                     Metric.from_dict(_as_mapping("reference_metrics[]", m)) for m in metrics
                 ),
                 derived_fields=_str_tuple(data, "derived_fields", required=False),
+                diffusion=None
+                if data.get("diffusion") is None
+                else DiffusionArch.from_dict(_as_mapping("diffusion", data.get("diffusion"))),
             )
+            # A diffusion model is priced by its stages; any other kind has none to price.
+            if (model.kind == "diffusion") != (model.diffusion is not None):
+                raise CatalogDataError("'diffusion' is required for kind diffusion, and only then")
+            return model
         except CatalogDataError as exc:
             raise CatalogDataError(f"model {name!r}: {exc}") from None
 

@@ -111,6 +111,8 @@ class Plan:
     precision: str
     devices: int
     precision_note: str = ""
+    passes: int = 0
+    """Forward passes per sample (diffusion steps; 0: the model's default)."""
 
 
 @dataclass(slots=True)
@@ -191,12 +193,13 @@ def plan(
     )
 
 
-def flops_per_unit(model: Model) -> float:
-    """Model FLOPs per processed token (LLMs: 2 x active parameters) or per sample."""
+def flops_per_unit(model: Model, passes: int = 0) -> float:
+    """Model FLOPs per processed token (LLMs: 2 x active parameters) or per sample (a diffusion
+    image: every stage, the denoiser once per step)."""
     if model.arch is not None:
         active = model.active_params_b if model.active_params_b else model.params_b
         return 2.0 * active * 1e9
-    return sample_flops(model)
+    return sample_flops(model, passes)
 
 
 class Runner:
@@ -269,6 +272,7 @@ class Runner:
         planned = plan(self.catalog, chip, model, spec.precision, node.devices, sizes)
         if isinstance(planned, str):
             return _fail(result, planned)
+        planned.passes = s.passes_per_sample
         result.devices = planned.devices
         result.precision = planned.precision
         result.precision_note = planned.precision_note
@@ -422,7 +426,7 @@ class Runner:
         chip = planned.chip
         units_per_s = run.total_tokens_per_s if llm else run.request_throughput
         value = m.mfu(
-            flops_per_unit(planned.model),
+            flops_per_unit(planned.model, planned.passes),
             units_per_s,
             planned.devices,
             chip.peak_tflops.get(planned.precision),

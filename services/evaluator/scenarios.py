@@ -247,7 +247,9 @@ def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "sc
             raise ScenarioError(f"{field}.models[{i}]", f"{name!r} is not in the model catalogue")
         is_llm = model.arch is not None
         if is_llm != (s.kind == "llm"):
-            want = "an LLM" if s.kind == "llm" else "a non-LLM model (vision, speech, nlp)"
+            want = (
+                "an LLM" if s.kind == "llm" else "a non-LLM model (vision, speech, nlp, diffusion)"
+            )
             raise ScenarioError(f"{field}.models[{i}]", f"{name} must be {want} for kind {s.kind}")
     if s.default_model and s.default_model not in s.models:
         raise ScenarioError(f"{field}.default_model", "must be one of the scenario's models")

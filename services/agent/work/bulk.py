@@ -173,8 +173,14 @@ def serve_samples(
             f"operators with no kernel or supplementation on {chip.name}: "
             + ", ".join(sorted(o.op for o in missing)),
         )
-    per_pass = [price_batch(model, chip, precision, b, coverage) for b in range(1, batch + 1)]
-    seconds = [t * max(1, passes) for t in per_pass]
+    if model.diffusion is not None:
+        # Steps multiply only the denoiser, not the text encoder or the VAE decoder.
+        seconds = [
+            price_batch(model, chip, precision, b, coverage, passes) for b in range(1, batch + 1)
+        ]
+    else:
+        per_pass = [price_batch(model, chip, precision, b, coverage) for b in range(1, batch + 1)]
+        seconds = [t * max(1, passes) for t in per_pass]
     eff = default_efficiency()
     n = arrival_s.shape[0]
     workload = _workload(arrival_s, np.ones(n), np.ones(n), concurrency)

@@ -155,14 +155,18 @@ def test_enough_emulatable_chips(catalog: Catalog) -> None:
 def test_model_coverage(catalog: Catalog) -> None:
     assert len(catalog.models) >= 24
     kinds = {m.kind for m in catalog.models}
-    assert kinds == {"llm", "vision", "speech", "nlp"}
+    assert kinds == {"llm", "vision", "speech", "nlp", "diffusion"}
     assert all((m.arch is not None) == (m.kind == "llm") for m in catalog.models)
+    assert all((m.diffusion is not None) == (m.kind == "diffusion") for m in catalog.models)
 
 
 @needs_shared
 def test_every_csv_row_is_in_the_catalogue(catalog: Catalog) -> None:
     assert [c.display_name for c in catalog.chips] == [r["model"] for r in _rows("chips.csv")]
     names = [r["name"] for r in _rows("models.csv") + _rows("atomic_models.csv")]
+    # Then the kept supplement's models (data/model_supplement.json), which the CSVs lack.
+    kept = json.loads((DATA / "model_supplement.json").read_text(encoding="utf-8"))
+    names += [m["name"] for m in kept["models"]]
     assert [m.name for m in catalog.models] == names
 
 
