@@ -14,12 +14,16 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pocgrid.healthcheck import probe
+from services.core import mesh_identity
+from services.core.mesh_auth import MeshCredentials
+from services.core.service_tokens import TokenSigner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -41,6 +45,24 @@ class Child:
         return self.proc.pid
 
 
+def mesh_keys() -> Path:
+    """This benchmark run's mesh identity keys (made once per run, in a scratch directory):
+    services want every call signed (docs/security.md). Kept in this process's environment so
+    its multiprocessing children find the same keys."""
+    existing = os.environ.get("POCGRID_BENCH_MESH_KEYS")
+    if existing:
+        return Path(existing)
+    directory = Path(tempfile.mkdtemp(prefix="pocgrid-bench-keys-"))
+    mesh_identity.generate(directory)
+    os.environ["POCGRID_BENCH_MESH_KEYS"] = str(directory)
+    return directory
+
+
+def signer(identity: str) -> TokenSigner:
+    """The signer of ``identity`` from this run's keys, for a benchmark's own direct calls."""
+    return MeshCredentials.from_dir(mesh_keys(), identity).signer
+
+
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any POCGRID_*/OTEL_* setting, plus ``extra``.
 
@@ -55,6 +77,7 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
             "POCGRID_LOG_LEVEL": "info",
             "POCGRID_PARENT_PID": str(os.getpid()),
             "PYTHONPATH": str(REPO_ROOT),
+            "POCGRID_MESH_KEYS_DIR": str(mesh_keys()),
         }
     )
     env.update(extra)

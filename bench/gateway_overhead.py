@@ -3,7 +3,7 @@
     (a) direct    client -> registry
     (b) bare      client -> bare byte-forwarding proxy -> registry
     (c) bare+ctx  client -> the same proxy, also passing on what any correct gateway must:
-                  the deadline (capped), the tenant header and a fresh W3C traceparent
+                  the deadline (capped) and a fresh W3C traceparent
     (d) gateway   client -> GatewayServer (auth, rate limit, tracing, routing) -> registry
 
 The call is ``RegistryService.GetChip(name="ascend-910b2")``: a dictionary lookup in the
@@ -11,7 +11,9 @@ registry and an 832-byte response, so the registry's own work is small and the h
 
 The bare proxy (``--serve-proxy``, started by this program as a child) is a grpc.aio generic
 handler that forwards the serialized request with identity serializers and returns the
-serialized response: no auth, no tracing, no metadata, no deadline handling. It is the floor
+serialized response: no auth, no tracing, no deadline handling; the one header it adds is the
+gateway identity's signed service token (from the signer's cache, as the gateway does), without
+which the registry serves nothing (docs/security.md). It is the floor
 any Python gRPC forwarder pays, so "gateway vs bare" isolates what the gateway's own features
 cost. Path (c) splits that cost in two: what propagating context downstream costs on any
 forwarder (gRPC deadline timer, two more headers to encode, a traceparent the registry parses),
@@ -59,6 +61,7 @@ from bench._util import (
     median_interval,
     percentile,
     self_cpu_seconds,
+    signer,
     spawn,
     stop,
     table,
@@ -66,9 +69,10 @@ from bench._util import (
 )
 from devmesh.nats_server import NatsServer
 from gateway.routing import rpc_path
-from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import registry_pb2
 from services.core.config import CommonConfig
+from services.core.mesh_auth import MeshCredentials
+from services.core.service_tokens import TOKEN_METADATA_KEY, TokenSigner
 
 METHOD = rpc_path(registry_pb2.DESCRIPTOR.services_by_name["RegistryService"], "GetChip")
 CHIP = "ascend-910b2"
@@ -80,11 +84,13 @@ GOAL_RATIO = 0.90  # the gateway may cost at most 10% more than the bare forward
 
 # -- the bare forwarder (runs in its own process) -------------------------------------------
 class _BareForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Every unary-unary method, forwarded as raw bytes; with ``propagate``, also the deadline,
-    a tenant header and a new traceparent (formatted by hand: no OpenTelemetry SDK here)."""
+    """Every unary-unary method, forwarded as raw bytes with the gateway's service token; with
+    ``propagate``, also the deadline and a new traceparent (formatted by hand: no OpenTelemetry
+    SDK here)."""
 
-    def __init__(self, channel: grpc.aio.Channel, propagate: bool) -> None:
+    def __init__(self, channel: grpc.aio.Channel, propagate: bool, signer: TokenSigner) -> None:
         self._channel = channel
+        self._signer = signer
         self._propagate = propagate
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -93,9 +99,12 @@ class _BareForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         if handler is None:
             # No serializers on either side: request and response stay bytes.
             call = self._channel.unary_unary(details.method)
+            audience = details.method[1:].rpartition("/")[0]
+            signer = self._signer
 
             async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                response: bytes = await call(request)
+                token = signer.token("bench", False, audience)
+                response: bytes = await call(request, metadata=((TOKEN_METADATA_KEY, token),))
                 return response
 
             async def forward_with_context(
@@ -103,10 +112,11 @@ class _BareForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             ) -> bytes:
                 remaining = context.time_remaining()
                 traceparent = f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01"
+                token = signer.token("bench", False, audience)
                 response: bytes = await call(
                     request,
                     timeout=_CAP_S if remaining is None else min(remaining, _CAP_S),
-                    metadata=((TENANT_METADATA_KEY, "bench"), ("traceparent", traceparent)),
+                    metadata=((TOKEN_METADATA_KEY, token), ("traceparent", traceparent)),
                 )
                 return response
 
@@ -149,7 +159,8 @@ async def _serve_proxy(upstream: str, propagate: bool) -> None:
     channel = grpc.aio.insecure_channel(upstream, options=options)
     server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 0)])
     # Health checks are forwarded too, so "SERVING" means the whole path works.
-    server.add_generic_rpc_handlers((_BareForwarder(channel, propagate),))
+    signer = MeshCredentials.from_dir(Path(os.environ["POCGRID_MESH_KEYS_DIR"]), "gateway").signer
+    server.add_generic_rpc_handlers((_BareForwarder(channel, propagate, signer),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await _serve_until_stopped(server, port)
@@ -250,10 +261,13 @@ async def _drive(
     rounds: int,
     seconds: float,
     warmup_s: float,
+    direct_signer: TokenSigner,
 ) -> Results:
     request = registry_pb2.GetChipRequest(name=CHIP).SerializeToString()
-    # The same metadata on every path, so every path sends the same bytes.
-    metadata = (("authorization", f"Bearer {API_KEY}"),)
+    # The same metadata on every path, so every path sends the same bytes: the API key (the
+    # gateway's) and a service token (the registry's, on the direct path).
+    token = direct_signer.token("bench", False, "pocgrid.v1.RegistryService")
+    metadata = (("authorization", f"Bearer {API_KEY}"), (TOKEN_METADATA_KEY, token))
     channels = {path: grpc.aio.insecure_channel(addr) for path, addr in targets.items()}
     calls = {path: ch.unary_unary(METHOD) for path, ch in channels.items()}
     probes: dict[str, Callable[[], float]] = {
@@ -465,6 +479,7 @@ def _bench(args: argparse.Namespace) -> int:
                 args.rounds,
                 args.seconds,
                 args.warmup,
+                signer("gateway"),
             )
         )
     finally:

@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from bench._util import Child, spawn, stop, table, wait_ready
+from bench._util import Child, signer, spawn, stop, table, wait_ready
 from devmesh.nats_server import NatsServer
 from pocgrid.catalog import PRECISIONS, Catalog, Chip, default_catalog
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc
+from services.core.mesh_channel import signed_aio_channel
 from services.evaluator.accuracy import PrecisionAccuracy, fp32_reference, measure_chip_accuracy
 from services.evaluator.realmodels import RealModel, load_real_model, real_model_names
 
@@ -48,7 +47,8 @@ async def _measure_agent(
     address: str, chip: Chip, catalog: Catalog, models: list[RealModel], refs: dict[str, Any]
 ) -> list[tuple[str, PrecisionAccuracy]]:
     out = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    # Work on an agent comes from the scheduler or the evaluator: this plays the evaluator.
+    async with signed_aio_channel(address, signer("evaluator")) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
 
         async def call(request: agent_pb2.RunTaskRequest) -> agent_pb2.RunTaskResponse:

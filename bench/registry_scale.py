@@ -43,6 +43,7 @@ from bench._util import (
     cpu_seconds,
     percentile,
     self_cpu_seconds,
+    signer,
     spawn,
     stop,
     table,
@@ -50,6 +51,7 @@ from bench._util import (
 )
 from devmesh.nats_server import NatsServer
 from pocgrid.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.core.mesh_channel import signed_aio_channel, signed_channel
 
 GOAL_P99_MS = 50.0
 CHIPS = ("ascend-910b2", "mlu590", "dcu-k100-ai", "kunlun-p800", "mtt-s4000", "bi-v150")
@@ -119,8 +121,12 @@ async def _run_load(plan: LoadPlan, conn: multiprocessing.connection.Connection)
     rng = random.Random(plan.seed)
     # A local subchannel pool per channel: each channel is its own TCP connection, as separate
     # agents would have, instead of gRPC sharing one connection between same-target channels.
+    # Signed as the agents are: only the agent identity may register and heartbeat.
+    agent_signer = signer("agent")
     channels = [
-        grpc.aio.insecure_channel(plan.registry, options=[("grpc.use_local_subchannel_pool", 1)])
+        signed_aio_channel(
+            plan.registry, agent_signer, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         for _ in range(plan.channels)
     ]
     stubs = [registry_pb2_grpc.NodeLeaseServiceStub(ch) for ch in channels]
@@ -254,8 +260,8 @@ class Measured:
 
 def _list_states(address: str) -> Counter[str]:
     states: Counter[str] = Counter()
-    with grpc.insecure_channel(
-        address, options=[("grpc.max_receive_message_length", 64 << 20)]
+    with signed_channel(
+        address, signer("operator"), options=[("grpc.max_receive_message_length", 64 << 20)]
     ) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         token = ""

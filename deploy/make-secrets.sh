@@ -3,6 +3,9 @@
 # no key or password is ever committed or shared between installations:
 #   deploy/secrets/api-key            the first tenant's API key (give it to that tenant)
 #   deploy/secrets/api-keys.json      the gateway's key file: only the key's SHA-256 is stored
+#   deploy/secrets/mesh/<id>.key      each service identity's Ed25519 private key (openssl), and
+#   deploy/secrets/mesh/public/<id>.pub  its public key: calls between services are signed
+#                                     with the first and checked against the second
 #   .env                              POCGRID_DB_PASSWORD for docker compose
 #   deploy/k8s/base/secrets/*         the same for `kubectl apply -k deploy/k8s/...`
 # Usage: deploy/make-secrets.sh [TENANT]   (default tenant: default). Existing files are kept.
@@ -18,6 +21,20 @@ if [ ! -f deploy/secrets/api-key ]; then
   sha=$(printf '%s' "$key" | python3 -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
   printf '{"keys": [{"key_sha256": "%s", "tenant": "%s"}]}\n' "$sha" "$tenant" > deploy/secrets/api-keys.json
 fi
+# One key pair per mesh identity (services/core/mesh_identity.py IDENTITIES); kept when present,
+# so re-running does not change the keys of a running mesh. The operator key is for an
+# operator's own tools; no container is given it.
+mkdir -p deploy/secrets/mesh/public
+for id in gateway registry scheduler metering adapter evaluator agent operator; do
+  if [ ! -f "deploy/secrets/mesh/$id.key" ]; then
+    openssl genpkey -algorithm ed25519 -out "deploy/secrets/mesh/$id.key"
+    openssl pkey -in "deploy/secrets/mesh/$id.key" -pubout -out "deploy/secrets/mesh/public/$id.pub"
+  fi
+done
+chmod 755 deploy/secrets/mesh/public
+chmod 644 deploy/secrets/mesh/public/*.pub
+rm -rf deploy/k8s/base/secrets/mesh
+cp -R deploy/secrets/mesh deploy/k8s/base/secrets/mesh
 if [ ! -f .env ]; then
   printf 'POCGRID_DB_PASSWORD=%s\n' "$(random)" > .env
 fi

@@ -24,13 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from devmesh.nats_server import NatsServer, NatsServerError
 from devmesh.tls import TlsFiles, make_gateway_tls
 from pocgrid.catalog import default_catalog
 from pocgrid.healthcheck import probe as health_ok
 from pocgrid.meshstate import MeshState, ProcessInfo
+from services.core import mesh_identity
+from services.core.mesh_auth import MeshCredentials
+from services.core.mesh_channel import signed_channel
 
 BACKENDS = ("scheduler", "metering", "adapter", "evaluator")
 #: Backends started after the others, since they call them: the evaluator reads metering's
@@ -82,6 +83,8 @@ class LocalMesh:
     _nats_child: _Child | None = None
     children: list[_Child] = field(default_factory=list)
     gateway: str = ""
+    registry: str = ""
+    """HOST:PORT of the registry (the operator's way to the agents' addresses)."""
     openai: str = ""
     """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint."""
     tls: bool = False
@@ -102,12 +105,23 @@ class LocalMesh:
         return (self.run_dir if self.data_dir is None else self.data_dir) / "data"
 
     @property
+    def keys_dir(self) -> Path:
+        """The mesh's identity keys (services/core/mesh_identity.py): made at the first start,
+        kept with the data so a restarted mesh's services still know each other."""
+        return (self.run_dir if self.data_dir is None else self.data_dir) / "mesh-keys"
+
+    def operator(self) -> MeshCredentials:
+        """The operator identity's credentials, to call a service port of this mesh directly."""
+        return MeshCredentials.from_dir(self.keys_dir, "operator")
+
+    @property
     def nats_dir(self) -> Path:
         return (self.run_dir if self.data_dir is None else self.data_dir) / "nats"
 
     def _start(self, deadline: float) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "addr").mkdir(parents=True, exist_ok=True)
+        mesh_identity.generate(self.keys_dir)
         self.waiting("starting nats-server")
         self.nats = NatsServer(self.nats_dir)
         # nats-server cannot watch its parent; the kernel's parent-death signal covers it. It is
@@ -125,6 +139,7 @@ class LocalMesh:
         self.log(f"nats-server {self.nats.url} (JetStream, store {self.nats_dir / 'jetstream'})")
         registry = self._spawn("registry", ["-m", "services.registry"], {})
         self._wait_ready([registry], deadline)
+        self.registry = registry.info.address
         addrs = {"POCGRID_REGISTRY_ADDR": registry.info.address}
         for wave in (
             [n for n in BACKENDS if n not in LATE_BACKENDS],
@@ -189,6 +204,11 @@ class LocalMesh:
         self, name: str, args: list[str], extra: Mapping[str, str], kind: str = "service"
     ) -> _Child:
         address_file = self.run_dir / "addr" / name
+        # Each process gets the mesh's public keys and its own identity's private key.
+        extra = {
+            **mesh_identity.mesh_env(self.keys_dir, kind if kind == "agent" else name),
+            **extra,
+        }
         proc = self._popen(name, args, extra, address_file, "127.0.0.1:0")
         info = ProcessInfo(name, proc.pid, kind=kind)
         child = _Child(info, proc, args, dict(extra), address_file)
@@ -260,7 +280,7 @@ class LocalMesh:
         from pocgrid.v1 import registry_pb2, registry_pb2_grpc
 
         addresses = {a.info.address for a in agents}
-        with grpc.insecure_channel(registry) as ch:
+        with signed_channel(registry, self.operator().signer) as ch:
             stub = registry_pb2_grpc.RegistryServiceStub(ch)
             while True:
                 nodes = stub.ListNodes(

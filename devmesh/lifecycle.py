@@ -302,7 +302,7 @@ def demo(args: argparse.Namespace) -> int:
             "metering recorded, read back through the gateway:\n"
         )
         with Client(mesh.gateway, mesh.api_key) as pg:
-            cnn_rows = run_showcase(pg, "dev", say)
+            cnn_rows = run_showcase(pg, "dev", say, mesh.registry, mesh.operator().signer)
         say(
             table(
                 ["chip", "runtime", "virtual us", "bound", "kernels", "max |err| vs fp32"],

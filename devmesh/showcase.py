@@ -3,7 +3,9 @@ real numerics on emulated chips, metering, and a real HTTP client streaming from
 
 ``evaluate`` runs an evaluation through the gateway as `pocgrid eval run` does (progress bars
 from WatchEvaluation, the table, the recommendation). ``run_showcase`` runs a small CNN (built in
-code, real numerics) on a few agents and reads the metered usage back through the gateway:
+code, real numerics) on a few agents, as the mesh's operator (tenants see no agent addresses
+and agents take work only from the scheduler, the evaluator or an admin; the launcher holds the
+operator's key), and reads the metered usage back through the gateway:
 agent -> NATS JetStream -> metering -> gateway. ``stream_completion`` reads a streamed completion
 from the gateway's OpenAI-compatible endpoint.
 """
@@ -18,13 +20,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 
 from pocgrid.client import Client
 from pocgrid.evaluation import evaluation_to_dict
-from pocgrid.metadata import TENANT_METADATA_KEY
+from pocgrid.metadata import ADMIN_ROLE, ROLE_METADATA_KEY, TENANT_METADATA_KEY
 from pocgrid.report.progress import follow
 from pocgrid.report.table import console, render
 from pocgrid.samples import cnn
@@ -36,7 +37,10 @@ from pocgrid.v1 import (
     evaluator_pb2,
     metering_pb2,
     registry_pb2,
+    registry_pb2_grpc,
 )
+from services.core.mesh_channel import signed_channel
+from services.core.service_tokens import TokenSigner
 
 SHOWCASE_CHIPS = ("ascend-910b2", "mlu370-x8", "kunlun-r200", "a100-80gb-sxm")
 
@@ -68,11 +72,17 @@ def evaluate(
     return doc
 
 
-def run_showcase(client: Client, tenant: str, say: Callable[[str], None]) -> list[list[str]]:
-    """Run the CNN on each showcase chip present; returns table rows for the caller to print."""
-    nodes = client.registry.ListNodes(
-        registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY)
-    ).nodes
+def run_showcase(
+    client: Client, tenant: str, say: Callable[[str], None], registry: str, operator: TokenSigner
+) -> list[list[str]]:
+    """Run the CNN on each showcase chip present, billed to ``tenant``; returns table rows for
+    the caller to print. ``registry`` and ``operator`` reach the agents (see the module doc)."""
+    with signed_channel(registry, operator) as channel:
+        nodes = (
+            registry_pb2_grpc.RegistryServiceStub(channel)
+            .ListNodes(registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY))
+            .nodes
+        )
     by_chip = {n.chip: n for n in nodes}
     model = cnn().SerializeToString()
     images = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
@@ -85,7 +95,7 @@ def run_showcase(client: Client, tenant: str, say: Callable[[str], None]) -> lis
         node = by_chip.get(chip)
         if node is None:
             continue
-        with grpc.insecure_channel(node.agent_address) as channel:
+        with signed_channel(node.agent_address, operator) as channel:
             resp = agent_pb2_grpc.AgentServiceStub(channel).RunTask(
                 agent_pb2.RunTaskRequest(
                     task_id=f"demo-{chip}-{stamp}",
@@ -93,7 +103,7 @@ def run_showcase(client: Client, tenant: str, say: Callable[[str], None]) -> lis
                     precision=common_pb2.PRECISION_FP16,
                     onnx=agent_pb2.OnnxWork(model=model, inputs=[from_array("img", images)]),
                 ),
-                metadata=((TENANT_METADATA_KEY, tenant),),
+                metadata=((TENANT_METADATA_KEY, tenant), (ROLE_METADATA_KEY, ADMIN_ROLE)),
                 timeout=60,
             )
         out = np.asarray(to_array("out", resp.outputs[0]), dtype=np.float32)

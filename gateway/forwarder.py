@@ -18,12 +18,12 @@ from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
 from gateway.routing import GATEWAY_SERVICE, Route, rpc_path
 from pocgrid.error_details import DETAILS_METADATA_KEY, rich_status
-from pocgrid.metadata import ADMIN_ROLE, ROLE_METADATA_KEY, TENANT_METADATA_KEY
 from pocgrid.v1 import gateway_pb2
 from services.core import telemetry
 from services.core.bus import BUS_HEALTH
 from services.core.errors import PocgridError
 from services.core.logging import get_logger
+from services.core.service_tokens import TOKEN_METADATA_KEY, TokenSigner
 from services.core.validation import decode_request
 
 log = get_logger()
@@ -43,8 +43,10 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         limiter: RateLimiter,
         tracer_provider: telemetry.PocgridTracerProvider,
         cap_s: float,
+        signer: TokenSigner,
     ) -> None:
         self._keys = keys
+        self._signer = signer
         self._limiter = limiter
         self._provider = tracer_provider
         self._tracer = tracer_provider.get_tracer("pocgrid.gateway")
@@ -112,10 +114,12 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         return span, admitted
 
     def _downstream(
-        self, tenant: Tenant, span: Span, context: grpc.aio.ServicerContext
+        self, route: Route, tenant: Tenant, span: Span, context: grpc.aio.ServicerContext
     ) -> tuple[tuple[tuple[str, str], ...], float]:
-        role = ((ROLE_METADATA_KEY, ADMIN_ROLE),) if tenant.admin else ()
-        metadata = ((TENANT_METADATA_KEY, tenant.name), *role, *telemetry.trace_headers(span))
+        # The backend trusts the tenant and role only from the gateway's signed token (cached
+        # per tenant, role and service, so this is a dict lookup, not a signature per call).
+        token = self._signer.token(tenant.name, tenant.admin, route.service)
+        metadata = ((TOKEN_METADATA_KEY, token), *telemetry.trace_headers(span))
         remaining = context.time_remaining()
         timeout = self._cap_s if remaining is None else min(remaining, self._cap_s)
         return metadata, max(timeout, 0.001)
@@ -185,7 +189,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             try:
                 if isinstance(admitted, PocgridError):
                     await self._reject(admitted, span, context, route.path)
-                metadata, timeout = self._downstream(admitted, span, context)
+                metadata, timeout = self._downstream(route, admitted, span, context)
                 attempts = 2 if route.retry_safe else 1
                 for attempt in range(attempts):
                     try:
@@ -216,7 +220,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             try:
                 if isinstance(admitted, PocgridError):
                     await self._reject(admitted, span, context, route.path)
-                metadata, _ = self._downstream(admitted, span, context)
+                metadata, _ = self._downstream(route, admitted, span, context)
                 # Streams (token streaming) may outlive the unary cap: keep the caller's deadline.
                 remaining = context.time_remaining()
                 try:

@@ -212,12 +212,12 @@ class OpenAIEndpoint:
             raise HttpError(400, "the request body must be a JSON object")
         return body
 
-    async def _ready_chips(self, tenant: Tenant) -> dict[str, str]:
+    async def _ready_chips(self) -> dict[str, str]:
         """Chip type -> the agent address of one READY node of it."""
+        # Asked as the gateway itself, not for the tenant: a tenant's view of the nodes has no
+        # agent addresses (services/core/tenant_view.py), and the endpoint needs one.
         resp = await self._registry.ListNodes(
-            registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY),
-            metadata=((TENANT_METADATA_KEY, tenant.name),),
-            timeout=10,
+            registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY), timeout=10
         )
         chips: dict[str, str] = {}
         for node in resp.nodes:
@@ -241,7 +241,7 @@ class OpenAIEndpoint:
         return self._fits[key]
 
     async def _deployments(self, tenant: Tenant) -> list[Deployment]:
-        chips = await self._ready_chips(tenant)
+        chips = await self._ready_chips()
         llms = [m.name for m in default_catalog().models if m.kind == "llm"]
         out = []
         for chip in sorted(chips):
@@ -282,7 +282,7 @@ class OpenAIEndpoint:
             ) from None
         if entry.kind != "llm":
             raise HttpError(400, f"model: {name} is not an LLM", param="model")
-        chips = await self._ready_chips(tenant)
+        chips = await self._ready_chips()
         if chip not in chips:
             raise HttpError(
                 404,

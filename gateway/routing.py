@@ -41,6 +41,11 @@ class Route:
     # IDEMPOTENT (its idempotency_level option); anything else is sent once.
     retry_safe: bool
 
+    @property
+    def service(self) -> str:
+        """The full name of the gRPC service the route goes to (its tokens' audience)."""
+        return self.path[1:].rpartition("/")[0]
+
 
 def method_path(method: MethodDescriptor) -> str:
     """The gRPC path of a method, from its descriptor: ``/pocgrid.v1.RegistryService/GetChip``."""

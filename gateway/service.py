@@ -59,6 +59,7 @@ class GatewayServer(Service):
                     self.limiter,
                     self.tracer_provider,
                     self.common.downstream_timeout_cap_s,
+                    self.credentials.signer,
                 ),
             )
         )

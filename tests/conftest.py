@@ -1,4 +1,12 @@
-"""Shared fixtures: a real nats-server per test on a random port, in-memory span capture."""
+"""Shared fixtures: a real nats-server per test on a random port, in-memory span capture, the
+mesh's identity keys (one set per test session) and channels that sign as a mesh identity.
+
+Every service port wants a signed service token (services/core/service_tokens.py). A test that
+calls a service directly opens its channel with ``service_channel(address, identity=...)``: the
+tenant and admin role it names in ``x-pocgrid-tenant`` / ``x-pocgrid-role`` metadata become the
+claims of that identity's token. The identity matters: agents take work from ``scheduler`` or
+``evaluator``, node leases come from ``agent`` (services/core/mesh_policy.py).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devmesh.nats_server import NatsServer
+from services.core import mesh_identity
 from services.core.config import CommonConfig
+from services.core.mesh_auth import MeshCredentials
+from services.core.mesh_channel import signed_aio_channel, signed_channel
 from tools.shared_data import SharedDataMissing, shared_path
 
 
@@ -37,6 +49,34 @@ def shared_reference() -> Path:
     return require_shared("data", "reference")
 
 
+_mesh_keys: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mesh_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test session's mesh key directory: every identity's key pair."""
+    directory = tmp_path_factory.mktemp("mesh-keys")
+    mesh_identity.generate(directory)
+    _mesh_keys[:] = [directory]
+    return directory
+
+
+def mesh_credentials(identity: str = "gateway") -> MeshCredentials:
+    """``identity``'s credentials from the session's keys (the autouse ``mesh_keys`` made them)."""
+    assert _mesh_keys, "the mesh_keys fixture has not run"
+    return MeshCredentials.from_dir(_mesh_keys[0], identity)
+
+
+def service_channel(address: str, identity: str = "gateway") -> grpc.aio.Channel:
+    """A grpc.aio channel to a service port whose calls are signed as ``identity``."""
+    return signed_aio_channel(address, mesh_credentials(identity).signer)
+
+
+def service_channel_sync(address: str, identity: str = "gateway") -> grpc.Channel:
+    """The blocking counterpart of ``service_channel``."""
+    return signed_channel(address, mesh_credentials(identity).signer)
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats")
@@ -46,7 +86,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
-def common(tmp_path: Path, nats_server: NatsServer) -> CommonConfig:
+def common(tmp_path: Path, nats_server: NatsServer, mesh_keys: Path) -> CommonConfig:
     return CommonConfig(
         listen="127.0.0.1:0",
         nats_url=nats_server.url,
@@ -54,6 +94,7 @@ def common(tmp_path: Path, nats_server: NatsServer) -> CommonConfig:
         log_format="console",
         shutdown_grace_s=0.5,
         outbox_sweep_ms=100,
+        mesh_keys_dir=str(mesh_keys),
     )
 
 

@@ -96,7 +96,7 @@ class AgentServer(Service):
         lease_channel = (
             self.channel(self.config.registry_addr)
             if self.common.trace_heartbeats
-            else self.channel_raw(self.config.registry_addr)
+            else self.channel_untraced(self.config.registry_addr)
         )
         stub = registry_pb2_grpc.NodeLeaseServiceStub(lease_channel)
         self.lease = LeaseKeeper(

@@ -151,6 +151,14 @@ class CommonConfig(EnvConfig):
     """HOST:PORT of a Prometheus text endpoint (``/metrics``) for this service; empty = none."""
     metrics_export_interval_ms: int = 10_000
     """How often metrics are pushed over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    mesh_keys_dir: str = ""
+    """Directory of the mesh's public keys (``<identity>.pub``, services/core/mesh_identity.py):
+    every call between services carries a token signed by the caller's identity, checked against
+    them. Required: a service without it does not start (its port would trust anyone)."""
+    mesh_identity: str = ""
+    """The identity this process signs its calls as; empty = the service's name."""
+    mesh_private_key_file: str = ""
+    """This identity's Ed25519 private key (PEM); empty = ``<mesh_keys_dir>/<identity>.key``."""
     stream_replicas: int = 1
     """JetStream replicas of every stream the mesh creates: 1 on one nats-server, 3 on the
     3-node cluster of deploy/k8s (a stream then survives the loss of one server)."""

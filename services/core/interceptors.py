@@ -1,5 +1,9 @@
-"""gRPC interceptors: tracing, logging, context and error mapping on the server; trace context,
-tenant and deadline propagation on the client.
+"""gRPC interceptors: authentication, tracing, logging, context and error mapping on the
+server; the caller's signed service token, trace context and deadline on the client.
+
+The tenant and role of a call come only from a verified service token
+(services/core/service_tokens.py), never from bare metadata: a process without a mesh key cannot
+act for a tenant. Health checks and reflection stay open (probes and tooling hold no key).
 
 One server interceptor does all of it so each RPC is wrapped once (this is on the hot path of
 every call, the gateway's included).
@@ -21,7 +25,10 @@ from pocgrid.metadata import ADMIN_ROLE, ROLE_METADATA_KEY, TENANT_METADATA_KEY
 from services.core import rpc_context, telemetry
 from services.core.errors import PocgridError, internal_status
 from services.core.logging import get_logger
+from services.core.mesh_policy import authorize
 from services.core.metrics import ServiceMetrics
+from services.core.service_tokens import TOKEN_METADATA_KEY, Caller, TokenSigner, TokenVerifier
+from services.core.tenant_view import is_tenant_view, strip_internal
 from services.core.validation import decode_request
 
 log = get_logger()
@@ -40,6 +47,8 @@ def _split_method(full: str) -> tuple[str, str]:
 
 Decoder = Callable[[bytes], Any]
 
+_ANONYMOUS = Caller("", "", False)
+
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
@@ -49,7 +58,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metrics: ServiceMetrics | None = None,
         *,
         untraced: frozenset[str] = UNTRACED_BY_DEFAULT,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        """``verifier`` None serves every call as an anonymous caller (no tenant, no role):
+        only benchmarks and unit tests build one so; ``Service`` always passes its own."""
+        self._verifier = verifier
         self._provider = provider
         self._tracer = provider.get_tracer(tracer_name)
         self._metrics = metrics if metrics is not None and metrics.exporting else None
@@ -89,11 +102,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
 
-    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, str]:
+    def _authenticate(self, method: str, metadata: dict[str, str]) -> Caller | PocgridError:
+        if self._verifier is None:
+            return _ANONYMOUS
+        try:
+            caller = self._verifier.verify(
+                metadata.get(TOKEN_METADATA_KEY), _split_method(method)[0]
+            )
+            authorize(method, caller)
+        except PocgridError as exc:
+            return exc
+        return caller
+
+    def _enter(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> tuple[Any, Caller | PocgridError]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        tenant = metadata.get(TENANT_METADATA_KEY, "")
+        caller = self._authenticate(method, metadata)
+        known = caller if isinstance(caller, Caller) else _ANONYMOUS
+        tenant = known.tenant
+        rpc_context.set_caller(known.service)
         rpc_context.set_tenant(tenant)
-        rpc_context.set_admin(metadata.get(ROLE_METADATA_KEY, "") == ADMIN_ROLE)
+        rpc_context.set_admin(known.admin)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
         parent = telemetry.extract(metadata)
         untraced = method in self._untraced and "traceparent" not in metadata
@@ -101,7 +131,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Nothing would read a recorded span: keep the trace (logs, downstream calls and
             # events still carry its ids) without building one.
             span_cm = trace.use_span(telemetry.unrecorded_span(parent), end_on_exit=True)
-            return span_cm, tenant
+            return span_cm, caller
         service, name = _split_method(method)
         span_cm = self._tracer.start_as_current_span(
             method.lstrip("/"),
@@ -112,9 +142,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 "rpc.service": service,
                 "rpc.method": name,
                 "pocgrid.tenant": tenant,
+                "pocgrid.caller": known.service,
             },
         )
-        return span_cm, tenant
+        return span_cm, caller
 
     def _record(
         self,
@@ -165,13 +196,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behavior: Callable[..., Any], decode: Decoder | None
     ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span_cm, _ = self._enter(method, context)
+            span_cm, caller = self._enter(method, context)
             with span_cm as span:
                 started = time.perf_counter()
                 try:
+                    if isinstance(caller, PocgridError):
+                        raise caller
                     if decode is not None:
                         request = decode_request(decode, request, method)
                     response = await behavior(request, context)
+                    if is_tenant_view(caller):
+                        strip_internal(response)
                 except grpc.aio.AbortError:
                     self._record(method, started, context)
                     raise
@@ -188,15 +223,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behavior: Callable[..., Any], decode: Decoder | None
     ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            span_cm, _ = self._enter(method, context)
+            span_cm, caller = self._enter(method, context)
             with span_cm as span:
                 try:
+                    if isinstance(caller, PocgridError):
+                        raise caller
                     if decode is not None:
                         request = decode_request(decode, request, method)
+                    tenant_view = is_tenant_view(caller)
                     # Closed here when the client goes away, not whenever the garbage
                     # collector gets to it: handlers finish their work (usage) as they close.
                     async with contextlib.aclosing(behavior(request, context)) as stream:
                         async for item in stream:
+                            if tenant_view:
+                                strip_internal(item)
                             yield item
                 except grpc.aio.AbortError:
                     raise
@@ -206,22 +246,45 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
-class _ClientContext:
-    """Injects traceparent and tenant, and caps the deadline at the caller's remaining time."""
+def signed_metadata(
+    signer: TokenSigner, method: str, metadata: Any
+) -> list[tuple[str, str | bytes]]:
+    """``metadata`` with the caller's service token added: the tenant (and admin role) named in
+    it as ``x-pocgrid-tenant`` / ``x-pocgrid-role`` become the token's claims and leave the
+    metadata (a server never reads them); without one the tenant is the one being served."""
+    out: list[tuple[str, str | bytes]] = []
+    tenant: str | None = None
+    admin = False
+    for key, value in metadata or ():
+        if key == TENANT_METADATA_KEY:
+            tenant = str(value)
+        elif key == ROLE_METADATA_KEY:
+            admin = value == ADMIN_ROLE
+        elif key != TOKEN_METADATA_KEY:
+            out.append((key, value))
+    if tenant is None:
+        tenant = rpc_context.current_tenant()
+    audience = method.lstrip("/").rpartition("/")[0]
+    out.append((TOKEN_METADATA_KEY, signer.token(tenant, admin, audience)))
+    return out
 
-    def __init__(self, tracer: trace.Tracer, cap_s: float) -> None:
+
+class _ClientContext:
+    """Signs the call, injects traceparent, and caps the deadline at the caller's remaining
+    time."""
+
+    def __init__(self, tracer: trace.Tracer, cap_s: float, signer: TokenSigner) -> None:
         self._tracer = tracer
         self._cap_s = cap_s
+        self._signer = signer
         self._ending: set[asyncio.Future[None]] = set()  # stream spans being ended
 
     def _details(self, details: Any, cap_s: float | None) -> Any:
-        metadata = list(details.metadata or ())
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        metadata = signed_metadata(self._signer, method, details.metadata)
         carrier: dict[str, str] = {}
         telemetry.inject(carrier)
         metadata.extend(carrier.items())
-        tenant = rpc_context.current_tenant()
-        if tenant and not any(k == TENANT_METADATA_KEY for k, _ in metadata):
-            metadata.append((TENANT_METADATA_KEY, tenant))
         timeout: float | None
         if cap_s is not None:
             timeout = rpc_context.downstream_timeout(cap_s, details.timeout)
@@ -296,14 +359,21 @@ async def _end_stream_span(call: Any, span: trace.Span) -> None:
 
 
 def open_channel(
-    target: str, tracer: trace.Tracer, cap_s: float, max_message_bytes: int = 4 * 1024 * 1024
+    target: str,
+    tracer: trace.Tracer,
+    cap_s: float,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    *,
+    signer: TokenSigner,
 ) -> grpc.aio.Channel:
-    """An insecure channel to another service with the client interceptor installed."""
+    """A plaintext channel to another service with the client interceptor installed: every
+    call carries ``signer``'s token (the channel is not encrypted; the token proves the
+    caller, see docs/security.md for what that leaves open)."""
     return grpc.aio.insecure_channel(
         target,
         interceptors=[
-            UnaryClientInterceptor(tracer, cap_s),
-            StreamClientInterceptor(tracer, cap_s),
+            UnaryClientInterceptor(tracer, cap_s, signer),
+            StreamClientInterceptor(tracer, cap_s, signer),
         ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -1,7 +1,9 @@
-"""Per-RPC context that outlives the servicer call: tenant and the caller's deadline.
+"""Per-RPC context that outlives the servicer call: the calling service, tenant, role and the
+caller's deadline.
 
-Set by the server interceptor, read by the client interceptor, so any downstream call made while
-serving a request carries the tenant and a deadline no later than the caller's.
+Set by the server interceptor from the caller's verified token, read by the client interceptor,
+so any downstream call made while serving a request carries the tenant and a deadline no later
+than the caller's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextvars
 import time
 
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_tenant", default="")
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_caller", default="")
 _admin: contextvars.ContextVar[bool] = contextvars.ContextVar("pocgrid_admin", default=False)
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pocgrid_deadline", default=None
@@ -20,12 +23,21 @@ def current_tenant() -> str:
     return _tenant.get()
 
 
+def current_caller() -> str:
+    """The service identity whose signed token the call carried ("" when none was checked)."""
+    return _caller.get()
+
+
+def set_caller(service: str) -> contextvars.Token[str]:
+    return _caller.set(service)
+
+
 def set_tenant(tenant: str) -> contextvars.Token[str]:
     return _tenant.set(tenant)
 
 
 def current_is_admin() -> bool:
-    """The caller's key is an admin key (the gateway said so)."""
+    """The caller's token carries the admin role (the gateway's admin key, or the operator)."""
     return _admin.get()
 
 

@@ -26,6 +26,8 @@ from services.core.bus import EventBus
 from services.core.config import CommonConfig, EnvConfig, parse_hostport
 from services.core.interceptors import UNTRACED_BY_DEFAULT, ServerInterceptor, open_channel
 from services.core.logging import configure_logging, get_logger
+from services.core.mesh_auth import MeshCredentials
+from services.core.mesh_channel import signed_aio_channel
 from services.core.metrics import ServiceMetrics
 from services.core.migrations import Migrations, migrate
 from services.core.outbox import Outbox, OutboxRelay
@@ -71,6 +73,7 @@ class Service:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.bus: EventBus | None = None
+        self._credentials: MeshCredentials | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._databases: list[Database] = []
@@ -110,23 +113,42 @@ class Service:
         """Record a full service name for health and reflection."""
         self._service_names.append(name)
 
+    @property
+    def credentials(self) -> MeshCredentials:
+        """This process's mesh identity (loaded by ``start``, or on first use before it)."""
+        if self._credentials is None:
+            self._credentials = MeshCredentials.load(self.common, self.name)
+        return self._credentials
+
     def channel(self, target: str) -> grpc.aio.Channel:
-        """A client channel to another service, closed with this service."""
+        """A client channel to another service, closed with this service: calls are traced,
+        carry the deadline, and are signed as this service (for the tenant being served)."""
         ch = open_channel(
-            target, self.tracer, self.common.downstream_timeout_cap_s, self.common.max_message_bytes
+            target,
+            self.tracer,
+            self.common.downstream_timeout_cap_s,
+            self.common.max_message_bytes,
+            signer=self.credentials.signer,
         )
         self._channels.append(ch)
         return ch
 
+    def _message_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.common.max_message_bytes),
+            ("grpc.max_send_message_length", self.common.max_message_bytes),
+        ]
+
     def channel_raw(self, target: str) -> grpc.aio.Channel:
-        """A channel with no client interceptor, for callers that propagate context themselves."""
-        ch = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", self.common.max_message_bytes),
-                ("grpc.max_send_message_length", self.common.max_message_bytes),
-            ],
-        )
+        """A channel with no client interceptor, for callers that propagate context and sign
+        their calls themselves (the gateway's forwarder)."""
+        ch = grpc.aio.insecure_channel(target, options=self._message_options())
+        self._channels.append(ch)
+        return ch
+
+    def channel_untraced(self, target: str) -> grpc.aio.Channel:
+        """A channel that only signs (no spans, no deadline cap): the agents' heartbeats."""
+        ch = signed_aio_channel(target, self.credentials.signer, self._message_options())
         self._channels.append(ch)
         return ch
 
@@ -207,6 +229,11 @@ class Service:
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
+    def service_names(self) -> tuple[str, ...]:
+        """The full names of the gRPC services this server hosts (health and reflection aside)."""
+        return tuple(self._service_names)
+
+    @property
     def port(self) -> int:
         return self._port
 
@@ -219,6 +246,8 @@ class Service:
         if self._started:
             return
         self._started = True
+        # Before anything opens: a service that cannot check its callers must not serve.
+        credentials = self.credentials
         options = [
             ("grpc.max_receive_message_length", self.common.max_message_bytes),
             ("grpc.max_send_message_length", self.common.max_message_bytes),
@@ -231,6 +260,7 @@ class Service:
                     f"pocgrid.{self.name}",
                     self.metrics,
                     untraced=frozenset() if self.common.trace_heartbeats else UNTRACED_BY_DEFAULT,
+                    verifier=credentials.verifier,
                 )
             ]
             if self.use_interceptor

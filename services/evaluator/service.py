@@ -157,6 +157,7 @@ class EvaluatorServer(Service):
             self.tracer,
             self.config.evaluator_serve_timeout_s,
             self.common.max_message_bytes,
+            signer=self.credentials.signer,
         )
         self._agent_channels.append(ch)
         return ch

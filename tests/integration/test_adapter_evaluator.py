@@ -15,6 +15,7 @@ from services.adapter.service import AdapterServer
 from services.evaluator.config import EvaluatorConfig
 from services.evaluator.scenarios import ScenarioDataError, load_scenarios
 from services.evaluator.service import EvaluatorServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ async def _check(common, closer, **fields) -> adapter_pb2.CheckFitResponse:
     server = AdapterServer(common, AdapterConfig())
     await server.start()
     closer.append(server)
-    async with grpc.aio.insecure_channel(server.address) as ch:
+    async with service_channel(server.address) as ch:
         return await adapter_pb2_grpc.AdapterServiceStub(ch).CheckFit(
             adapter_pb2.CheckFitRequest(**fields)
         )
@@ -192,7 +193,7 @@ async def test_list_and_get_scenarios(common, closer):
     server = EvaluatorServer(common, EvaluatorConfig())
     await server.start()
     closer.append(server)
-    async with grpc.aio.insecure_channel(server.address) as ch:
+    async with service_channel(server.address) as ch:
         stub = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
         scenarios = (await stub.ListScenarios(evaluator_pb2.ListScenariosRequest())).scenarios
         names = [s.name for s in scenarios]

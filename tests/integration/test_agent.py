@@ -24,7 +24,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ LEASE = RegistryConfig(
 
 
 async def _node(address: str, node_id: str) -> registry_pb2.Node | None:
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with service_channel(address) as ch:
         try:
             resp = await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
                 registry_pb2.GetNodeRequest(node_id=node_id)
@@ -65,7 +65,7 @@ async def test_agent_registers_with_vendor_devices(common, closer):
     assert node.runtime_name == "CANN" and node.collective_library == "HCCL"
     assert [d.device_id for d in node.devices] == ["npu:0", "npu:1"]
 
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         info = await stub.GetNodeInfo(agent_pb2.GetNodeInfoRequest())
         total = info.devices[0].memory_total_bytes
@@ -142,6 +142,7 @@ async def test_sigkilled_agent_is_marked_lost(common, closer, nats_server):
         "POCGRID_NATS_URL": nats_server.url,
         "POCGRID_LOG_FORMAT": "json",
         "POCGRID_DATA_DIR": str(common.data_dir),
+        "POCGRID_MESH_KEYS_DIR": common.mesh_keys_dir,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import nats
 import pytest
 from nats.js.api import DeliverPolicy
@@ -15,6 +14,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 TENANT = (("x-pocgrid-tenant", "acme"),)
@@ -47,7 +47,7 @@ async def test_run_task_with_nats_down_answers_at_once_and_bills_later(
     ]
     nats_server.stop()
     try:
-        async with grpc.aio.insecure_channel(agent.address) as ch:
+        async with service_channel(agent.address, identity="scheduler") as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             answers = []
             for task in tasks:

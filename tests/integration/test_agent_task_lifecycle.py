@@ -11,7 +11,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 from tests.integration.test_agent_tasks import _usage_events
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ async def test_task_runs_its_steps_and_bills_each_once(common, closer, nats_serv
     agent = _agent(common, reg, speed=0.0)
     await agent.start()
     closer.append(agent)
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         first = (await stub.StartTask(_start("t-done", 4), metadata=ACME)).task
         assert first.state == agent_pb2.TASK_STATE_RUNNING and first.steps == 4
@@ -91,7 +91,7 @@ async def test_bad_work_is_refused_at_start(common, closer):
     agent = _agent(common, reg, speed=0.0)
     await agent.start()
     closer.append(agent)
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         cases = [
             (_start("t-bad", 0), grpc.StatusCode.INVALID_ARGUMENT, "steps"),
@@ -113,7 +113,7 @@ async def test_cancel_keeps_the_steps_done_and_restart_resumes(common, closer, n
     reg = await _registry(common, closer)
     agent = _agent(common, reg, speed=1.0)
     await agent.start()
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         await stub.StartTask(_start("t-cancel", 200), metadata=ACME)
         await stub.StartTask(_start("t-resume", 12), metadata=ACME)
@@ -140,7 +140,7 @@ async def test_cancel_keeps_the_steps_done_and_restart_resumes(common, closer, n
     agent2 = _agent(common, reg, speed=1.0)
     await agent2.start()
     closer.append(agent2)
-    async with grpc.aio.insecure_channel(agent2.address) as ch:
+    async with service_channel(agent2.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         async def resumed() -> bool:

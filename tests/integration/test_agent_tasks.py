@@ -19,6 +19,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 TENANT = (("x-pocgrid-tenant", "acme"),)
@@ -85,7 +86,7 @@ async def test_onnx_outputs_match_fp32_reference(common, closer, chip, precision
     agent = await _agent(common, closer, chip)
     model = cnn()
     x = np.random.default_rng(7).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         resp = await agent_pb2_grpc.AgentServiceStub(ch).RunTask(
             agent_pb2.RunTaskRequest(
                 task_id="cnn-1",
@@ -110,7 +111,7 @@ async def test_onnx_outputs_match_fp32_reference(common, closer, chip, precision
 async def test_over_allocation_is_a_vendor_error_and_agent_stays_healthy(common, closer):
     agent = await _agent(common, closer, "kunlun-r200", devices=1)
     free_before = agent.runtime.memory_info(0).free_bytes
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RunTask(
@@ -146,7 +147,7 @@ async def test_unsupported_operator_and_precision_are_refused(common, closer):
     agent = await _agent(common, closer, "kunlun-r200", devices=1)
     a = np.ones((2, 3), np.float32)
     b = np.ones((3, 4), np.float32)
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RunTask(
@@ -216,7 +217,7 @@ async def test_usage_events_exactly_once_per_unit_of_work(common, closer, nats_s
             model="Llama-3.1-8B", batch=8, input_len=256, output_len=32
         ),
     )
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         first = await stub.RunTask(onnx_task, metadata=TENANT)
         retried = await stub.RunTask(onnx_task, metadata=TENANT)  # a client retry
@@ -262,7 +263,7 @@ async def test_two_tenants_with_one_task_id_get_their_own_result_and_usage(
     }
     model = mlp()
     responses = {}
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for tenant, x in inputs.items():
             responses[tenant] = await stub.RunTask(
@@ -314,7 +315,7 @@ async def test_work_without_a_tenant_is_refused_and_records_nothing(common, clos
         input_len=16,
         max_output_tokens=4,
     )
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for metadata in ((), (("x-pocgrid-tenant", ""),)):
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -356,7 +357,7 @@ async def test_abandoned_generate_records_the_tokens_produced(
         input_len=32,
         max_output_tokens=tokens,
     )
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         call = agent_pb2_grpc.AgentServiceStub(ch).Generate(request, metadata=TENANT)
         received = []
         async for token in call:

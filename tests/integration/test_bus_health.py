@@ -27,7 +27,7 @@ from services.core.config import CommonConfig
 from services.core.service import LIVENESS, Service
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,8 @@ class UsageSink(Service):
     name = "sink"
 
     def __init__(self, common: CommonConfig) -> None:
-        super().__init__(common, env={})
+        # It plays metering's part, so it has metering's mesh identity (no "sink" key exists).
+        super().__init__(dataclasses.replace(common, mesh_identity="metering"), env={})
         self.seen: list[str] = []
 
     async def on_start(self, server: grpc.aio.Server) -> None:
@@ -69,7 +70,7 @@ def _fast(common: CommonConfig) -> CommonConfig:
 
 def _health(address: str) -> Callable[[str], Awaitable[str]]:
     async def check(name: str) -> str:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with service_channel(address) as ch:
             try:
                 resp = await health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=name), timeout=2

@@ -15,6 +15,8 @@ from pocgrid.metadata import TENANT_METADATA_KEY
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc
 from services.core import rpc_context, telemetry
 from services.core.interceptors import open_channel
+from services.core.service_tokens import TOKEN_METADATA_KEY
+from tests.conftest import mesh_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,12 @@ class _GatedStream(agent_pb2_grpc.AgentServiceServicer):
 
     async def Generate(self, request, context):
         metadata = dict(context.invocation_metadata())
-        self.seen.append((metadata.get("traceparent", ""), metadata.get(TENANT_METADATA_KEY, "")))
+        # The tenant travels inside the caller's signed token, never as a bare header.
+        assert TENANT_METADATA_KEY not in metadata
+        caller = mesh_credentials().verifier.verify(
+            metadata.get(TOKEN_METADATA_KEY), "pocgrid.v1.AgentService"
+        )
+        self.seen.append((metadata.get("traceparent", ""), caller.tenant))
         yield agent_pb2.GenerateResponse(index=0)
         await self.gate.wait()
         if request.model == "fail":
@@ -46,7 +53,9 @@ async def served():
     exporter = InMemorySpanExporter()
     provider = telemetry.create_tracer_provider("client", env={})
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    channel = open_channel(f"127.0.0.1:{port}", provider.get_tracer("t"), cap_s=10)
+    channel = open_channel(
+        f"127.0.0.1:{port}", provider.get_tracer("t"), cap_s=10, signer=mesh_credentials().signer
+    )
     yield servicer, agent_pb2_grpc.AgentServiceStub(channel), exporter
     await channel.close()
     await server.stop(0)

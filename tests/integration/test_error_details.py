@@ -21,6 +21,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ async def test_the_gateway_forwards_field_violations_and_resources_intact(common
     missing = registry_pb2.GetChipRequest(name="nope")
     seen = {}
     for where, address, metadata in (("direct", reg.address, ()), ("gateway", gw.address, AUTH)):
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with service_channel(address) as ch:
             stub = registry_pb2_grpc.RegistryServiceStub(ch)
             seen[where] = (
                 await _failure(stub.ListNodes(bad, metadata=metadata)),
@@ -107,7 +108,7 @@ async def test_agent_errors_carry_the_vendor_code_and_the_missing_tenant(common,
             model="Llama-3.1-70B", batch=1, input_len=128, output_len=16
         ),
     )
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         oom = await _failure(stub.RunTask(big, metadata=(("x-pocgrid-tenant", "acme"),)))
         anonymous = await _failure(stub.RunTask(big))

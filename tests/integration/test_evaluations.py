@@ -34,6 +34,7 @@ from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 KEY_A, KEY_B = "key-a", "key-b"
@@ -92,7 +93,7 @@ async def mesh(common, closer, waiter) -> Mesh:
     closer.append(gw)
 
     async def registered() -> bool:
-        async with grpc.aio.insecure_channel(reg.address) as ch:
+        async with service_channel(reg.address) as ch:
             nodes = await registry_pb2_grpc.RegistryServiceStub(ch).ListNodes(
                 registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY)
             )
@@ -189,7 +190,7 @@ async def test_tpot_and_goodput_per_request(mesh):
     arrivals = np.cumsum(rng.exponential(0.25, n))
     ins = rng.integers(64, 2048, n)
     outs = rng.integers(1, 300, n)
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         served = await agent_pb2_grpc.AgentServiceStub(ch).ServeRequests(
             agent_pb2.ServeRequestsRequest(
                 run_id="tpot-check",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 
-import grpc
 import pytest
 
 from pocgrid import precision as precision_names
@@ -27,6 +26,7 @@ from pocgrid.perf import (
 from pocgrid.v1 import adapter_pb2, adapter_pb2_grpc
 from services.adapter.config import AdapterConfig
 from services.adapter.service import AdapterServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ async def test_check_fit_rpc_agrees_with_the_performance_model(common, closer):
     closer.append(server)
     cases = list(itertools.product(MODELS, CHIPS, DEVICES, PRECISIONS, WORKLOADS))
     priced = 0
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with service_channel(server.address) as channel:
         stub = adapter_pb2_grpc.AdapterServiceStub(channel)
         for model_name, chip_name, devices, prec, workload in cases:
             batch, input_len, output_len = workload
@@ -121,7 +121,7 @@ async def test_the_reported_disagreement_is_gone(common, closer):
     server = AdapterServer(common, AdapterConfig())
     await server.start()
     closer.append(server)
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with service_channel(server.address) as channel:
         resp = await adapter_pb2_grpc.AdapterServiceStub(channel).CheckFit(
             adapter_pb2.CheckFitRequest(
                 model="Qwen2.5-72B",

@@ -13,6 +13,7 @@ from gateway.service import GatewayServer
 from pocgrid.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import mesh_credentials, service_channel
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +83,7 @@ async def test_corrupt_request_bytes_are_invalid_argument(common, closer, method
             await call(CORRUPT)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # A service reached directly answers the same way, and keeps serving.
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await ch.unary_unary(rpc_path(REGISTRY, "ListChips"))(CORRUPT)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -172,7 +173,7 @@ async def test_one_trace_across_gateway_and_registry(common, closer, spans, span
     client_provider.add_span_processor(span_processor)
     tracer = client_provider.get_tracer("client")
     with tracer.start_as_current_span("client-call", kind=SpanKind.CLIENT) as root:
-        ch = open_channel(gw.address, tracer, cap_s=5)
+        ch = open_channel(gw.address, tracer, cap_s=5, signer=mesh_credentials().signer)
         await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
             registry_pb2.ListChipsRequest(), metadata=AUTH
         )

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pocgrid.v1 import common_pb2, events_pb2, metering_pb2, metering_pb2_grpc
 from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ async def test_duplicates_and_redeliveries_are_stored_once(common, closer, nats_
     await pub.publish(_usage("usage-4", tenant="globex", tokens_in=999))
     await wait_for(pub.consumed, within=10, what="metering to consume every usage event")
 
-    async with grpc.aio.insecure_channel(meter.address) as ch:
+    async with service_channel(meter.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
         listed = await stub.ListUsage(metering_pb2.ListUsageRequest(), metadata=ACME)
         assert [r.usage_id for r in listed.records] == ["usage-1", "usage-2", "usage-3"]
@@ -149,7 +149,7 @@ async def test_filters_window_and_paging(common, closer, nats_server):
             _usage(f"u-{i}", minute=i * 10, chip=chip, job_id=f"job-{i % 3}", tokens_out=i)
         )
     await wait_for(pub.consumed, within=10, what="metering to consume every usage event")
-    async with grpc.aio.insecure_channel(meter.address) as ch:
+    async with service_channel(meter.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
 
         async def ids(**fields) -> list[str]:
@@ -221,7 +221,7 @@ async def test_bad_events_are_dropped_and_consumption_resumes_after_restart(
     meter2 = await _metering(common)
     closer.append(meter2)
     await wait_for(pub.consumed, within=10, what="metering to resume its durable consumer")
-    async with grpc.aio.insecure_channel(meter2.address) as ch:
+    async with service_channel(meter2.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
         listed = await stub.ListUsage(metering_pb2.ListUsageRequest(), metadata=ACME)
         assert [r.usage_id for r in listed.records] == ["good-1", "good-2"]

@@ -32,7 +32,7 @@ from services.metering.migrations import MIGRATIONS
 from services.metering.recorder import to_row
 from services.metering.service import MeteringServer
 from services.metering.store import UsageFilter, UsageStore
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 from tests.integration.test_metering import ACME, TENANTS, Publisher, _usage
 from tests.postgres import postgres_server
 
@@ -201,7 +201,7 @@ async def test_correct_usage_rpc(common, closer, nats_server) -> None:
     await pub.publish(_usage("u1", tokens_out=50))
     await wait_for(pub.consumed, within=10, what="metering to store u1")
     admin = (*ACME, ("x-pocgrid-role", "admin"))
-    async with grpc.aio.insecure_channel(meter.address) as ch:
+    async with service_channel(meter.address) as ch:
         stub = metering_pb2_grpc.MeteringServiceStub(ch)
         req = metering_pb2.CorrectUsageRequest(
             correction_id="c1", corrects="u1", meter="output_tokens", delta=-8, reason="retry"

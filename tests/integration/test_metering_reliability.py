@@ -51,7 +51,7 @@ def _event(i: int) -> events_pb2.UsageRecorded:
 class Metering:
     """``python -m services.metering`` as its own process, started and SIGKILLed at will."""
 
-    def __init__(self, tmp: Path, nats_url: str) -> None:
+    def __init__(self, tmp: Path, nats_url: str, mesh_keys_dir: Path) -> None:
         self.db = tmp / "metering.db"
         self.address_file = tmp / "metering.addr"
         self.log = tmp / "metering.log"
@@ -59,6 +59,7 @@ class Metering:
             **{k: v for k, v in os.environ.items() if not k.startswith("POCGRID_")},
             "POCGRID_NATS_URL": nats_url,
             "POCGRID_DATA_DIR": str(tmp),
+            "POCGRID_MESH_KEYS_DIR": str(mesh_keys_dir),
             "POCGRID_METERING_DATABASE_URL": f"sqlite+aiosqlite:///{self.db}",
             "POCGRID_API_KEYS": "ka=acme,kg=globex",
             "POCGRID_LISTEN": "127.0.0.1:0",
@@ -155,9 +156,9 @@ async def _publish_all(url: str, on_progress: Callable[[int], Awaitable[None]]) 
 
 
 async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_restart(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, mesh_keys: Path
 ) -> None:
-    metering = Metering(tmp_path, nats_server.url)
+    metering = Metering(tmp_path, nats_server.url, mesh_keys)
     await metering.start()
     done_outages: list[str] = []
     thresholds = (N // 4, N // 2, 3 * N // 4)

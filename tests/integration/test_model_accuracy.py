@@ -23,6 +23,7 @@ from services.evaluator.accuracy import (
 from services.evaluator.realmodels import RealModel, load_real_model
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 TENANT = (("x-pocgrid-tenant", "acme"),)
@@ -73,7 +74,7 @@ async def test_two_vendors_two_precisions_match_direct_emulation(common, closer,
     reference = fp32_reference(real.model, real.samples)
     max_batch = 64  # several batches per run, so the batching is exercised
     for chip, precisions in runs.items():
-        async with grpc.aio.insecure_channel(agents[chip].address) as ch:
+        async with service_channel(agents[chip].address, identity="scheduler") as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
 
             def call(request, stub=stub):
@@ -118,7 +119,7 @@ async def test_every_supported_precision_and_a_refused_one(common, closer) -> No
     catalog = default_catalog()
     chip = catalog.chip("ascend-310p")  # fp16 and int8 only: no fp32 on this chip
     agents = await _agents(common, closer, [chip.name])
-    async with grpc.aio.insecure_channel(agents[chip.name].address) as ch:
+    async with service_channel(agents[chip.name].address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         def call(request):
@@ -143,7 +144,7 @@ async def test_a_precision_the_agent_cannot_time_is_reported_with_its_reason(
     catalog = default_catalog()
     chip = catalog.chip("mtt-s5000")  # runs fp32, but no source gives its fp32 peak
     agents = await _agents(common, closer, [chip.name])
-    async with grpc.aio.insecure_channel(agents[chip.name].address) as ch:
+    async with service_channel(agents[chip.name].address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         def call(request):

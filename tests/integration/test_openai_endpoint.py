@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import openai
 import pytest
 
@@ -18,7 +17,7 @@ from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +155,7 @@ async def test_wrong_key_is_401_and_bad_requests_name_the_field(endpoint):
 async def test_work_queued_on_the_device_is_not_replayed_in_real_time(endpoint, agent_address):
     """An evaluation's bulk run leaves virtual work on the device's stream; a live client is
     paced by its own service time, not made to wait that backlog out on the wall clock."""
-    async with grpc.aio.insecure_channel(agent_address) as ch:
+    async with service_channel(agent_address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         backlog = stub.Generate(
             agent_pb2.GenerateRequest(

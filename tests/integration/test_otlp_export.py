@@ -32,7 +32,7 @@ from services.agent.service import AgentServer
 from services.core.config import CommonConfig
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ async def test_spans_and_metrics_reach_an_otlp_receiver(
         await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
             registry_pb2.ListChipsRequest(), metadata=(("authorization", f"Bearer {KEY}"),)
         )
-    async with grpc.aio.insecure_channel(agent.address) as ch:
+    async with service_channel(agent.address, identity="scheduler") as ch:
         await agent_pb2_grpc.AgentServiceStub(ch).GetNodeInfo(agent_pb2.GetNodeInfoRequest())
     await asyncio.sleep(0.6)  # several heartbeats
     for provider in (registry.tracer_provider, agent.tracer_provider, gateway.tracer_provider):
@@ -161,7 +161,7 @@ async def test_metrics_are_scrapeable_as_prometheus(common: CommonConfig, closer
     registry = RegistryServer(common, LEASE, env={})
     await registry.start()
     closer.append(registry)
-    async with grpc.aio.insecure_channel(registry.address) as ch:
+    async with service_channel(registry.address) as ch:
         await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(registry_pb2.ListChipsRequest())
     url = f"http://127.0.0.1:{registry.metrics.prometheus_port}/metrics"
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())

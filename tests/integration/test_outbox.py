@@ -8,7 +8,6 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import nats
 import pytest
 from nats.js.api import DeliverPolicy
@@ -28,7 +27,7 @@ from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service import SchedulerServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +96,7 @@ async def test_submit_answers_at_once_with_nats_down(common, closer, nats_server
     closer.append(sched)
     nats_server.stop()
     try:
-        async with grpc.aio.insecure_channel(sched.address) as ch:
+        async with service_channel(sched.address) as ch:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
             request = scheduler_pb2.SubmitJobRequest(spec=_spec(), idempotency_key="once")
             first, took = await _timed(stub.SubmitJob(request, metadata=ACME))
@@ -122,7 +121,7 @@ async def test_job_events_of_an_outage_arrive_once_each_in_order(common, closer,
     assert sched.relay is not None
     nats_server.stop()
     expected: dict[str, list[str]] = {}
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         # Three jobs, each submitted and cancelled, their events interleaved in the outbox.
         jobs = [
@@ -173,7 +172,7 @@ async def test_node_events_of_an_outage_are_published_when_nats_is_back(
     closer.append(reg)
     nats_server.stop()
     try:
-        async with grpc.aio.insecure_channel(reg.address) as ch:
+        async with service_channel(reg.address, identity="agent") as ch:
             lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
             request = registry_pb2.RegisterNodeRequest(
                 node_id="offline-node",

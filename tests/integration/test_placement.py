@@ -38,7 +38,7 @@ from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service import SchedulerServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 from tests.integration.test_agent_tasks import _usage_events
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ class Mesh:
 
     async def ready(self, node_id: str) -> bool:
         assert self.registry is not None
-        async with grpc.aio.insecure_channel(self.registry.address) as ch:
+        async with service_channel(self.registry.address) as ch:
             try:
                 node = (
                     await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
@@ -130,7 +130,7 @@ class Mesh:
         )
         await self.scheduler.start()
         self.closer.append(self.scheduler)
-        ch = grpc.aio.insecure_channel(self.scheduler.address)
+        ch = service_channel(self.scheduler.address)
         self.channels.append(ch)
         return scheduler_pb2_grpc.SchedulerServiceStub(ch)
 
@@ -228,7 +228,7 @@ async def test_gang_never_starts_partially(mesh):
         assert current.state == QUEUED and not current.assignments
     assert current.pending_reason == "InsufficientCapacity", current
     for agent in (a, b):
-        async with grpc.aio.insecure_channel(agent.address) as ch:
+        async with service_channel(agent.address, identity="scheduler") as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await agent_pb2_grpc.AgentServiceStub(ch).GetTask(
                     agent_pb2.GetTaskRequest(task_id=f"{gang.job_id}-a1-n0"), metadata=ACME
@@ -324,6 +324,7 @@ async def test_sigkilled_agents_task_is_requeued_and_completes_elsewhere(mesh, c
         "POCGRID_LOG_FORMAT": "json",
         "POCGRID_DATA_DIR": str(common.data_dir),
         "POCGRID_SPEED_FACTOR": "1.0",
+        "POCGRID_MESH_KEYS_DIR": common.mesh_keys_dir,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -501,7 +502,7 @@ async def test_a_node_that_comes_back_has_its_requeued_task_cancelled(mesh):
     assert done.attempt == 2 and done.steps_done == 20
     # npu-a comes back and resumes the task; the scheduler, which moved the job, cancels it.
     back = await mesh.agent("npu-a", devices=1, speed=1.0)
-    async with grpc.aio.insecure_channel(back.address) as ch:
+    async with service_channel(back.address, identity="scheduler") as ch:
         agent = agent_pb2_grpc.AgentServiceStub(ch)
 
         async def cancelled() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from pocgrid.v1 import (
@@ -18,6 +17,7 @@ from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service import SchedulerServer
+from tests.conftest import service_channel
 from tests.postgres import postgres_server
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ async def test_registry_and_scheduler_on_postgres(common, closer, pg_url):
         agent_address="127.0.0.1:1",
         devices=[registry_pb2.Device(device_id="cuda:0", index=0, memory_total_bytes=1 << 34)],
     )
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         await registry_pb2_grpc.NodeLeaseServiceStub(ch).RegisterNode(request)
         await registry_pb2_grpc.NodeLeaseServiceStub(ch).Heartbeat(
             registry_pb2.HeartbeatRequest(node_id="pg-node", sequence=1)
@@ -46,7 +46,7 @@ async def test_registry_and_scheduler_on_postgres(common, closer, pg_url):
     reg2 = RegistryServer(common, RegistryConfig(registry_database_url=pg_url))
     await reg2.start()
     closer.append(reg2)
-    async with grpc.aio.insecure_channel(reg2.address) as ch:
+    async with service_channel(reg2.address, identity="agent") as ch:
         node = (
             await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
                 registry_pb2.GetNodeRequest(node_id="pg-node")
@@ -58,7 +58,7 @@ async def test_registry_and_scheduler_on_postgres(common, closer, pg_url):
     await sched.start()
     closer.append(sched)
     md = (("x-pocgrid-tenant", "acme"),)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         spec = scheduler_pb2.JobSpec(
             model="Qwen2.5-7B", devices=1, precision=common_pb2.PRECISION_BF16

@@ -9,9 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.config import GatewayConfig
 from gateway.routing import GATEWAY_SERVICE, PUBLIC_BACKENDS
-from gateway.service import GatewayServer
 from pocgrid.adapt.onnx_import import validate_onnx
 from pocgrid.samples import cnn
 from pocgrid.v1 import (
@@ -29,19 +27,8 @@ from pocgrid.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from services.adapter.config import AdapterConfig
-from services.adapter.service import AdapterServer
-from services.agent.config import AgentConfig
-from services.agent.service import AgentServer
-from services.evaluator.config import EvaluatorConfig
-from services.evaluator.service import EvaluatorServer
-from services.metering.config import MeteringConfig
-from services.metering.service import MeteringServer
-from services.registry.config import RegistryConfig
-from services.registry.service import RegistryServer
-from services.scheduler.config import SchedulerConfig
-from services.scheduler.service import SchedulerServer
 from tests.conftest import wait_for
+from tests.integration.public_mesh import start_public_mesh
 
 pytestmark = pytest.mark.integration
 AUTH = (("authorization", "Bearer walk-key"),)
@@ -60,42 +47,8 @@ MINI_CONFIG = json.dumps(
 
 
 async def test_every_public_rpc_through_the_gateway(common, closer):
-    reg = RegistryServer(common, RegistryConfig())
-    await reg.start()
-    closer.append(reg)
-    backends = [
-        SchedulerServer(common, SchedulerConfig(registry_addr=reg.address)),
-        MeteringServer(common, MeteringConfig(api_keys="walk-key=walker,walk-admin=ops:admin")),
-        AdapterServer(common, AdapterConfig()),
-    ]
-    for svc in backends:
-        await svc.start()
-        closer.append(svc)
-    # The evaluator finds the pool's agents in the registry.
-    backends.append(EvaluatorServer(common, EvaluatorConfig(registry_addr=reg.address)))
-    await backends[-1].start()
-    closer.append(backends[-1])
-    sched, meter, adapter, evaluator = (b.address for b in backends)
-    gw = GatewayServer(
-        common,
-        GatewayConfig(
-            api_keys="walk-key=walker,walk-admin=ops:admin",
-            registry_addr=reg.address,
-            scheduler_addr=sched,
-            metering_addr=meter,
-            adapter_addr=adapter,
-            evaluator_addr=evaluator,
-        ),
-    )
-    await gw.start()
-    closer.append(gw)
-    agent = AgentServer(
-        common,
-        AgentConfig(chip="mtt-s4000", devices=2, node_id="walk-node", registry_addr=reg.address),
-    )
-    await agent.start()
-    closer.append(agent)
-    await wait_for(lambda: agent.lease.registered.is_set(), what="agent registered")
+    mesh = await start_public_mesh(common, closer, "walk-key=walker,walk-admin=ops:admin")
+    gw = mesh.gateway
 
     ch = grpc.aio.insecure_channel(gw.address)
     registry = registry_pb2_grpc.RegistryServiceStub(ch)

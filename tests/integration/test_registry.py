@@ -9,7 +9,7 @@ import pytest
 from pocgrid.v1 import common_pb2, events_pb2, registry_pb2, registry_pb2_grpc
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ async def _registry(common, config=FAST) -> RegistryServer:
 async def test_register_list_and_filters(common, closer):
     reg = await _registry(common)
     closer.append(reg)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
         public = registry_pb2_grpc.RegistryServiceStub(ch)
         resp = await lease.RegisterNode(_register_request())
@@ -69,7 +69,7 @@ async def test_missed_lease_marks_lost_and_publishes(common, closer, nats_server
         received.append(events_pb2.NodeLost.FromString(msg.data))
 
     await nc.subscribe("registry.node.lost", cb=on_msg)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
         public = registry_pb2_grpc.RegistryServiceStub(ch)
         await lease.RegisterNode(_register_request())
@@ -86,7 +86,7 @@ async def test_missed_lease_marks_lost_and_publishes(common, closer, nats_server
 
 async def test_state_survives_restart(common, closer):
     reg = await _registry(common)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
         await lease.RegisterNode(_register_request())
         await lease.Heartbeat(
@@ -107,7 +107,7 @@ async def test_state_survives_restart(common, closer):
     reg2 = await _registry(common)
     closer.append(reg2)
     assert reg2.pool.epoch != first_epoch
-    async with grpc.aio.insecure_channel(reg2.address) as ch:
+    async with service_channel(reg2.address, identity="agent") as ch:
         node = (
             await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
                 registry_pb2.GetNodeRequest(node_id="node-a")
@@ -135,7 +135,7 @@ async def test_state_survives_restart(common, closer):
 async def test_register_rejects_bad_input(common, closer, request_, code, field):
     reg = await _registry(common)
     closer.append(reg)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await registry_pb2_grpc.NodeLeaseServiceStub(ch).RegisterNode(request_)
     assert err.value.code().name == code
@@ -145,7 +145,7 @@ async def test_register_rejects_bad_input(common, closer, request_, code, field)
 async def test_malformed_heartbeat_and_unknown_ids(common, closer):
     reg = await _registry(common)
     closer.append(reg)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address, identity="agent") as ch:
         lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
         public = registry_pb2_grpc.RegistryServiceStub(ch)
         await lease.RegisterNode(_register_request())

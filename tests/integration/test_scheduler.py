@@ -18,7 +18,7 @@ from services.scheduler.jobs import JobBook
 from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.service import SchedulerServer
 from services.scheduler.store import JobStore
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ async def test_submit_get_list_cancel_publishes_events(common, closer, nats_serv
 
     await nc.subscribe("scheduler.job.>", cb=on_msg)
     await nc.flush()
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         submitted = (
             await stub.SubmitJob(
@@ -105,7 +105,7 @@ async def test_submit_get_list_cancel_publishes_events(common, closer, nats_serv
 async def test_idempotency_key_returns_the_same_job(common, closer):
     sched = await _scheduler(common)
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         request = scheduler_pb2.SubmitJobRequest(spec=_spec(), idempotency_key="retry-1")
         first = (await stub.SubmitJob(request, metadata=ACME)).job
@@ -133,7 +133,7 @@ async def test_idempotency_key_returns_the_same_job(common, closer):
 async def test_tenant_isolation_and_missing_tenant(common, closer):
     sched = await _scheduler(common)
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         job = (
             await stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=ACME)
@@ -162,7 +162,7 @@ async def test_tenant_isolation_and_missing_tenant(common, closer):
 async def test_list_filters_by_state_and_pages(common, closer):
     sched = await _scheduler(common)
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         ids = []
         for i in range(5):
@@ -223,7 +223,7 @@ async def test_list_filters_by_state_and_pages(common, closer):
 async def test_submit_rejects_bad_input_naming_the_field(common, closer, request_, field):
     sched = await _scheduler(common)
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await scheduler_pb2_grpc.SchedulerServiceStub(ch).SubmitJob(request_, metadata=ACME)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -233,7 +233,7 @@ async def test_submit_rejects_bad_input_naming_the_field(common, closer, request
 async def test_unknown_model_message_and_no_chip(common, closer):
     sched = await _scheduler(common)
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.SubmitJob(
@@ -257,7 +257,7 @@ async def test_unknown_model_message_and_no_chip(common, closer):
 
 async def test_jobs_survive_restart(common, closer):
     sched = await _scheduler(common)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         job = (
             await scheduler_pb2_grpc.SchedulerServiceStub(ch).SubmitJob(
                 scheduler_pb2.SubmitJobRequest(spec=_spec(), idempotency_key="k1"),
@@ -267,7 +267,7 @@ async def test_jobs_survive_restart(common, closer):
     await sched.stop()
     sched2 = await _scheduler(common)
     closer.append(sched2)
-    async with grpc.aio.insecure_channel(sched2.address) as ch:
+    async with service_channel(sched2.address) as ch:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(ch)
         got = (await stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job.job_id), metadata=ACME)).job
         assert got == job
@@ -312,7 +312,7 @@ async def test_job_event_joins_the_submit_trace(common, closer, spans, span_proc
     sched = SchedulerServer(common, SchedulerConfig(), span_processors=[span_processor])
     await sched.start()
     closer.append(sched)
-    async with grpc.aio.insecure_channel(sched.address) as ch:
+    async with service_channel(sched.address) as ch:
         await scheduler_pb2_grpc.SchedulerServiceStub(ch).SubmitJob(
             scheduler_pb2.SubmitJobRequest(spec=_spec()), metadata=ACME
         )

@@ -102,13 +102,17 @@ def test_every_public_rpc_is_routed_and_no_internal_one():
 
 
 def test_the_gateway_serves_every_public_rpc_and_no_internal_one():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from gateway.auth import ApiKeys
     from gateway.forwarder import GatewayHandler
     from gateway.ratelimit import RateLimiter
+    from services.core.service_tokens import TokenSigner
     from services.core.telemetry import create_tracer_provider
 
     provider = create_tracer_provider("gateway", env={})
-    handler = GatewayHandler(public_routes(), {}, ApiKeys({}), RateLimiter(), provider, 1.0)
+    signer = TokenSigner("gateway", Ed25519PrivateKey.generate())
+    handler = GatewayHandler(public_routes(), {}, ApiKeys({}), RateLimiter(), provider, 1.0, signer)
 
     class Details:
         def __init__(self, method: str) -> None:

@@ -198,3 +198,18 @@ def test_wheel_carries_package_data(tmp_path):
     assert data_files, "no package data found in the tree"
     assert data_files <= names, sorted(data_files - names)
     assert "pocgrid/v1/registry_pb2.pyi" in names
+
+
+def test_each_container_gets_its_own_mesh_key_only(compose):
+    """Every pocgrid container reads all public keys and holds its identity's private key."""
+    for name, svc in compose["services"].items():
+        if name in INFRA:
+            continue
+        identity = "agent" if name.startswith("agent-") else name
+        sources = {s["source"] for s in svc["secrets"] if isinstance(s, dict)}
+        assert sources == {f"mesh_key_{identity}"}, name
+        key = next(s for s in svc["secrets"] if isinstance(s, dict))
+        env = svc["environment"]
+        assert env["POCGRID_MESH_PRIVATE_KEY_FILE"] == f"/run/secrets/{key['target']}", name
+        assert any(v.endswith(f":{env['POCGRID_MESH_KEYS_DIR']}:ro") for v in svc["volumes"]), name
+        assert compose["secrets"][f"mesh_key_{identity}"]["file"].startswith("./deploy/secrets/")

@@ -159,9 +159,13 @@ def test_only_the_gateway_is_reachable_from_outside(base):
 
 def test_secrets_come_from_make_secrets_not_the_repository(base):
     secrets = [d for d in base if d["kind"] == "Secret"]
+    from services.core.mesh_identity import IDENTITIES
+
     assert {s["metadata"]["name"].rsplit("-", 1)[0] for s in secrets} == {
         "pocgrid-api-keys",
         "pocgrid-database",
+        "pocgrid-mesh-public",
+        *(f"pocgrid-mesh-key-{i}" for i in IDENTITIES if i != "operator"),
     }
     assert (
         not (ROOT / "deploy" / "k8s" / "base" / "secrets").exists()
@@ -182,3 +186,29 @@ def test_production_overlay_sets_namespace_and_image(production):
         for c in w["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"registry.example.com/pocgrid:0.1.0"}
+
+
+def test_each_pod_holds_every_public_key_and_only_its_own_private_key(base):
+    """Service-to-service tokens (docs/security.md): a pod can sign only as its own identity."""
+    from services.core.mesh_identity import IDENTITIES
+
+    public = next(d for d in base if d["metadata"]["name"].startswith("pocgrid-mesh-public"))
+    assert sorted(public["data"]) == sorted(f"{i}.pub" for i in IDENTITIES)
+    workloads = [d for d in base if d["kind"] in ("Deployment", "StatefulSet")]
+    pocgrid = [w for w in workloads if w["metadata"]["name"] not in ("nats", "postgres")]
+    assert pocgrid
+    for workload in pocgrid:
+        name = workload["metadata"]["name"]
+        identity = "agent" if name.startswith("agent-") else name
+        pod = workload["spec"]["template"]["spec"]
+        secrets = {
+            v["secret"]["secretName"].rsplit("-", 1)[0]
+            for v in pod["volumes"]
+            if "secret" in v and "mesh" in v["secret"]["secretName"]
+        }
+        assert secrets == {"pocgrid-mesh-public", f"pocgrid-mesh-key-{identity}"}, name
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["POCGRID_MESH_IDENTITY"] == identity, name
+        mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert env["POCGRID_MESH_KEYS_DIR"] in mounts, name
+        assert env["POCGRID_MESH_PRIVATE_KEY_FILE"].rpartition("/")[0] in mounts, name
