@@ -269,12 +269,11 @@ def nodes(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(rows)
         return 0
-    say(
-        table(
-            ["node", "chip", "devices", "state", "address"],
-            [[r["node_id"], r["chip"], r["devices"], r["state"], r["address"]] for r in rows],
-        )
+    # Only an admin key sees where the agents listen (docs/security.md): no empty column else.
+    columns = ["node_id", "chip", "devices", "state"] + (
+        ["address"] if any(r["address"] for r in rows) else []
     )
+    say(table([c.removesuffix("_id") for c in columns], [[r[c] for c in columns] for r in rows]))
     return 0
 
 

@@ -15,17 +15,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pocgrid.client import Client, NoLocalMeshError
 from pocgrid.meshstate import MeshState, pid_alive
-from pocgrid.v1 import common_pb2, scheduler_pb2
+from pocgrid.v1 import (  # noqa: F401  (registered for descriptor_pool look-ups)
+    adapter_pb2,
+    agent_pb2,
+    common_pb2,
+    evaluator_pb2,
+    metering_pb2,
+    registry_pb2,
+    scheduler_pb2,
+)
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["gateway", "registry", "scheduler", "metering", "adapter", "evaluator"]
+BARE_TENANT = (("x-pocgrid-tenant", "acme"), ("x-pocgrid-role", "admin"))
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -60,6 +72,40 @@ def _status(env: dict[str, str], *flags: str) -> tuple[int, dict]:
     result = _cli(env, *flags, "status", "--json", timeout=60)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def _no_port_usable_without_credentials(state: MeshState) -> None:
+    """Every RPC of every service process of the mesh, called as issue 13's attacker did (a
+    bare tenant header, no key): UNAUTHENTICATED; the same port's health check: SERVING."""
+    pool = descriptor_pool.Default()
+    hosted = {
+        "registry": ["RegistryService", "NodeLeaseService"],
+        "scheduler": ["SchedulerService"],
+        "metering": ["MeteringService"],
+        "adapter": ["AdapterService"],
+        "evaluator": ["EvaluatorService"],
+    }
+    checked = []
+    for proc in state.processes:
+        services = ["AgentService"] if proc.kind == "agent" else hosted.get(proc.name, [])
+        if not services:
+            continue  # nats, and the gateway (the public door: API keys)
+        with grpc.insecure_channel(proc.address) as ch:
+            for service in services:
+                for method in pool.FindServiceByName(f"pocgrid.v1.{service}").methods:
+                    path = f"/pocgrid.v1.{service}/{method.name}"
+                    call = (ch.unary_stream if method.server_streaming else ch.unary_unary)(path)
+                    with pytest.raises(grpc.RpcError) as err:
+                        result = call(b"", metadata=BARE_TENANT, timeout=10)
+                        if method.server_streaming:
+                            list(result)
+                    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, proc.name
+        checked.append(proc.name)
+    assert set(checked) == {*hosted, "agent-ascend-910b2"}
 
 
 def test_up_refuses_a_bad_fleet_before_starting_anything(tmp_path: Path):
@@ -113,6 +159,9 @@ def test_tenants_readme_example_restarts_and_status_without_registry(tmp_path: P
         )
         assert run.returncode == 0, run.stderr
         assert "ascend-910b2" in run.stdout
+
+        # No service port of the mesh is usable without credentials; health stays open.
+        _no_port_usable_without_credentials(_state(home))
 
         # A service that dies is restarted, on its address, and status says so.
         metering = _pid_of(home, "metering")
