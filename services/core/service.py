@@ -247,7 +247,7 @@ class Service:
             return
         self._started = True
         # Before anything opens: a service that cannot check its callers must not serve.
-        credentials = self.credentials
+        mesh = self.credentials
         options = [
             ("grpc.max_receive_message_length", self.common.max_message_bytes),
             ("grpc.max_send_message_length", self.common.max_message_bytes),
@@ -260,7 +260,7 @@ class Service:
                     f"pocgrid.{self.name}",
                     self.metrics,
                     untraced=frozenset() if self.common.trace_heartbeats else UNTRACED_BY_DEFAULT,
-                    verifier=credentials.verifier,
+                    verifier=mesh.verifier,
                 )
             ]
             if self.use_interceptor
