@@ -21,6 +21,13 @@ class GatewayConfig(EnvConfig):
     rate_limit_burst: int = 400
     """Default burst size per tenant (token bucket capacity)."""
 
+    unauthenticated_rate_per_s: float = 5.0
+    """Sustained calls per second per client address that fail authentication (no key, a
+    wrong one), gRPC and HTTP together; beyond it they get RESOURCE_EXHAUSTED (429)."""
+
+    unauthenticated_burst: int = 20
+    """Burst of such calls per client address (token bucket capacity)."""
+
     registry_addr: str = ""
     """HOST:PORT of the registry."""
 
@@ -38,6 +45,10 @@ class GatewayConfig(EnvConfig):
 
     openai_listen: str = ""
     """HOST:PORT of the OpenAI-compatible HTTP endpoint (port 0: a free port); empty: none."""
+
+    openai_max_body_bytes: int = 1024 * 1024
+    """Largest request body the OpenAI-compatible endpoint reads; a larger one gets 413. A
+    32k-token prompt is about 128 KiB of text."""
 
     openai_speed_factor: float = 1.0
     """Real seconds per virtual second the endpoint streams tokens at, inverted: 1.0 paces
@@ -67,6 +78,13 @@ class GatewayConfig(EnvConfig):
             )
         if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1:
             raise ConfigError("rate limits must be positive")
+        if self.unauthenticated_rate_per_s <= 0 or self.unauthenticated_burst < 1:
+            raise ConfigError(
+                f"{env_name('unauthenticated_rate_per_s')} must be > 0 and "
+                f"{env_name('unauthenticated_burst')} >= 1"
+            )
+        if not 1024 <= self.openai_max_body_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"{env_name('openai_max_body_bytes')}: must be 1 KiB..64 MiB")
         if self.openai_speed_factor < 0:
             raise ConfigError(f"{env_name('openai_speed_factor')}: must be >= 0")
         if self.openai_listen:

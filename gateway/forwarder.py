@@ -102,7 +102,12 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             self._limiter.acquire(tenant)
             admitted = tenant
         except PocgridError as exc:
-            admitted = exc
+            # No valid credentials: the call counts against its peer's own small budget.
+            admitted = (
+                exc
+                if tenant is not None
+                else self._limiter.refuse_unauthenticated(context.peer(), exc)
+            )
         if not self._provider.exporting:
             return telemetry.unrecorded_span(parent), admitted
         attributes = {"rpc.system": "grpc", "rpc.method": path}

@@ -142,6 +142,7 @@ class OpenAIEndpoint:
         speed_factor: float = 1.0,
         shutdown_s: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_body_bytes: int = 1024 * 1024,
     ) -> None:
         host, _, port = listen.rpartition(":")
         self._ssl = ssl_context
@@ -154,7 +155,9 @@ class OpenAIEndpoint:
         self._fits: dict[tuple[str, str], str | None] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
-        app = web.Application(middlewares=[self._errors])
+        self._max_body = max_body_bytes
+        # aiohttp stops reading at client_max_size and raises 413, which _body words.
+        app = web.Application(middlewares=[self._errors], client_max_size=max_body_bytes)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -199,13 +202,23 @@ class OpenAIEndpoint:
             return HttpError(status, exc.message, code=exc.reason or "").response()
 
     def _tenant(self, request: web.Request) -> Tenant:
-        tenant = self._keys.authenticate(request.headers.get("Authorization"))
+        try:
+            tenant = self._keys.authenticate(request.headers.get("Authorization"))
+        except PocgridError as exc:
+            # As on gRPC: without valid credentials the peer's own budget pays.
+            raise self._limiter.refuse_unauthenticated(request.remote or "", exc) from None
         self._limiter.acquire(tenant)
         return tenant
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(
+                413,
+                f"request body: larger than {self._max_body} bytes (POCGRID_OPENAI_MAX_BODY_BYTES)",
+                code="request_too_large",
+            ) from None
         except (ValueError, UnicodeDecodeError):
             raise HttpError(400, "the request body must be a JSON object") from None
         if not isinstance(body, dict):

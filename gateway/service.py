@@ -38,7 +38,7 @@ class GatewayServer(Service):
         self.keys = ApiKeys.load(
             config.api_keys, config.api_keys_file, config.rate_limit_per_s, config.rate_limit_burst
         )
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(config.unauthenticated_rate_per_s, config.unauthenticated_burst)
         self.tls = GatewayTls.from_config(config)
         self.openai: OpenAIEndpoint | None = None
         self._agent_channels: dict[str, grpc.aio.Channel] = {}
@@ -79,6 +79,7 @@ class GatewayServer(Service):
                 self.channel(self.config.registry_addr),
                 self._agent_channel,
                 speed_factor=self.config.openai_speed_factor,
+                max_body_bytes=self.config.openai_max_body_bytes,
                 shutdown_s=self.common.shutdown_grace_s,
                 ssl_context=None if self.tls is None else self.tls.ssl_context(),
             )
