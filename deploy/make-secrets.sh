@@ -6,6 +6,8 @@
 #   deploy/secrets/mesh/<id>.key      each service identity's Ed25519 private key (openssl), and
 #   deploy/secrets/mesh/public/<id>.pub  its public key: calls between services are signed
 #                                     with the first and checked against the second
+#   deploy/secrets/nats/<identity>    each NATS identity's password (deploy/nats-auth.conf)
+#   deploy/secrets/nats.env           the same as NATS_PASSWORD_<IDENTITY>=..., for nats-server
 #   .env                              POCGRID_DB_PASSWORD for docker compose
 #   deploy/k8s/base/secrets/*         the same for `kubectl apply -k deploy/k8s/...`
 # Usage: deploy/make-secrets.sh [TENANT]   (default tenant: default). Existing files are kept.
@@ -40,6 +42,18 @@ if [ ! -f .env ]; then
 fi
 password=$(sed -n 's/^POCGRID_DB_PASSWORD=//p' .env)
 cp deploy/secrets/api-keys.json deploy/k8s/base/secrets/keys.json
+# NATS: one password per identity that deploy/nats-auth.conf names ($NATS_PASSWORD_<USER>, read
+# from the nats-server's environment); each service mounts only its own.
+mkdir -p deploy/secrets/nats
+users=$(sed -n 's/.*password: \$NATS_PASSWORD_\([A-Z]*\),.*/\1/p' deploy/nats-auth.conf)
+: > deploy/secrets/nats.env.tmp
+for upper in $users; do
+  user=$(printf '%s' "$upper" | tr 'A-Z' 'a-z')
+  [ -f "deploy/secrets/nats/$user" ] || random > "deploy/secrets/nats/$user"
+  printf 'NATS_PASSWORD_%s=%s\n' "$upper" "$(cat "deploy/secrets/nats/$user")" >> deploy/secrets/nats.env.tmp
+done
+mv deploy/secrets/nats.env.tmp deploy/secrets/nats.env
+cp deploy/secrets/nats.env deploy/k8s/base/secrets/nats.env
 {
   printf 'password=%s\n' "$password"
   for db in registry scheduler metering adapter evaluator; do

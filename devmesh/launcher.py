@@ -32,6 +32,7 @@ from pocgrid.meshstate import MeshState, ProcessInfo
 from services.core import mesh_identity
 from services.core.mesh_auth import MeshCredentials
 from services.core.mesh_channel import signed_channel
+from services.core.nats_auth import IDENTITIES, new_passwords
 
 BACKENDS = ("scheduler", "metering", "adapter", "evaluator")
 #: Backends started after the others, since they call them: the evaluator reads metering's
@@ -90,6 +91,8 @@ class LocalMesh:
     tls: bool = False
     """Serve the gateway's gRPC and HTTP ports over TLS, with a CA made for this run."""
     tls_files: TlsFiles | None = None
+    nats_passwords: dict[str, str] = field(default_factory=new_passwords)
+    """A fresh password per NATS identity for this run (services/core/nats_auth.py)."""
 
     # -- start ------------------------------------------------------------------------
     def start(self, timeout_s: float = 120.0) -> None:
@@ -123,7 +126,8 @@ class LocalMesh:
         (self.run_dir / "addr").mkdir(parents=True, exist_ok=True)
         mesh_identity.generate(self.keys_dir)
         self.waiting("starting nats-server")
-        self.nats = NatsServer(self.nats_dir)
+        self._write_nats_credentials()
+        self.nats = NatsServer(self.nats_dir, passwords=self.nats_passwords)
         # nats-server cannot watch its parent; the kernel's parent-death signal covers it. It is
         # started before this process opens any gRPC channel, so preexec_fn is still safe here.
         self.nats.start(preexec_fn=_die_with_parent, start_new_session=True)
@@ -188,6 +192,32 @@ class LocalMesh:
         self._wait_ready(agents, deadline)
         self._wait_registered(registry.info.address, agents, deadline)
 
+    @property
+    def nats_credentials_dir(self) -> Path:
+        return self.run_dir / "nats-credentials"
+
+    def _write_nats_credentials(self) -> None:
+        """One password file per identity (0600), what each child is pointed at."""
+        directory = self.nats_credentials_dir
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for user, password in self.nats_passwords.items():
+            path = directory / user
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(password + "\n")
+
+    def _nats_env(self, name: str, kind: str) -> dict[str, str]:
+        """The child's NATS identity: agents share ``agent``; a service with no bus (the
+        gateway, the adapter) gets no credential at all."""
+        user = "agent" if kind == "agent" else name
+        if user not in IDENTITIES:
+            return {}
+        return {
+            "POCGRID_NATS_USER": user,
+            "POCGRID_NATS_PASSWORD_FILE": str(self.nats_credentials_dir / user),
+        }
+
     def _gateway_keys(self) -> dict[str, str]:
         """The development key (tenant ``dev``, for the CLI and the demo) and, as in a
         container, the tenants of ``POCGRID_API_KEYS`` / ``POCGRID_API_KEYS_FILE``."""
@@ -204,9 +234,11 @@ class LocalMesh:
         self, name: str, args: list[str], extra: Mapping[str, str], kind: str = "service"
     ) -> _Child:
         address_file = self.run_dir / "addr" / name
-        # Each process gets the mesh's public keys and its own identity's private key.
+        # Each process gets the mesh's public keys and its own identity's private key, and its
+        # own NATS identity's password.
         extra = {
             **mesh_identity.mesh_env(self.keys_dir, kind if kind == "agent" else name),
+            **self._nats_env(name, kind),
             **extra,
         }
         proc = self._popen(name, args, extra, address_file, "127.0.0.1:0")
@@ -365,6 +397,8 @@ class LocalMesh:
             api_key=self.api_key,
             ca_file="" if self.tls_files is None else str(self.tls_files.ca_file),
             nats_url=self.nats.url if self.nats else "",
+            nats_user="operator",
+            nats_password_file=str(self.nats_credentials_dir / "operator"),
             run_dir=str(self.run_dir),
             status=status,
             processes=procs,

@@ -4,14 +4,18 @@ its port and reports it through ``--ports_file_dir``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from services.core.nats_auth import MAX_PAYLOAD_BYTES, server_authorization
 
 # Debian installs the binary in /usr/sbin, which a non-root PATH may lack.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin")
@@ -35,7 +39,19 @@ def find_nats_server() -> str:
 
 
 class NatsServer:
-    def __init__(self, data_dir: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        *,
+        passwords: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> None:
+        """``passwords``: identity -> password; the server then admits only those identities,
+        each with its permissions (services/core/nats_auth.py). None: no authentication.
+        ``config_file``: run with this config instead (the deployment's, in its tests)."""
+        self.passwords = None if passwords is None else dict(passwords)
+        self.config_file = config_file
         self._own_dir = data_dir is None
         self.data_dir = (
             Path(tempfile.mkdtemp(prefix="pocgrid-nats-")) if data_dir is None else data_dir
@@ -57,6 +73,8 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [
                 find_nats_server(),
+                "-c",
+                str(self.config_file or self._write_config()),
                 "-a",
                 self.host,
                 "-p",
@@ -94,6 +112,21 @@ class NatsServer:
             time.sleep(0.02)
         self.stop()
         raise NatsServerError(f"nats-server not ready within {timeout_s}s")
+
+    def _write_config(self) -> Path:
+        """The server's config file: the payload limit and, with passwords, who may connect
+        and what each may do. JSON is valid nats-server config syntax, and quotes every
+        subject ("$JS.API..." unquoted would read as a variable). Mode 0600: it holds the
+        passwords."""
+        config: dict[str, object] = {"max_payload": MAX_PAYLOAD_BYTES}
+        if self.passwords is not None:
+            config["authorization"] = server_authorization(self.passwords)
+        path = self.data_dir / "nats-server.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config, fh, indent=2)
+        return path
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

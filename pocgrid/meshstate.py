@@ -41,6 +41,9 @@ class MeshState:
     ca_file: str = ""
     """PEM CA the gateway's certificate is signed by (``pocgrid up --tls``); empty: plaintext."""
     nats_url: str = ""
+    nats_user: str = ""
+    """The operator's NATS identity (``pocgrid admin dlq``); the services have their own."""
+    nats_password_file: str = ""
     run_dir: str = ""
     status: str = "starting"  # starting | ready | failed | stopping
     error: str = ""

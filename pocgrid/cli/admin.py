@@ -19,6 +19,7 @@ import nats
 from pocgrid import deadletter
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import NoMeshError, local_mesh
+from pocgrid.natsclient import NatsCredentialsError, connect_options
 
 
 def register(sub: Any) -> None:
@@ -64,6 +65,21 @@ def nats_url(args: argparse.Namespace) -> str:
     return str(url)
 
 
+def nats_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """A NATS named by --nats or POCGRID_NATS_URL: the identity of POCGRID_NATS_USER and
+    POCGRID_NATS_PASSWORD_FILE (none: no credentials); the local mesh: its operator identity."""
+    if args.nats or os.environ.get("POCGRID_NATS_URL"):
+        return connect_options(
+            os.environ.get("POCGRID_NATS_USER", ""),
+            os.environ.get("POCGRID_NATS_PASSWORD_FILE", ""),
+            what="POCGRID_NATS_PASSWORD_FILE",
+        )
+    state = local_mesh()
+    if state is None:
+        return {}
+    return connect_options(state.nats_user, state.nats_password_file)
+
+
 async def _quiet(exc: Exception) -> None:
     # nats-py logs every failed attempt with a traceback; the command reports the outcome.
     return None
@@ -71,12 +87,22 @@ async def _quiet(exc: Exception) -> None:
 
 def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
     url = nats_url(args)
+    try:
+        credentials = nats_credentials(args)
+    except NatsCredentialsError as exc:
+        return fail(str(exc))
 
     async def go() -> int:
         wait_s = min(args.timeout, 10.0)
         try:
             nc = await asyncio.wait_for(
-                nats.connect(url, connect_timeout=wait_s, allow_reconnect=False, error_cb=_quiet),
+                nats.connect(
+                    url,
+                    connect_timeout=wait_s,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                    **credentials,
+                ),
                 wait_s + 1.0,
             )
         except Exception as exc:

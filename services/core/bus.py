@@ -37,9 +37,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from pocgrid import deadletter
+from pocgrid.natsclient import NatsCredentialsError, connect_options
 from services.core import telemetry
-from services.core.config import CommonConfig
+from services.core.config import CommonConfig, ConfigError, env_name
 from services.core.logging import get_logger
+from services.core.nats_auth import IDENTITIES, NatsIdentity
 
 log = get_logger()
 
@@ -134,6 +136,10 @@ class EventBus:
         self._name = client_name
         self._config = config if config is not None else CommonConfig()
         self._on_health_change = on_health_change
+        #: With credentials: what this identity may do; it creates only the streams it owns.
+        self._identity: NatsIdentity | None = (
+            IDENTITIES[self._config.nats_user] if self._config.nats_user else None
+        )
         self._nc: Any = None
         self._js: Any = None
         self._consumers: list[asyncio.Task[None]] = []
@@ -143,10 +149,22 @@ class EventBus:
         self._wake = asyncio.Event()
 
     # -- connection -----------------------------------------------------------------------
+    def _credentials(self) -> dict[str, Any]:
+        try:
+            # The inbox prefix is the identity's one subscribe permission (nats_auth).
+            return connect_options(
+                self._config.nats_user,
+                self._config.nats_password_file,
+                what=env_name("nats_password_file"),
+            )
+        except NatsCredentialsError as exc:
+            raise ConfigError(str(exc)) from None
+
     async def connect(self, timeout_s: float = 10.0) -> None:
         self._nc = await nats.connect(
             self._url,
             name=self._name,
+            **self._credentials(),
             connect_timeout=timeout_s,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -187,7 +205,10 @@ class EventBus:
         await self._notify()
 
     async def ensure_streams(self) -> None:
+        owned = None if self._identity is None else set(self._identity.owns)
         for spec in STREAMS:
+            if owned is not None and spec.name not in owned:
+                continue  # another identity's stream: this one may not create or change it
             config = StreamConfig(
                 name=spec.name,
                 subjects=list(spec.subjects),
@@ -294,6 +315,16 @@ class EventBus:
         )
 
     def _start(self, spec: _Consumer) -> asyncio.Task[None]:
+        allowed = None if self._identity is None else self._identity.consumes
+        if allowed is not None and (spec.stream, spec.durable) not in {
+            (d.stream, d.name) for d in allowed
+        }:
+            # Refused here, at start-up, rather than by the server as a silent timeout.
+            raise ConfigError(
+                f"consumer {spec.durable!r} on {spec.stream}: NATS identity "
+                f"{self._config.nats_user!r} may not run it; add it to "
+                "services/core/nats_auth.py IDENTITIES"
+            )
         if spec.durable in self._states:
             raise ValueError(f"consumer {spec.durable!r} is already running on this bus")
         self._states[spec.durable] = ConsumerState(spec.durable)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, cast
 
+from services.core.nats_auth import IDENTITIES
+
 ENV_PREFIX = "POCGRID_"
 
 
@@ -111,6 +113,14 @@ class CommonConfig(EnvConfig):
     downstream_timeout_cap_s: float = 10.0
     """Upper bound on any call to another service, whatever the caller's deadline."""
 
+    nats_user: str = ""
+    """The service's NATS identity (services/core/nats_auth.py: its publish and subscribe
+    permissions); empty: connect without credentials, to a server that requires none."""
+
+    nats_password_file: str = ""
+    """File holding nats_user's password (one line; a mounted secret, never the URL, which
+    is logged)."""
+
     nats_ping_interval_s: float = 5.0
     """Seconds between the NATS client's pings (whole seconds); two unanswered pings mark the
     connection stale, so a hung server turns the bus NOT_SERVING and the client reconnects."""
@@ -180,6 +190,15 @@ class CommonConfig(EnvConfig):
             raise ConfigError(f"{env_name('shutdown_grace_s')}: must be >= 0")
         if not 1024 <= self.max_message_bytes <= 256 * 1024 * 1024:
             raise ConfigError(f"{env_name('max_message_bytes')}: must be 1 KiB..256 MiB")
+        if self.nats_user and self.nats_user not in IDENTITIES:
+            raise ConfigError(
+                f"{env_name('nats_user')}={self.nats_user!r}: must be one of "
+                + ", ".join(sorted(IDENTITIES))
+            )
+        if bool(self.nats_user) != bool(self.nats_password_file):
+            raise ConfigError(
+                f"{env_name('nats_user')} and {env_name('nats_password_file')} go together"
+            )
         if not self.nats_url.startswith(("nats://", "tls://")):
             raise ConfigError(f"{env_name('nats_url')}: must start with nats:// or tls://")
         if self.downstream_timeout_cap_s <= 0:

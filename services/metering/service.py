@@ -14,6 +14,7 @@ from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
 from services.core.apikeys import configured_tenants
 from services.core.config import CommonConfig
 from services.core.logging import get_logger
+from services.core.nats_auth import METERING_DURABLE
 from services.core.service import Service
 from services.metering.config import MeteringConfig
 from services.metering.invoices import Invoicer
@@ -27,7 +28,7 @@ log = get_logger()
 USAGE_STREAM = "POCGRID_USAGE"
 USAGE_SUBJECTS = "usage.>"
 #: Durable consumer name: every replica shares it, so each event goes to one of them.
-DURABLE = "metering"
+DURABLE = METERING_DURABLE
 
 
 class MeteringServer(Service):

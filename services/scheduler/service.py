@@ -15,6 +15,7 @@ from pocgrid.sched import Policy, make_policy
 from pocgrid.sched.shaping import Shaped
 from pocgrid.v1 import events_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.config import CommonConfig
+from services.core.nats_auth import SCHEDULER_NODE_LOST_DURABLE
 from services.core.outbox import OutboxRelay
 from services.core.service import Service
 from services.scheduler.config import SchedulerConfig
@@ -26,7 +27,7 @@ from services.scheduler.store import JobStore
 
 #: The registry's stream and the durable consumer of lost nodes.
 REGISTRY_STREAM = "POCGRID_REGISTRY"
-NODE_LOST_DURABLE = "scheduler-node-lost"
+NODE_LOST_DURABLE = SCHEDULER_NODE_LOST_DURABLE
 
 
 #: Second 0 of the live clock (``time.time()``), which ``Shaped`` maps to the tariff's hours.

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pocgrid.client import Client, NoLocalMeshError
 from pocgrid.meshstate import MeshState, pid_alive
+from pocgrid.natsclient import connect_options
 from pocgrid.v1 import (  # noqa: F401  (registered for descriptor_pool look-ups)
     adapter_pb2,
     agent_pb2,
@@ -210,12 +211,15 @@ def test_tenants_readme_example_restarts_and_status_without_registry(tmp_path: P
 
 
 async def _stream_messages(
-    nats_url: str, until: Callable[[dict[str, int]], bool], within_s: float = 30.0
+    state: MeshState, until: Callable[[dict[str, int]], bool], within_s: float = 30.0
 ) -> dict[str, int]:
     """The registry and scheduler streams' message counts, once ``until`` holds: the outbox
     relays publish after the RPC that wrote the event has returned, so a count read at once
-    can still miss it."""
-    nc = await nats.connect(nats_url)
+    can still miss it. Read with the mesh's operator credential: its NATS admits no one else
+    but the services."""
+    nc = await nats.connect(
+        state.nats_url, **connect_options(state.nats_user, state.nats_password_file)
+    )
     try:
         js = nc.jetstream()
         counts: dict[str, int] = {}
@@ -229,6 +233,11 @@ async def _stream_messages(
         return dict(counts)
     finally:
         await nc.close()
+
+
+async def _anonymous(url: str) -> None:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    await nc.close()
 
 
 def test_data_dir_keeps_databases_and_streams_across_down_and_up(tmp_path: Path):
@@ -249,10 +258,13 @@ def test_data_dir_keeps_databases_and_streams_across_down_and_up(tmp_path: Path)
             ).job
         before = asyncio.run(
             _stream_messages(
-                _state(home).nats_url,
+                _state(home),
                 lambda c: c["POCGRID_REGISTRY"] >= 1 and c["POCGRID_SCHEDULER"] >= 1,
             )
         )
+        # The mesh's NATS admits only its identities: a plain client is refused at connect.
+        with pytest.raises(nats.errors.Error, match="Authorization"):
+            asyncio.run(_anonymous(_state(home).nats_url))
     finally:
         assert _cli(env, "down").returncode == 0
     assert (data / "data").is_dir() and (data / "nats" / "jetstream").is_dir()
@@ -266,7 +278,7 @@ def test_data_dir_keeps_databases_and_streams_across_down_and_up(tmp_path: Path)
         # Kept across down/up, and the second up's node registration added one more.
         asyncio.run(
             _stream_messages(
-                _state(home).nats_url,
+                _state(home),
                 lambda c: (
                     c["POCGRID_SCHEDULER"] >= before["POCGRID_SCHEDULER"]
                     and c["POCGRID_REGISTRY"] > before["POCGRID_REGISTRY"]

@@ -70,6 +70,27 @@ def test_no_key_or_password_is_committed(compose):
     assert {".env", "deploy/secrets/"} <= set(ignored)
 
 
+def test_each_bus_user_has_its_own_nats_identity(compose):
+    """Services on the bus (and agents) connect as their own NATS identity with their own
+    password secret; the NATS server runs the generated permissions with every password."""
+    for name, svc in compose["services"].items():
+        if name in INFRA:
+            continue
+        env = svc["environment"]
+        user = "agent" if name.startswith("agent-") else name
+        if name in ("gateway", "adapter"):
+            assert "POCGRID_NATS_USER" not in env, name
+            continue
+        assert env["POCGRID_NATS_USER"] == user, name
+        assert {"source": f"nats_{user}", "target": "nats_password"} in svc["secrets"], name
+        assert env["POCGRID_NATS_PASSWORD_FILE"] == "/run/secrets/nats_password"
+        assert compose["secrets"][f"nats_{user}"]["file"] == f"./deploy/secrets/nats/{user}"
+    nats = compose["services"]["nats"]
+    assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
+    assert "./deploy/nats-auth.conf:/etc/nats/nats.conf:ro" in nats["volumes"]
+    assert nats["env_file"] == ["deploy/secrets/nats.env"]
+
+
 def test_agents_scale_without_colliding(compose):
     """`--scale agent-x=3`: no fixed node id, address or host port, so replicas differ."""
     for name, svc in compose["services"].items():

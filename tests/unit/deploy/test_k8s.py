@@ -166,6 +166,9 @@ def test_secrets_come_from_make_secrets_not_the_repository(base):
         "pocgrid-database",
         "pocgrid-mesh-public",
         *(f"pocgrid-mesh-key-{i}" for i in IDENTITIES if i != "operator"),
+
+
+        "pocgrid-nats",
     }
     assert (
         not (ROOT / "deploy" / "k8s" / "base" / "secrets").exists()
@@ -212,3 +215,38 @@ def test_each_pod_holds_every_public_key_and_only_its_own_private_key(base):
         mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         assert env["POCGRID_MESH_KEYS_DIR"] in mounts, name
         assert env["POCGRID_MESH_PRIVATE_KEY_FILE"].rpartition("/")[0] in mounts, name
+
+
+def test_each_bus_user_has_its_own_nats_identity_and_password(base):
+    """Every pod on the bus runs as its own NATS identity and mounts only that identity's
+    password; the gateway and adapter (no bus) get none; the NATS servers read them all."""
+    for workload in _workloads(base):
+        name = workload["metadata"]["name"]
+        if name in ("nats", "postgres"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        user = gen_deploy.nats_user(name)
+        if user is None:
+            assert name in ("gateway", "adapter"), name
+            assert "POCGRID_NATS_USER" not in env, name
+            continue
+        assert env["POCGRID_NATS_USER"] == user == ("agent" if name.startswith("agent-") else name)
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "nats-password"]
+        assert volume["secret"]["items"] == [
+            {"key": gen_deploy.nats_password_variable(user), "path": "password"}
+        ]
+        assert env["POCGRID_NATS_PASSWORD_FILE"].startswith(
+            next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "nats-password")
+        )
+    nats = _by_kind(base, "StatefulSet")["nats"]["spec"]["template"]["spec"]
+    (server,) = nats["containers"]
+    assert server["envFrom"][0]["secretRef"]["name"].startswith("pocgrid-nats")
+    sources = nats["volumes"][0]["projected"]["sources"]
+    names = sorted(s["configMap"]["name"] for s in sources)
+    assert names[0].startswith("nats-auth-") and names[1] == "nats-config", names
+    config = next(
+        d for d in base if d["kind"] == "ConfigMap" and "nats-config" in d["metadata"]["name"]
+    )
+    assert "include ./auth.conf" in config["data"]["nats.conf"]
