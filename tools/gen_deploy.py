@@ -344,6 +344,7 @@ INFRA_SERVICES: Final = """\
 
 """
 
+
 def compose_tail() -> str:
     users = sorted({u for u in (nats_user(s.name) for s in SERVICES) if u} | {"agent"})
     mesh = "".join(

@@ -16,6 +16,7 @@ from pocgrid.error_details import error_details
 from pocgrid.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,7 @@ async def test_oversized_messages_are_refused_naming_the_limit(common, closer):
     reg = RegistryServer(common, RegistryConfig())
     await reg.start()
     closer.append(reg)
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    async with service_channel(reg.address) as ch:
         catalogue = await registry_pb2_grpc.RegistryServiceStub(ch).ListChips(
             registry_pb2.ListChipsRequest()
         )

@@ -6,6 +6,7 @@ publishes usage that metering (and only metering) consumes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -13,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import nats.errors
 import nats.js.errors
@@ -35,7 +35,7 @@ from services.core.nats_auth import (
 )
 from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,15 +131,13 @@ def test_config_checks_the_identity() -> None:
 
 
 async def test_only_the_agents_credential_puts_usage_on_a_bill(
-    tmp_path: Path, secure_nats: NatsServer, passwords: dict[str, str]
+    tmp_path: Path, common: CommonConfig, secure_nats: NatsServer, passwords: dict[str, str]
 ) -> None:
     url = secure_nats.url
-    common = CommonConfig(
-        listen="127.0.0.1:0",
-        nats_url=url,
-        data_dir=tmp_path / "data",
-        log_format="console",
-        shutdown_grace_s=0.5,
+    # The session's mesh keys and settings (tests/conftest.py), on the secured nats-server.
+    common = dataclasses.replace(
+        common,
+        nats_url=secure_nats.url,
         nats_user="metering",
         nats_password_file=str(_password_file(tmp_path, "metering", passwords["metering"])),
     )
@@ -188,7 +186,7 @@ async def test_only_the_agents_credential_puts_usage_on_a_bill(
         finally:
             await agent.close()
 
-        async with grpc.aio.insecure_channel(metering.address) as ch:
+        async with service_channel(metering.address) as ch:
             stub = metering_pb2_grpc.MeteringServiceStub(ch)
 
             async def recorded() -> list[Any]:
@@ -237,6 +235,7 @@ async def test_the_deployments_nats_config_is_enforced(tmp_path: Path) -> None:
 
 async def test_dead_letters_flow_and_the_operator_reads_them(
     tmp_path: Path,
+    common: CommonConfig,
     secure_nats: NatsServer,
     passwords: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -244,12 +243,10 @@ async def test_dead_letters_flow_and_the_operator_reads_them(
 ) -> None:
     """Metering's identity may dead-letter (dlq.metering.>) and create the dead-letter
     stream; the operator's lists it through `pocgrid admin dlq` with its credential."""
-    common = CommonConfig(
-        listen="127.0.0.1:0",
+    # The session's mesh keys and settings (tests/conftest.py), on the secured nats-server.
+    common = dataclasses.replace(
+        common,
         nats_url=secure_nats.url,
-        data_dir=tmp_path / "data",
-        log_format="console",
-        shutdown_grace_s=0.5,
         nats_user="metering",
         nats_password_file=str(_password_file(tmp_path, "metering", passwords["metering"])),
     )

@@ -166,8 +166,6 @@ def test_secrets_come_from_make_secrets_not_the_repository(base):
         "pocgrid-database",
         "pocgrid-mesh-public",
         *(f"pocgrid-mesh-key-{i}" for i in IDENTITIES if i != "operator"),
-
-
         "pocgrid-nats",
     }
     assert (
