@@ -48,7 +48,8 @@ def _pocgrid(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 def _figures(data: dict[str, object]) -> list[object]:
     results = data["results"]
     assert isinstance(results, list)
-    return [{k: v for k, v in r.items() if k != "node_id"} for r in results]
+    # where a run was placed may differ between runs, its figures may not
+    return [{k: v for k, v in r.items() if k not in ("node_id", "job_id")} for r in results]
 
 
 def main() -> None:

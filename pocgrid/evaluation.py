@@ -33,6 +33,17 @@ def _opt(message: Any, name: str) -> float | None:
     return float(getattr(message, name)) if message.HasField(name) else None
 
 
+def slo_to_dict(slo: evaluator_pb2.Slo) -> dict[str, Any]:
+    """The bounds, None where there is none."""
+    return {
+        "ttft_p99_ms": slo.p99_ttft_ms or None,
+        "tpot_p99_ms": slo.p99_tpot_ms or None,
+        "e2el_p99_ms": slo.p99_latency_ms or None,
+        "min_accuracy_ratio": slo.min_accuracy_ratio or None,
+        "source": slo.source,
+    }
+
+
 def result_to_dict(r: evaluator_pb2.ChipResult) -> dict[str, Any]:
     ran = r.runnable
     llm = r.kind == "llm"
@@ -45,6 +56,7 @@ def result_to_dict(r: evaluator_pb2.ChipResult) -> dict[str, Any]:
         "model": r.model,
         "node_id": r.node_id or None,
         "placement": r.placement,
+        "job_id": r.job_id or None,
         "runnable": ran,
         "devices": r.devices if ran else None,
         "precision": r.precision or None,
@@ -86,6 +98,7 @@ def result_to_dict(r: evaluator_pb2.ChipResult) -> dict[str, Any]:
             "tokens_per_joule": _opt(r, "tokens_per_joule"),
             "energy_note": r.energy_note,
             "mfu": _opt(r, "mfu"),
+            "slo": slo_to_dict(r.slo),
             "slo_met": r.slo_met if ran else False,
             "slo_violations": list(r.slo_violations),
             "verdict": evaluator_pb2.Verdict.Name(r.verdict).removeprefix("VERDICT_")

@@ -912,6 +912,8 @@ class ChipResult(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     PRECISION_NOTE_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
     chip: _builtins.str
     vendor: _builtins.str
     domestic: _builtins.bool
@@ -956,6 +958,8 @@ class ChipResult(_message.Message):
     """"llm" or "samples": token metrics (TPOT, ITL, token throughputs) exist for llm only."""
     precision_note: _builtins.str
     """Why the precision differs from the one asked for (e.g. no bf16 on the chip)."""
+    job_id: _builtins.str
+    """The scheduler job that held the devices of this run (placement "scheduler")."""
     @_builtins.property
     def ttft_ms(self) -> Global___LatencyStats: ...
     @_builtins.property
@@ -972,6 +976,12 @@ class ChipResult(_message.Message):
     def verdict_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def curve(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurvePoint]: ...
+    @_builtins.property
+    def slo(self) -> Global___Slo:
+        """The bounds this result was judged against: its scenario's SLO (a pack component's own)
+        with the request's overrides.
+        """
+
     def __init__(
         self,
         *,
@@ -1021,10 +1031,12 @@ class ChipResult(_message.Message):
         placement: _builtins.str = ...,
         kind: _builtins.str = ...,
         precision_note: _builtins.str = ...,
+        slo: Global___Slo | None = ...,
+        job_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "cost", b"cost", "e2el_ms", b"e2el_ms", "energy_wh", b"energy_wh", "itl_ms", b"itl_ms", "mfu", b"mfu", "peak_qps", b"peak_qps", "tokens_per_joule", b"tokens_per_joule", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "cost", b"cost", "e2el_ms", b"e2el_ms", "energy_wh", b"energy_wh", "itl_ms", b"itl_ms", "mfu", b"mfu", "peak_qps", b"peak_qps", "slo", b"slo", "tokens_per_joule", b"tokens_per_joule", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "accuracy_note", b"accuracy_note", "chip", b"chip", "concurrency", b"concurrency", "cost", b"cost", "cost_note", b"cost_note", "curve", b"curve", "devices", b"devices", "domestic", b"domestic", "duration_s", b"duration_s", "e2el_ms", b"e2el_ms", "energy_note", b"energy_note", "energy_wh", b"energy_wh", "good_requests", b"good_requests", "goodput", b"goodput", "itl_ms", b"itl_ms", "kind", b"kind", "measured_requests", b"measured_requests", "mfu", b"mfu", "mode", b"mode", "model", b"model", "node_id", b"node_id", "offered_qps", b"offered_qps", "output_tokens_per_s", b"output_tokens_per_s", "peak_qps", b"peak_qps", "placement", b"placement", "precision", b"precision", "precision_note", b"precision_note", "profile", b"profile", "reason", b"reason", "request_throughput", b"request_throughput", "requests", b"requests", "runnable", b"runnable", "saturated", b"saturated", "scenario", b"scenario", "slo_met", b"slo_met", "slo_violations", b"slo_violations", "steady_state", b"steady_state", "steady_state_reason", b"steady_state_reason", "tokens_per_joule", b"tokens_per_joule", "total_tokens_per_s", b"total_tokens_per_s", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms", "vendor", b"vendor", "verdict", b"verdict", "verdict_reasons", b"verdict_reasons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy", "_cost", b"_cost", "_energy_wh", b"_energy_wh", "_mfu", b"_mfu", "_peak_qps", b"_peak_qps", "_tokens_per_joule", b"_tokens_per_joule", "accuracy", b"accuracy", "accuracy_note", b"accuracy_note", "chip", b"chip", "concurrency", b"concurrency", "cost", b"cost", "cost_note", b"cost_note", "curve", b"curve", "devices", b"devices", "domestic", b"domestic", "duration_s", b"duration_s", "e2el_ms", b"e2el_ms", "energy_note", b"energy_note", "energy_wh", b"energy_wh", "good_requests", b"good_requests", "goodput", b"goodput", "itl_ms", b"itl_ms", "job_id", b"job_id", "kind", b"kind", "measured_requests", b"measured_requests", "mfu", b"mfu", "mode", b"mode", "model", b"model", "node_id", b"node_id", "offered_qps", b"offered_qps", "output_tokens_per_s", b"output_tokens_per_s", "peak_qps", b"peak_qps", "placement", b"placement", "precision", b"precision", "precision_note", b"precision_note", "profile", b"profile", "reason", b"reason", "request_throughput", b"request_throughput", "requests", b"requests", "runnable", b"runnable", "saturated", b"saturated", "scenario", b"scenario", "slo", b"slo", "slo_met", b"slo_met", "slo_violations", b"slo_violations", "steady_state", b"steady_state", "steady_state_reason", b"steady_state_reason", "tokens_per_joule", b"tokens_per_joule", "total_tokens_per_s", b"total_tokens_per_s", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms", "vendor", b"vendor", "verdict", b"verdict", "verdict_reasons", b"verdict_reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__accuracy: _TypeAlias = _typing.Literal["accuracy"]  # noqa: Y015
     _WhichOneofArgType__accuracy: _TypeAlias = _typing.Literal["_accuracy", b"_accuracy"]  # noqa: Y015

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from pocgrid.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
 import sys
@@ -30,6 +32,9 @@ class NodeRegistered(_message.Message):
       registry.device.health      DeviceHealthChanged
       scheduler.job.<state>       JobStateChanged
       usage.recorded              UsageRecorded
+      eval.started                EvaluationStateChanged
+      eval.completed              EvaluationStateChanged
+      eval.failed                 EvaluationStateChanged
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -187,6 +192,76 @@ class JobStateChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobStateChanged: _TypeAlias = JobStateChanged  # noqa: Y015
+
+@_typing.final
+class EvaluationStateChanged(_message.Message):
+    """An evaluation's lifecycle, written to the evaluator's outbox in the commit that stores the
+    state. event_id: eval/<evaluation_id>/<attempt>/<started|completed|failed>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SCENARIO_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    RUNS_TOTAL_FIELD_NUMBER: _builtins.int
+    RUNS_DONE_FIELD_NUMBER: _builtins.int
+    RUNS_RUNNABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CHEAPEST_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    evaluation_id: _builtins.str
+    tenant: _builtins.str
+    state: _builtins.str
+    """EvaluationState name, e.g. "EVALUATION_STATE_RUNNING"."""
+    scenario: _builtins.str
+    attempt: _builtins.int
+    """Always 1: an evaluation is never run twice (an evaluator that restarts fails it; starting
+    it again is a new evaluation). In the id so it reads like every other lifecycle event.
+    """
+    runs_total: _builtins.int
+    runs_done: _builtins.int
+    runs_runnable: _builtins.int
+    """Runs that ran (the others are reported with their reason)."""
+    error: _builtins.str
+    """Why it failed (eval.failed)."""
+    cheapest: _builtins.str
+    """The recommendation's cheapest chip meeting the SLO (eval.completed; empty when none)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scheduler jobs that held its runs' devices."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        evaluation_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        state: _builtins.str = ...,
+        scenario: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        runs_total: _builtins.int = ...,
+        runs_done: _builtins.int = ...,
+        runs_runnable: _builtins.int = ...,
+        error: _builtins.str = ...,
+        cheapest: _builtins.str = ...,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cheapest", b"cheapest", "error", b"error", "evaluation_id", b"evaluation_id", "event_id", b"event_id", "job_ids", b"job_ids", "occurred_at", b"occurred_at", "runs_done", b"runs_done", "runs_runnable", b"runs_runnable", "runs_total", b"runs_total", "scenario", b"scenario", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationStateChanged: _TypeAlias = EvaluationStateChanged  # noqa: Y015
 
 @_typing.final
 class UsageRecorded(_message.Message):

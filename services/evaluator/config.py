@@ -19,6 +19,11 @@ class EvaluatorConfig(EnvConfig):
     """HOST:PORT of the registry, where the pool's agents are found; empty: evaluations fail
     with FAILED_PRECONDITION until it is set (the scenario catalogue is still served)."""
 
+    scheduler_addr: str = ""
+    """HOST:PORT of the scheduler, which places every run (a JOB_KIND_EVALUATION job per chip
+    type) on the pool; empty: runs go straight to the registry's first node of each chip type,
+    with no reservation (an evaluator without a scheduler)."""
+
     metering_addr: str = ""
     """HOST:PORT of metering, whose price book prices the results; empty: results say they
     were not priced."""
@@ -26,14 +31,20 @@ class EvaluatorConfig(EnvConfig):
     evaluator_serve_timeout_s: float = 120.0
     """Deadline of one agent ServeRequests call (one run of up to 100,000 requests)."""
 
+    evaluator_placement_timeout_s: float = 600.0
+    """How long a run waits for the scheduler to place it (it queues while the pool is busy)
+    before it is cancelled and reported as not placed."""
+
     evaluator_parallel_runs: int = 6
     """Runs (scenario x chip) served at once, each on its own agent."""
 
     def __post_init__(self) -> None:
-        for name in ("registry_addr", "metering_addr"):
+        for name in ("registry_addr", "scheduler_addr", "metering_addr"):
             value = getattr(self, name)
             if value:
                 parse_hostport(name, value)
+        if not self.evaluator_placement_timeout_s > 0:
+            raise ConfigError(f"{env_name('evaluator_placement_timeout_s')}: must be > 0")
         if not self.evaluator_serve_timeout_s > 0:
             raise ConfigError(f"{env_name('evaluator_serve_timeout_s')}: must be > 0")
         if not 1 <= self.evaluator_parallel_runs <= 64:

@@ -23,6 +23,7 @@ from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.logging import get_logger
 from services.evaluator import recommend, training
+from services.evaluator.events import state_event
 from services.evaluator.runner import Component, Runner, RunSpec, components_of, mode_name
 from services.evaluator.scenarios import (
     MAX_CONCURRENCY,
@@ -65,7 +66,11 @@ class Evaluations:
         scenarios: ScenarioCatalog,
         runner: Callable[[], Runner | None],
         placement: str,
+        published: Callable[[], None] = lambda: None,
     ) -> None:
+        """``published``: told after a commit that wrote lifecycle events (the outbox relay's
+        ``notify``, so they go out at once rather than at its next sweep)."""
+        self._published = published
         self._store = store
         self._catalog = catalog
         self._scenarios = scenarios
@@ -79,7 +84,8 @@ class Evaluations:
             evaluation.state = FAILED
             evaluation.error = "the evaluator restarted while this evaluation ran; start it again"
             evaluation.finished_at.GetCurrentTime()
-            await self._store.save(evaluation)
+            await self._store.save(evaluation, state_event(evaluation))
+            self._published()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -233,7 +239,7 @@ class Evaluations:
         rpc_context.set_deadline_from_remaining(None)
         evaluation = live.evaluation
         evaluation.state = RUNNING
-        await self._changed(live, save=True)
+        await self._changed(live, save=True, announce=True)
 
         async def progress(message: str, result: evaluator_pb2.ChipResult | None) -> None:
             p = evaluation.progress
@@ -278,13 +284,17 @@ class Evaluations:
         finally:
             evaluation.finished_at.GetCurrentTime()
             try:
-                await asyncio.shield(self._changed(live, save=True))
+                await asyncio.shield(self._changed(live, save=True, announce=True))
             finally:
                 self._live.pop(evaluation.evaluation_id, None)
 
-    async def _changed(self, live: _Live, *, save: bool) -> None:
+    async def _changed(self, live: _Live, *, save: bool, announce: bool = False) -> None:
+        """Tell watchers; ``save`` stores it, ``announce`` with its lifecycle event."""
         if save:
-            await self._store.save(live.evaluation)
+            events = (state_event(live.evaluation),) if announce else ()
+            await self._store.save(live.evaluation, *events)
+            if events:
+                self._published()
         async with live.changed:
             live.version += 1
             live.changed.notify_all()

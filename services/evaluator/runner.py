@@ -1,12 +1,13 @@
-"""Runs one evaluation: every (scenario component, chip type) pair, planned, served, measured.
+"""Runs one evaluation: every (scenario component, chip type) pair, planned, placed, served,
+measured.
 
-Placement. Today the evaluator picks agents from the registry: for each chip type, the first
-READY node (by node id) with a healthy device set, and it drives that agent's ``ServeRequests``
-directly (``RegistryPool``). The scheduler is gaining job placement on agents in this same
-release (issue 9, `livesched`); once it lands, an evaluation run becomes a scheduler job
-(``SubmitJob`` with the chip, devices and precision planned here, the agent it is placed on
-then served as now) behind the same ``Pool`` interface, and ``Evaluation.placement`` says
-"scheduler" instead of "registry".
+Placement (``Pool``, implemented in ``services.evaluator.placement``): the pool's node list says
+which chip types there are and how many devices one node of each has (for the plan); each run
+then *holds* its devices for as long as it runs (``Pool.hold``): through the scheduler, a
+``JOB_KIND_EVALUATION`` job placed like any other and completed when the run ends
+(``placement: scheduler``), or, in an evaluator without a scheduler, the registry's first node
+of the chip type driven directly (``placement: registry``). A run that the scheduler refuses,
+cannot place in time, or that ends before it is placed, is reported with the reason.
 
 Planning (``plan``): the precision the request or scenario asks for when the chip's runtime runs
 it (bf16 falls back to fp16 and back, said in ``precision_note``); for an LLM the fewest devices
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +53,27 @@ class Node:
     chip: str
     address: str
     devices: int
+    device_indexes: tuple[int, ...] = ()
+    """The devices held for a run (``Pool.hold``); empty in the pool's node list."""
+    job_id: str = ""
+    """The scheduler job holding them, when the scheduler placed the run."""
+
+
+class PlacementError(Exception):
+    """A run that got no devices: the message says why (refused, not placed in time, ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one run asks the pool to hold while it runs."""
+
+    model: str
+    precision: str
+    devices: int
+    run_id: str
+    label: str
+    waiting: Callable[[str], Awaitable[None]] | None = None
+    """Told why the run waits (the scheduler's pending reason), each time it changes."""
 
 
 class Pool(Protocol):
@@ -59,7 +82,12 @@ class Pool(Protocol):
     placement: str
 
     async def nodes(self) -> dict[str, Node]:
-        """One node per chip type in the pool."""
+        """One node per chip type in the pool: the one a plan is made for."""
+        ...
+
+    def hold(self, node: Node, hold: Hold) -> AbstractAsyncContextManager[Node]:
+        """Devices of ``node``'s chip type held for one run, released when the block ends;
+        PlacementError (or the scheduler's gRPC error) when it gets none."""
         ...
 
     async def serve(
@@ -226,8 +254,13 @@ class Runner:
 
         async def one(index: int, component: Component, chip: str) -> evaluator_pb2.ChipResult:
             async with gate:
-                await progress(f"{chip}: {component.scenario.name}", None)
-                result = await self._pair(index, component, chip, nodes.get(chip), spec)
+                what = f"{chip}: {component.scenario.name}"
+                await progress(what, None)
+
+                async def waiting(why: str) -> None:
+                    await progress(f"{what} {why}", None)
+
+                result = await self._pair(index, component, chip, nodes.get(chip), spec, waiting)
                 await progress(f"{chip}: {component.scenario.name} done", result)
                 return result
 
@@ -249,7 +282,13 @@ class Runner:
 
     # -- one (component, chip) ---------------------------------------------------------------
     async def _pair(
-        self, index: int, component: Component, chip_name: str, node: Node | None, spec: RunSpec
+        self,
+        index: int,
+        component: Component,
+        chip_name: str,
+        node: Node | None,
+        spec: RunSpec,
+        waiting: Callable[[str], Awaitable[None]] | None = None,
     ) -> evaluator_pb2.ChipResult:
         s = component.scenario
         chip = self.catalog.find_chip(chip_name)
@@ -263,9 +302,9 @@ class Runner:
             mode=spec.mode,
             placement=self.pool.placement,
         )
+        result.slo.CopyFrom(component.slo)
         if node is None:
             return _fail(result, f"no READY node of {chip.name} in the pool")
-        result.node_id = node.node_id
         model = self.catalog.find_model(component.model)
         llm = s.kind == "llm"
         sizes = (s.input_len.max, s.output_len.max) if llm else (1, 1)
@@ -279,23 +318,48 @@ class Runner:
         bounds = m.Bounds.of(component.slo)
         requests = max(1, round(spec.requests * component.share))
         run_id = f"{spec.evaluation_id}-{index}"[:63]
+        hold = Hold(
+            model=model.name,
+            precision=planned.precision,
+            devices=planned.devices,
+            run_id=run_id,
+            label=f"evaluation {spec.evaluation_id}: {s.name} on {chip.name}",
+            waiting=waiting,
+        )
         try:
-            if spec.mode == "find-peak":
-                await self._find_peak(
-                    result, planned, node, component, spec, requests, run_id, bounds
-                )
-            elif spec.mode == "sweep":
-                await self._sweep(result, planned, node, component, spec, requests, run_id, bounds)
-            else:
-                reqs = self._requests(component, spec.mode, requests, spec)
-                served = await self._serve(planned, node, component, reqs, f"{run_id}")
-                self._measure(result, planned, served, reqs, bounds, spec.mode, llm)
-                await self._cost(result, planned, llm, served)
+            async with self.pool.hold(node, hold) as held:
+                result.node_id = held.node_id
+                result.job_id = held.job_id
+                await self._runs(result, planned, held, component, spec, requests, run_id, bounds)
+                result.runnable = True
+                await self._accuracy(result, planned, held, component)
+        except PlacementError as exc:
+            return _fail(result, str(exc))
         except grpc.aio.AioRpcError as exc:
             return _fail(result, _rpc_reason(exc))
-        result.runnable = True
-        await self._accuracy(result, planned, node, component)
         return result
+
+    async def _runs(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        node: Node,
+        component: Component,
+        spec: RunSpec,
+        requests: int,
+        run_id: str,
+        bounds: m.Bounds,
+    ) -> None:
+        llm = component.scenario.kind == "llm"
+        if spec.mode == "find-peak":
+            await self._find_peak(result, planned, node, component, spec, requests, run_id, bounds)
+        elif spec.mode == "sweep":
+            await self._sweep(result, planned, node, component, spec, requests, run_id, bounds)
+        else:
+            reqs = self._requests(component, spec.mode, requests, spec)
+            served = await self._serve(planned, node, component, reqs, f"{run_id}")
+            self._measure(result, planned, served, reqs, bounds, spec.mode, llm)
+            await self._cost(result, planned, llm, served)
 
     async def _accuracy(
         self, result: evaluator_pb2.ChipResult, planned: Plan, node: Node, component: Component
@@ -314,9 +378,15 @@ class Runner:
         except RealModelError as exc:
             result.accuracy_note = f"not measured: {exc}"
             return
+
+        def on_held(r: agent_pb2.RunTaskRequest) -> Awaitable[agent_pb2.RunTaskResponse]:
+            if not r.device_indexes:  # on the device the run holds
+                r.device_indexes.extend(node.device_indexes[:1])
+            return self.pool.run_task(node, r)
+
         try:
             measured = await measure_accuracy(
-                lambda r: self.pool.run_task(node, r),
+                on_held,
                 real.model,
                 real.samples,
                 chip=planned.chip.name,
@@ -388,7 +458,7 @@ class Runner:
             run_id=run_id,
             job_id=run_id,
             precision=to_proto(planned.precision),
-            device_indexes=list(range(planned.devices)),
+            device_indexes=list(node.device_indexes or range(planned.devices)),
             arrival_s=reqs.arrival_s.tolist(),
             concurrency=reqs.concurrency,
         )

@@ -13,15 +13,12 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
-    common_pb2,
     evaluator_pb2,
     evaluator_pb2_grpc,
     metering_pb2,
     metering_pb2_grpc,
-    registry_pb2,
     registry_pb2_grpc,
+    scheduler_pb2_grpc,
 )
 from services.core.config import CommonConfig
 from services.core.interceptors import open_channel
@@ -29,69 +26,11 @@ from services.core.service import Service
 from services.evaluator.config import EvaluatorConfig
 from services.evaluator.evaluations import Evaluations
 from services.evaluator.migrations import MIGRATIONS
-from services.evaluator.runner import Node, NoPrices, Price, Prices, Runner
+from services.evaluator.placement import RegistryPool, SchedulerPool
+from services.evaluator.runner import NoPrices, Pool, Price, Prices, Runner
 from services.evaluator.scenarios import load_catalog
 from services.evaluator.servicer import EvaluatorServicer
 from services.evaluator.store import EvaluationStore
-
-
-class RegistryPool:
-    """Runs go to agents found in the registry: per chip type, the READY node with the lowest
-    node id whose devices are all healthy. (When the scheduler places evaluation jobs, a
-    scheduler-backed pool replaces this one; see ``services.evaluator.runner``.)"""
-
-    placement = "registry"
-
-    def __init__(
-        self, service: EvaluatorServer, registry_addr: str, serve_timeout_s: float
-    ) -> None:
-        self._service = service
-        self._registry = registry_pb2_grpc.RegistryServiceStub(service.channel(registry_addr))
-        self._timeout = serve_timeout_s
-        self._agents: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
-
-    async def nodes(self) -> dict[str, Node]:
-        found: dict[str, Node] = {}
-        token = ""
-        while True:
-            resp = await self._registry.ListNodes(
-                registry_pb2.ListNodesRequest(
-                    state=registry_pb2.NODE_STATE_READY,
-                    page=common_pb2.PageRequest(page_size=1000, page_token=token),
-                )
-            )
-            for n in resp.nodes:
-                healthy = all(d.health == common_pb2.DEVICE_HEALTH_HEALTHY for d in n.devices)
-                if not healthy or not n.devices:
-                    continue
-                best = found.get(n.chip)
-                if best is None or n.node_id < best.node_id:
-                    found[n.chip] = Node(n.node_id, n.chip, n.agent_address, len(n.devices))
-            token = resp.page.next_page_token
-            if not token:
-                return found
-
-    async def serve(
-        self, node: Node, request: agent_pb2.ServeRequestsRequest
-    ) -> agent_pb2.ServeRequestsResponse:
-        stub = self._agents.get(node.address)
-        if stub is None:
-            stub = agent_pb2_grpc.AgentServiceStub(self._service.agent_channel(node.address))
-            self._agents[node.address] = stub
-        response: agent_pb2.ServeRequestsResponse = await stub.ServeRequests(
-            request, timeout=self._timeout
-        )
-        return response
-
-    async def run_task(
-        self, node: Node, request: agent_pb2.RunTaskRequest
-    ) -> agent_pb2.RunTaskResponse:
-        stub = self._agents.get(node.address)
-        if stub is None:
-            stub = agent_pb2_grpc.AgentServiceStub(self._service.agent_channel(node.address))
-            self._agents[node.address] = stub
-        response: agent_pb2.RunTaskResponse = await stub.RunTask(request, timeout=self._timeout)
-        return response
 
 
 class MeteringPrices:
@@ -171,18 +110,41 @@ class EvaluatorServer(Service):
         scenarios = load_catalog(self.catalog, path)
         db = await self.open_database(self.config.evaluator_database_url, MIGRATIONS)
         store = EvaluationStore(db)
+        await self.connect_bus()
+        relay = self.start_outbox_relay(store.outbox)
         prices: Prices = self._prices or (
             MeteringPrices(self.channel(self.config.metering_addr))
             if self.config.metering_addr
             else NoPrices()
         )
         runner: Runner | None = None
+        pool: Pool | None = None
         if self.config.registry_addr:
-            pool = RegistryPool(
-                self, self.config.registry_addr, self.config.evaluator_serve_timeout_s
+            registry = registry_pb2_grpc.RegistryServiceStub(
+                self.channel(self.config.registry_addr)
             )
+            timeout = self.config.evaluator_serve_timeout_s
+            if self.config.scheduler_addr:
+                pool = SchedulerPool(
+                    scheduler_pb2_grpc.SchedulerServiceStub(
+                        self.channel(self.config.scheduler_addr)
+                    ),
+                    registry,
+                    self.agent_channel,
+                    timeout,
+                    self.config.evaluator_placement_timeout_s,
+                )
+            else:
+                pool = RegistryPool(registry, self.agent_channel, timeout)
             runner = Runner(self.catalog, pool, prices, self.config.evaluator_parallel_runs)
-        self.evaluations = Evaluations(store, self.catalog, scenarios, lambda: runner, "registry")
+        self.evaluations = Evaluations(
+            store,
+            self.catalog,
+            scenarios,
+            lambda: runner,
+            pool.placement if pool is not None else "registry",
+            relay.notify,
+        )
         await self.evaluations.recover()
         evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
             EvaluatorServicer(scenarios, self.catalog, self.evaluations, store), server

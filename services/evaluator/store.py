@@ -11,8 +11,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pocgrid.v1 import evaluator_pb2
+from services.core.outbox import Outbox, OutboxEvent
 from services.core.storage import Database, db_operation
-from services.evaluator.tables import EvaluationRow, ScenarioRow
+from services.evaluator.tables import OUTBOX, EvaluationRow, ScenarioRow
 
 TERMINAL = (evaluator_pb2.EVALUATION_STATE_SUCCEEDED, evaluator_pb2.EVALUATION_STATE_FAILED)
 
@@ -24,6 +25,7 @@ def _load(row: EvaluationRow) -> evaluator_pb2.Evaluation:
 class EvaluationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.outbox = Outbox(db, OUTBOX)
 
     @db_operation
     async def insert(self, evaluation: evaluator_pb2.Evaluation, idempotency_key: str) -> bool:
@@ -49,8 +51,11 @@ class EvaluationStore:
         return True
 
     @db_operation
-    async def save(self, evaluation: evaluator_pb2.Evaluation) -> None:
+    async def save(self, evaluation: evaluator_pb2.Evaluation, *events: OutboxEvent) -> None:
+        """Store the evaluation as it is now, with the events announcing its new state (one
+        transaction: an event is published only for a state that was stored)."""
         async with self._db.session() as session, session.begin():
+            await self.outbox.add(session, *events)
             await session.execute(
                 update(EvaluationRow)
                 .where(

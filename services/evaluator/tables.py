@@ -13,6 +13,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.core.outbox import outbox_table
+
 
 class Base(DeclarativeBase):
     pass
@@ -44,3 +46,7 @@ class ScenarioRow(Base):
     name: Mapped[str] = mapped_column(String(63))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+#: eval.* lifecycle events, published by the service's relay after the commit.
+OUTBOX = outbox_table(Base.metadata, "evaluator_outbox")

@@ -34,6 +34,8 @@ from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.service import SchedulerServer
 from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
@@ -75,8 +77,17 @@ async def mesh(common, closer, waiter) -> Mesh:
     meter = MeteringServer(common, MeteringConfig())
     await meter.start()
     closer.append(meter)
+    # Runs are placed through the scheduler, as in every mesh the project starts.
+    sched = SchedulerServer(
+        common, SchedulerConfig(registry_addr=reg.address, placement_interval_ms=100)
+    )
+    await sched.start()
+    closer.append(sched)
     ev = EvaluatorServer(
-        common, EvaluatorConfig(registry_addr=reg.address, metering_addr=meter.address)
+        common,
+        EvaluatorConfig(
+            registry_addr=reg.address, scheduler_addr=sched.address, metering_addr=meter.address
+        ),
     )
     await ev.start()
     closer.append(ev)
@@ -122,6 +133,7 @@ def _figures(e: evaluator_pb2.Evaluation) -> list[dict]:
     for r in evaluation_to_dict(e)["results"]:
         r = dict(r)
         r.pop("node_id")
+        r.pop("job_id")
         out.append(r)
     return out
 
@@ -147,6 +159,7 @@ async def test_same_seed_same_figures_and_unrunnable_chip_reported(mesh):
         assert small.verdict == evaluator_pb2.VERDICT_INVALID
         for chip in ("a100-80gb-sxm", "ascend-910b2"):
             r = results[chip]
+            assert r.placement == "scheduler" and r.job_id.startswith("job-"), r
             assert r.runnable and r.devices == 1 and r.profile
             assert r.measured_requests > 50 and r.request_throughput > 0
             assert r.ttft_ms.p99 >= r.ttft_ms.median > 0
