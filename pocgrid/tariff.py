@@ -9,7 +9,11 @@ and the scheduler shifts deferrable work into valleys by the same hours (pure: n
      "hours": {"0": "valley", "8": "flat", "10": "peak", "15": "flat", "18": "peak",
                "21": "flat", "23": "valley"},
      "multipliers": {"peak": "1.6", "flat": "1", "valley": "0.4"},
-     "cap_devices": {"peak": 40, "flat": 60}}
+     "cap_devices": {"peak": 40, "flat": 60},
+     "cap_watts": {"peak": 16000}}
+
+``cap_watts`` caps the busy devices' power instead of (or as well as) their count: each device
+counts its chip's TDP from the catalogue, times its share (the scheduler passes the figures).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -84,15 +88,22 @@ class LoadCap:
     back so the busy count stays under the cap, except work whose deadline cannot wait."""
 
     devices: Mapping[Period, float]
+    watts: Mapping[Period, float] = field(default_factory=dict)
+    """Power of the busy devices (TDP x share, W) per period; a period without one uncapped."""
 
     def __post_init__(self) -> None:
-        for period, cap in self.devices.items():
-            if not cap >= 0:
-                raise ValueError(f"cap_devices.{period} must be >= 0, got {cap}")
+        for name, caps in (("cap_devices", self.devices), ("cap_watts", self.watts)):
+            for period, cap in caps.items():
+                if not cap >= 0:
+                    raise ValueError(f"{name}.{period} must be >= 0, got {cap}")
 
     def at(self, tariff: TimeOfUse, when: datetime) -> float | None:
-        """The cap in force at ``when`` (None: uncapped)."""
+        """The device cap in force at ``when`` (None: uncapped)."""
         return self.devices.get(tariff.period(when))
+
+    def watts_at(self, tariff: TimeOfUse, when: datetime) -> float | None:
+        """The power cap in force at ``when`` (None: uncapped)."""
+        return self.watts.get(tariff.period(when))
 
 
 NO_CAP: Final = LoadCap({})
@@ -114,7 +125,15 @@ def parse_tariff(text: str) -> TariffFile:
     if not isinstance(doc, dict):
         raise ValueError("tariff: must be a JSON object")
     # "about" and "sources" are for people (where the hours and prices come from)
-    known = {"utc_offset_hours", "hours", "multipliers", "cap_devices", "about", "sources"}
+    known = {
+        "utc_offset_hours",
+        "hours",
+        "multipliers",
+        "cap_devices",
+        "cap_watts",
+        "about",
+        "sources",
+    }
     extra = sorted(set(doc) - known)
     if extra:
         raise ValueError(f"tariff: unknown field {extra[0]!r} (known: {', '.join(sorted(known))})")
@@ -150,16 +169,22 @@ def parse_tariff(text: str) -> TariffFile:
     offset = doc.get("utc_offset_hours", 0)
     if isinstance(offset, bool) or not isinstance(offset, int | float) or not -14 <= offset <= 14:
         raise ValueError("tariff.utc_offset_hours: must be a number of hours in -14..14")
-    cap_doc = doc.get("cap_devices", {})
-    if not isinstance(cap_doc, dict):
-        raise ValueError("tariff.cap_devices: must be an object of period -> devices")
-    caps: dict[Period, float] = {}
-    for key, value in cap_doc.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"tariff.cap_devices.{key}: must be a number >= 0")
-        caps[period(key, f"cap_devices.{key}")] = float(value)
+
+    def caps(name: str, unit: str) -> dict[Period, float]:
+        cap_doc = doc.get(name, {})
+        if not isinstance(cap_doc, dict):
+            raise ValueError(f"tariff.{name}: must be an object of period -> {unit}")
+        out: dict[Period, float] = {}
+        for key, value in cap_doc.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"tariff.{name}.{key}: must be a number >= 0")
+            out[period(key, f"{name}.{key}")] = float(value)
+        return out
+
+    devices = caps("cap_devices", "devices")
+    watts = caps("cap_watts", "watts")
     try:
         tou = TimeOfUse(hours, multipliers, timedelta(hours=offset))
     except ValueError as exc:
         raise ValueError(f"tariff: {exc}") from None
-    return TariffFile(tou, LoadCap(caps))
+    return TariffFile(tou, LoadCap(devices, watts))

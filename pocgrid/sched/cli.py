@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from pocgrid.catalog import default_catalog
 from pocgrid.price_book import card_hour_prices
 from pocgrid.sched.registry import POLICY_NAMES, make_policy
 from pocgrid.sched.shaping import Shaped
@@ -109,7 +110,9 @@ def replay(
             raise TraceError(f"{tariff}: {exc.strerror or exc}") from None
         parsed = parse_tariff(text)
         time_of_use = parsed.time_of_use
-        sim_policy = Shaped(policy, time_of_use, parsed.cap, epoch=EPOCH)
+        catalog = default_catalog()
+        power = {c: tdp for c in loaded.pool.chips if (tdp := catalog.find_chip(c).tdp_w)}
+        sim_policy = Shaped(policy, time_of_use, parsed.cap, epoch=EPOCH, power=power)
         sim = Simulator(
             loaded.pool,
             sim_policy,

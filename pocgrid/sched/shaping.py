@@ -20,6 +20,10 @@ Systems 2022; Wiesner et al., "Let's Wait Awhile", Middleware '21), ``Shaped`` w
 - the cap is checked over the hours a job would run (at its fastest chip type, up to 48 h),
   against what already runs until its expected end, so work started under the cap in the
   valley does not carry the load over the cap of the peak that follows.
+- a cap in watts (``LoadCap.watts``) is checked the same way, each busy device counting its chip
+  type's power (``power``: the catalogue's TDP) times its share; a job not placed yet counts at
+  the most power-hungry chip type it may get, so the cap holds wherever it lands. A chip type
+  without a figure counts at the highest one known (a cap is never exceeded for want of one).
 
 A held job's pending reason is ``DEFERRED`` and says until when. The wrapper is a ``Policy``:
 the live scheduler and the simulator run it like any other.
@@ -28,7 +32,7 @@ the live scheduler and the simulator run it like any other.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -36,7 +40,7 @@ import numpy as np
 
 from pocgrid.sched.model import WHOLE, Decision, Demand, PendingCode, PendingReason
 from pocgrid.sched.policy import Policy, QueuePolicy
-from pocgrid.sched.pool import Pool
+from pocgrid.sched.pool import Allocation, Pool
 from pocgrid.tariff import NO_CAP, LoadCap, Period, TimeOfUse
 
 _HOUR = 3600.0
@@ -55,14 +59,23 @@ class Shaped:
         start_in: Collection[Period] = tuple(Period),
         judge: Literal["policy", "fastest", "slowest"] = "policy",
         margin: float = 0.25,
+        power: Mapping[str, float] | None = None,
     ) -> None:
         """``epoch``: the wall-clock time of the scheduler's second 0 (aware). ``judge`` and
         ``margin``: how long a held job is taken to need, to know when it must start: its run
         time on the chip type the inner policy tries first for it (``policy``: the fastest for
         hetero, the first in pool order for fifo), on its fastest or on its slowest allowed
-        chip type, plus ``margin`` of it."""
+        chip type, plus ``margin`` of it. ``power``: watts of one busy device by chip type,
+        which a cap in watts needs."""
         if margin < 0:
             raise ValueError("margin must be >= 0")
+        self.power = dict(power or {})
+        if cap.watts and not self.power:
+            raise ValueError("a cap in watts needs the power of each chip type (power=)")
+        for chip, watts in self.power.items():
+            if not watts > 0:
+                raise ValueError(f"power of {chip} must be > 0, got {watts}")
+        self._max_power = max(self.power.values(), default=0.0)
         if epoch.tzinfo is None:
             raise ValueError("epoch must be an aware datetime")
         self.inner = inner
@@ -73,6 +86,7 @@ class Shaped:
         self.judge = judge
         self.margin = margin
         self._caps_memo: dict[int, list[float]] = {}
+        self._watt_caps_memo: dict[int, list[float]] = {}
         self._timing_memo: dict[tuple[str, float], tuple[float, int]] = {}
 
     @property
@@ -118,30 +132,56 @@ class Shaped:
     def _caps(self, now: float) -> list[float]:
         """The cap (device thousandths) of each of the next ``HORIZON_H`` hours; inf uncapped.
         A tariff repeats daily, so the answer is kept per minute of the day."""
+        return self._hourly(now, self._caps_memo, self.cap.at, WHOLE)
+
+    def _watt_caps(self, now: float) -> list[float]:
+        """The power cap (W x 1000, as device thousandths x watts) of each of the next hours."""
+        return self._hourly(now, self._watt_caps_memo, self.cap.watts_at, WHOLE)
+
+    def _hourly(
+        self,
+        now: float,
+        memo: dict[int, list[float]],
+        at: Callable[[TimeOfUse, datetime], float | None],
+        scale: float,
+    ) -> list[float]:
         key = int(now % 86_400) // 60
-        got = self._caps_memo.get(key)
+        got = memo.get(key)
         if got is not None:
             return got
         out: list[float] = []
         for h in range(HORIZON_H):
-            cap = self.cap.at(self.tariff, self._when(now + h * _HOUR))
-            out.append(math.inf if cap is None else cap * WHOLE)
-        self._caps_memo[key] = out
+            cap = at(self.tariff, self._when(now + h * _HOUR))
+            out.append(math.inf if cap is None else cap * scale)
+        memo[key] = out
         return out
 
+    def _power_of(self, chip: str) -> float:
+        return self.power.get(chip, self._max_power)
+
+    def _demand_watts(self, d: Demand, pool: Pool) -> float:
+        """Device thousandths x watts a held job would add: at its most power-hungry chip."""
+        chips = [c for c in pool.chips if d.allows(c)]
+        return d.size_milli * max((self._power_of(c) for c in chips), default=self._max_power)
+
+    def _allocation_watts(self, a: Allocation) -> float:
+        return a.demand.size_milli * self._power_of(a.placement.chip)
+
     @staticmethod
-    def _projection(pool: Pool, now: float) -> list[float]:
-        """Busy device thousandths in each of the next ``HORIZON_H`` hours from what runs now,
-        each job until its expected end (work left at its start over its speed there; work
-        that runs until stopped, to the horizon)."""
+    def _projection(
+        pool: Pool, now: float, weight: Callable[[Allocation], float] | None = None
+    ) -> list[float]:
+        """Busy device thousandths (or, with ``weight``, that of each allocation) in each of the
+        next ``HORIZON_H`` hours from what runs now, each job until its expected end (work left
+        at its start over its speed there; work that runs until stopped, to the horizon)."""
         ends: list[float] = []
-        sizes: list[int] = []
+        sizes: list[float] = []
         for a in pool.running.values():
             d = a.demand
             ends.append(
                 a.started_at + d.work / d.speed_on(a.placement.chip) if d.work > 0 else math.inf
             )
-            sizes.append(d.size_milli)
+            sizes.append(d.size_milli if weight is None else weight(a))
         if not ends:
             return [0.0] * HORIZON_H
         order = np.argsort(ends)
@@ -188,18 +228,28 @@ class Shaped:
         else:
             caps = self._caps(now)
             busy = self._projection(pool, now)
+            watt_caps = self._watt_caps(now) if self.cap.watts else None
+            watts = self._projection(pool, now, self._allocation_watts) if watt_caps else None
             next_hour = (now // _HOUR + 1) * _HOUR
-            reasons: dict[int, str] = {}
+            reasons: dict[tuple[str, int], str] = {}
             for latest, d in sorted(flexible, key=lambda ld: (ld[0], ld[1].job_id)):
                 _, hours = self._timing(d, pool)
                 over = next((h for h in range(hours) if busy[h] + d.size_milli > caps[h]), None)
+                what = "devices"
+                dw = 0.0
+                if over is None and watt_caps is not None and watts is not None:
+                    dw = self._demand_watts(d, pool)
+                    over = next((h for h in range(hours) if watts[h] + dw > watt_caps[h]), None)
+                    what = "watts"
                 if over is not None:
-                    message = reasons.get(over)
+                    message = reasons.get((what, over))
                     if message is None:
                         at = self._when(now + over * _HOUR).isoformat(timespec="minutes")
-                        message = reasons[over] = (
-                            f"deferrable: it would run past the load cap of "
-                            f"{caps[over] / WHOLE:g} busy devices at {at}"
+                        limit = (caps if what == "devices" else watt_caps or caps)[over] / WHOLE
+                        unit = "busy devices" if what == "devices" else "W of busy devices"
+                        message = reasons[(what, over)] = (
+                            f"deferrable: it would run past the load cap of {limit:g} {unit} "
+                            f"at {at}"
                         )
                     pending[d.job_id] = PendingReason(
                         PendingCode.DEFERRED, message, min(next_hour, latest)
@@ -208,6 +258,8 @@ class Shaped:
                 admitted.append(d)
                 for h in range(hours):
                     busy[h] += d.size_milli
+                    if watts is not None:
+                        watts[h] += dw
         if not admitted:
             return Decision(first.placements, first.preemptions, pending)
         second = self.inner.schedule(admitted, pool, now)

@@ -37,12 +37,15 @@ UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def live_policy(config: SchedulerConfig, catalog: Catalog) -> Policy:
     """The configured policy as the live loop runs it: ``cost`` ranks chip types by the default
     price book's card-hours (the same prices the simulator uses), and with a tariff file the
-    policy is wrapped in ``Shaped`` (deferrable work held under the load cap)."""
+    policy is wrapped in ``Shaped`` (deferrable work held under the load cap, in devices or in
+    watts)."""
     prices = card_hour_prices(c.name for c in catalog.emulatable_chips())
     policy: Policy = make_policy(config.scheduler_policy, config.quota_book(), prices)
     tariff = config.tariff()
     if tariff is not None:
-        policy = Shaped(policy, tariff.time_of_use, tariff.cap, epoch=UNIX_EPOCH)
+        # A cap in watts counts each busy device at its chip's TDP from the catalogue.
+        power = {c.name: c.tdp_w for c in catalog.emulatable_chips() if c.tdp_w}
+        policy = Shaped(policy, tariff.time_of_use, tariff.cap, epoch=UNIX_EPOCH, power=power)
     return policy
 
 

@@ -206,3 +206,46 @@ def test_replay_bad_input_is_a_clear_error(
     rc = main(["sched", "replay", "--trace", str(pods), "--nodes", str(nodes), "--policy", "fifo"])
     assert rc == 2
     assert "GPU model 'K80' has no catalogue chip mapped" in capsys.readouterr().err
+
+
+def test_a_cap_in_watts_counts_each_devices_power() -> None:
+    pool = Pool()
+    pool.add_node("hot", "hot-chip", 2, 64.0)
+    pool.add_node("cool", "cool-chip", 2, 64.0)
+    cap = LoadCap({}, {Period.PEAK: 500.0})
+    power = {"hot-chip": 400.0, "cool-chip": 100.0}
+    t0 = 9 * H  # peak
+    firm = Demand("firm", "a", work=H, chips=frozenset({"hot-chip"}), submitted_at=t0)
+    shaped = Shaped(make_policy("fifo"), TOU, cap, epoch=EPOCH, power=power)
+    assert [p.job_id for p in shaped.schedule([firm], pool, t0).placements] == ["firm"]
+
+    def held(name: str, chips: set[str]) -> Demand:
+        return Demand(
+            name,
+            "a",
+            work=H,
+            chips=frozenset(chips),
+            deferrable=True,
+            deadline=t0 + 30 * H,
+            submitted_at=t0,
+        )
+
+    # 400 W run; another hot device would make 800 W, a cool one 500 W: at the cap, allowed.
+    dec = shaped.schedule([held("hot", {"hot-chip"}), held("cool", {"cool-chip"})], pool, t0)
+    assert [p.job_id for p in dec.placements] == ["cool"]
+    assert "load cap of 500 W of busy devices" in dec.pending["hot"].message
+    # Not placed yet, a job that may get either chip type counts at the hungrier one.
+    either = held("either", {"hot-chip", "cool-chip"})
+    assert shaped.schedule([either], pool, t0).placements == ()
+    # The device count alone would have let both in.
+    loose = Shaped(make_policy("fifo"), TOU, LoadCap({Period.PEAK: 4}), epoch=EPOCH)
+    assert len(loose.schedule([held("h2", {"hot-chip"})], pool, t0).placements) == 1
+    with pytest.raises(ValueError, match="power"):
+        Shaped(make_policy("fifo"), TOU, cap, epoch=EPOCH)
+    assert parse_tariff(
+        '{"hours": {"0": "peak"}, "multipliers": {"peak": 1}, "cap_watts": {"peak": 9000}}'
+    ).cap.watts == {Period.PEAK: 9000.0}
+    with pytest.raises(ValueError, match=r"tariff\.cap_watts\.peak: must be a number >= 0"):
+        parse_tariff(
+            '{"hours": {"0": "peak"}, "multipliers": {"peak": 1}, "cap_watts": {"peak": -1}}'
+        )
