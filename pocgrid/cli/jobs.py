@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     p.add_argument("--share", type=float, default=0.0, help="a fraction of one device, 0..1")
     p.add_argument("--memory-gib", type=float, default=0.0, help="memory per device, GiB")
     p.add_argument("--replicas", type=int, default=0, help="serving replicas")
+    p.add_argument(
+        "--min-replicas",
+        type=int,
+        default=0,
+        help="serving: replicas it needs to start (default all); the rest are added as room frees",
+    )
     p.add_argument("--gang", action="store_true", help="devices may span nodes, all at once")
     p.add_argument("--preemptible", action="store_true")
     p.add_argument("--deadline", type=deadline, help="+90m, +6h or an ISO time (deferrable)")
@@ -150,6 +156,7 @@ def submit(args: argparse.Namespace) -> int:
         memory_bytes=round(args.memory_gib * GIB),
         gang=args.gang,
         replicas=args.replicas,
+        min_replicas=args.min_replicas,
         preemptible=args.preemptible,
     )
     if args.kind == "batch":

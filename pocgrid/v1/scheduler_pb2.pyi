@@ -158,6 +158,7 @@ class JobSpec(_message.Message):
     PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Catalogue model name, e.g. "Qwen2.5-7B"."""
     chip: _builtins.str
@@ -179,12 +180,21 @@ class JobSpec(_message.Message):
     chip_choice: Global___ChipChoice.ValueType
     gang: _builtins.bool
     """All-or-nothing across devices and nodes: every device is placed at once, or none. A job
-    larger than one node, or with replicas, is placed as a gang only when this is set.
+    larger than one node is placed as a gang only when this is set; a serving job with it is
+    one all-or-nothing demand of `replicas` x `devices` devices.
     """
     replicas: _builtins.int
-    """Serving: replicas of `devices` devices each; 0 means 1."""
+    """Serving: replicas of `devices` devices each (each replica on one node); 0 means 1. Without
+    `gang` they are placed one by one: the job starts once `min_replicas` fit together, the
+    others are added as room frees, and a replica on a lost node is placed again while the
+    rest keep serving.
+    """
     preemptible: _builtins.bool
     """Batch: may be stopped (checkpoint-style) for higher-priority work and resumed later."""
+    min_replicas: _builtins.int
+    """Serving: replicas that must be placed for the job to start (and keep running); 0 means
+    all of `replicas`.
+    """
     @_builtins.property
     def allowed_chips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Chip types the job may run on (catalogue slugs), when `chip` is empty; empty means any."""
@@ -214,10 +224,11 @@ class JobSpec(_message.Message):
         preemptible: _builtins.bool = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         batch: Global___BatchWork | None = ...,
+        min_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_chips", b"allowed_chips", "batch", b"batch", "chip", b"chip", "chip_choice", b"chip_choice", "deadline", b"deadline", "device_share", b"device_share", "devices", b"devices", "display_name", b"display_name", "gang", b"gang", "kind", b"kind", "memory_bytes", b"memory_bytes", "model", b"model", "precision", b"precision", "preemptible", b"preemptible", "priority", b"priority", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_chips", b"allowed_chips", "batch", b"batch", "chip", b"chip", "chip_choice", b"chip_choice", "deadline", b"deadline", "device_share", b"device_share", "devices", b"devices", "display_name", b"display_name", "gang", b"gang", "kind", b"kind", "memory_bytes", b"memory_bytes", "min_replicas", b"min_replicas", "model", b"model", "precision", b"precision", "preemptible", b"preemptible", "priority", b"priority", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

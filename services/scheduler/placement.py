@@ -30,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
 from pocgrid.metadata import TENANT_METADATA_KEY
-from pocgrid.sched import Placement, Policy, Pool, PoolError, Slot
+from pocgrid.sched import Demand, Placement, Policy, Pool, PoolError, Slot
 from pocgrid.sched.model import PendingCode
 from pocgrid.v1 import (
     agent_pb2,
@@ -52,7 +53,7 @@ from services.core.bus import EventMeta
 from services.core.logging import get_logger
 from services.core.outbox import OutboxEvent, OutboxRelay
 from services.scheduler.jobs import state_event
-from services.scheduler.spec import GIB, KIND_NAMES, demand
+from services.scheduler.spec import GIB, KIND_NAMES, demand, replicated
 from services.scheduler.store import JobStore, NewAssignment
 
 log = get_logger()
@@ -198,46 +199,147 @@ class Placer:
                         if lost[0] in nodes
                         else "gone from the registry"
                     )
-                    await self.requeue(job, f"node {lost[0]} is {state}: requeued", lost)
+                    await self._lost(job, f"node {lost[0]} is {state}", lost)
                     continue
                 await self._reconcile(job)
-            pool = Pool()
-            for node in ready.values():
-                for d in node.devices:
-                    if d.health == common_pb2.DEVICE_HEALTH_FAILED:
-                        continue
-                    pool.add_device(node.node_id, d.index, node.chip, d.memory_total_bytes / GIB)
             running = await self._store.in_states([RUNNING])
-            now = time.time()
-            for job in running:
-                placement = _placement(job)
-                try:
-                    pool.reserve(
-                        demand(job), placement, job.updated_at.ToDatetime(tzinfo=UTC).timestamp()
-                    )
-                except PoolError as exc:
-                    # A device that left the pool's view (failed health): keep the job, warn.
-                    log.warning(
-                        "placement.reservation_outside_pool", job_id=job.job_id, error=str(exc)
-                    )
             queued = await self._store.in_states([QUEUED])
-            if not queued:
+            # Demands: one per job, or one per missing replica of a serving job placed one by
+            # one (queued: all of them; running: those not placed yet or lost).
+            demands: list[Demand] = []
+            replicas: dict[str, tuple[scheduler_pb2.Job, int]] = {}
+            for job in queued:
+                if replicated(job):
+                    missing: Iterable[int] = range(job.spec.replicas)
+                else:
+                    demands.append(demand(job))
+                    continue
+                self._replica_demands(job, missing, demands, replicas)
+            for job in running:
+                if replicated(job):
+                    held = {a.replica for a in job.assignments}
+                    gaps = [r for r in range(job.spec.replicas) if r not in held]
+                    self._replica_demands(job, gaps, demands, replicas)
+            if not demands:
                 return
-            demands = {j.job_id: demand(j) for j in queued}
-            decision = self.policy.schedule(list(demands.values()), pool, now)
+            now = time.time()
             by_id = {j.job_id: j for j in [*queued, *running]}
+            # A serving job that cannot start with its min_replicas this round must not keep
+            # the room its partial replicas took from the jobs behind it: decide again without
+            # it (at most a few times: each pass drops at least one job).
+            excluded: set[str] = set()
+            short: dict[str, int] = {}
+            for _ in range(4):
+                pool = self._pool(ready, running)
+                wanted = [
+                    d
+                    for d in demands
+                    if d.job_id not in replicas or replicas[d.job_id][0].job_id not in excluded
+                ]
+                decision = self.policy.schedule(wanted, pool, now)
+                got: dict[str, list[tuple[int, Placement]]] = {}
+                for p in decision.placements:
+                    if p.job_id in replicas:
+                        parent, index = replicas[p.job_id]
+                        got.setdefault(parent.job_id, []).append((index, p))
+                failing = {
+                    job_id: len(placed)
+                    for job_id, placed in got.items()
+                    if by_id[job_id].state == QUEUED and len(placed) < _min_replicas(by_id[job_id])
+                }
+                if not failing:
+                    break
+                short.update(failing)
+                excluded.update(failing)
             for pre in decision.preemptions:
                 victim = by_id.get(pre.job_id)
                 if victim is not None and victim.state == RUNNING:
                     await self.preempt(victim, f"preempted ({pre.cause}) for job {pre.for_job}")
             for placement in decision.placements:
-                await self._start(by_id[placement.job_id], placement, ready)
-            await self._store.set_pending(
-                {
-                    job_id: (PENDING_NAMES.get(r.code, str(r.code)), r.message)
-                    for job_id, r in decision.pending.items()
-                }
-            )
+                if placement.job_id not in replicas:
+                    await self._start(by_id[placement.job_id], placement, ready)
+            for job_id, placed in got.items():
+                if job_id not in excluded:
+                    await self._start_replicas(by_id[job_id], sorted(placed), ready)
+            pending: dict[str, tuple[str, str]] = {}
+            for job_id, why in decision.pending.items():
+                code = PENDING_NAMES.get(why.code, str(why.code))
+                of = replicas.get(job_id)
+                if of is None:
+                    pending[job_id] = (code, why.message)
+                elif of[0].state == QUEUED and of[0].job_id not in pending:
+                    pending[of[0].job_id] = (code, f"replica {of[1]}: {why.message}")
+            for job_id, count in short.items():
+                job = by_id[job_id]
+                need = _min_replicas(job)
+                pending[job_id] = (
+                    PENDING_NAMES[PendingCode.GANG],
+                    f"{count} of the {need} replicas it needs to start fit now "
+                    f"(min_replicas {need} of {job.spec.replicas})",
+                )
+            await self._store.set_pending(pending)
+
+    @staticmethod
+    def _replica_demands(
+        job: scheduler_pb2.Job,
+        missing: Iterable[int],
+        demands: list[Demand],
+        replicas: dict[str, tuple[scheduler_pb2.Job, int]],
+    ) -> None:
+        for r in missing:
+            d = demand(job, r)
+            demands.append(d)
+            replicas[d.job_id] = (job, r)
+
+    def _pool(
+        self, ready: dict[str, registry_pb2.Node], running: Sequence[scheduler_pb2.Job]
+    ) -> Pool:
+        """The READY nodes' healthy devices with every running job's reservations."""
+        pool = Pool()
+        for node in ready.values():
+            for d in node.devices:
+                if d.health == common_pb2.DEVICE_HEALTH_FAILED:
+                    continue
+                pool.add_device(node.node_id, d.index, node.chip, d.memory_total_bytes / GIB)
+        for job in running:
+            since = job.updated_at.ToDatetime(tzinfo=UTC).timestamp()
+            held: list[tuple[Demand, Placement]] = []
+            if replicated(job):
+                by_replica: dict[int, list[scheduler_pb2.Assignment]] = {}
+                for a in job.assignments:
+                    by_replica.setdefault(a.replica, []).append(a)
+                for index, assignments in by_replica.items():
+                    one = demand(job, index)
+                    held.append((one, _placement(one.job_id, assignments)))
+            else:
+                held.append((demand(job), _placement(job.job_id, job.assignments)))
+            for wanted, placement in held:
+                try:
+                    pool.reserve(wanted, placement, since)
+                except PoolError as exc:
+                    # A device that left the pool's view (failed health): keep the job, warn.
+                    log.warning(
+                        "placement.reservation_outside_pool", job_id=job.job_id, error=str(exc)
+                    )
+        return pool
+
+    async def _lost(self, job: scheduler_pb2.Job, why: str, lost: Sequence[str]) -> None:
+        """A running job holding devices of nodes that are not READY: requeued, except a
+        serving job whose replicas elsewhere still meet its ``min_replicas``, which keeps
+        serving on them while the lost replicas are placed again."""
+        if replicated(job):
+            kept = [a for a in job.assignments if a.node_id not in lost]
+            if len(kept) >= _min_replicas(job):
+                gone = [a.task_id for a in job.assignments if a.node_id in lost]
+                reason = (
+                    f"{why}: {len(gone)} replica(s) released, {len(kept)} of "
+                    f"{job.spec.replicas} serving; the rest are placed again"
+                )
+                await self._store.drop_replicas(job.job_id, gone, reason)
+                log.info("job.replicas_lost", job_id=job.job_id, released=len(gone))
+                self.notify()
+                return
+        await self.requeue(job, f"{why}: requeued", lost)
 
     # -- running jobs --------------------------------------------------------------------
     async def _reconcile(self, job: scheduler_pb2.Job) -> None:
@@ -393,7 +495,7 @@ class Placer:
             job = await self._store.get_any(job_id)
             if job is not None and job.state == RUNNING:
                 async with self._round:
-                    await self.requeue(job, f"node {event.node_id} lost: requeued", [event.node_id])
+                    await self._lost(job, f"node {event.node_id} lost", [event.node_id])
         self.notify()
 
     # -- starting ------------------------------------------------------------------------
@@ -457,6 +559,55 @@ class Placer:
             if a.steps and not await self._start_task(placed, a):
                 return
 
+    async def _start_replicas(
+        self,
+        job: scheduler_pb2.Job,
+        placed: Sequence[tuple[int, Placement]],
+        ready: dict[str, registry_pb2.Node],
+    ) -> None:
+        """Replicas of a serving job placed one by one: the first ones (at least its
+        min_replicas) start the job, later ones are added to it. They hold devices only (the
+        agents' Generate serves); a replica placed again gets a fresh task id."""
+        suffix = uuid.uuid4().hex[:6]
+        new = [
+            NewAssignment(
+                task_id=f"{job.job_id}-a{job.attempt}-r{r}-{suffix}",
+                replica=r,
+                node_id=p.slots[0].node,
+                chip=p.chip,
+                agent_address=ready[p.slots[0].node].agent_address,
+                device_indexes=tuple(s.index for s in p.slots),
+                device_share=p.slots[0].share_milli / 1000,
+                memory_bytes=round(p.slots[0].memory_gib * GIB),
+                steps=0,
+            )
+            for r, p in placed
+        ]
+        where = ", ".join(
+            f"r{a.replica} {a.node_id}[{','.join(map(str, a.device_indexes))}]" for a in new
+        )
+        total = len(job.assignments) + len(new)
+        reason = (
+            f"placed by {self.policy.name} on {placed[0][1].chip}: {where} "
+            f"({total} of {job.spec.replicas} replicas)"
+        )
+        now = datetime.now(UTC)
+        if job.state == QUEUED:
+            ok = await self._store.place(
+                job.job_id,
+                job.attempt,
+                new,
+                reason,
+                now,
+                state_event(job.job_id, job.tenant, job.attempt, RUNNING, reason, now),
+            )
+            if ok:
+                self._relay.notify()
+        else:
+            ok = await self._store.add_replicas(job.job_id, job.attempt, new, reason)
+        if ok:
+            log.info("job.replicas_placed", job_id=job.job_id, where=where, total=total)
+
     async def _start_task(self, job: scheduler_pb2.Job, a: scheduler_pb2.Assignment) -> bool:
         work = job.spec.batch
         request = agent_pb2.StartTaskRequest(
@@ -497,11 +648,15 @@ class Placer:
         return True
 
 
-def _placement(job: scheduler_pb2.Job) -> Placement:
+def _min_replicas(job: scheduler_pb2.Job) -> int:
+    return job.spec.min_replicas or job.spec.replicas or 1
+
+
+def _placement(demand_id: str, assignments: Sequence[scheduler_pb2.Assignment]) -> Placement:
     slots = tuple(
         Slot(a.node_id, i, round(a.device_share * 1000), a.memory_bytes / GIB)
-        for a in job.assignments
+        for a in assignments
         for i in a.device_indexes
     )
-    chip = job.assignments[0].chip if job.assignments else ""
-    return Placement(job.job_id, chip, slots)
+    chip = assignments[0].chip if assignments else ""
+    return Placement(demand_id, chip, slots)

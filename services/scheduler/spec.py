@@ -96,6 +96,9 @@ class SpecChecker:
             raise InvalidArgument("spec.replicas", "only serving jobs have replicas")
         if spec.device_share and replicas > 1:
             raise InvalidArgument("spec.replicas", "must be 1 for a fraction of a device")
+        if spec.min_replicas and spec.kind != scheduler_pb2.JOB_KIND_SERVING:
+            raise InvalidArgument("spec.min_replicas", "only serving jobs have replicas")
+        v.require_range("spec.min_replicas", spec.min_replicas, 0, replicas)
         if spec.devices * replicas > MAX_DEVICES:
             raise InvalidArgument(
                 "spec.replicas", f"devices x replicas must be at most {MAX_DEVICES}"
@@ -209,6 +212,8 @@ class SpecChecker:
         if not spec.chip:
             out.allowed_chips.extend(names)
         out.replicas = replicas
+        if kind == "serving":
+            out.min_replicas = spec.min_replicas or replicas
         out.kind = spec.kind or scheduler_pb2.JOB_KIND_BATCH
         out.memory_bytes = round(memory_gib * GIB) if spec.device_share else spec.memory_bytes
         if kind == "batch":
@@ -316,9 +321,21 @@ def chips_of(spec: scheduler_pb2.JobSpec) -> frozenset[str]:
     return frozenset([spec.chip]) if spec.chip else frozenset(spec.allowed_chips)
 
 
-def demand(job: scheduler_pb2.Job) -> Demand:
+def replicated(job: scheduler_pb2.Job) -> bool:
+    """A serving job whose replicas are placed one by one (without ``gang``)."""
+    return job.spec.kind == scheduler_pb2.JOB_KIND_SERVING and not job.spec.gang
+
+
+def replica_id(job_id: str, replica: int) -> str:
+    """The library demand id of one replica of a serving job."""
+    return f"{job_id}/r{replica}"
+
+
+def demand(job: scheduler_pb2.Job, replica: int | None = None) -> Demand:
     """The library's view of a normalised job: every demand is all-or-nothing; without
-    ``gang`` its devices must sit on one node (tensor parallel over the chip interconnect)."""
+    ``gang`` its devices must sit on one node (tensor parallel over the chip interconnect). A
+    serving job without ``gang`` is one demand per replica (``replica``; without it, the
+    shape of any one of them)."""
     spec = job.spec
     kind = KIND_NAMES[spec.kind]
     share = round(spec.device_share * WHOLE) if spec.device_share else WHOLE
@@ -344,12 +361,15 @@ def demand(job: scheduler_pb2.Job) -> Demand:
             speed = {c: ref / t for c, t in times.items()}
         else:
             work = float(steps_left)
+    per_replica = replicated(job)
     return Demand(
-        job_id=job.job_id,
+        job_id=replica_id(job.job_id, replica)
+        if per_replica and replica is not None
+        else job.job_id,
         tenant=job.tenant,
         kind=kind,  # type: ignore[arg-type]
         priority=spec.priority,
-        devices=spec.devices * (spec.replicas or 1),
+        devices=spec.devices if per_replica else spec.devices * (spec.replicas or 1),
         share_milli=share,
         memory_gib=spec.memory_bytes / GIB if share < WHOLE else 0.0,
         chips=chips_of(spec),

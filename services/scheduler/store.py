@@ -206,28 +206,51 @@ class JobStore:
             row = await session.scalar(select(JobRow).where(JobRow.job_id == job_id))
             assert row is not None
             for a in assignments:
-                session.add(
-                    AssignmentRow(
-                        task_id=a.task_id,
-                        job_id=job_id,
-                        tenant=row.tenant,
-                        attempt=attempt,
-                        replica=a.replica,
-                        node_id=a.node_id,
-                        chip=a.chip,
-                        agent_address=a.agent_address,
-                        device_indexes=list(a.device_indexes),
-                        device_share=a.device_share,
-                        memory_bytes=a.memory_bytes,
-                        steps=a.steps,
-                        steps_done=0,
-                        started=0,
-                        created_at=at,
-                        released_at=None,
-                    )
-                )
+                session.add(_row(a, job_id, row.tenant, attempt, at))
             await self.outbox.add(session, event)
             return True
+
+    @db_operation
+    async def add_replicas(
+        self, job_id: str, attempt: int, assignments: Sequence[NewAssignment], reason: str
+    ) -> bool:
+        """More replicas of a RUNNING serving job (this attempt) placed: their reservations
+        written; False when the job left RUNNING or its attempt moved on."""
+        now = datetime.now(UTC)
+        async with self._db.session() as session, session.begin():
+            row = await session.scalar(
+                select(JobRow).where(
+                    JobRow.job_id == job_id, JobRow.state == RUNNING, JobRow.attempt == attempt
+                )
+            )
+            if row is None:
+                return False
+            row.state_reason = reason[:512]
+            row.updated_at = now
+            for a in assignments:
+                session.add(_row(a, job_id, row.tenant, attempt, now))
+            return True
+
+    @db_operation
+    async def drop_replicas(self, job_id: str, task_ids: Sequence[str], reason: str) -> None:
+        """Release some replicas of a RUNNING serving job (their node was lost): the job keeps
+        running on the others, and the missing ones are placed again as room frees."""
+        now = datetime.now(UTC)
+        async with self._db.session() as session, session.begin():
+            await session.execute(
+                update(AssignmentRow)
+                .where(
+                    AssignmentRow.job_id == job_id,
+                    AssignmentRow.task_id.in_(list(task_ids)),
+                    AssignmentRow.released_at.is_(None),
+                )
+                .values(released_at=now)
+            )
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.job_id == job_id, JobRow.state == RUNNING)
+                .values(state_reason=reason[:512], updated_at=now)
+            )
 
     @db_operation
     async def requeue(
@@ -319,6 +342,27 @@ class JobStore:
                     )
                     .values(pending_reason=code, state_reason=words[:512])
                 )
+
+
+def _row(a: NewAssignment, job_id: str, tenant: str, attempt: int, at: datetime) -> AssignmentRow:
+    return AssignmentRow(
+        task_id=a.task_id,
+        job_id=job_id,
+        tenant=tenant,
+        attempt=attempt,
+        replica=a.replica,
+        node_id=a.node_id,
+        chip=a.chip,
+        agent_address=a.agent_address,
+        device_indexes=list(a.device_indexes),
+        device_share=a.device_share,
+        memory_bytes=a.memory_bytes,
+        steps=a.steps,
+        steps_done=0,
+        started=0,
+        created_at=at,
+        released_at=None,
+    )
 
 
 async def _release(session: AsyncSession, job_id: str, at: datetime) -> int:

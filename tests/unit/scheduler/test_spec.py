@@ -120,6 +120,27 @@ def test_serving_replicas_are_one_demand_and_gang_may_span_nodes():
     assert not out.HasField("batch")
 
 
+def test_serving_replicas_without_gang_are_one_demand_each_with_a_minimum():
+    out = CHECK.normalise(_spec(kind=scheduler_pb2.JOB_KIND_SERVING, devices=2, replicas=3))
+    assert out.min_replicas == 3  # 0 means all of them
+    job = scheduler_pb2.Job(job_id="j", tenant="t", spec=out)
+    one = demand(job, 1)
+    assert (one.job_id, one.devices, one.single_node) == ("j/r1", 2, True)
+    assert demand(job).devices == 2  # the shape of any one replica (the submit-time pool check)
+    some = CHECK.normalise(_spec(kind=scheduler_pb2.JOB_KIND_SERVING, replicas=3, min_replicas=2))
+    assert some.min_replicas == 2
+    for overrides, field in (
+        (
+            {"kind": scheduler_pb2.JOB_KIND_SERVING, "replicas": 2, "min_replicas": 3},
+            "spec.min_replicas",
+        ),
+        ({"min_replicas": 1}, "spec.min_replicas"),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            CHECK.normalise(_spec(**overrides))
+        assert err.value.field == field
+
+
 def test_batch_demand_is_the_steps_left_priced_per_chip_by_the_performance_model():
     out = CHECK.normalise(
         _spec(
