@@ -17,6 +17,9 @@ node):
    then placements are written (QUEUED -> RUNNING and the assignments in one transaction) and
    started on the agents (batch work: ``StartTask``, one task per node, the job's remaining
    steps split between them). Why every other job waits is stored as its pending reason.
+   A serving job without ``gang`` is one demand per missing replica: it starts when its
+   ``min_replicas`` fit together (a round that cannot reach that is decided again without
+   it, so it holds no room), and its other replicas are added in later rounds.
 
 The registry decides whether a node is alive (its lease); the loop never declares a node dead
 because one call failed: an unreachable agent's job waits for the registry's verdict, and a
