@@ -324,18 +324,21 @@ class Evaluations:
     async def watch(
         self, tenant: str, evaluation_id: str
     ) -> AsyncIterator[evaluator_pb2.Evaluation]:
+        # The version a snapshot was taken at is remembered with it: a change made while the
+        # caller was still reading the last one (the final one, say) is not waited for again.
+        live = self._live.get(evaluation_id)
+        seen = live.version if live is not None else -1
         current = await self.get(tenant, evaluation_id)
         yield current
         if current.state in TERMINAL:
             return
-        live = self._live.get(evaluation_id)
         while live is not None:
             async with live.changed:
+                current_live, since = live, seen
+                await live.changed.wait_for(lambda: current_live.version != since)  # noqa: B023
                 seen = live.version
-                current_live = live
-                await live.changed.wait_for(lambda: current_live.version != seen)  # noqa: B023
-            snapshot = evaluator_pb2.Evaluation()
-            snapshot.CopyFrom(live.evaluation)
+                snapshot = evaluator_pb2.Evaluation()
+                snapshot.CopyFrom(live.evaluation)
             yield snapshot
             if snapshot.state in TERMINAL:
                 return
