@@ -4,7 +4,6 @@ ends (also when the evaluator stops while it waits), with eval.* lifecycle event
 
 from __future__ import annotations
 
-import grpc
 import nats
 import pytest
 
@@ -16,7 +15,7 @@ from pocgrid.v1 import (
 )
 from services.evaluator.config import EvaluatorConfig
 from services.evaluator.service import EvaluatorServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 from tests.integration.test_placement import (
     ACME,
     EVALUATION,
@@ -99,7 +98,7 @@ async def test_a_run_queues_while_the_pool_is_busy_then_runs_on_its_devices_and_
     # Another tenant holds the only device.
     holder = await _submit(sched, _spec(kind=EVALUATION), GLOBEX)
     await _wait_state(sched, holder.job_id, RUNNING, GLOBEX)
-    async with grpc.aio.insecure_channel(ev.address) as ch:
+    async with service_channel(ev.address) as ch:
         stub = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
         started = (await stub.StartEvaluation(CHAT, metadata=ACME)).evaluation
         assert started.placement == "scheduler"
@@ -157,7 +156,7 @@ async def test_a_run_not_placed_in_time_is_reported_and_its_job_cancelled(
     ev = await _evaluator(mesh, closer, evaluator_placement_timeout_s=1.0)
     holder = await _submit(sched, _spec(kind=EVALUATION), GLOBEX)
     await _wait_state(sched, holder.job_id, RUNNING, GLOBEX)
-    async with grpc.aio.insecure_channel(ev.address) as ch:
+    async with service_channel(ev.address) as ch:
         stub = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
         started = (await stub.StartEvaluation(CHAT, metadata=ACME)).evaluation
 
@@ -184,7 +183,7 @@ async def test_an_evaluator_that_stops_while_its_run_waits_cancels_the_job(
     ev = await _evaluator(mesh, closer)
     holder = await _submit(sched, _spec(kind=EVALUATION), GLOBEX)
     await _wait_state(sched, holder.job_id, RUNNING, GLOBEX)
-    async with grpc.aio.insecure_channel(ev.address) as ch:
+    async with service_channel(ev.address) as ch:
         stub = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
         started = (await stub.StartEvaluation(CHAT, metadata=ACME)).evaluation
 
