@@ -7,14 +7,22 @@ broadcast 1), the nccl-tests convention, so the figure compares with one link's 
 ceiling is the bare transport: every rank pushes the same bytes per link to its ring
 successor over the same sockets with no framing, plan or reduction
 (:meth:`Communicator.transport_probe`), timed in the same round as the collective; the ratio
-is the median over rounds of (bare time / collective time). The modelled time is the
-alpha-beta virtual time of the same call on the emulated chips and network. A shared-memory
-copy between two ranks of this host is measured too, as what a same-host transport could
-reach.
+is the median over rounds of (bare time / collective time). Between ranks on one host the
+collectives move large payloads through shared-memory lanes (headers over TCP), between
+hosts over TCP; the bare transport is timed both ways, the lanes moving raw bytes slot by
+slot and TCP alone with one ``sendall``, and the ceiling of a round is the faster of the
+two (on a busy host the lanes' per-slot hand-offs between threads wait on the scheduler
+more than one long TCP stream does). The CPU ratio is the same comparison in CPU
+seconds (user + system, every thread, summed over the ranks): on a busy host the wall
+times mostly say how the scheduler treated each, while the CPU seconds say how much work
+each did, which is what sets the wall time once the host's cores are the limit. The modelled
+time is the alpha-beta virtual time of the same call on the emulated chips and network. A
+single shared-memory copy between two ranks of this host is measured too.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from multiprocessing import shared_memory
@@ -64,16 +72,24 @@ def bench_rank(
             kind: CollectiveKind = kind_name  # type: ignore[assignment]
             res = _run_once(comm, kind, x, out)  # warm-up, and the algorithm chosen
             per_link = int(bus_factor(kind, p) * n * 4) if p > 1 else 0
-            walls, probes = [], []
+            walls, probes, cpus, probe_cpus, tcp_probes = [], [], [], [], []
+            lanes = comm.transports and "tcp" not in comm.transports.values()
             # Interleaved rounds: the collective, then the bare transport with the same bytes
             # per link, so a noisy neighbour slows both of a round alike.
             for _ in range(repeats):
                 comm.barrier()
+                cpu = _cpu_s()
                 start = time.perf_counter()
                 _run_once(comm, kind, x, out)
                 walls.append(time.perf_counter() - start)
+                cpus.append(_cpu_s() - cpu)
                 if per_link:
+                    cpu = _cpu_s()
+                    # The probe's own barriers are in its CPU seconds but not in its time.
                     probes.append(comm.transport_probe(per_link))
+                    probe_cpus.append(_cpu_s() - cpu)
+                    if lanes:
+                        tcp_probes.append(comm.transport_probe(per_link, tcp=True))
             rows.append(
                 {
                     "collective": kind,
@@ -81,16 +97,55 @@ def bench_rank(
                     "algorithm": res.algorithm,
                     "detail": res.detail,
                     "wall_s": statistics.median(walls),
-                    "probe_s": statistics.median(probes) if probes else 0.0,
                     "walls_s": walls,
-                    "probes_s": probes,
+                    "lane_probes_s": probes if lanes else [],
+                    "tcp_probes_s": tcp_probes if lanes else probes,
+                    # The ceiling of each round: the faster bare transport.
+                    "probes_s": [min(p) for p in zip(probes, tcp_probes, strict=True)]
+                    if lanes
+                    else probes,
+                    "cpus_s": cpus,
+                    "probe_cpus_s": probe_cpus,
                     "link_bytes": per_link,
                     "virtual_s": res.virtual_s,
                     "candidates": [list(c) for c in res.candidates],
                 }
             )
+            rows[-1]["probe_s"] = statistics.median(rows[-1]["probes_s"]) if probes else 0.0
     shm_row = _shm_probe(comm, max(sizes), repeats) if shm and p > 1 else None
-    return {"rows": rows, "shm": shm_row, "ranks": [comm.topology.describe(r) for r in range(p)]}
+    return {
+        "rows": rows,
+        "shm": shm_row,
+        "ranks": [comm.topology.describe(r) for r in range(p)],
+        "transports": sorted(set(comm.transports.values())),
+    }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, every thread, user and system."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+def merge_ranks(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's rows with every rank's CPU seconds summed per round (``cpus_s``,
+    ``probe_cpus_s``) and the transports any rank used."""
+    merged = dict(values[0])
+    rows = []
+    for k, row in enumerate(values[0]["rows"]):
+        per_rank = [v["rows"][k] for v in values]
+        rows.append(
+            dict(
+                row,
+                cpus_s=[sum(c) for c in zip(*(r["cpus_s"] for r in per_rank), strict=True)],
+                probe_cpus_s=[
+                    sum(c) for c in zip(*(r["probe_cpus_s"] for r in per_rank), strict=True)
+                ],
+            )
+        )
+    merged["rows"] = rows
+    merged["transports"] = sorted({t for v in values for t in v.get("transports", [])})
+    return merged
 
 
 def _shm_probe(comm: Communicator, nbytes: int, repeats: int) -> dict[str, float] | None:
@@ -142,14 +197,22 @@ def report_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
         nranks = len(values["ranks"])
         bus = size / wall * bus_factor(kind, nranks) if wall > 0 else 0.0
         bare = row["link_bytes"] / row["probe_s"] if row["probe_s"] > 0 else 0.0
+        lane_s = statistics.median(row["lane_probes_s"]) if row["lane_probes_s"] else 0.0
+        tcp_s = statistics.median(row["tcp_probes_s"]) if row["tcp_probes_s"] else 0.0
         # lib/bare per round = bare time / collective time (same bytes per link).
         ratios = sorted(b / w for w, b in zip(row["walls_s"], row["probes_s"], strict=False))
+        cpu_ratios = sorted(
+            b / c for c, b in zip(row["cpus_s"], row["probe_cpus_s"], strict=False) if c > 0
+        )
         out.append(
             dict(
                 row,
+                cpu_ratio=statistics.median(cpu_ratios) if cpu_ratios else 0.0,
                 algbw_gbs=size / wall / 1e9 if wall > 0 else 0.0,
                 busbw_gbs=bus / 1e9,
                 bare_gbs=bare / 1e9,
+                lane_gbs=row["link_bytes"] / lane_s / 1e9 if lane_s > 0 else 0.0,
+                tcp_gbs=row["link_bytes"] / tcp_s / 1e9 if tcp_s > 0 else 0.0,
                 ratio=statistics.median(ratios) if ratios else 0.0,
                 ratio_range=[ratios[0], ratios[-1]] if ratios else [0.0, 0.0],
             )
@@ -160,17 +223,25 @@ def report_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 def format_table(values: dict[str, Any]) -> str:
     rows = report_rows(values)
     lines = ["ranks: " + "; ".join(values["ranks"])]
+    lines.append("transport between ranks: " + ", ".join(values.get("transports", [])))
     head = (
         f"{'collective':<15}{'size':>9}  {'algorithm':<13}{'wall ms':>9}{'busbw GB/s':>12}"
-        f"{'bare GB/s':>11}{'lib/bare':>9}{'(min-max)':>12}{'modelled ms':>13}"
+        f"{'bare: lanes':>12}{'tcp GB/s':>9}{'lib/bare':>9}{'(min-max)':>12}"
+        f"{'CPU lib/bare':>13}{'modelled ms':>13}"
     )
     lines.append(head)
     for r in rows:
+        lanes = f"{r['lane_gbs']:.3f}" if r["lane_gbs"] else "-"
         lines.append(
             f"{r['collective']:<15}{_fmt_size(r['bytes']):>9}  {r['algorithm']:<13}"
-            f"{r['wall_s'] * 1e3:>9.2f}{r['busbw_gbs']:>12.3f}{r['bare_gbs']:>11.3f}"
-            f"{r['ratio']:>9.2f}{_range(r['ratio_range']):>12}{r['virtual_s'] * 1e3:>13.4f}"
+            f"{r['wall_s'] * 1e3:>9.2f}{r['busbw_gbs']:>12.3f}{lanes:>12}{r['tcp_gbs']:>9.3f}"
+            f"{r['ratio']:>9.2f}{_range(r['ratio_range']):>12}{r['cpu_ratio']:>13.2f}"
+            f"{r['virtual_s'] * 1e3:>13.4f}"
         )
+    lines.append(
+        "lib/bare: per round, the faster bare transport's time over the collective's (median, "
+        "range); CPU lib/bare: the same in CPU seconds of all ranks, against the lanes' probe"
+    )
     shm = values.get("shm")
     if shm:
         rate = shm["bytes"] / shm["seconds"] / 1e9
@@ -192,4 +263,11 @@ def _fmt_size(n: int) -> str:
     return str(n)
 
 
-__all__ = ["COLLECTIVE_KINDS", "bench_rank", "format_table", "parse_size", "report_rows"]
+__all__ = [
+    "COLLECTIVE_KINDS",
+    "bench_rank",
+    "format_table",
+    "merge_ranks",
+    "parse_size",
+    "report_rows",
+]

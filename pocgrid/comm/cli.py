@@ -8,7 +8,14 @@ import sys
 from dataclasses import fields
 from typing import Any, TextIO
 
-from pocgrid.comm.bench import DEFAULT_RANKS, DEFAULT_SIZES, format_table, parse_size, report_rows
+from pocgrid.comm.bench import (
+    DEFAULT_RANKS,
+    DEFAULT_SIZES,
+    format_table,
+    merge_ranks,
+    parse_size,
+    report_rows,
+)
 from pocgrid.comm.errors import CommError
 from pocgrid.comm.launch import RankOutcome, RankSpec, parse_ranks, run_ranks
 from pocgrid.comm.topology import NetworkConfig
@@ -131,9 +138,14 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     if _failed(outcomes, sys.stderr):
         return EXIT_FAILED
-    values = outcomes[0].value
+    values = merge_ranks([o.value for o in outcomes])
     if args.json:
-        json.dump({"rows": report_rows(values), "shm": values["shm"]}, stream, indent=2)
+        rows = report_rows(values)
+        json.dump(
+            {"rows": rows, "shm": values["shm"], "transports": values["transports"]},
+            stream,
+            indent=2,
+        )
         stream.write("\n")
     else:
         stream.write(format_table(values) + "\n")

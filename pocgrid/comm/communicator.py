@@ -14,6 +14,7 @@ every later call raises :class:`~pocgrid.comm.errors.CommAbortedError` with the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -99,6 +100,7 @@ class Communicator:
         self._scratch_buf: npt.NDArray[np.uint8] | None = None
         self._probe_bufs: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None = None
         self._fault: Callable[[str, int], None] | None = None
+        self._plans: dict[tuple[object, ...], _Prepared] = {}
 
     # -- joining --------------------------------------------------------------------------
 
@@ -148,6 +150,12 @@ class Communicator:
     @property
     def size(self) -> int:
         return self.topology.size
+
+    @property
+    def transports(self) -> dict[int, str]:
+        """How this rank reaches each peer: ``shm`` (shared-memory lanes for large payloads,
+        headers over TCP: same host) or ``tcp``."""
+        return {peer: conn.transport for peer, conn in sorted(self._conns.items())}
 
     @property
     def label(self) -> str:
@@ -272,17 +280,19 @@ class Communicator:
 
     # -- the bare transport (benchmark ceiling) ---------------------------------------------
 
-    def transport_probe(self, nbytes: int) -> float:
+    def transport_probe(self, nbytes: int, *, tcp: bool = False) -> float:
         """Wall seconds for every rank to push ``nbytes`` raw bytes to its ring successor
-        while taking as many from its predecessor, over this communicator's sockets with no
-        framing, plan or reduction: the ceiling the collectives are measured against."""
+        while taking as many from its predecessor, with no framing, plan or reduction: the
+        ceiling the collectives are measured against. Over what the collectives use
+        (shared-memory lanes where there are some, slot by slot), or with ``tcp`` over the
+        sockets alone (one ``sendall``)."""
         if self.size == 1:
             return 0.0
         self.barrier()
         order = plans.ring_order(self.topology)
         pos = order.index(self.rank)
-        nxt = self._conns[order[(pos + 1) % self.size]].sock
-        prv = self._conns[order[(pos - 1) % self.size]].sock
+        nxt = self._conns[order[(pos + 1) % self.size]]
+        prv = self._conns[order[(pos - 1) % self.size]]
         # Buffers made and touched once, outside the timing, so no page fault is timed.
         if self._probe_bufs is None or self._probe_bufs[0].size != nbytes:
             self._probe_bufs = (np.ones(nbytes, dtype=np.uint8), np.ones(nbytes, dtype=np.uint8))
@@ -292,19 +302,17 @@ class Communicator:
 
         def push() -> None:
             try:
-                nxt.sendall(data)
+                nxt.push_raw(data, tcp=tcp)
             except BaseException as exc:
                 errors.append(exc)
 
         start = time.perf_counter()
         sender = threading.Thread(target=push, daemon=True)
         sender.start()
-        got = 0
-        while got < nbytes:
-            k = prv.recv_into(view[got:], nbytes - got)
-            if k == 0:
-                raise CommAbortedError(f"{self.label}: probe peer closed")
-            got += k
+        try:
+            prv.pull_raw(view, f"{self.label}: transport probe", tcp=tcp)
+        except CommError as exc:
+            raise CommAbortedError(f"{self.label}: probe failed: {exc}") from exc
         sender.join()
         elapsed = time.perf_counter() - start
         if errors:
@@ -384,17 +392,15 @@ class Communicator:
     ) -> CollectiveResult:
         """Run the chosen plan over ``layout``; ``answer`` (flat) is where the result lands."""
         work = layout.work
-        choice: Choice = plans.choose(
-            self.topology, kind, work.size, work.itemsize, root=root, algorithm=algorithm
-        )
+        start = time.perf_counter()
+        prepared = self._prepare(kind, work.size, work.itemsize, root, algorithm)
+        choice = prepared.choice
         seq = self._seq
         self._seq += 1
         what = f"{self.label}: {kind} #{seq} ({choice.algorithm})"
-        start = time.perf_counter()
-        plan = plans.in_rounds(choice.plan, max(1, _ROUND_BYTES // work.itemsize))
         with self._guard(what):
-            layout.prepare(plan.transfers_of(self.rank))
-            self._execute(plan, layout, op, seq, what)
+            layout.prepare(prepared.mine)
+            self._execute(prepared, layout, op, seq, what)
             layout.finish()
         wall = time.perf_counter() - start
         if op == "avg":
@@ -422,8 +428,30 @@ class Communicator:
         )
         return result
 
+    def _prepare(
+        self, kind: CollectiveKind, n: int, itemsize: int, root: int, algorithm: str | None
+    ) -> _Prepared:
+        """The plan of this call, from the cache: the same call shape always gets the same
+        plan (choosing and splitting it into rounds cost about a millisecond in Python,
+        every call)."""
+        key = (kind, n, itemsize, root, algorithm)
+        found = self._plans.get(key)
+        if found is None:
+            choice = plans.choose(self.topology, kind, n, itemsize, root=root, algorithm=algorithm)
+            plan = plans.in_rounds(choice.plan, max(1, _ROUND_BYTES // itemsize))
+            mine = plan.transfers_of(self.rank)
+            own = None
+            if kind == "reduce_scatter":
+                count = n // self.size
+                own = (self.rank * count, (self.rank + 1) * count)
+            found = _Prepared(choice, plan, mine, _fusable(plan, mine, own))
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            self._plans[key] = found
+        return found
+
     def _execute(
-        self, plan: Plan, layout: _Layout, op: ReduceOp | None, seq: int, what: str
+        self, prepared: _Prepared, layout: _Layout, op: ReduceOp | None, seq: int, what: str
     ) -> None:
         """Run this rank's part of ``plan``, slice by slice.
 
@@ -440,10 +468,10 @@ class Communicator:
         "Reduction and memory"). numpy releases the GIL, so the kernel keeps receiving the
         next slice into the socket buffer meanwhile.
         """
+        plan, mine, fusable = prepared.plan, prepared.mine, prepared.fusable
         item = layout.work.itemsize
         per = max(1, _SLICE_BYTES // item)
         ufunc = _UFUNC[op] if op is not None else None
-        mine = plan.transfers_of(self.rank)
         nsteps = len(plan.steps)
         early: set[tuple[int, Transfer]] = set()
         pending: dict[int, list[tuple[Connection, _SendItem]]] = {}
@@ -489,12 +517,39 @@ class Communicator:
                 home_raw = _bytes_view(home)
                 mine_in_src = t.reduce and layout.fresh(t.lo, t.hi)
                 own_value = layout.current(t.lo, t.hi) if mine_in_src else home
+                # A partial sum that only passes through (sent on next step, never read here
+                # again) is reduced straight into the successor's lane slot: one pass over
+                # the data instead of a reduction and then a copy.
+                fuse = len(fwd_conns) == 1 and (index, t.lo, t.hi) in fusable
                 for part, (lo, hi) in enumerate(_slices(t, per)):
                     n = hi - lo
                     a, b = lo - t.lo, hi - t.lo
                     view = home_raw[a * item : b * item]
                     conn.expect(KIND_COLLECTIVE, seq, index, n * item, step_what, part)
-                    if not t.reduce:
+                    slot = conn.take()
+                    dst = fwd_conns[0].claim(n * item) if fuse and slot is not None else None
+                    if dst is not None and slot is not None:
+                        assert ufunc is not None
+                        mine_or_home = own_value if mine_in_src else home
+                        ufunc(mine_or_home[a:b], slot.view(home.dtype), out=dst.view(home.dtype))
+                        conn.release()
+                        fc = fwd_conns[0]
+                        nxt.append((fc, fc.send_claimed(seq, index + 1, n * item, part)))
+                        continue
+                    if slot is not None:
+                        # Same host: the peer's slice lies in shared memory; reduce (or
+                        # copy) it from there, with no receive copy at all.
+                        incoming = slot.view(home.dtype)
+                        if not t.reduce:
+                            home[a:b] = incoming
+                        elif mine_in_src:
+                            assert ufunc is not None
+                            ufunc(own_value[a:b], incoming, out=home[a:b])
+                        else:
+                            assert ufunc is not None
+                            ufunc(home[a:b], incoming, out=home[a:b])
+                        conn.release()
+                    elif not t.reduce:
                         conn.recv_into(view, step_what)
                     elif mine_in_src:
                         assert ufunc is not None
@@ -523,6 +578,57 @@ class Communicator:
         if self._scratch_buf is None or self._scratch_buf.size < need:
             self._scratch_buf = np.empty(need, dtype=np.uint8)
         return self._scratch_buf[:need].view(dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A call shape's plan as this rank runs it."""
+
+    choice: Choice
+    plan: Plan
+    """The chosen plan in rounds (plans.in_rounds)."""
+    mine: list[tuple[int, list[Transfer], list[Transfer]]]
+    fusable: frozenset[tuple[int, int, int]]
+    """(step, lo, hi) of reduced receives that may be reduced into the next hop's slot."""
+
+
+def _fusable(
+    plan: Plan,
+    mine: list[tuple[int, list[Transfer], list[Transfer]]],
+    own: tuple[int, int] | None,
+) -> frozenset[tuple[int, int, int]]:
+    """Reduced receives whose result this rank only passes on: received at step i, sent on
+    (to one peer, the same range) at step i + 1, and then never read again here: the next
+    thing to happen to the range is a receive that overwrites it, or nothing when the range
+    is not part of the answer (reduce-scatter, outside this rank's chunk). Needs ranges that
+    are identical or disjoint (the rounds plans); other plans fuse nothing."""
+    ranges = sorted({(t.lo, t.hi) for step in plan.steps for t in step})
+    if any(a[1] > b[0] for a, b in itertools.pairwise(ranges)):
+        return frozenset()
+    events: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    for index, sends, recvs in mine:
+        for t in sends:
+            events.setdefault((t.lo, t.hi), []).append((index, "send"))
+        for t in recvs:
+            events.setdefault((t.lo, t.hi), []).append((index, "reduce" if t.reduce else "copy"))
+    out = set()
+    for key, seq in events.items():
+        for k, (index, what) in enumerate(seq):
+            if what != "reduce":
+                continue
+            after = seq[k + 1 :]
+            if not after or after[0] != (index + 1, "send"):
+                continue
+            if len(after) > 1 and after[1][0] == index + 1:
+                continue  # sent on to more than one peer
+            rest = after[1:]
+            if rest:
+                ok = rest[0][1] == "copy"
+            else:
+                ok = own is not None and (key[1] <= own[0] or key[0] >= own[1])
+            if ok:
+                out.add((index, key[0], key[1]))
+    return frozenset(out)
 
 
 def _slices(t: Transfer, per: int) -> list[tuple[int, int]]:

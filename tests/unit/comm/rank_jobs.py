@@ -151,7 +151,8 @@ def check_collectives(
             buf,
             np.concatenate([pattern(k, n, "int64") for k in range(p)]),
         )
-    return {"failures": failures, "algorithms": sorted(algorithms)}
+    transports = sorted(set(comm.transports.values()))
+    return {"failures": failures, "algorithms": sorted(algorithms), "transports": transports}
 
 
 def die_mid_collective(comm: Communicator, victim: int, n: int, delay_s: float) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pocgrid.comm.launch import RankSpec, run_ranks
+from pocgrid.comm.transport import SHM_ENV
 
 JOBS = "tests.unit.comm.rank_jobs"
 MIXED_4 = [
@@ -35,13 +36,18 @@ def test_four_ranks_three_vendors_sizes_up_to_64mb() -> None:
     )
     for v in values:
         assert v["failures"] == []
+        assert v["transports"] == ["shm"]  # one host: large payloads through shared memory
     algos = set(values[0]["algorithms"])
     assert {"all_reduce:ring", "all_reduce:tree", "all_reduce:hierarchical"} <= algos
     assert {"reduce_scatter:ring", "all_gather:ring", "broadcast:pipeline"} <= algos
 
 
-@pytest.mark.parametrize("nranks", [3, 5])
-def test_odd_rank_counts(nranks: int) -> None:
+@pytest.mark.parametrize(("nranks", "transport"), [(3, "shm"), (5, "shm"), (3, "tcp"), (4, "tcp")])
+def test_odd_rank_counts(nranks: int, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Odd rank counts, over shared-memory lanes (same host) and over TCP alone (lanes off,
+    as between hosts): the same exact results on both paths."""
+    if transport == "tcp":
+        monkeypatch.setenv(SHM_ENV, "0")  # the rank processes inherit it
     chips = ["rtx-4090", "bi-v100", "mtt-s4000", "bi-v100", "rtx-4090"]
     specs = [RankSpec(c) for c in chips[:nranks]]
     values = _ok(
@@ -55,3 +61,4 @@ def test_odd_rank_counts(nranks: int) -> None:
     )
     for v in values:
         assert v["failures"] == []
+        assert v["transports"] == [transport]
