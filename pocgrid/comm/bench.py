@@ -240,7 +240,8 @@ def format_table(values: dict[str, Any]) -> str:
         )
     lines.append(
         "lib/bare: per round, the faster bare transport's time over the collective's (median, "
-        "range); CPU lib/bare: the same in CPU seconds of all ranks, against the lanes' probe"
+        "range); CPU lib/bare: the same in CPU seconds of all ranks, against the bare probe "
+        "over the transport the collectives use"
     )
     shm = values.get("shm")
     if shm:
