@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import grpc
 import nats
@@ -217,6 +218,7 @@ async def test_usage_events_exactly_once_per_unit_of_work(common, closer, nats_s
             model="Llama-3.1-8B", batch=8, input_len=256, output_len=32
         ),
     )
+    before_ns = time.time_ns()
     async with service_channel(agent.address, identity="scheduler") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         first = await stub.RunTask(onnx_task, metadata=TENANT)
@@ -250,6 +252,15 @@ async def test_usage_events_exactly_once_per_unit_of_work(common, closer, nats_s
     assert by_id[llm.usage_id].tokens_out == 8 * 32
     assert by_id[llm.usage_id].busy_device_us == round(llm.busy_device_seconds * 1e6)
     assert by_id[tokens[-1].usage_id].tokens_out == 12
+    # Event times are wall-clock times (metering bills usage in the window where it ended),
+    # not the runtime's virtual clock, which starts at 0 (1970); durations stay virtual.
+    after_ns = time.time_ns()
+    for event in events:
+        assert before_ns <= event.ended_at.ToNanoseconds() <= after_ns, event.event_id
+        assert event.started_at.ToNanoseconds() <= event.ended_at.ToNanoseconds()
+    llm_event = by_id[llm.usage_id]
+    llm_ns = llm_event.ended_at.ToNanoseconds() - llm_event.started_at.ToNanoseconds()
+    assert llm_ns * 2 == pytest.approx(llm.busy_device_seconds * 1e9, abs=4_000)  # 2 devices, in us
 
 
 async def test_two_tenants_with_one_task_id_get_their_own_result_and_usage(

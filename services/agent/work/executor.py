@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -186,9 +187,16 @@ class TaskExecutor:
         event.chip = self._chip.name
         event.job_id = job_id
         event.model = model
-        event.occurred_at.GetCurrentTime()
-        event.started_at.FromNanoseconds(int(span.start * 1e9))
-        event.ended_at.FromNanoseconds(int(span.end * 1e9))
+        # Usage is billed in the window where it ended, in wall-clock time. The span is on the
+        # runtime's virtual clock, which starts at 0: as event times it put every evaluation's
+        # usage in January 1970 (on no invoice of this month, though `pocgrid usage` listed
+        # it). The unit ended now, when it is reported (a paced runtime has slept its virtual
+        # time by then), and lasted its virtual duration: never in the future, never stale
+        # after an idle spell, whatever the speed factor.
+        now_ns = time.time_ns()
+        event.occurred_at.FromNanoseconds(now_ns)
+        event.ended_at.FromNanoseconds(now_ns)
+        event.started_at.FromNanoseconds(now_ns - round((span.end - span.start) * 1e9))
         await self._publish("usage.recorded", event, usage_id)
         return usage_id
 
