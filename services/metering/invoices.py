@@ -110,7 +110,9 @@ class Invoicer:
         first_open = last.next() if last is not None else None
         since = None if month == first_open else month.start
         rows = await self._store.unbilled(tenant, month.end, since)
-        composed = compose(month, rows, self._books)
+        adjusted = {Month.of(r.ended_at) for r in rows if r.ended_at < month.start}
+        billed = await self._store.billed(tenant, adjusted) if adjusted else []
+        composed = compose(month, rows, self._books, billed)
         return invoice_message(
             tenant, month, composed, metering_pb2.INVOICE_STATUS_DRAFT, self.final_at(month)
         )
@@ -154,11 +156,12 @@ class Invoicer:
 
                 def build(
                     rows: list[Any],
+                    billed: list[Any],
                     month: Month = month,
                     at: datetime = final_at,
                     tenant: str = tenant,
                 ) -> bytes:
-                    composed = compose(month, rows, self._books)
+                    composed = compose(month, rows, self._books, billed)
                     msg = invoice_message(
                         tenant, month, composed, metering_pb2.INVOICE_STATUS_FINAL, at
                     )

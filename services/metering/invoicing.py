@@ -14,6 +14,14 @@ Lines: per (adjustment month or none, chip, meter, price-book version), rated by
 version; the records behind it are the ones stored with the invoice's id (final) or matching
 the line (draft), so ``ListUsage(invoice_id=..., chip=...)`` lists them.
 
+An adjustment for month ``A`` is charged what it changes of ``A``'s charge: ``rate(billed +
+adjustment) - rate(billed)`` per chip and meter under the same book, where ``billed`` is the
+usage of ``A`` already on final invoices (``A``'s own and earlier adjustments). Under tiered
+prices (graduated, volume, package) a unit's price depends on the month's total, so a
+correction that takes ``A`` back across a tier boundary is credited what ``A`` would have cost
+without it, not the corrected quantity priced as if it were a month of its own; under standard
+prices the two are the same.
+
 Rental comparison: the same work done by renting whole cards for the time they were held. Per
 job and chip type (a record without a job is its own), the cards are the most devices any of
 its records used, held from its first start to its last end: ``card_hour x cards x held``.
@@ -31,9 +39,12 @@ from typing import Protocol
 
 from pocgrid.meters import METERS
 from pocgrid.price_book import SourcedBook, rental_cost
-from pocgrid.pricing import Usage, rate, round_money
+from pocgrid.pricing import PriceBook, Usage, rate, round_money
 
 _MICRO = timedelta(microseconds=1)
+
+#: A (chip, meter)'s total quantity and its exact charge.
+Charged = tuple[int, Fraction]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -129,61 +140,54 @@ def _us(seconds_delta: Fraction) -> int:
     return int(seconds_delta * 1_000_000)
 
 
-def compose(month: Month, records: Iterable[RecordLike], books: Sequence[SourcedBook]) -> Composed:
+def compose(
+    month: Month,
+    records: Iterable[RecordLike],
+    books: Sequence[SourcedBook],
+    billed: Iterable[RecordLike] = (),
+) -> Composed:
     """The invoice of ``month`` over ``records`` (the tenant's unbilled records that ended
-    before the month's end)."""
+    before the month's end); ``billed``: the tenant's records already on final invoices that
+    ended in the months ``records`` adjust (what an adjustment is rated against)."""
     rows = sorted(records, key=lambda r: (r.ended_at, r.usage_id))
-    groups: dict[tuple[str, str], list[tuple[RecordLike, SourcedBook]]] = {}
+    groups: dict[tuple[str, str], list[RecordLike]] = {}
     for r in rows:
         if r.ended_at >= month.end:
             raise ValueError(f"record {r.usage_id} ended after {month}")
         adjusts = "" if r.ended_at >= month.start else str(Month.of(r.ended_at))
-        book = book_at(books, r.ended_at)
-        groups.setdefault((adjusts, book.book.version), []).append((r, book))
+        groups.setdefault((adjusts, book_at(books, r.ended_at).book.version), []).append(r)
+    before: dict[tuple[str, str], list[RecordLike]] = {}
+    for r in billed:
+        if r.ended_at >= month.start:
+            raise ValueError(f"billed record {r.usage_id} ended in {month}, not before it")
+        key = (str(Month.of(r.ended_at)), book_at(books, r.ended_at).book.version)
+        before.setdefault(key, []).append(r)
     lines: list[Line] = []
     currencies: set[str] = set()
     for (adjusts, version), members in sorted(groups.items()):
-        book = members[0][1]
-        currencies.add(book.book.currency)
-        usage = [
-            Usage(r.chip, name, getattr(r, m.source_field), r.ended_at)
-            for r, _ in members
-            for name, m in METERS.items()
-            if getattr(r, m.source_field)
-        ]
+        book = book_at(books, members[0].ended_at).book
+        currencies.add(book.currency)
         counts: dict[str, int] = {}
-        for r, _ in members:
+        for r in members:
             counts[r.chip] = counts.get(r.chip, 0) + 1
-        # Corrections carry signed deltas and the event time of the usage they correct, so one
-        # on the same invoice as its usage nets out against it exactly, before rating. One whose
-        # usage is on an earlier, final invoice is left negative: a credit, rated on its own
-        # (exact for standard prices; tiered prices rate it as if it were all the usage).
-        net: dict[tuple[str, str, datetime], int] = {}
-        for u in usage:
-            key = (u.chip, u.meter, u.ended_at)
-            net[key] = net.get(key, 0) + u.quantity
-        debits = rate(book.book, [Usage(c, m, q, t) for (c, m, t), q in net.items() if q > 0])
-        credits = rate(book.book, [Usage(c, m, -q, t) for (c, m, t), q in net.items() if q < 0])
-        merged: dict[tuple[str, str], tuple[int, Fraction]] = {}
-        for charge, sign in [(c, 1) for c in debits] + [(c, -1) for c in credits]:
-            q, x = merged.get((charge.chip, charge.meter), (0, Fraction(0)))
-            merged[(charge.chip, charge.meter)] = (
-                q + sign * charge.quantity,
-                x + sign * charge.exact,
+        base = before.get((adjusts, version), []) if adjusts else []
+        after = _charges(book, [*base, *members])
+        already = _charges(book, base)
+        for chip, meter in sorted(_charges(book, members)):
+            q, x = after.get((chip, meter), (0, Fraction(0)))
+            q0, x0 = already.get((chip, meter), (0, Fraction(0)))
+            lines.append(
+                Line(
+                    chip=chip,
+                    meter=meter,
+                    quantity=q - q0,
+                    amount=round_money(x - x0),
+                    exact=x - x0,
+                    price_version=version,
+                    adjustment_for=adjusts,
+                    records=counts[chip],
+                )
             )
-        lines.extend(
-            Line(
-                chip=chip,
-                meter=meter,
-                quantity=q,
-                amount=round_money(x),
-                exact=x,
-                price_version=version,
-                adjustment_for=adjusts,
-                records=counts[chip],
-            )
-            for (chip, meter), (q, x) in sorted(merged.items())
-        )
     rentals = _rentals(rows, books)
     if len(currencies) > 1:
         raise ValueError(f"price books in more than one currency: {sorted(currencies)}")
@@ -198,6 +202,30 @@ def compose(month: Month, records: Iterable[RecordLike], books: Sequence[Sourced
         records=len(rows),
         usage_ids=tuple(r.usage_id for r in rows),
     )
+
+
+def _charges(book: PriceBook, records: Iterable[RecordLike]) -> dict[tuple[str, str], Charged]:
+    """(chip, meter) -> (quantity, exact charge) of ``records`` under ``book``.
+
+    Corrections carry signed deltas and the event time of the usage they correct, so with their
+    usage among ``records`` they net out against it exactly, before rating. A correction
+    without its usage (which is on a final invoice that ``records`` leave out) is left negative
+    and rated on its own as a credit.
+    """
+    net: dict[tuple[str, str, datetime], int] = {}
+    for r in records:
+        for name, m in METERS.items():
+            quantity = getattr(r, m.source_field)
+            if quantity:
+                key = (r.chip, name, r.ended_at)
+                net[key] = net.get(key, 0) + quantity
+    debits = rate(book, [Usage(c, m, q, t) for (c, m, t), q in net.items() if q > 0])
+    credits = rate(book, [Usage(c, m, -q, t) for (c, m, t), q in net.items() if q < 0])
+    out: dict[tuple[str, str], Charged] = {}
+    for charge, sign in [(c, 1) for c in debits] + [(c, -1) for c in credits]:
+        q, x = out.get((charge.chip, charge.meter), (0, Fraction(0)))
+        out[(charge.chip, charge.meter)] = (q + sign * charge.quantity, x + sign * charge.exact)
+    return out
 
 
 def _rentals(rows: Sequence[RecordLike], books: Sequence[SourcedBook]) -> list[Rental]:

@@ -157,7 +157,12 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     ) -> metering_pb2.GetInvoiceResponse:
         tenant = tenant_scope(request.tenant, allow_all=False)
         month = _month(request.period, datetime.now(UTC))
-        invoice = await self._invoicer.invoice(tenant, month)
+        try:
+            invoice = await self._invoicer.invoice(tenant, month)
+        except LookupError as exc:
+            # Usage from before the first price book (a clock far off, an old replay): it
+            # cannot be priced until a book covering its time is added.
+            raise FailedPrecondition(f"period: {exc}; add a price book in force then") from exc
         if invoice is None:
             raise NotFound("invoice", f"{tenant}/{month}", "that month had no usage when it closed")
         return metering_pb2.GetInvoiceResponse(invoice=invoice)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -67,19 +67,21 @@ class UsageFilter:
 
 
 WINDOWS: Final = ("minute", "hour", "day", "month")
+#: A window's start as the prefix of SQLite's datetime text (see UsageStore._window): its
+#: format and length.
+_SQLITE_WINDOWS: Final = {
+    "minute": ("%Y-%m-%d %H:%M", 16),
+    "hour": ("%Y-%m-%d %H", 13),
+    "day": ("%Y-%m-%d", 10),
+    "month": ("%Y-%m", 7),
+}
 
 
-def window_start(when: datetime, size: str) -> datetime:
-    when = utc(when)
-    if size == "minute":
-        return when.replace(second=0, microsecond=0)
-    if size == "hour":
-        return when.replace(minute=0, second=0, microsecond=0)
-    if size == "day":
-        return when.replace(hour=0, minute=0, second=0, microsecond=0)
-    if size == "month":
-        return when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    raise ValueError(f"window size {size!r} is not one of {WINDOWS}")
+def _window_start(value: Any, size: str) -> datetime:
+    """A window start as the database returned it: a datetime (PostgreSQL), or SQLite's text."""
+    if isinstance(value, datetime):
+        return utc(value)
+    return datetime.strptime(str(value), _SQLITE_WINDOWS[size][0]).replace(tzinfo=UTC)
 
 
 class UsageStore:
@@ -137,21 +139,25 @@ class UsageStore:
         since the epoch; one per usage event) in one transaction, each at most once (INSERT
         ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections refused,
         usage_id -> why; everything else is committed when this returns."""
+        async with self._db.session() as session, session.begin():
+            return await self.record_in(session, rows)
+
+    async def record_in(self, session: Any, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """``record_batch`` inside the caller's transaction on ``session`` (committed by it)."""
         refused: dict[str, str] = {}
         now = datetime.now(UTC)
-        async with self._db.session() as session, session.begin():
-            conn = await session.connection()
-            usage = [r for r in rows if not r["corrects"]]
-            if usage:
-                await conn.exec_driver_sql(self._insert_sql, self._params(usage, now))
-            corrections = [r for r in rows if r["corrects"]]
-            if corrections:
-                # After the usage above: a correction may follow its usage in one batch, and
-                # this transaction already sees it.
-                refused = await _check_corrections(session, corrections)
-                keep = [r for r in corrections if r["usage_id"] not in refused]
-                if keep:
-                    await conn.exec_driver_sql(self._insert_sql, self._params(keep, now))
+        conn = await session.connection()
+        usage = [r for r in rows if not r["corrects"]]
+        if usage:
+            await conn.exec_driver_sql(self._insert_sql, self._params(usage, now))
+        corrections = [r for r in rows if r["corrects"]]
+        if corrections:
+            # After the usage above: a correction may follow its usage in one batch, and this
+            # transaction already sees it.
+            refused = await _check_corrections(session, corrections, self._db.is_sqlite)
+            keep = [r for r in corrections if r["usage_id"] not in refused]
+            if keep:
+                await conn.exec_driver_sql(self._insert_sql, self._params(keep, now))
         return refused
 
     def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
@@ -253,40 +259,53 @@ class UsageStore:
     async def groups(
         self, where: UsageFilter, group_by: Sequence[str], window_size: str
     ) -> list[metering_pb2.UsageGroup]:
-        """Usage summed per group (any of tenant, chip, job, window), exact integers."""
-        cols = [UsageRow.tenant, UsageRow.chip, UsageRow.job_id, UsageRow.ended_at]
-        amounts = [getattr(UsageRow, name) for name in AMOUNT_FIELDS]
-        out: dict[tuple[Any, ...], metering_pb2.UsageGroup] = {}
+        """Usage summed per group (any of tenant, chip, job, window), exact integers: grouped
+        and summed by the database, which returns one row per group, not one per record (a
+        month of a busy tenant is millions of them)."""
+        windowed = "window" in group_by
+        if windowed and window_size not in WINDOWS:
+            raise ValueError(f"window size {window_size!r} is not one of {WINDOWS}")
+        named = {"tenant": UsageRow.tenant, "chip": UsageRow.chip, "job": UsageRow.job_id}
+        keys: list[Any] = [column for name, column in named.items() if name in group_by]
+        if windowed:
+            keys.append(self._window(window_size))
+        sums = [
+            func.coalesce(func.sum(getattr(UsageRow, m.source_field)), 0) for m in METERS.values()
+        ]
+        query = select(*keys, func.count(), *sums).where(*where.where())
+        if keys:
+            query = query.group_by(*keys).order_by(*keys)
         async with self._db.session() as session:
-            result = await session.stream(select(*cols, *amounts).where(*where.where()))
-            async for row in result:
-                tenant, chip, job, ended = (
-                    str(row[0]),
-                    str(row[1]),
-                    str(row[2]),
-                    cast(datetime, row[3]),
-                )
-                values = row[4:]
-                start = window_start(ended, window_size) if "window" in group_by else None
-                key = (
-                    tenant if "tenant" in group_by else "",
-                    chip if "chip" in group_by else "",
-                    job if "job" in group_by else "",
-                    start,
-                )
-                group = out.get(key)
-                if group is None:
-                    group = metering_pb2.UsageGroup(tenant=key[0], chip=key[1], job_id=key[2])
-                    if start is not None:
-                        group.window_start.FromDatetime(start)
-                    for name in METERS:
-                        group.meters[name] = 0
-                    out[key] = group
-                group.records += 1
-                for (name, meter), value in zip(METERS.items(), values, strict=True):
-                    assert meter.source_field in AMOUNT_FIELDS
-                    group.meters[name] += int(value)
-        return [out[k] for k in sorted(out, key=lambda k: (*k[:3], k[3] or datetime.min))]
+            rows = (await session.execute(query)).all()
+        out: list[metering_pb2.UsageGroup] = []
+        for row in rows:
+            values = iter(row)
+            group = metering_pb2.UsageGroup(
+                tenant=str(next(values)) if "tenant" in group_by else "",
+                chip=str(next(values)) if "chip" in group_by else "",
+                job_id=str(next(values)) if "job" in group_by else "",
+            )
+            if windowed:
+                group.window_start.FromDatetime(_window_start(next(values), window_size))
+            group.records = int(next(values))
+            if not group.records:
+                continue  # no GROUP BY: one row of zeros when no record matched
+            for name, value in zip(METERS, values, strict=True):
+                # SQL sums of integers may come back as Decimal: exact, made int here.
+                group.meters[name] = int(value)
+            out.append(group)
+        return out
+
+    def _window(self, size: str) -> Any:
+        """The start of the ``size`` window each record ended in, computed by the database."""
+        if self._db.is_sqlite:
+            # SQLite keeps UTC datetimes as "YYYY-MM-DD HH:MM:SS.ffffff": a window is a prefix.
+            return func.substr(UsageRow.ended_at, 1, _SQLITE_WINDOWS[size][1])
+        # date_trunc in UTC whatever the session's time zone; the unit and zone as literals,
+        # so PostgreSQL groups by one expression rather than by differently bound parameters.
+        return func.date_trunc(
+            literal_column(f"'{size}'"), UsageRow.ended_at, literal_column("'UTC'")
+        )
 
     # -- invoices -------------------------------------------------------------------------
     @db_operation
@@ -302,6 +321,13 @@ class UsageStore:
             clauses.append(UsageRow.ended_at >= since)
         async with self._db.session() as session:
             return [_aware(r) for r in await session.scalars(select(UsageRow).where(*clauses))]
+
+    @db_operation
+    async def billed(self, tenant: str, months: Iterable[Month]) -> list[Any]:
+        """The tenant's records on final invoices that ended in any of ``months``: what an
+        adjustment of those months is rated against."""
+        async with self._db.session() as session:
+            return await _billed(session, tenant, months)
 
     @db_operation
     async def oldest_unbilled(self) -> list[tuple[str, datetime]]:
@@ -338,9 +364,10 @@ class UsageStore:
     async def finalize(self, tenant: str, month: Month, build: Any) -> bytes | None:
         """Close ``tenant``'s invoice of ``month``: in one transaction, take every record on no
         final invoice that ended before the month's end, build the document from exactly those
-        (``build(rows) -> bytes``) and store it. Marking first, then reading what was marked,
-        means a record committed meanwhile is either on this invoice or on the next, never
-        counted and missed. None when another replica finalized it first."""
+        (``build(rows, billed) -> bytes``, ``billed``: the tenant's records on earlier final
+        invoices that ended in the months ``rows`` adjust) and store it. Marking first, then
+        reading what was marked, means a record committed meanwhile is either on this invoice
+        or on the next, never counted and missed. None when another replica finalized it first."""
         invoice_id = f"{tenant}/{month}"
         try:
             async with self._db.session() as session, session.begin():
@@ -361,7 +388,13 @@ class UsageStore:
                         select(UsageRow).where(UsageRow.invoice_id == invoice_id)
                     )
                 ]
-                document: bytes = build(rows)
+                adjusted = {Month.of(r.ended_at) for r in rows if r.ended_at < month.start}
+                billed = [
+                    r
+                    for r in await _billed(session, tenant, adjusted)
+                    if r.invoice_id != invoice_id
+                ]
+                document: bytes = build(rows, billed)
                 session.add(
                     InvoiceRow(
                         invoice_id=invoice_id,
@@ -403,6 +436,18 @@ def sqlite_datetime(us: int) -> str:
     return f"{_sqlite_second(seconds)}.{micros:06d}"
 
 
+async def _billed(session: Any, tenant: str, months: Iterable[Month]) -> list[UsageRow]:
+    spans = [
+        and_(UsageRow.ended_at >= m.start, UsageRow.ended_at < m.end) for m in sorted(set(months))
+    ]
+    if not spans:
+        return []
+    query = select(UsageRow).where(
+        UsageRow.tenant == tenant, UsageRow.invoice_id.is_not(None), or_(*spans)
+    )
+    return [_aware(r) for r in await session.scalars(query)]
+
+
 def _aware(row: UsageRow) -> UsageRow:
     # SQLite hands back naive datetimes; invoices compare them with aware ones.
     row.started_at = utc(row.started_at)
@@ -410,17 +455,34 @@ def _aware(row: UsageRow) -> UsageRow:
     return row
 
 
-async def _check_corrections(session: Any, corrections: Sequence[dict[str, Any]]) -> dict[str, str]:
+async def _check_corrections(
+    session: Any, corrections: Sequence[dict[str, Any]], sqlite: bool
+) -> dict[str, str]:
     """Refuse corrections of unknown usage, of another tenant's usage, of a correction, or
     that would take any amount of the corrected usage below zero; fill the rest in from the
     usage they correct (same chip, job and event time: they land in its window)."""
     ids = [c["usage_id"] for c in corrections]
     targets = {c["corrects"] for c in corrections}
+    # The usage corrected is locked (SELECT ... FOR UPDATE) before its corrections are summed:
+    # two corrections of one record committed at once (two replicas, or an event and a
+    # CorrectUsage call) would otherwise each see the other's delta missing and together take
+    # it below zero. The second waits for the first to commit, then sums it in (PostgreSQL
+    # reads committed rows per statement). In id order, so two batches lock alike and never
+    # deadlock each other. SQLite has no row locks, only one writer at a time (the Database
+    # gate in a process, its file lock across processes).
+    if sqlite:
+        # pysqlite begins a transaction at its first write, so a SELECT before one reads what
+        # was committed then: take SQLite's one write lock first, by a write that changes
+        # nothing, and read after whoever held it committed.
+        await session.execute(
+            update(UsageRow)
+            .where(UsageRow.usage_id.in_(targets))
+            .values(corrects=UsageRow.corrects)
+            .execution_options(synchronize_session=False)
+        )
+    locked = select(UsageRow).where(UsageRow.usage_id.in_(targets)).order_by(UsageRow.usage_id)
+    originals = {r.usage_id: r for r in await session.scalars(locked.with_for_update())}
     stored = set(await session.scalars(select(UsageRow.usage_id).where(UsageRow.usage_id.in_(ids))))
-    originals = {
-        r.usage_id: r
-        for r in await session.scalars(select(UsageRow).where(UsageRow.usage_id.in_(targets)))
-    }
     sums = [func.coalesce(func.sum(getattr(UsageRow, n)), 0) for n in AMOUNT_FIELDS]
     corrected = {
         target: dict(zip(AMOUNT_FIELDS, (int(v) for v in values), strict=True))

@@ -4,6 +4,7 @@ records, late usage moving a draft invoice but never a final one."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Iterator
@@ -255,3 +256,94 @@ async def test_price_books_are_stored_and_a_version_never_changes(db_url: str) -
             await store.keep_books([changed])
     finally:
         await db.dispose()
+
+
+async def test_two_replicas_correcting_one_record_at_once_cannot_take_it_below_zero(
+    db_url: str,
+) -> None:
+    """Replica 1 has checked and written a correction of 60 of the record's 100, not yet
+    committed; replica 2 corrects 60 more. It must wait for replica 1 and then be refused (on
+    PostgreSQL it waits on the row lock; on SQLite a second writer waits on the file)."""
+    db1, store1 = await _store(db_url)
+    db2 = Database(db_url)  # another replica: its own engine (and, on SQLite, its own gate)
+    store2 = UsageStore(db2)
+    try:
+        await _put(store1, "u", datetime(2026, 11, 20, tzinfo=UTC), samples=100)
+        first = _usage("fix-1", corrects="u", samples=-60)
+        second = _usage("fix-2", corrects="u", samples=-60)
+        async with db1.session() as session, session.begin():
+            assert await store1.record_in(session, [to_row(first, "fix-1")]) == {}
+            racing = asyncio.ensure_future(store2.record_batch([to_row(second, "fix-2")]))
+            if db1.is_sqlite:
+                await asyncio.sleep(0.5)  # SQLite cannot say who waits; it must not finish
+            else:
+                await wait_for(lambda: _waiting_on_a_lock(db1), within=10, what="a lock wait")
+            assert not racing.done(), "replica 2 went ahead while replica 1 held the record"
+        refused = await asyncio.wait_for(racing, 10)
+        assert "samples: the correction would take usage 'u' to -20" in refused["fix-2"]
+        net = {g.meters["samples"] for g in await store1.groups(UsageFilter("acme"), [], "day")}
+        assert net == {40}
+    finally:
+        await db1.dispose()
+        await db2.dispose()
+
+
+async def _waiting_on_a_lock(db: Database) -> bool:
+    async with db.engine.connect() as conn:
+        waiting = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        )
+    return bool(waiting)
+
+
+@pytest.mark.parametrize("size", ["minute", "hour", "day", "month"])
+async def test_usage_groups_are_summed_by_the_database_per_window(db_url: str, size: str) -> None:
+    """The database groups and sums (SQLite by datetime-text prefix, PostgreSQL by date_trunc
+    in UTC); the result must be the per-record rule: a record counts in the window it ended in,
+    with records on each side of every boundary, and sums exact past 2**53."""
+    db, store = await _store(db_url)
+    ends = [
+        datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 12, 1, 0, 0, tzinfo=UTC),
+        datetime(2026, 12, 1, 0, 0, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 12, 1, 0, 1, tzinfo=UTC),
+        datetime(2026, 12, 1, 0, 59, 59, tzinfo=UTC),
+        datetime(2026, 12, 1, 1, 0, tzinfo=UTC),
+        datetime(2026, 12, 2, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, tzinfo=UTC),
+    ]
+    try:
+        expected: dict[tuple[str, datetime], list[int]] = {}
+        for i, ended in enumerate(ends):
+            chip = "mlu370-x8" if i % 3 else "ascend-910b2"
+            tokens = 2**53 + i
+            await _put(store, f"w{i}", ended, chip=chip, tokens_in=tokens)
+            key = (chip, _truncate(ended, size))
+            records, total = expected.get(key, [0, 0])
+            expected[key] = [records + 1, total + tokens]
+        groups = await store.groups(UsageFilter("acme"), ["chip", "window"], size)
+        got = {
+            (g.chip, g.window_start.ToDatetime(tzinfo=UTC)): [g.records, g.meters["input_tokens"]]
+            for g in groups
+        }
+        assert got == expected
+        assert [(g.chip, g.window_start.ToDatetime(tzinfo=UTC)) for g in groups] == sorted(got)
+        [everything] = await store.groups(UsageFilter("acme"), [], size)
+        assert everything.records == len(ends)
+        assert everything.meters["input_tokens"] == sum(2**53 + i for i in range(len(ends)))
+        assert await store.groups(UsageFilter("nobody"), [], size) == []
+    finally:
+        await db.dispose()
+
+
+def _truncate(when: datetime, size: str) -> datetime:
+    if size == "minute":
+        return when.replace(second=0, microsecond=0)
+    if size == "hour":
+        return when.replace(minute=0, second=0, microsecond=0)
+    if size == "day":
+        return when.replace(hour=0, minute=0, second=0, microsecond=0)
+    return when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -216,6 +216,14 @@ async def test_invoices_and_usage_are_each_tenants_own_and_an_admin_key_sees_all
             await stub.GetInvoice(metering_pb2.GetInvoiceRequest(period="2026-13"), metadata=admin)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (err.value.details() or "").startswith("period")
+        # a-old ended in March 2025, before the first price book: it cannot be priced, which
+        # is a precondition to meet, not an internal error.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetInvoice(
+                metering_pb2.GetInvoiceRequest(period="2025-03"), metadata=_auth(KEY_A)
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no price book is in force" in (err.value.details() or "")
     html_file = tmp_path / "invoice.html"
     argv = [
         "--gateway",

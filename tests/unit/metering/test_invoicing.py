@@ -3,15 +3,16 @@ book, adjustments for earlier months, and the rental comparison."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 
-from pocgrid.price_book import default_price_book
-from services.metering.invoicing import Month, compose
+from pocgrid.price_book import SourcedBook, default_price_book
+from pocgrid.pricing import ANY_CHIP, Graduated, Price, PriceBook, Tier, Volume
+from services.metering.invoicing import Composed, Month, compose
 
 GIB = 1 << 30
 NOV = Month(2026, 11)
@@ -114,3 +115,66 @@ def test_a_record_after_the_month_is_refused() -> None:
         compose(
             NOV, [Rec("dec", ended_at=datetime(2026, 12, 1, tzinfo=UTC))], [default_price_book()]
         )
+
+
+def _tiered(model: Graduated | Volume) -> SourcedBook:
+    """The default book's cards (for the rental comparison), with samples priced by ``model``."""
+    book = PriceBook(
+        version="tiers-1",
+        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+        currency="CNY",
+        prices={(ANY_CHIP, "samples"): Price(model)},
+    )
+    return replace(default_price_book(), book=book)
+
+
+_OCT_END = datetime(2026, 10, 20, 12, tzinfo=UTC)
+#: First 100 samples at 1.00 each, every further one at 0.50.
+GRADUATED = Graduated((Tier(100, Decimal("1.00")), Tier(None, Decimal("0.50"))))
+#: All samples at 1.00 up to 100 in the month, all at 0.60 beyond.
+VOLUME = Volume((Tier(100, Decimal("1.00")), Tier(None, Decimal("0.60"))))
+
+
+def _oct(usage_id: str, samples: int, corrects: str = "") -> Rec:
+    return Rec(usage_id, samples=samples, corrects=corrects, started_at=_OCT_END, ended_at=_OCT_END)
+
+
+def _adjustment(inv: Composed) -> tuple[int, Decimal]:
+    [line] = [line for line in inv.lines if line.adjustment_for == "2026-10"]
+    return line.quantity, line.amount
+
+
+@pytest.mark.parametrize(
+    ("model", "billed", "late", "expected"),
+    [
+        # October was billed 150 samples: 100 x 1.00 + 50 x 0.50 = 125.00. Taking 80 back leaves
+        # 70 = 70.00, so the credit is 55.00 (80 rated alone would credit 80.00).
+        (GRADUATED, [_oct("oct", 150)], _oct("fix", -80, "oct"), (-80, Decimal("-55.000000"))),
+        # Volume: 150 x 0.60 = 90.00 billed; 70 x 1.00 = 70.00 after: a credit of 20.00 only,
+        # the remaining samples falling back into the dearer tier (alone: 80.00).
+        (VOLUME, [_oct("oct", 150)], _oct("fix", -80, "oct"), (-80, Decimal("-20.000000"))),
+        # 30 late samples of October: 180 = 100 + 80 x 0.50 = 140.00, 15.00 more (alone: 30.00).
+        (GRADUATED, [_oct("oct", 150)], _oct("late", 30), (30, Decimal("15.000000"))),
+        # A second correction is rated against what October's invoices already say (150 less a
+        # first correction of 30 on November's final invoice: 120 = 110.00), not against the
+        # original: 70 = 70.00, a credit of 40.00.
+        (
+            GRADUATED,
+            [_oct("oct", 150), _oct("fix1", -30, "oct")],
+            _oct("fix2", -50, "oct"),
+            (-50, Decimal("-40.000000")),
+        ),
+    ],
+)
+def test_an_adjustment_across_a_tier_boundary_is_rated_against_what_was_billed(
+    model: Graduated | Volume, billed: list[Rec], late: Rec, expected: tuple[int, Decimal]
+) -> None:
+    books = [_tiered(model)]
+    assert compose(Month(2026, 10), billed[:1], books).total == (
+        Decimal("125.000000") if model is GRADUATED else Decimal("90.000000")
+    )
+    dec = Month(2026, 12)
+    assert _adjustment(compose(dec, [late], books, billed)) == expected
+    # Without what was billed, it is rated on its own: the old, wrong credit.
+    alone = compose(dec, [late], books)
+    assert _adjustment(alone) != expected
