@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 
-.PHONY: demo test kustomize chromium lint layers typecheck protos protos-check catalog-check unit integration bench clean nats
+.PHONY: demo test postgres kustomize chromium lint layers typecheck protos protos-check catalog-check unit integration bench clean nats
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 nats:
 	@scripts/ensure_nats_server.sh
+
+## postgres: PostgreSQL's server binaries; the tests start a throwaway server of their own
+postgres:
+	@scripts/ensure_postgres.sh
 
 ## chromium: headless browser for the adaptation heatmap's screenshot test
 chromium:
@@ -29,7 +33,7 @@ demo: $(STAMP) nats
 	$(VENV)/bin/pocgrid demo
 
 ## test: lint, type-check, generated-code drift check, then every test
-test: $(STAMP) nats chromium kustomize lint layers typecheck protos-check catalog-check
+test: $(STAMP) nats postgres chromium kustomize lint layers typecheck protos-check catalog-check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

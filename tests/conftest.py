@@ -1,5 +1,6 @@
-"""Shared fixtures: a real nats-server per test on a random port, in-memory span capture, the
-mesh's identity keys (one set per test session) and channels that sign as a mesh identity.
+"""Shared fixtures: a real nats-server per test on a random port, each database-touching test on
+SQLite and on a real PostgreSQL server, in-memory span capture, the mesh's identity keys (one set
+per test session) and channels that sign as a mesh identity.
 
 Every service port wants a signed service token (services/core/service_tokens.py). A test that
 calls a service directly opens its channel with ``service_channel(address, identity=...)``: the
@@ -11,6 +12,7 @@ claims of that identity's token. The identity matters: agents take work from ``s
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,15 @@ from services.core import mesh_identity
 from services.core.config import CommonConfig
 from services.core.mesh_auth import MeshCredentials
 from services.core.mesh_channel import signed_aio_channel, signed_channel
+from tests.otlp import Receiver, start_receiver
+from tests.postgres import PgTestDatabases, postgres_server
 from tools.shared_data import SharedDataMissing, shared_path
+
+#: The backends every test that stores anything runs on: both in CI. POCGRID_TEST_DB=sqlite (or
+#: =postgresql) narrows a run to one while developing.
+BACKENDS = [b for b in os.environ.get("POCGRID_TEST_DB", "sqlite,postgresql").split(",") if b]
+if not set(BACKENDS) <= {"sqlite", "postgresql"} or not BACKENDS:
+    raise ValueError(f"POCGRID_TEST_DB={BACKENDS}: sqlite and/or postgresql, comma-separated")
 
 
 def require_shared(*parts: str) -> Path:
@@ -85,17 +95,58 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """One throwaway PostgreSQL server for the whole session, started when a test first needs
+    it (initdb and start cost a few seconds; a database per test costs milliseconds)."""
+    yield from postgres_server()
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_server: str) -> PgTestDatabases:
+    return PgTestDatabases(pg_server)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """``POCGRID_DATABASE_URL`` for the test's services: "" (SQLite files in data_dir), or a
+    ``{name}`` template for fresh databases on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return ""
+    databases: PgTestDatabases = request.getfixturevalue("pg_databases")
+    return databases.next_template()
+
+
 @pytest.fixture
-def common(tmp_path: Path, nats_server: NatsServer, mesh_keys: Path) -> CommonConfig:
+def common(
+    tmp_path: Path, nats_server: NatsServer, mesh_keys: Path, database_url: str
+) -> CommonConfig:
     return CommonConfig(
         listen="127.0.0.1:0",
         nats_url=nats_server.url,
         data_dir=tmp_path / "data",
+        database_url=database_url,
         log_format="console",
         shutdown_grace_s=0.5,
         outbox_sweep_ms=100,
         mesh_keys_dir=str(mesh_keys),
     )
+
+
+@pytest.fixture
+def fresh_database(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> Callable[[str], str]:
+    """``fresh_database(name)``: the URL of a new database ``name`` without any tables, on the
+    test's backend, for tests that open a ``Database`` and migrate it themselves."""
+
+    def make(name: str) -> str:
+        if not database_url:
+            return f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}"
+        databases: PgTestDatabases = request.getfixturevalue("pg_databases")
+        return databases.empty(name)
+
+    return make
 
 
 @pytest.fixture
@@ -142,3 +193,11 @@ async def closer() -> AsyncIterator[list[Any]]:
     items: list[Any] = []
     yield items
     await aclose_all(items)
+
+
+@pytest.fixture
+async def otlp_receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    """An OTLP/gRPC receiver on a free port: (what it received, its port)."""
+    rec, port, server = await start_receiver()
+    yield rec, port
+    await server.stop(0)

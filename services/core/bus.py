@@ -32,7 +32,7 @@ from typing import Any, TypeVar, cast
 import nats
 from google.protobuf.message import DecodeError, Message
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
@@ -144,6 +144,7 @@ class EventBus:
         self._js: Any = None
         self._consumers: list[asyncio.Task[None]] = []
         self._states: dict[str, ConsumerState] = {}
+        self._streams: dict[str, str] = {}  # durable -> its stream
         self._closing = asyncio.Event()
         #: Set (and replaced) on reconnect, so consumers in back-off retry at once.
         self._wake = asyncio.Event()
@@ -238,6 +239,19 @@ class EventBus:
     def consumer_states(self) -> list[ConsumerState]:
         return list(self._states.values())
 
+    async def backlog(self) -> dict[str, int]:
+        """Events each of this bus's durable consumers has yet to finish, by durable: those the
+        server holds for it (``num_pending``) and those delivered but not acknowledged
+        (``num_ack_pending``). Asks the server; raises while NATS is away."""
+        backlog: dict[str, int] = {}
+        for durable, stream in self._streams.items():
+            try:
+                info = await self._js.consumer_info(stream, durable)
+            except NotFoundError:
+                continue  # not subscribed yet (or deleted and being re-made): nothing to say
+            backlog[durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return backlog
+
     async def _notify(self) -> None:
         if self._on_health_change is None:
             return
@@ -328,6 +342,7 @@ class EventBus:
         if spec.durable in self._states:
             raise ValueError(f"consumer {spec.durable!r} is already running on this bus")
         self._states[spec.durable] = ConsumerState(spec.durable)
+        self._streams[spec.durable] = spec.stream
         task = asyncio.create_task(self._supervise(spec), name=f"consume:{spec.durable}")
         self._consumers.append(task)
         return task
@@ -522,6 +537,8 @@ class EventBus:
     async def _deliver_batch(self, msgs: list[Any], spec: _Consumer) -> None:
         taken: list[tuple[Any, Mapping[str, str], Message, EventMeta]] = []
         links: list[Link] = []
+        # The first event of each trace in the batch, and how many events that trace has.
+        traces: dict[int, tuple[trace.SpanContext, int]] = {}
         for msg in msgs:
             headers = _headers(msg)
             deliveries = delivery_count(msg)
@@ -534,6 +551,8 @@ class EventBus:
                 parent = trace.get_current_span(telemetry.extract(headers)).get_span_context()
                 if parent.is_valid:
                     links.append(Link(parent))
+                    first, count = traces.get(parent.trace_id, (parent, 0))
+                    traces[parent.trace_id] = (first, count + 1)
         if not taken:
             return
         # One span for the batch, linked to each publisher's span (messaging batch receive).
@@ -565,6 +584,35 @@ class EventBus:
                     await self._dead_letter(msg, spec, headers, f"rejected by the handler: {why}")
                 else:
                     await msg.ack()
+        self._processed_spans(spec, span, traces)
+
+    def _processed_spans(
+        self, spec: _Consumer, batch: trace.Span, traces: dict[int, tuple[trace.SpanContext, int]]
+    ) -> None:
+        """One short span per trace the batch carried, child of that trace's first event and
+        linked to the batch span: the batch span cannot be in every publisher's trace, and a
+        trace (one evaluation, say) should show that its events were consumed. Per trace, not
+        per event, so a batch of a thousand costs at most ``MAX_BATCH_LINKS`` spans, and none
+        when the publishers sent no trace context."""
+        # The SDK's span keeps its times once ended; a non-recording one has none.
+        start = getattr(batch, "start_time", None)
+        end = getattr(batch, "end_time", None)
+        if not traces or end is None:
+            return
+        for first, count in traces.values():
+            self._tracer.start_span(
+                f"process {spec.subject}",
+                context=trace.set_span_in_context(trace.NonRecordingSpan(first)),
+                kind=SpanKind.CONSUMER,
+                links=[Link(batch.get_span_context())],
+                start_time=start,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": spec.subject,
+                    "messaging.batch.message_count": count,
+                    "messaging.consumer.group.name": spec.durable,
+                },
+            ).end(end_time=end)
 
     async def _dead_letter(
         self, msg: Any, spec: _Consumer, headers: Mapping[str, str], reason: str

@@ -93,7 +93,15 @@ class CommonConfig(EnvConfig):
     """NATS server with JetStream enabled."""
 
     data_dir: Path = Path(".pocgrid-data")
-    """Where a service keeps its SQLite database when database_url is not set."""
+    """Where a service keeps its SQLite database when no database URL is set."""
+
+    database_url: str = ""
+    """Database of every service whose own ``POCGRID_<NAME>_DATABASE_URL`` is not set, with
+    ``{name}`` standing for the service's database name (the service's name; ``agent-<node id>``
+    for an agent): ``postgresql+asyncpg://pocgrid@db:5432/pocgrid_{name}`` gives each service,
+    and each of any number of agents, a database of its own on one server. A PostgreSQL database
+    so named that does not exist yet is created (the user needs CREATEDB). Empty: a SQLite file
+    per service in ``data_dir``."""
 
     log_format: str = "auto"
     """'json', 'console', or 'auto' (JSON unless stderr is a terminal)."""
@@ -169,16 +177,27 @@ class CommonConfig(EnvConfig):
     """The identity this process signs its calls as; empty = the service's name."""
     mesh_private_key_file: str = ""
     """This identity's Ed25519 private key (PEM); empty = ``<mesh_keys_dir>/<identity>.key``."""
+    gauge_interval_ms: int = 5_000
+    """How often a service samples its gauges (queue depth, pool utilization, consumer
+    backlog) when it exports metrics; each sample is a database query or a server round trip."""
     stream_replicas: int = 1
     """JetStream replicas of every stream the mesh creates: 1 on one nats-server, 3 on the
     3-node cluster of deploy/k8s (a stream then survives the loss of one server)."""
 
     def __post_init__(self) -> None:
         parse_hostport("listen", self.listen)
+        if self.database_url and "{name}" not in self.database_url:
+            # Services keep tables of the same names (an agent's outbox, say): one database for
+            # all of them would mix their rows.
+            raise ConfigError(
+                f"{env_name('database_url')}: must contain {{name}} (one database per service)"
+            )
         if self.metrics_listen:
             parse_hostport("metrics_listen", self.metrics_listen)
         if self.metrics_export_interval_ms < 100:
             raise ConfigError(f"{env_name('metrics_export_interval_ms')}: must be >= 100")
+        if self.gauge_interval_ms < 50:
+            raise ConfigError(f"{env_name('gauge_interval_ms')}: must be >= 50")
         if not 1 <= self.stream_replicas <= 5:
             # JetStream's own bound: a stream has 1..5 replicas.
             raise ConfigError(f"{env_name('stream_replicas')}: must be 1..5")
@@ -237,7 +256,10 @@ class CommonConfig(EnvConfig):
         exp = min(max(failures, 1) - 1, 32)
         return float(min(self.consumer_backoff_initial_s * 2**exp, self.consumer_backoff_max_s))
 
-    def sqlite_url(self, service: str) -> str:
-        """A SQLite file named after ``service`` in ``data_dir``: where a service keeps its
-        database when its ``POCGRID_<NAME>_DATABASE_URL`` is not set."""
-        return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"
+    def default_database_url(self, name: str) -> str:
+        """Where the service whose database is called ``name`` keeps it when its own
+        ``POCGRID_<NAME>_DATABASE_URL`` is not set: ``database_url`` with ``{name}`` filled in,
+        else a SQLite file so named in ``data_dir``."""
+        if self.database_url:
+            return self.database_url.replace("{name}", name)
+        return f"sqlite+aiosqlite:///{self.data_dir / (name + '.db')}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self, cast
@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from services.core.bus import EventBus
 from services.core.config import CommonConfig, EnvConfig, parse_hostport
+from services.core.gauges import GaugeSet, attrs, sample_forever
 from services.core.interceptors import UNTRACED_BY_DEFAULT, ServerInterceptor, open_channel
 from services.core.logging import configure_logging, get_logger
 from services.core.mesh_auth import MeshCredentials
@@ -31,7 +32,7 @@ from services.core.mesh_channel import signed_aio_channel
 from services.core.metrics import ServiceMetrics
 from services.core.migrations import Migrations, migrate
 from services.core.outbox import Outbox, OutboxRelay
-from services.core.storage import Database
+from services.core.storage import Database, create_database_if_missing
 from services.core.telemetry import PocgridTracerProvider, create_tracer_provider
 
 log = get_logger()
@@ -194,10 +195,15 @@ class Service:
     ) -> Database:
         """The service's own database, migrated to the newest revision; disposed at stop.
 
-        ``url`` is the service's ``POCGRID_<NAME>_DATABASE_URL``; empty means a SQLite file in
-        ``data_dir`` named ``file_name`` (default: the service's name).
+        ``url`` is the service's ``POCGRID_<NAME>_DATABASE_URL``; empty means the database
+        named ``file_name`` (default: the service's name) under ``POCGRID_DATABASE_URL``, made on
+        first use, or else a SQLite file so named in ``data_dir``.
         """
-        db = Database(url or self.common.sqlite_url(file_name or self.name))
+        if not url:
+            url = self.common.default_database_url(file_name or self.name)
+            if self.common.database_url:
+                await create_database_if_missing(url)
+        db = Database(url)
         self._databases.append(db)
         await migrate(db, migrations)
         return db
@@ -216,12 +222,37 @@ class Service:
         self.spawn(relay.run(), "outbox")
         return relay
 
+    def gauge(self, name: str, *, unit: str, description: str) -> GaugeSet:
+        """An observable gauge of this service; fill it from a ``sample_gauges`` sampler."""
+        return GaugeSet(self.metrics.meter, name, unit=unit, description=description)
+
+    def sample_gauges(self, name: str, sample: Callable[[], Awaitable[None]]) -> None:
+        """Run ``sample`` every ``POCGRID_GAUGE_INTERVAL_MS`` while the service runs, if it
+        exports metrics at all (otherwise nobody would read what the queries found)."""
+        if self.metrics.exporting:
+            interval_s = self.common.gauge_interval_ms / 1000
+            self.spawn(sample_forever(name, sample, interval_s), f"gauges.{name}")
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task that is cancelled on stop and whose crash is logged."""
         task = asyncio.create_task(coro, name=f"{self.name}.{name}")
         task.add_done_callback(self._report_task)
         self._tasks.append(task)
         return task
+
+    def _sample_backlog(self, bus: EventBus) -> None:
+        # Every consumer's backlog: for metering's usage consumer, its ingest lag in events.
+        backlog = self.gauge(
+            "pocgrid.bus.consumer.pending",
+            unit="{event}",
+            description="Events a durable consumer has not finished: not yet delivered to it, "
+            "or delivered and not acknowledged",
+        )
+
+        async def sample() -> None:
+            backlog.replace({attrs(consumer=d): n for d, n in (await bus.backlog()).items()})
+
+        self.sample_gauges("bus", sample)
 
     def _report_task(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -283,6 +314,8 @@ class Service:
         self._serving = True
         await self._refresh_health()
         await self.on_serving()
+        if self.bus is not None and self.bus.consumer_states():
+            self._sample_backlog(self.bus)
         log.info("service.started", address=self.address)
 
     async def stop(self) -> None:

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -78,6 +79,39 @@ class Database:
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout_s)
         await self.engine.dispose()
+
+
+#: PostgreSQL's bound on a database name (NAMEDATALEN - 1 bytes); a longer one would be cut.
+PG_MAX_NAME_BYTES = 63
+
+
+async def create_database_if_missing(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names when the server has none by that name.
+
+    Connects to the server's ``postgres`` database with the same credentials. Several processes
+    may race to create one database (agents scaled at once): the loser finds it there and goes
+    on. SQLite makes its file on first connect, so there is nothing to do for it.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        return
+    name = parsed.database
+    if len(name.encode()) > PG_MAX_NAME_BYTES:
+        raise ValueError(f"database name {name!r}: longer than {PG_MAX_NAME_BYTES} bytes")
+    admin = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    exists = text("SELECT 1 FROM pg_database WHERE datname = :name")
+    try:
+        async with admin.connect() as conn:
+            if (await conn.execute(exists, {"name": name})).first() is not None:
+                return
+            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+            try:
+                await conn.execute(text(f"CREATE DATABASE {quoted}"))
+            except DBAPIError:
+                if (await conn.execute(exists, {"name": name})).first() is None:
+                    raise
+    finally:
+        await admin.dispose()
 
 
 class _HasDatabase(Protocol):

@@ -15,6 +15,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from pocgrid.catalog import Catalog, UnknownChipError
 from pocgrid.comm.training import SPLITS
 from pocgrid.v1 import common_pb2, evaluator_pb2
@@ -67,11 +70,15 @@ class Evaluations:
         runner: Callable[[], Runner | None],
         placement: str,
         published: Callable[[], None] = lambda: None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         """``published``: told after a commit that wrote lifecycle events (the outbox relay's
         ``notify``, so they go out at once rather than at its next sweep)."""
         self._published = published
         self._store = store
+        # The run's own span, under StartEvaluation's: the run outlives that RPC, and its calls
+        # (agents, the scheduler, metering) belong under one span that lasts as long as it does.
+        self._tracer = tracer
         self._catalog = catalog
         self._scenarios = scenarios
         self._runner = runner
@@ -133,7 +140,7 @@ class Evaluations:
         self._live[evaluation.evaluation_id] = live
         spec = self._spec(request, scenario, evaluation.evaluation_id)
         task = asyncio.create_task(
-            self._run(live, runner, components, list(request.chips), spec),
+            self._run_traced(live, runner, components, list(request.chips), spec),
             name=f"evaluation {evaluation.evaluation_id}",
         )
         self._tasks.add(task)
@@ -226,6 +233,37 @@ class Evaluations:
         )
 
     # -- the run -------------------------------------------------------------------------------
+    async def _run_traced(
+        self,
+        live: _Live,
+        runner: Runner,
+        components: list[Component],
+        chips: list[str],
+        spec: RunSpec,
+    ) -> None:
+        if self._tracer is None:
+            await self._run(live, runner, components, chips, spec)
+            return
+        evaluation = live.evaluation
+        with self._tracer.start_as_current_span(
+            "evaluation",
+            attributes={
+                "pocgrid.evaluation_id": evaluation.evaluation_id,
+                "pocgrid.scenario": evaluation.request.scenario,
+                "pocgrid.tenant": evaluation.tenant,
+            },
+        ) as span:
+            # Both lines carry the trace id (logging.add_trace_context): where to look it up.
+            log.info("evaluation.started", evaluation_id=evaluation.evaluation_id)
+            await self._run(live, runner, components, chips, spec)
+            if evaluation.state == FAILED:
+                span.set_status(Status(StatusCode.ERROR, evaluation.error))
+            log.info(
+                "evaluation.finished",
+                evaluation_id=evaluation.evaluation_id,
+                state=evaluator_pb2.EvaluationState.Name(evaluation.state),
+            )
+
     async def _run(
         self,
         live: _Live,

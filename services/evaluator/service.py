@@ -144,6 +144,7 @@ class EvaluatorServer(Service):
             lambda: runner,
             pool.placement if pool is not None else "registry",
             relay.notify,
+            tracer=self.tracer,
         )
         await self.evaluations.recover()
         evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(

@@ -113,9 +113,16 @@ def _us(ts: Timestamp) -> int:
 
 
 class UsageRecorder:
-    def __init__(self, store: UsageStore, tenants: Callable[[], frozenset[str]]) -> None:
+    def __init__(
+        self,
+        store: UsageStore,
+        tenants: Callable[[], frozenset[str]],
+        committed: Callable[[datetime], None] = lambda _event_time: None,
+    ) -> None:
         self._store = store
         self._tenants = tenants
+        # Told the event time of the last event of each batch it committed (the ingest lag).
+        self._committed = committed
 
     async def handle_batch(
         self, batch: Sequence[tuple[events_pb2.UsageRecorded, EventMeta]]
@@ -137,6 +144,7 @@ class UsageRecorder:
             rows.append(to_row(event, usage_id))
         if rows:
             refused = await self._store.record_batch(rows)
+            self._committed(rows[-1]["ended_at"])
             for usage_id, why in refused.items():
                 reasons[index[usage_id]] = f"usage event {usage_id!r} cannot be stored: {why}"
         log.debug(

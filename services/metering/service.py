@@ -4,7 +4,7 @@ invoice finalizer."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
@@ -48,6 +48,18 @@ class MeteringServer(Service):
         self.store: UsageStore | None = None
         self.invoicer: Invoicer | None = None
         self.tenants: frozenset[str] = frozenset()
+        self.ingest_lag = self.gauge(
+            "pocgrid.metering.ingest.lag",
+            unit="s",
+            description="At the last commit of usage: its time minus the event time (ended_at) "
+            "of the last usage event committed",
+        )
+
+    def _committed(self, event_time: datetime) -> None:
+        # Lag at commit, not "now - last event time" at scrape: an idle metering that has
+        # stored everything is not lagging, however long ago the last usage was. A backlog
+        # shows in pocgrid.bus.consumer.pending{consumer="metering"}.
+        self.ingest_lag.set((datetime.now(UTC) - event_time).total_seconds())
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.metering_database_url, MIGRATIONS)
@@ -77,7 +89,7 @@ class MeteringServer(Service):
             durable=DURABLE,
             subject=USAGE_SUBJECTS,
             message_type=events_pb2.UsageRecorded,
-            handler=UsageRecorder(self.store, lambda: self.tenants).handle_batch,
+            handler=UsageRecorder(self.store, lambda: self.tenants, self._committed).handle_batch,
             batch=self.config.metering_ingest_batch,
         )
         self.spawn(self.invoicer.run(self.config.invoice_check_interval_s), "invoices")

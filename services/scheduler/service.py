@@ -19,6 +19,7 @@ from services.core.nats_auth import SCHEDULER_NODE_LOST_DURABLE
 from services.core.outbox import OutboxRelay
 from services.core.service import Service
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.gauges import SchedulerGauges
 from services.scheduler.jobs import JobBook
 from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.placement import AgentCalls, Placer
@@ -67,6 +68,7 @@ class SchedulerServer(Service):
         self.catalog = catalog or default_catalog()
         self.relay: OutboxRelay | None = None
         self.placer: Placer | None = None
+        self.gauges: SchedulerGauges | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.scheduler_database_url, MIGRATIONS)
@@ -97,6 +99,8 @@ class SchedulerServer(Service):
             SchedulerServicer(self.catalog, book, store, nodes), server
         )
         self.add_service(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
+        self.gauges = SchedulerGauges(self.gauge, store, nodes)
+        self.sample_gauges("scheduler", self.gauges.sample)
 
     async def on_serving(self) -> None:
         if self.placer is None:

@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import grpc
 import nats
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from pocgrid import deadletter
 from pocgrid.price_book import default_price_book
@@ -35,12 +30,10 @@ from services.metering.service import MeteringServer
 from services.metering.store import UsageFilter, UsageStore
 from tests.conftest import service_channel, wait_for
 from tests.integration.test_metering import ACME, TENANTS, Publisher, _usage
-from tests.postgres import postgres_server
 
 pytestmark = pytest.mark.integration
 
 NOV = Month(2026, 11)
-_names = itertools.count()
 HOUR_US = 3_600_000_000
 
 
@@ -92,25 +85,10 @@ async def test_bad_events_are_refused_with_their_reason_and_their_batch_is_store
     await nc.close()
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    yield from postgres_server()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path: Path) -> AsyncIterator[str]:
-    """A new, empty database on each backend (ingest writes through each driver's own
-    executemany, so both are exercised)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
-        return
-    server: str = request.getfixturevalue("pg_server")
-    name = f"billing_{next(_names)}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f"CREATE DATABASE {name}"))
-    await admin.dispose()
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+@pytest.fixture
+def db_url(fresh_database: Callable[[str], str]) -> str:
+    """A new, empty database on each backend (conftest's ``database_url``)."""
+    return fresh_database("billing")
 
 
 async def _store(url: str) -> tuple[Database, UsageStore]:

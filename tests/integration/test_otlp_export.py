@@ -13,16 +13,10 @@ import dataclasses
 import socket
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from gateway.config import GatewayConfig
 from gateway.service import GatewayServer
@@ -33,6 +27,7 @@ from services.core.config import CommonConfig
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from tests.conftest import service_channel, wait_for
+from tests.otlp import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -45,55 +40,10 @@ LEASE = RegistryConfig(
 )
 
 
-class Receiver(
-    trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
-):
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.metric_names: set[tuple[str, str]] = set()
-
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
-            for rs in request.resource_spans:
-                resource = {a.key: a.value.string_value for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        self.spans.append(
-                            {
-                                "name": span.name,
-                                "trace_id": span.trace_id.hex(),
-                                "span_id": span.span_id.hex(),
-                                "parent": span.parent_span_id.hex(),
-                                "resource": resource,
-                            }
-                        )
-            return trace_service_pb2.ExportTraceServiceResponse()
-        for rm in request.resource_metrics:
-            service = next(
-                a.value.string_value for a in rm.resource.attributes if a.key == "service.name"
-            )
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    self.metric_names.add((service, metric.name))
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server()
-    rec = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(rec, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield rec, port
-    await server.stop(0)
-
-
 async def test_spans_and_metrics_reach_an_otlp_receiver(
-    common: CommonConfig, receiver: tuple[Receiver, int], closer: list[object]
+    common: CommonConfig, otlp_receiver: tuple[Receiver, int], closer: list[object]
 ):
-    rec, port = receiver
+    rec, port = otlp_receiver
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"127.0.0.1:{port}"}
     common = dataclasses.replace(common, metrics_export_interval_ms=200)
     registry = RegistryServer(common, LEASE, env=env)

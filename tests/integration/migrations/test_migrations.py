@@ -4,18 +4,14 @@ by the revisions alone; either way the result is exactly what the current tables
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, Table, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, MetaData, Table
 from sqlalchemy.orm import DeclarativeBase
 
 from pocgrid.v1 import events_pb2
@@ -31,32 +27,16 @@ from services.registry.store import NodeStore
 from services.scheduler.migrations import MIGRATIONS as SCHEDULER
 from services.scheduler.store import JobStore
 from tests.integration.migrations import release_0_1_0 as old
-from tests.postgres import postgres_server
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-_names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    yield from postgres_server()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path: Path) -> AsyncIterator[str]:
-    """A new, empty database on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
-        return
-    server: str = request.getfixturevalue("pg_server")
-    name = f"migration_{next(_names)}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f"CREATE DATABASE {name}"))
-    await admin.dispose()
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+@pytest.fixture
+def db_url(fresh_database: Callable[[str], str]) -> str:
+    """A new, empty database on each backend (conftest's ``database_url``)."""
+    return fresh_database("service")
 
 
 async def _create_old(db: Database, base: type[DeclarativeBase]) -> None:
