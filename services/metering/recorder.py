@@ -143,8 +143,10 @@ class UsageRecorder:
             index[usage_id] = i
             rows.append(to_row(event, usage_id))
         if rows:
+            # Read before the store writes: it converts the rows' values in place for the driver.
+            event_time: datetime = rows[-1]["ended_at"]
             refused = await self._store.record_batch(rows)
-            self._committed(rows[-1]["ended_at"])
+            self._committed(event_time)
             for usage_id, why in refused.items():
                 reasons[index[usage_id]] = f"usage event {usage_id!r} cannot be stored: {why}"
         log.debug(
