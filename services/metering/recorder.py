@@ -117,11 +117,12 @@ class UsageRecorder:
         self,
         store: UsageStore,
         tenants: Callable[[], frozenset[str]],
-        committed: Callable[[datetime], None] = lambda _event_time: None,
+        committed: Callable[[int], None] = lambda _event_us: None,
     ) -> None:
         self._store = store
         self._tenants = tenants
-        # Told the event time of the last event of each batch it committed (the ingest lag).
+        # Told the event time (microseconds since the epoch, as the rows keep it) of the last
+        # event of each batch it committed: the ingest lag.
         self._committed = committed
 
     async def handle_batch(
@@ -143,10 +144,9 @@ class UsageRecorder:
             index[usage_id] = i
             rows.append(to_row(event, usage_id))
         if rows:
-            # Read before the store writes: it converts the rows' values in place for the driver.
-            event_time: datetime = rows[-1]["ended_at"]
+            event_us: int = rows[-1]["ended_at"]
             refused = await self._store.record_batch(rows)
-            self._committed(event_time)
+            self._committed(event_us)
             for usage_id, why in refused.items():
                 reasons[index[usage_id]] = f"usage event {usage_id!r} cannot be stored: {why}"
         log.debug(

@@ -3,8 +3,9 @@ invoice finalizer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
@@ -55,11 +56,11 @@ class MeteringServer(Service):
             "of the last usage event committed",
         )
 
-    def _committed(self, event_time: datetime) -> None:
+    def _committed(self, event_us: int) -> None:
         # Lag at commit, not "now - last event time" at scrape: an idle metering that has
         # stored everything is not lagging, however long ago the last usage was. A backlog
         # shows in pocgrid.bus.consumer.pending{consumer="metering"}.
-        self.ingest_lag.set((datetime.now(UTC) - event_time).total_seconds())
+        self.ingest_lag.set(time.time() - event_us / 1e6)
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.metering_database_url, MIGRATIONS)

@@ -32,7 +32,7 @@ from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 from tests.otlp import Receiver
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
     services = [registry, *agents, metering, evaluator, gateway]
 
     async def registered() -> bool:
-        async with grpc.aio.insecure_channel(registry.address) as ch:
+        async with service_channel(registry.address) as ch:
             nodes = await registry_pb2_grpc.RegistryServiceStub(ch).ListNodes(
                 registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY)
             )
