@@ -136,7 +136,10 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
     async def metered() -> bool:
         # The agents' usage reaches metering after the evaluation ends (outbox, relay, batch).
         await _flush(services)
-        return any(s["resource"]["service.name"] == "metering" for s in in_trace())
+        return any(
+            s["resource"]["service.name"] == "metering" and s["kind"] == CONSUMER
+            for s in in_trace()
+        )
 
     await wait_for(metered, within=30, what="metering's spans in the evaluation's trace")
     spans = in_trace()
