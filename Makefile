@@ -11,8 +11,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 # The demo needs only the runtime packages; the checks add the dev tools (linters, type checker,
 # test runner, the openai client, schema validators) on top. On this machine the dev extras
 # took as long to install as the runtime itself, so `make demo` from a fresh clone skips them.
-# pip is upgraded first: Python 3.11's bundled pip 23.2 spent 33 s of CPU on the runtime
-# packages where pip 26 spends 19 s (and 3 s upgrading itself).
+# pip is upgraded first: Python 3.11's bundled pip 23.2 spent 35 s of CPU on the runtime
+# packages where pip 26 spends 20-24 s (and 3 s upgrading itself).
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
