@@ -10,10 +10,16 @@ from services.core.config import ConfigError, EnvConfig, env_name, parse_hostpor
 @dataclasses.dataclass(frozen=True, slots=True)
 class GatewayConfig(EnvConfig):
     api_keys: str = ""
-    """Comma-separated KEY=TENANT pairs (development); prefer api_keys_file in production."""
+    """Bootstrap keys, comma-separated KEY=TENANT[:admin] pairs (development; prefer
+    api_keys_file). Every other key lives in the registry's key store."""
 
     api_keys_file: str = ""
-    """JSON file: {"keys": [{"key" or "key_sha256", "tenant", "rate_per_s"?, "burst"?}]}."""
+    """Bootstrap keys file: {"keys": [{"key" or "key_sha256", "tenant", "admin"?,
+    "rate_per_s"?, "burst"?}]}; e.g. the first admin key, which creates the others."""
+
+    key_cache_ttl_s: float = 10.0
+    """How long a key looked up in the registry's store is trusted without asking again, while
+    NATS stays connected (revocations arrive as events at once; without NATS: 1 s)."""
 
     rate_limit_per_s: float = 200.0
     """Default sustained requests per second per tenant."""
@@ -85,6 +91,8 @@ class GatewayConfig(EnvConfig):
             )
         if not 1024 <= self.openai_max_body_bytes <= 64 * 1024 * 1024:
             raise ConfigError(f"{env_name('openai_max_body_bytes')}: must be 1 KiB..64 MiB")
+        if not 0 < self.key_cache_ttl_s <= 3600:
+            raise ConfigError(f"{env_name('key_cache_ttl_s')}: must be in (0, 3600] seconds")
         if self.openai_speed_factor < 0:
             raise ConfigError(f"{env_name('openai_speed_factor')}: must be >= 0")
         if self.openai_listen:
@@ -99,8 +107,9 @@ class GatewayConfig(EnvConfig):
             value = getattr(self, name)
             if value:
                 parse_hostport(name, value)
-        if not self.api_keys and not self.api_keys_file:
+        if not self.api_keys and not self.api_keys_file and not self.registry_addr:
             raise ConfigError(
-                f"{env_name('api_keys')} or {env_name('api_keys_file')} must be set: "
-                "the gateway serves no one without API keys"
+                f"{env_name('api_keys')}, {env_name('api_keys_file')} or "
+                f"{env_name('registry_addr')} (its key store) must be set: the gateway serves "
+                "no one without API keys"
             )

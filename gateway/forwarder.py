@@ -18,10 +18,10 @@ from gateway.auth import ApiKeys, Tenant
 from gateway.ratelimit import RateLimiter
 from gateway.routing import GATEWAY_SERVICE, Route, rpc_path
 from pocgrid.error_details import DETAILS_METADATA_KEY, rich_status
-from pocgrid.v1 import gateway_pb2
+from pocgrid.v1 import admin_pb2, gateway_pb2
 from services.core import telemetry
 from services.core.bus import BUS_HEALTH
-from services.core.errors import PocgridError
+from services.core.errors import PermissionDenied, PocgridError
 from services.core.logging import get_logger
 from services.core.service_tokens import TOKEN_METADATA_KEY, TokenSigner
 from services.core.validation import decode_request
@@ -30,6 +30,9 @@ log = get_logger()
 
 WHO_AM_I = rpc_path(GATEWAY_SERVICE, "WhoAmI")
 CHECK_SERVICES = rpc_path(GATEWAY_SERVICE, "CheckServices")
+_ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+REVOKE_KEY = rpc_path(_ADMIN_SERVICE, "RevokeKey")
+UPDATE_TENANT = rpc_path(_ADMIN_SERVICE, "UpdateTenant")
 _RETRY_BACKOFF_S = 0.05
 _HEALTH_TIMEOUT_S = 2.0
 
@@ -51,6 +54,16 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._provider = tracer_provider
         self._tracer = tracer_provider.get_tracer("pocgrid.gateway")
         self._cap_s = cap_s
+        # What this gateway forgets once the store confirmed a change (before the caller hears
+        # of it): a revoked key fails on its very next call here, whatever the bus does.
+        self._after: dict[str, Callable[[bytes], None]] = {
+            REVOKE_KEY: lambda raw: keys.forget_key(
+                admin_pb2.RevokeKeyRequest.FromString(raw).key_id
+            ),
+            UPDATE_TENANT: lambda raw: keys.forget_tenant(
+                admin_pb2.UpdateTenantRequest.FromString(raw).name
+            ),
+        }
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         for path, route in routes.items():
             channel = channels.get(route.backend_field)
@@ -78,8 +91,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     # attributes and never made "current", the traceparent formatted from it; and when this
     # gateway exports no spans, no SDK span is built at all (the trace is still started and
     # passed on, see telemetry.unrecorded_span).
-    def _begin(
-        self, path: str, context: grpc.aio.ServicerContext
+    async def _begin(
+        self, path: str, context: grpc.aio.ServicerContext, admin_only: bool = False
     ) -> tuple[Span, Tenant | PocgridError]:
         authorization = traceparent = tracestate = None
         for key, value in context.invocation_metadata() or ():
@@ -98,8 +111,12 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         admitted: Tenant | PocgridError
         tenant: Tenant | None = None
         try:
-            tenant = self._keys.authenticate(authorization)
+            tenant = await self._keys.authenticate(authorization)
             self._limiter.acquire(tenant)
+            if admin_only and not tenant.admin:
+                raise PermissionDenied(
+                    f"{path[1:]} needs an admin API key", reason="ADMIN_KEY_REQUIRED"
+                )
             admitted = tenant
         except PocgridError as exc:
             # No valid credentials: the call counts against its peer's own small budget.
@@ -123,7 +140,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     ) -> tuple[tuple[tuple[str, str], ...], float]:
         # The backend trusts the tenant and role only from the gateway's signed token (cached
         # per tenant, role and service, so this is a dict lookup, not a signature per call).
-        token = self._signer.token(tenant.name, tenant.admin, route.service)
+        token = self._signer.token(tenant.name, tenant.admin, route.service, tenant.key_id)
         metadata = ((TOKEN_METADATA_KEY, token), *telemetry.trace_headers(span))
         remaining = context.time_remaining()
         timeout = self._cap_s if remaining is None else min(remaining, self._cap_s)
@@ -188,9 +205,10 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _unary(self, route: Route, channel: grpc.aio.Channel) -> Callable[..., Any]:
         # None serializers: the multicallable sends and returns the raw bytes untouched.
         call = channel.unary_unary(route.path)
+        after = self._after.get(route.path)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            span, admitted = self._begin(route.path, context)
+            span, admitted = await self._begin(route.path, context, route.admin_only)
             try:
                 if isinstance(admitted, PocgridError):
                     await self._reject(admitted, span, context, route.path)
@@ -199,6 +217,8 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 for attempt in range(attempts):
                     try:
                         response: bytes = await call(request, timeout=timeout, metadata=metadata)
+                        if after is not None:
+                            after(request)  # the service decoded it: it decodes
                         return response
                     except grpc.aio.AioRpcError as exc:
                         retry = (
@@ -221,7 +241,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         async def forward(
             request: bytes, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
-            span, admitted = self._begin(route.path, context)
+            span, admitted = await self._begin(route.path, context, route.admin_only)
             try:
                 if isinstance(admitted, PocgridError):
                     await self._reject(admitted, span, context, route.path)
@@ -242,7 +262,7 @@ class GatewayHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self, path: str, raw: bytes, decode: Callable[[bytes], Any], context: Any
     ) -> tuple[Span, Tenant]:
         """Admission, then decoding, for the gateway's own methods; rejects with a status."""
-        span, admitted = self._begin(path, context)
+        span, admitted = await self._begin(path, context)
         try:
             if isinstance(admitted, PocgridError):
                 await self._reject(admitted, span, context, path)

@@ -201,9 +201,9 @@ class OpenAIEndpoint:
                 status = _HTTP_STATUS.get(exc.code, 500)
             return HttpError(status, exc.message, code=exc.reason or "").response()
 
-    def _tenant(self, request: web.Request) -> Tenant:
+    async def _tenant(self, request: web.Request) -> Tenant:
         try:
-            tenant = self._keys.authenticate(request.headers.get("Authorization"))
+            tenant = await self._keys.authenticate(request.headers.get("Authorization"))
         except PocgridError as exc:
             # As on gRPC: without valid credentials the peer's own budget pays.
             raise self._limiter.refuse_unauthenticated(request.remote or "", exc) from None
@@ -265,7 +265,7 @@ class OpenAIEndpoint:
         return out
 
     async def _models(self, request: web.Request) -> web.Response:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         created = int(time.time())
         data = [
             {"id": d.id, "object": "model", "created": created, "owned_by": d.chip}
@@ -319,13 +319,13 @@ class OpenAIEndpoint:
         return value
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         body = await self._body(request)
         n_in = prompt_tokens(body.get("prompt", ""))
         return await self._serve(request, tenant, body, n_in, chat=False)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         body = await self._body(request)
         n_in = chat_tokens(body.get("messages"))
         return await self._serve(request, tenant, body, n_in, chat=True)

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from pocgrid.idempotency import is_retry_safe
 from pocgrid.v1 import (
     adapter_pb2,
+    admin_pb2,
     evaluator_pb2,
     gateway_pb2,
     metering_pb2,
@@ -27,7 +28,13 @@ PUBLIC_BACKENDS: dict[ServiceDescriptor, str] = {
     metering_pb2.DESCRIPTOR.services_by_name["MeteringService"]: "metering_addr",
     adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"]: "adapter_addr",
     evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"]: "evaluator_addr",
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"]: "registry_addr",
 }
+#: Public services only admin keys may call: the gateway refuses any other key with
+#: PERMISSION_DENIED before forwarding (the service checks the role again).
+ADMIN_ONLY: frozenset[ServiceDescriptor] = frozenset(
+    {admin_pb2.DESCRIPTOR.services_by_name["AdminService"]}
+)
 GATEWAY_SERVICE: ServiceDescriptor = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
 
@@ -40,6 +47,7 @@ class Route:
     # Retried once on UNAVAILABLE when the contract marks the method NO_SIDE_EFFECTS or
     # IDEMPOTENT (its idempotency_level option); anything else is sent once.
     retry_safe: bool
+    admin_only: bool = False
 
     @property
     def service(self) -> str:
@@ -68,6 +76,7 @@ def public_routes() -> dict[str, Route]:
                 method.client_streaming,
                 method.server_streaming,
                 is_retry_safe(method),
+                service in ADMIN_ONLY,
             )
     return routes
 

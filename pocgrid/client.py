@@ -28,6 +28,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pocgrid.meshstate import pocgrid_home, running_mesh
 from pocgrid.v1 import (
     adapter_pb2_grpc,
+    admin_pb2_grpc,
     evaluator_pb2_grpc,
     gateway_pb2_grpc,
     metering_pb2_grpc,
@@ -115,6 +116,8 @@ class Client:
         self.adapter = adapter_pb2_grpc.AdapterServiceStub(self.channel)
         self.evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(self.channel)
         self.gateway_service = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        #: Admin keys only: tenants, API keys, the audit log.
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     @classmethod
     def from_local_mesh(cls, home: Path | None = None, *, timeout_s: float = 30.0) -> Client:

@@ -1,4 +1,5 @@
-"""``pocgrid admin``: operator commands that talk to the mesh's NATS directly, not the gateway.
+"""``pocgrid admin``: operator commands. ``keys``, ``tenants`` and ``audit`` go through the
+gateway with an admin API key (``pocgrid.cli.keys``); ``dlq`` talks to the mesh's NATS directly.
 
 ``pocgrid admin dlq list`` shows the dead-letter stream; ``pocgrid admin dlq replay ID...`` (or
 ``--all``) republishes dead letters to their original subjects (see ``pocgrid.deadletter`` for
@@ -17,6 +18,7 @@ from typing import Any
 import nats
 
 from pocgrid import deadletter
+from pocgrid.cli import keys
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import NoMeshError, local_mesh
 from pocgrid.natsclient import NatsCredentialsError, connect_options
@@ -24,8 +26,11 @@ from pocgrid.natsclient import NatsCredentialsError, connect_options
 
 def register(sub: Any) -> None:
     """Add ``admin`` and its subcommands to the top-level parser's subparsers."""
-    admin = sub.add_parser("admin", help="operator commands (dead-letter stream)")
+    admin = sub.add_parser(
+        "admin", help="operator commands (API keys, tenants, audit log, dead-letter stream)"
+    )
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    keys.register(admin_sub)
     dlq = admin_sub.add_parser("dlq", help="the dead-letter stream (events consumers gave up on)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
 

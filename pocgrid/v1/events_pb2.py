@@ -23,28 +23,33 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from pocgrid.v1 import admin_pb2 as pocgrid_dot_v1_dot_admin__pb2
 from pocgrid.v1 import registry_pb2 as pocgrid_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pocgrid/v1/events.proto\x12\npocgrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pocgrid/v1/registry.proto\"s\n\x0eNodeRegistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x04node\x18\x03 \x01(\x0b\x32\x10.pocgrid.v1.Node\"\xb9\x01\n\x08NodeLost\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x35\n\x11last_heartbeat_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0clease_ttl_ms\x18\x06 \x01(\x05\"v\n\x10NodeDeregistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x8d\x01\n\x13\x44\x65viceHealthChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x12.pocgrid.v1.Device\"\x93\x01\n\x0fJobStateChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xa4\x02\n\x16\x45valuationStateChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\revaluation_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x10\n\x08scenario\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x12\n\nruns_total\x18\x08 \x01(\x05\x12\x11\n\truns_done\x18\t \x01(\x05\x12\x15\n\rruns_runnable\x18\n \x01(\x05\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x63heapest\x18\x0c \x01(\t\x12\x0f\n\x07job_ids\x18\r \x03(\t\"\xd3\x03\n\rUsageRecorded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04\x63hip\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\ttokens_in\x18\x08 \x01(\x03\x12\x12\n\ntokens_out\x18\t \x01(\x03\x12\x0f\n\x07samples\x18\n \x01(\x03\x12.\n\nstarted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x62usy_device_us\x18\x0f \x01(\x03\x12\x1b\n\x13memory_byte_seconds\x18\x10 \x01(\x03\x12\x0f\n\x07\x64\x65vices\x18\x11 \x01(\x05\x12\x10\n\x08\x63orrects\x18\x12 \x01(\t\x12\x0e\n\x06reason\x18\x13 \x01(\tJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\rR\x13\x62usy_device_secondsR\x12memory_gib_secondsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pocgrid/v1/events.proto\x12\npocgrid.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16pocgrid/v1/admin.proto\x1a\x19pocgrid/v1/registry.proto\"s\n\x0eNodeRegistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x04node\x18\x03 \x01(\x0b\x32\x10.pocgrid.v1.Node\"\xb9\x01\n\x08NodeLost\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x35\n\x11last_heartbeat_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0clease_ttl_ms\x18\x06 \x01(\x05\"v\n\x10NodeDeregistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x8d\x01\n\x13\x44\x65viceHealthChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x12.pocgrid.v1.Device\"\x93\x01\n\x0fJobStateChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xa4\x02\n\x16\x45valuationStateChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\revaluation_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x10\n\x08scenario\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x12\n\nruns_total\x18\x08 \x01(\x05\x12\x11\n\truns_done\x18\t \x01(\x05\x12\x15\n\rruns_runnable\x18\n \x01(\x05\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x63heapest\x18\x0c \x01(\t\x12\x0f\n\x07job_ids\x18\r \x03(\t\"\xd3\x03\n\rUsageRecorded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04\x63hip\x18\x05 \x01(\t\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\ttokens_in\x18\x08 \x01(\x03\x12\x12\n\ntokens_out\x18\t \x01(\x03\x12\x0f\n\x07samples\x18\n \x01(\x03\x12.\n\nstarted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x62usy_device_us\x18\x0f \x01(\x03\x12\x1b\n\x13memory_byte_seconds\x18\x10 \x01(\x03\x12\x0f\n\x07\x64\x65vices\x18\x11 \x01(\x05\x12\x10\n\x08\x63orrects\x18\x12 \x01(\t\x12\x0e\n\x06reason\x18\x13 \x01(\tJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\rR\x13\x62usy_device_secondsR\x12memory_gib_seconds\"v\n\rTenantChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x06tenant\x18\x03 \x01(\x0b\x32\x12.pocgrid.v1.Tenant\"r\n\rApiKeyRevoked\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocgrid.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEREGISTERED']._serialized_start=99
-  _globals['_NODEREGISTERED']._serialized_end=214
-  _globals['_NODELOST']._serialized_start=217
-  _globals['_NODELOST']._serialized_end=402
-  _globals['_NODEDEREGISTERED']._serialized_start=404
-  _globals['_NODEDEREGISTERED']._serialized_end=522
-  _globals['_DEVICEHEALTHCHANGED']._serialized_start=525
-  _globals['_DEVICEHEALTHCHANGED']._serialized_end=666
-  _globals['_JOBSTATECHANGED']._serialized_start=669
-  _globals['_JOBSTATECHANGED']._serialized_end=816
-  _globals['_EVALUATIONSTATECHANGED']._serialized_start=819
-  _globals['_EVALUATIONSTATECHANGED']._serialized_end=1111
-  _globals['_USAGERECORDED']._serialized_start=1114
-  _globals['_USAGERECORDED']._serialized_end=1581
+  _globals['_NODEREGISTERED']._serialized_start=123
+  _globals['_NODEREGISTERED']._serialized_end=238
+  _globals['_NODELOST']._serialized_start=241
+  _globals['_NODELOST']._serialized_end=426
+  _globals['_NODEDEREGISTERED']._serialized_start=428
+  _globals['_NODEDEREGISTERED']._serialized_end=546
+  _globals['_DEVICEHEALTHCHANGED']._serialized_start=549
+  _globals['_DEVICEHEALTHCHANGED']._serialized_end=690
+  _globals['_JOBSTATECHANGED']._serialized_start=693
+  _globals['_JOBSTATECHANGED']._serialized_end=840
+  _globals['_EVALUATIONSTATECHANGED']._serialized_start=843
+  _globals['_EVALUATIONSTATECHANGED']._serialized_end=1135
+  _globals['_USAGERECORDED']._serialized_start=1138
+  _globals['_USAGERECORDED']._serialized_end=1605
+  _globals['_TENANTCHANGED']._serialized_start=1607
+  _globals['_TENANTCHANGED']._serialized_end=1725
+  _globals['_APIKEYREVOKED']._serialized_start=1727
+  _globals['_APIKEYREVOKED']._serialized_end=1841
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from pocgrid.v1 import admin_pb2 as _admin_pb2
 from pocgrid.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
 import sys
@@ -35,6 +36,10 @@ class NodeRegistered(_message.Message):
       eval.started                EvaluationStateChanged
       eval.completed              EvaluationStateChanged
       eval.failed                 EvaluationStateChanged
+      registry.tenant.created     TenantChanged
+      registry.tenant.updated     TenantChanged
+      registry.key.revoked        ApiKeyRevoked
+      audit.<service>.<action>    AuditEvent (stored by the registry: the audit log)
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -341,3 +346,65 @@ class UsageRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageRecorded: _TypeAlias = UsageRecorded  # noqa: Y015
+
+@_typing.final
+class TenantChanged(_message.Message):
+    """A tenant was created or changed (its quotas). Carries the whole tenant: a consumer applies
+    it when its revision is newer than the one it holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tenant(self) -> _admin_pb2.Tenant: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _admin_pb2.Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantChanged: _TypeAlias = TenantChanged  # noqa: Y015
+
+@_typing.final
+class ApiKeyRevoked(_message.Message):
+    """An API key was revoked: every gateway forgets it at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    key_id: _builtins.str
+    tenant: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        key_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "key_id", b"key_id", "occurred_at", b"occurred_at", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyRevoked: _TypeAlias = ApiKeyRevoked  # noqa: Y015

@@ -39,6 +39,7 @@ from opentelemetry.trace import Link, SpanKind
 from pocgrid import deadletter
 from pocgrid.natsclient import NatsCredentialsError, connect_options
 from services.core import telemetry
+from services.core.audit import AUDIT_MAX_AGE_S, AUDIT_STREAM, AUDIT_SUBJECTS
 from services.core.config import CommonConfig, ConfigError, env_name
 from services.core.logging import get_logger
 from services.core.nats_auth import IDENTITIES, NatsIdentity
@@ -61,6 +62,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("POCGRID_SCHEDULER", ("scheduler.>",)),
     StreamSpec("POCGRID_USAGE", ("usage.>",)),
     StreamSpec("POCGRID_EVAL", ("eval.>",)),
+    StreamSpec(AUDIT_STREAM, (AUDIT_SUBJECTS,), AUDIT_MAX_AGE_S),
     StreamSpec(deadletter.DLQ_STREAM, (deadletter.DLQ_SUBJECTS,), deadletter.DLQ_MAX_AGE_S),
 )
 
@@ -148,6 +150,9 @@ class EventBus:
         self._closing = asyncio.Event()
         #: Set (and replaced) on reconnect, so consumers in back-off retry at once.
         self._wake = asyncio.Event()
+        #: Changes on every disconnect and reconnect: a subscriber may have missed broadcasts
+        #: (``subscribe``) in between, so what it derived from them before is suspect.
+        self.connection_changes = 0
 
     # -- connection -----------------------------------------------------------------------
     def _credentials(self) -> dict[str, Any]:
@@ -190,11 +195,13 @@ class EventBus:
         log.warning("nats.error", error=repr(exc))
 
     async def _on_disconnected(self) -> None:
+        self.connection_changes += 1
         if not self._closing.is_set():
             log.warning("nats.disconnected", url=self._url)
         await self._notify()
 
     async def _on_reconnected(self) -> None:
+        self.connection_changes += 1
         log.info("nats.reconnected", url=self._url)
         self._wake.set()
         self._wake = asyncio.Event()
@@ -276,6 +283,30 @@ class EventBus:
             await self._js.publish(subject, event.SerializeToString(), headers=headers)
 
     # -- consuming ------------------------------------------------------------------------
+    async def subscribe(
+        self, subject: str, message_type: type[M], handler: Callable[[M], Awaitable[None] | None]
+    ) -> None:
+        """Hear every event on ``subject`` as it is published, on this connection only (a core
+        NATS subscription to the stream's subject: no durable state, nothing acked, nothing
+        replayed). For caches that every replica keeps (the gateways' API keys): each must hear
+        every event, and one that missed some (``connection_changes``) resynchronises itself.
+        """
+
+        async def deliver(msg: Any) -> None:
+            try:
+                event = message_type.FromString(msg.data)
+            except DecodeError as exc:
+                log.error("event.undecodable", subject=msg.subject, error=repr(exc))
+                return
+            try:
+                result = handler(event)
+                if isinstance(result, Awaitable):
+                    await result
+            except Exception:
+                log.exception("event.subscriber_failed", subject=msg.subject)
+
+        await self._nc.subscribe(subject, cb=deliver)
+
     def consume(
         self,
         stream: str,

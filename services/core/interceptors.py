@@ -124,6 +124,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rpc_context.set_caller(known.service)
         rpc_context.set_tenant(tenant)
         rpc_context.set_admin(known.admin)
+        rpc_context.set_key_id(known.key_id)
         rpc_context.set_deadline_from_remaining(context.time_remaining())
         parent = telemetry.extract(metadata)
         untraced = method in self._untraced and "traceparent" not in metadata

@@ -14,6 +14,7 @@ import time
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_tenant", default="")
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_caller", default="")
 _admin: contextvars.ContextVar[bool] = contextvars.ContextVar("pocgrid_admin", default=False)
+_key_id: contextvars.ContextVar[str] = contextvars.ContextVar("pocgrid_key_id", default="")
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pocgrid_deadline", default=None
 )
@@ -43,6 +44,15 @@ def current_is_admin() -> bool:
 
 def set_admin(admin: bool) -> contextvars.Token[bool]:
     return _admin.set(admin)
+
+
+def current_key_id() -> str:
+    """Id of the API key the gateway authenticated the call with (the audit log's "who")."""
+    return _key_id.get()
+
+
+def set_key_id(key_id: str) -> contextvars.Token[str]:
+    return _key_id.set(key_id)
 
 
 def set_deadline_from_remaining(remaining_s: float | None) -> None:

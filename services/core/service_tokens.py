@@ -56,6 +56,9 @@ class Caller:
     service: str
     tenant: str
     admin: bool
+    key_id: str = ""
+    """The API key the gateway authenticated the caller with (the audit log's "who"); only the
+    gateway asserts one (claim ``kid``, absent when empty)."""
 
 
 def _b64(data: bytes) -> str:
@@ -75,23 +78,25 @@ class TokenSigner:
         self.identity = identity
         self._key = key
         self._lifetime_s = lifetime_s
-        self._cache: dict[tuple[str, bool, str], tuple[str, float]] = {}
+        self._cache: dict[tuple[str, bool, str, str], tuple[str, float]] = {}
 
-    def token(self, tenant: str, admin: bool, audience: str) -> str:
-        key = (tenant, admin, audience)
+    def token(self, tenant: str, admin: bool, audience: str, key_id: str = "") -> str:
+        key = (tenant, admin, audience, key_id)
         now = time.time()
         cached = self._cache.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
-        token = self.sign(tenant, admin, audience, int(now))
+        token = self.sign(tenant, admin, audience, int(now), key_id)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = (token, now + self._lifetime_s - _REFRESH_BEFORE_S)
         return token
 
-    def sign(self, tenant: str, admin: bool, audience: str, issued_at: int) -> str:
+    def sign(
+        self, tenant: str, admin: bool, audience: str, issued_at: int, key_id: str = ""
+    ) -> str:
         """A fresh token (uncached); ``token`` is what callers use."""
-        claims = {
+        claims: dict[str, str | bool | int] = {
             "iss": self.identity,
             "ten": tenant,
             "adm": admin,
@@ -99,6 +104,8 @@ class TokenSigner:
             "iat": issued_at,
             "exp": issued_at + self._lifetime_s,
         }
+        if key_id:
+            claims["kid"] = key_id
         head = f"{_VERSION}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
         return f"{head}.{_b64(self._key.sign(head.encode('ascii')))}"
 
@@ -182,7 +189,10 @@ class TokenVerifier:
                 f"service identity {issuer!r} may not assert the admin role",
                 reason="ADMIN_NOT_ASSERTABLE",
             )
-        return Caller(issuer, tenant, admin), float(exp)
+        key_id = claims.get("kid", "")
+        if not isinstance(key_id, str) or (key_id and issuer != "gateway"):
+            raise _bad("the key id claim (kid) is the gateway's, and a string", "MALFORMED")
+        return Caller(issuer, tenant, admin, key_id), float(exp)
 
 
 def _bad(why: str, reason: str) -> Unauthenticated:

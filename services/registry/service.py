@@ -1,21 +1,29 @@
-"""The registry process: servicers, storage, lease reaper, heartbeat flusher, outbox relay."""
+"""The registry process: servicers, storage, lease reaper, heartbeat flusher, outbox relay, the
+key and tenant store with its admin API, and the audit log's consumer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
-from pocgrid.v1 import registry_pb2, registry_pb2_grpc
+from pocgrid.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc
+from services.core.audit import AUDIT_STREAM, AUDIT_SUBJECTS
+from services.core.bus import EventMeta
 from services.core.config import CommonConfig
 from services.core.service import Service
+from services.registry.admin import AdminServicer, TenantDirectoryServicer
 from services.registry.config import RegistryConfig
+from services.registry.keys import KeyStore
 from services.registry.migrations import MIGRATIONS
 from services.registry.pool import NodePool
 from services.registry.servicer import NodeLeaseServicer, RegistryServicer
 from services.registry.store import NodeStore
+
+#: Durable consumer of every service's audit events (one per registry deployment).
+AUDIT_DURABLE = "registry-audit"
 
 
 class RegistryServer(Service):
@@ -35,6 +43,7 @@ class RegistryServer(Service):
         self.config = config
         self.catalog = catalog or default_catalog()
         self.pool: NodePool | None = None
+        self.keys: KeyStore | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         db = await self.open_database(self.config.registry_database_url, MIGRATIONS)
@@ -43,6 +52,15 @@ class RegistryServer(Service):
         relay = self.start_outbox_relay(store.outbox)
         self.pool = NodePool(self.config, store, relay.notify)
         await self.pool.load()
+        self.keys = KeyStore(db, store.outbox)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.keys, relay.notify), server
+        )
+        admin_pb2_grpc.add_TenantDirectoryServiceServicer_to_server(
+            TenantDirectoryServicer(self.keys), server
+        )
+        for svc in ("AdminService", "TenantDirectoryService"):
+            self.add_service(admin_pb2.DESCRIPTOR.services_by_name[svc].full_name)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.catalog, self.pool), server
         )
@@ -56,6 +74,22 @@ class RegistryServer(Service):
         assert self.pool is not None
         self.spawn(self.pool.run_reaper(), "reaper")
         self.spawn(self.pool.run_flusher(), "flusher")
+        assert self.bus is not None and self.keys is not None
+        self.bus.consume_batch(
+            stream=AUDIT_STREAM,
+            durable=AUDIT_DURABLE,
+            subject=AUDIT_SUBJECTS,
+            message_type=admin_pb2.AuditEvent,
+            handler=self._store_audit,
+        )
+
+    async def _store_audit(
+        self, batch: Sequence[tuple[admin_pb2.AuditEvent, EventMeta]]
+    ) -> list[str]:
+        assert self.keys is not None
+        # Each once, by event id: a redelivered batch stores nothing twice.
+        await self.keys.record_audit([record for record, _ in batch])
+        return [""] * len(batch)
 
     async def on_stop(self) -> None:
         if self.pool is not None:

@@ -15,6 +15,8 @@ from pocgrid.samples import cnn
 from pocgrid.v1 import (
     adapter_pb2,
     adapter_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
     common_pb2,
     evaluator_pb2,
     evaluator_pb2_grpc,
@@ -57,6 +59,9 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     adapt = adapter_pb2_grpc.AdapterServiceStub(ch)
     evals = evaluator_pb2_grpc.EvaluatorServiceStub(ch)
     gateway = gateway_pb2_grpc.GatewayServiceStub(ch)
+    admin = admin_pb2_grpc.AdminServiceStub(ch)
+    admin_auth = (("authorization", "Bearer walk-admin"),)
+    made_key: dict[str, str] = {}
     job: dict[str, str] = {}
     evaluation: dict[str, str] = {}
 
@@ -135,7 +140,37 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
             return err.code()
         return None
 
+    async def create_key() -> Any:
+        resp = await admin.CreateKey(
+            admin_pb2.CreateKeyRequest(tenant="walkers"), metadata=admin_auth
+        )
+        made_key["id"] = resp.key.key_id
+        return resp
+
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "AdminService/CreateTenant": lambda: admin.CreateTenant(
+            admin_pb2.CreateTenantRequest(name="walkers", guaranteed_devices=1),
+            metadata=admin_auth,
+        ),
+        "AdminService/GetTenant": lambda: admin.GetTenant(
+            admin_pb2.GetTenantRequest(name="walkers"), metadata=admin_auth
+        ),
+        "AdminService/ListTenants": lambda: admin.ListTenants(
+            admin_pb2.ListTenantsRequest(), metadata=admin_auth
+        ),
+        "AdminService/UpdateTenant": lambda: admin.UpdateTenant(
+            admin_pb2.UpdateTenantRequest(name="walkers", burst=10), metadata=admin_auth
+        ),
+        "AdminService/CreateKey": create_key,
+        "AdminService/ListKeys": lambda: admin.ListKeys(
+            admin_pb2.ListKeysRequest(), metadata=admin_auth
+        ),
+        "AdminService/RevokeKey": lambda: admin.RevokeKey(
+            admin_pb2.RevokeKeyRequest(key_id=made_key["id"]), metadata=admin_auth
+        ),
+        "AdminService/ListAuditEvents": lambda: admin.ListAuditEvents(
+            admin_pb2.ListAuditEventsRequest(), metadata=admin_auth
+        ),
         "RegistryService/ListChips": lambda: registry.ListChips(
             registry_pb2.ListChipsRequest(), metadata=AUTH
         ),
@@ -269,3 +304,10 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert results["MeteringService/CorrectUsage"] == grpc.StatusCode.NOT_FOUND
     assert all(s.healthy for s in results["GatewayService/CheckServices"].services)
     assert len(results["GatewayService/CheckServices"].services) == 6
+    assert results["AdminService/RevokeKey"].key.HasField("revoked_at")
+    assert results["AdminService/GetTenant"].tenant.guaranteed_devices == 1
+    assert [k.tenant for k in results["AdminService/ListKeys"].keys] == ["walkers"]
+    assert {e.action for e in results["AdminService/ListAuditEvents"].events} >= {
+        "tenant.create",
+        "key.revoke",
+    }

@@ -21,11 +21,16 @@ from services.adapter.servicer import AdapterServicer
 from services.agent.servicer import AgentServicer
 from services.evaluator.servicer import EvaluatorServicer
 from services.metering.servicer import MeteringServicer
+from services.registry.admin import AdminServicer, TenantDirectoryServicer
 from services.registry.servicer import NodeLeaseServicer, RegistryServicer
 from services.scheduler.servicer import SchedulerServicer
 
 #: Services that only other services call; the gateway must not route them.
-INTERNAL = {"pocgrid.v1.NodeLeaseService", "pocgrid.v1.AgentService"}
+INTERNAL = {
+    "pocgrid.v1.NodeLeaseService",
+    "pocgrid.v1.AgentService",
+    "pocgrid.v1.TenantDirectoryService",
+}
 #: Served by the gateway itself rather than forwarded.
 GATEWAY = "pocgrid.v1.GatewayService"
 IMPLEMENTED_BY: dict[str, type] = {
@@ -36,6 +41,8 @@ IMPLEMENTED_BY: dict[str, type] = {
     "pocgrid.v1.MeteringService": MeteringServicer,
     "pocgrid.v1.AdapterService": AdapterServicer,
     "pocgrid.v1.EvaluatorService": EvaluatorServicer,
+    "pocgrid.v1.AdminService": AdminServicer,
+    "pocgrid.v1.TenantDirectoryService": TenantDirectoryServicer,
 }
 
 
