@@ -110,6 +110,10 @@ class ConsumerState:
     healthy: bool = True
     failures: int = 0
     last_error: str = ""
+    essential: bool = True
+    """False: the service goes on doing its job while this consumer fails (its events wait in
+    the stream), so its failures show under ``pocgrid.bus`` but never make the service
+    NOT_SERVING."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,7 @@ class _Consumer:
     handler: Handler[Any] | BatchHandler[Any]
     batch: int
     batched: bool = False
+    essential: bool = True
 
 
 class EventBus:
@@ -241,7 +246,8 @@ class EventBus:
 
     @property
     def consumers_healthy(self) -> bool:
-        return all(s.healthy for s in self._states.values())
+        """Every essential consumer is healthy (what the service's own health follows)."""
+        return all(s.healthy for s in self._states.values() if s.essential)
 
     def consumer_states(self) -> list[ConsumerState]:
         return list(self._states.values())
@@ -338,6 +344,7 @@ class EventBus:
         handler: BatchHandler[M],
         *,
         batch: int | None = None,
+        essential: bool = True,
     ) -> asyncio.Task[None]:
         """Start a supervised durable pull consumer whose handler takes a whole fetch at once.
 
@@ -356,6 +363,7 @@ class EventBus:
                 handler,
                 batch if batch is not None else self._config.consumer_batch,
                 batched=True,
+                essential=essential,
             )
         )
 
@@ -372,7 +380,7 @@ class EventBus:
             )
         if spec.durable in self._states:
             raise ValueError(f"consumer {spec.durable!r} is already running on this bus")
-        self._states[spec.durable] = ConsumerState(spec.durable)
+        self._states[spec.durable] = ConsumerState(spec.durable, essential=spec.essential)
         self._streams[spec.durable] = spec.stream
         task = asyncio.create_task(self._supervise(spec), name=f"consume:{spec.durable}")
         self._consumers.append(task)

@@ -167,8 +167,9 @@ class Service:
     async def _refresh_health(self) -> None:
         """Publish gRPC health from the bus's state.
 
-        ``""`` and the service's own names follow its consumers: a service whose consumer cannot
-        recover is not doing its job (metering would stop billing), so it says NOT_SERVING. The
+        ``""`` and the service's own names follow its essential consumers: a service whose
+        consumer cannot recover is not doing its job (metering would stop billing), so it says
+        NOT_SERVING (the registry's audit consumer is not essential: the log may lag). The
         NATS connection alone does not touch them: a publisher's RPCs never wait on the bus (its
         outbox holds events until NATS is back), so it keeps answering and stays SERVING. The
         bus itself is reported under ``pocgrid.bus`` (NOT_SERVING while NATS is unreachable or a

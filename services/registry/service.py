@@ -81,6 +81,9 @@ class RegistryServer(Service):
             subject=AUDIT_SUBJECTS,
             message_type=admin_pb2.AuditEvent,
             handler=self._store_audit,
+            # The audit log may lag while NATS is away (its events wait in the stream); the
+            # registry's own work (the pool, the key store) must not stop for it.
+            essential=False,
         )
 
     async def _store_audit(
