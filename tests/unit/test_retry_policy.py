@@ -8,6 +8,7 @@ from gateway.routing import PUBLIC_BACKENDS, public_routes
 from pocgrid.idempotency import is_retry_safe
 from pocgrid.v1 import (
     adapter_pb2,
+    admin_pb2,
     agent_pb2,
     evaluator_pb2,
     gateway_pb2,
@@ -18,6 +19,7 @@ from pocgrid.v1 import (
 
 MODULES = (
     adapter_pb2,
+    admin_pb2,
     agent_pb2,
     evaluator_pb2,
     gateway_pb2,
