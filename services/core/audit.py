@@ -57,7 +57,7 @@ def audit_record(
         service=service,
         actor_tenant=rpc_context.current_tenant(),
         actor_key_id=rpc_context.current_key_id(),
-        actor_service=actor_service,
+        actor_service=actor_service or rpc_context.current_caller(),
         action=action,
         resource_type=resource_type,
         resource_id=resource_id,

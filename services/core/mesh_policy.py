@@ -38,6 +38,7 @@ class Allowed:
 _WORK: Final = frozenset({"scheduler", "evaluator"})
 _AGENT = "/pocgrid.v1.AgentService/"
 _LEASE = "/pocgrid.v1.NodeLeaseService/"
+_DIRECTORY = "/pocgrid.v1.TenantDirectoryService/"
 
 RULES: Final[dict[str, Allowed]] = {
     # What the node is (chip, devices): nothing a tenant is billed for.
@@ -56,11 +57,19 @@ RULES: Final[dict[str, Allowed]] = {
     f"{_LEASE}RegisterNode": Allowed(frozenset({"agent"})),
     f"{_LEASE}Heartbeat": Allowed(frozenset({"agent"}), admin=False),
     f"{_LEASE}DeregisterNode": Allowed(frozenset({"agent"})),
+    # The key store: a key's tenant is the gateways' to know; tenants and quotas are read by
+    # those that apply them.
+    f"{_DIRECTORY}LookupKey": Allowed(frozenset({"gateway"}), admin=False),
+    f"{_DIRECTORY}SnapshotTenants": Allowed(frozenset({"gateway", "scheduler", "metering"})),
 }
 """Full method path -> who may call it; a method not named here takes any authenticated
 caller. tests/unit/test_mesh_policy.py checks every internal RPC of the contract is named."""
 
-INTERNAL_SERVICES: Final = ("pocgrid.v1.AgentService", "pocgrid.v1.NodeLeaseService")
+INTERNAL_SERVICES: Final = (
+    "pocgrid.v1.AgentService",
+    "pocgrid.v1.NodeLeaseService",
+    "pocgrid.v1.TenantDirectoryService",
+)
 """Services with no public route: every one of their RPCs must have a rule."""
 
 

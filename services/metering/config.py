@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.core.config import ConfigError, EnvConfig, env_name
+from services.core.config import ConfigError, EnvConfig, env_name, parse_hostport
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -18,6 +18,10 @@ class MeteringConfig(EnvConfig):
     api_keys_file: str = ""
     """The gateway's key file, read for its tenants the same way."""
 
+    registry_addr: str = ""
+    """HOST:PORT of the registry: its key and tenant store's tenants are known too, learnt
+    without a restart (empty: only the tenants of the key configuration)."""
+
     metering_ingest_batch: int = 1000
     """Usage events fetched, stored in one transaction and then acked, at a time (1..1024)."""
 
@@ -28,6 +32,8 @@ class MeteringConfig(EnvConfig):
     """How often invoices whose grace period is over are made final."""
 
     def __post_init__(self) -> None:
+        if self.registry_addr:
+            parse_hostport("registry_addr", self.registry_addr)
         if not 1 <= self.metering_ingest_batch <= 1024:
             raise ConfigError(f"{env_name('metering_ingest_batch')}: must be 1..1024")
         if self.invoice_grace_s < 0:

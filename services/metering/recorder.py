@@ -12,7 +12,7 @@ list``), and the rest of its batch is stored as if it had not been there.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -118,18 +118,25 @@ class UsageRecorder:
         store: UsageStore,
         tenants: Callable[[], frozenset[str]],
         committed: Callable[[int], None] = lambda _event_us: None,
+        learn: Callable[[frozenset[str]], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self._store = store
         self._tenants = tenants
         # Told the event time (microseconds since the epoch, as the rows keep it) of the last
         # event of each batch it committed: the ingest lag.
         self._committed = committed
+        # Asked about tenants a batch names that are not known yet; answers every tenant known.
+        self._learn = learn
 
     async def handle_batch(
         self, batch: Sequence[tuple[events_pb2.UsageRecorded, EventMeta]]
     ) -> list[str]:
         """Store the batch in one transaction; the reason each refused event was refused."""
         tenants = self._tenants()
+        if self._learn is not None:
+            unknown = frozenset(e.tenant for e, _ in batch if e.tenant and e.tenant not in tenants)
+            if unknown:
+                tenants = await self._learn(unknown)
         reasons = [""] * len(batch)
         rows: list[dict[str, Any]] = []
         index: dict[str, int] = {}

@@ -11,12 +11,13 @@ import grpc
 from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.price_book import default_price_book
-from pocgrid.v1 import events_pb2, metering_pb2, metering_pb2_grpc
+from pocgrid.v1 import admin_pb2, admin_pb2_grpc, events_pb2, metering_pb2, metering_pb2_grpc
 from services.core.apikeys import configured_tenants
 from services.core.config import CommonConfig
 from services.core.logging import get_logger
 from services.core.nats_auth import METERING_DURABLE
 from services.core.service import Service
+from services.core.tenants import TenantDirectory
 from services.metering.config import MeteringConfig
 from services.metering.invoices import Invoicer
 from services.metering.migrations import MIGRATIONS
@@ -49,6 +50,7 @@ class MeteringServer(Service):
         self.store: UsageStore | None = None
         self.invoicer: Invoicer | None = None
         self.tenants: frozenset[str] = frozenset()
+        self.directory: TenantDirectory | None = None
         self.ingest_lag = self.gauge(
             "pocgrid.metering.ingest.lag",
             unit="s",
@@ -70,12 +72,22 @@ class MeteringServer(Service):
         # removed is still known (its invoices, its late usage).
         configured = configured_tenants(self.config.api_keys, self.config.api_keys_file)
         self.tenants = await self.store.add_tenants(configured)
-        if not self.tenants:
-            log.warning("metering.no_tenants", hint="set POCGRID_API_KEYS or _FILE as the gateway")
+        if not self.tenants and not self.config.registry_addr:
+            log.warning(
+                "metering.no_tenants",
+                hint="set POCGRID_REGISTRY_ADDR (the key store), or POCGRID_API_KEYS or _FILE",
+            )
         # Every version ever priced with stays available; a changed book needs a new version.
         books = tuple(await self.store.keep_books((default_price_book(),)))
         self.invoicer = Invoicer(self.store, books, timedelta(seconds=self.config.invoice_grace_s))
         await self.connect_bus()
+        if self.config.registry_addr:
+            assert self.bus is not None
+            self.directory = TenantDirectory(
+                admin_pb2_grpc.TenantDirectoryServiceStub(self.channel(self.config.registry_addr)),
+                self.bus,
+                self._tenants_changed,
+            )
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(
             MeteringServicer(self.store, books, self.invoicer), server
         )
@@ -90,7 +102,25 @@ class MeteringServer(Service):
             durable=DURABLE,
             subject=USAGE_SUBJECTS,
             message_type=events_pb2.UsageRecorded,
-            handler=UsageRecorder(self.store, lambda: self.tenants, self._committed).handle_batch,
+            handler=UsageRecorder(
+                self.store, lambda: self.tenants, self._committed, self._learn
+            ).handle_batch,
             batch=self.config.metering_ingest_batch,
         )
         self.spawn(self.invoicer.run(self.config.invoice_check_interval_s), "invoices")
+        if self.directory is not None:
+            self.spawn(self.directory.run(), "tenants")
+
+    async def _tenants_changed(self, tenants: Mapping[str, admin_pb2.Tenant]) -> None:
+        # Kept in metering's own table like the configured ones: a tenant stays known for its
+        # invoices and late usage whatever happens to it in the store.
+        if self.store is not None and not set(tenants) <= self.tenants:
+            self.tenants = await self.store.add_tenants(tenants)
+            log.info("metering.tenants", tenants=len(self.tenants))
+
+    async def _learn(self, unknown: frozenset[str]) -> frozenset[str]:
+        """Usage for tenants not known yet: ask the store once (a tenant created a moment ago
+        may not have reached this replica) before refusing it."""
+        if self.directory is not None:
+            await self._tenants_changed(await self.directory.refresh())
+        return self.tenants

@@ -120,6 +120,11 @@ def _audit_values(record: admin_pb2.AuditEvent) -> dict[str, Any]:
     return values
 
 
+async def insert_audit(session: AsyncSession, record: admin_pb2.AuditEvent) -> None:
+    """The registry's own audit record, in the transaction of the change it records."""
+    await session.execute(insert(AuditRow).values(**_audit_values(record)))
+
+
 def _tenant_event(subject: str, tenant: admin_pb2.Tenant, at: datetime) -> OutboxEvent:
     event = events_pb2.TenantChanged(
         event_id=f"tenant/{tenant.name}/{tenant.revision}", tenant=tenant
@@ -136,7 +141,7 @@ class KeyStore:
         self._insert = postgresql.insert if postgres else sqlite.insert
 
     async def _audit(self, session: AsyncSession, record: admin_pb2.AuditEvent) -> None:
-        await session.execute(insert(AuditRow).values(**_audit_values(record)))
+        await insert_audit(session, record)
 
     # -- tenants --------------------------------------------------------------------------
     @db_operation

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.message import Message
 
 from pocgrid.v1 import common_pb2, events_pb2, registry_pb2
+from services.core.audit import audit_record
 from services.core.errors import FailedPrecondition, NotFound
 from services.core.logging import get_logger
 from services.core.outbox import OutboxEvent
@@ -168,7 +169,10 @@ class NodePool:
                     reason=reason,
                 ),
             )
-            await self._store.set_state(node_id, DOWN, event)
+            audit = audit_record(
+                "registry", "node.deregister", "node", node_id, detail=reason or entry.node.chip
+            )
+            await self._store.set_state(node_id, DOWN, event, audit)
         self._notify()
 
     # -- background work ----------------------------------------------------------------

@@ -14,9 +14,10 @@ from typing import Any, cast
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table, bindparam, select, update
 
-from pocgrid.v1 import common_pb2, registry_pb2
+from pocgrid.v1 import admin_pb2, common_pb2, registry_pb2
 from services.core.outbox import Outbox, OutboxEvent
 from services.core.storage import Database, db_operation, utc
+from services.registry.keys import insert_audit
 from services.registry.tables import OUTBOX, DeviceRow, NodeRow
 
 
@@ -68,12 +69,20 @@ class NodeStore:
             await self.outbox.add(session, event)
 
     @db_operation
-    async def set_state(self, node_id: str, state: int, event: OutboxEvent) -> None:
+    async def set_state(
+        self,
+        node_id: str,
+        state: int,
+        event: OutboxEvent,
+        audit: admin_pb2.AuditEvent | None = None,
+    ) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
                 update(NodeRow).where(NodeRow.node_id == node_id).values(state=state)
             )
             await self.outbox.add(session, event)
+            if audit is not None:
+                await insert_audit(session, audit)
 
     @db_operation
     async def save_device(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pocgrid.v1 import events_pb2, scheduler_pb2
+from services.core.audit import audit_event
 from services.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.core.logging import get_logger
 from services.core.outbox import OutboxEvent, OutboxRelay
@@ -29,6 +30,8 @@ PREEMPTED = scheduler_pb2.JOB_STATE_PREEMPTED
 CANCELLABLE = (QUEUED, RUNNING, PREEMPTED)
 
 SUCCEEDED = scheduler_pb2.JOB_STATE_SUCCEEDED
+#: The audit log's name for this service.
+SERVICE = "scheduler"
 QUEUED_REASON = "waiting for the next placement round"
 
 
@@ -136,7 +139,15 @@ class JobBook:
     async def cancel(self, tenant: str, job_id: str, reason: str) -> scheduler_pb2.Job:
         now = datetime.now(UTC)
         reason = reason or "cancelled by the caller"
-        before = await self.get(tenant, job_id)
+        try:
+            before = await self.get(tenant, job_id)
+        except NotFound:
+            # Another tenant's job reads as NOT_FOUND; the attempt is kept in the audit log.
+            await self._refused_cancel(job_id, "NOT_FOUND", reason)
+            raise
+        audit = audit_event(
+            SERVICE, "job.cancel", "job", job_id, resource_tenant=tenant, detail=reason, at=now
+        )
         job = await self._store.transition(
             tenant,
             job_id,
@@ -145,10 +156,12 @@ class JobBook:
             reason,
             now,
             lambda attempt: state_event(job_id, tenant, attempt, CANCELLED, reason, now),
+            also=(audit,),
         )
         if job is None:
             current = await self.get(tenant, job_id)
             state = scheduler_pb2.JobState.Name(current.state)
+            await self._refused_cancel(job_id, "FAILED_PRECONDITION", f"already {state}", tenant)
             raise FailedPrecondition(
                 f"job '{job_id}' is already {state}: only queued, running or preempted jobs "
                 "can be cancelled"
@@ -160,6 +173,22 @@ class JobBook:
             # After the commit: the devices are free in the record whatever the agents answer.
             await self._stop_tasks(tenant, before.assignments, reason)
         return job
+
+    async def _refused_cancel(
+        self, job_id: str, result: str, detail: str, resource_tenant: str = ""
+    ) -> None:
+        await self._store.outbox.emit(
+            audit_event(
+                SERVICE,
+                "job.cancel",
+                "job",
+                job_id,
+                resource_tenant=resource_tenant,
+                result=result,
+                detail=detail,
+            )
+        )
+        self._relay.notify()
 
     async def complete(self, tenant: str, job_id: str, reason: str) -> scheduler_pb2.Job:
         """A running evaluation or serving job ends (its caller drove the work): SUCCEEDED."""

@@ -150,9 +150,11 @@ class JobStore:
         reason: str,
         at: datetime,
         event: EventFor,
+        also: Sequence[OutboxEvent] = (),
     ) -> scheduler_pb2.Job | None:
         """Move a job to ``to_state`` if it is in one of ``from_states``, with its event
-        (``event(attempt)``: its id names the job's attempt, read in the same transaction).
+        (``event(attempt)``: its id names the job's attempt, read in the same transaction) and
+        the events of ``also`` (an audit record).
         Leaving RUNNING releases the job's assignments and keeps the steps they finished.
 
         Returns the updated job, or None when the job is not in a state it may leave (the
@@ -180,7 +182,7 @@ class JobStore:
                 await session.rollback()
                 return None
             await session.refresh(row)
-            await self.outbox.add(session, event(row.attempt))
+            await self.outbox.add(session, event(row.attempt), *also)
             return _row_to_job(row, [])
 
     @db_operation

@@ -15,7 +15,7 @@ from pocgrid.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from services.core.apikeys import digest
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
-from tests.conftest import wait_for
+from tests.conftest import service_channel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -166,9 +166,9 @@ async def test_admin_keys_from_the_store_work_and_tenant_keys_are_refused(common
             await admin.ListKeys(admin_pb2.ListKeysRequest(), metadata=auth("pgk_knope_x"))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    # The registry checks the role itself too: a caller that reaches it without the gateway's
-    # admin role is refused.
-    async with grpc.aio.insecure_channel(reg.address) as ch:
+    # The registry checks the role itself too: a service that reaches it without the admin role
+    # (a valid gateway token for a tenant) is refused.
+    async with service_channel(reg.address, identity="gateway") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await admin_pb2_grpc.AdminServiceStub(ch).ListKeys(
                 admin_pb2.ListKeysRequest(), metadata=(("x-pocgrid-tenant", "ops2"),)

@@ -74,6 +74,17 @@ SHARED = {
     "RegistryService/GetNode": {"node_id"},  # the pool is shared; its addresses are not shown
     "AdapterService/ImportOnnxModel": {"name"},  # the caller names its new model
     "AdapterService/ImportLlmConfig": {"name"},
+    # AdminService refuses every non-admin key, whatever its fields name (its tenant fields,
+    # tried with A's tenant above, are refused the same way).
+    "AdminService/CreateKey": {"description"},
+    "AdminService/RevokeKey": {"key_id"},
+    "AdminService/ListAuditEvents": {
+        "actor_tenant",
+        "action",
+        "resource_type",
+        "resource_id",
+        "page_token",
+    },
 }
 #: Fields that name no tenant's resource, wherever they appear.
 PLAIN = {
