@@ -20,8 +20,9 @@ What each identity gets, and why (docs/security.md has the same as a table):
 - its dead letters (``dlq.<durable>.>``) when it consumes;
 - subscribe: only its own reply inbox, ``_INBOX.<user>.>`` (the client's inbox prefix is set to
   it). JetStream answers API calls, acks publishes and delivers pulled events there; a shared
-  ``_INBOX.>`` would let any identity read the events delivered to another's pulls. No identity
-  subscribes to an event subject: every consumer is a JetStream pull consumer.
+  ``_INBOX.>`` would let any identity read the events delivered to another's pulls. Every consumer
+  is a JetStream pull consumer; the only event subjects subscribed to directly are the key
+  store's changes (``hears``), which every gateway, scheduler and metering replica must each hear.
 
 This module imports nothing outside the standard library (pocgrid.natsclient neither), so
 ``deploy/make-secrets.sh`` can run it with a bare ``python3``.
@@ -43,12 +44,14 @@ SCHEDULER_STREAM: Final = "POCGRID_SCHEDULER"
 USAGE_STREAM: Final = "POCGRID_USAGE"
 EVAL_STREAM: Final = "POCGRID_EVAL"
 DLQ_STREAM: Final = "POCGRID_DLQ"
+AUDIT_STREAM: Final = "POCGRID_AUDIT"
 #: Stream -> the subjects it holds (as services/core/bus.py STREAMS; a test keeps them equal).
 STREAM_SUBJECTS: Final[Mapping[str, str]] = {
     REGISTRY_STREAM: "registry.>",
     SCHEDULER_STREAM: "scheduler.>",
     USAGE_STREAM: "usage.>",
     EVAL_STREAM: "eval.>",
+    AUDIT_STREAM: "audit.>",
     DLQ_STREAM: "dlq.>",
 }
 
@@ -76,6 +79,10 @@ class NatsIdentity:
     """Reads, replays and deletes dead letters (the operator's ``pocgrid admin dlq``)."""
     inspects: tuple[str, ...] = ()
     """Streams whose state (``STREAM.INFO``: message counts, config) it may read."""
+    hears: tuple[str, ...] = ()
+    """Event subjects it subscribes to directly (a plain subscription, not a consumer): the
+    key store's changes that every gateway, scheduler and metering replica must each hear
+    (``services/core/tenants.py``, ``gateway/auth.py``)."""
 
     @property
     def inbox_prefix(self) -> str:
@@ -109,22 +116,32 @@ class NatsIdentity:
     def permissions(self) -> dict[str, Any]:
         return {
             "publish": {"allow": self.publish_allow()},
-            "subscribe": {"allow": [f"{self.inbox_prefix}.>"]},
+            "subscribe": {"allow": [f"{self.inbox_prefix}.>", *self.hears]},
         }
 
 
 METERING_DURABLE: Final = "metering"
 SCHEDULER_NODE_LOST_DURABLE: Final = "scheduler-node-lost"
+REGISTRY_AUDIT_DURABLE: Final = "registry-audit"
+#: The key store's tenant changes (quotas, known tenants).
+TENANT_EVENTS: Final = "registry.tenant.>"
 
 IDENTITIES: Final[Mapping[str, NatsIdentity]] = {
     i.user: i
     for i in (
-        NatsIdentity("registry", publishes=("registry.>",), owns=(REGISTRY_STREAM,)),
+        # The registry keeps the audit log: it owns the audit stream and is its one consumer.
+        NatsIdentity(
+            "registry",
+            publishes=("registry.>",),
+            owns=(REGISTRY_STREAM, AUDIT_STREAM, DLQ_STREAM),
+            consumes=(Durable(AUDIT_STREAM, REGISTRY_AUDIT_DURABLE),),
+        ),
         NatsIdentity(
             "scheduler",
-            publishes=("scheduler.>",),
+            publishes=("scheduler.>", "audit.scheduler.>"),
             owns=(SCHEDULER_STREAM, DLQ_STREAM),
             consumes=(Durable(REGISTRY_STREAM, SCHEDULER_NODE_LOST_DURABLE),),
+            hears=(TENANT_EVENTS,),
         ),
         # Agents publish usage and nothing else; the usage stream is metering's.
         NatsIdentity("agent", publishes=("usage.>",)),
@@ -132,7 +149,11 @@ IDENTITIES: Final[Mapping[str, NatsIdentity]] = {
             "metering",
             owns=(USAGE_STREAM, DLQ_STREAM),
             consumes=(Durable(USAGE_STREAM, METERING_DURABLE),),
+            hears=(TENANT_EVENTS,),
         ),
+        # The gateway publishes nothing and owns no stream: it hears revocations (a revoked key
+        # stops working on every replica) and tenant changes (rate limits).
+        NatsIdentity("gateway", hears=("registry.key.revoked", TENANT_EVENTS)),
         NatsIdentity("evaluator", publishes=("eval.>",), owns=(EVAL_STREAM,)),
         # `pocgrid admin dlq`: a person's credential, given to no service. Replaying a dead
         # letter republishes it to its original subject, so it may publish every event subject

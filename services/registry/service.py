@@ -13,6 +13,7 @@ from pocgrid.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grp
 from services.core.audit import AUDIT_STREAM, AUDIT_SUBJECTS
 from services.core.bus import EventMeta
 from services.core.config import CommonConfig
+from services.core.nats_auth import REGISTRY_AUDIT_DURABLE
 from services.core.service import Service
 from services.registry.admin import AdminServicer, TenantDirectoryServicer
 from services.registry.config import RegistryConfig
@@ -23,7 +24,7 @@ from services.registry.servicer import NodeLeaseServicer, RegistryServicer
 from services.registry.store import NodeStore
 
 #: Durable consumer of every service's audit events (one per registry deployment).
-AUDIT_DURABLE = "registry-audit"
+AUDIT_DURABLE = REGISTRY_AUDIT_DURABLE
 
 
 class RegistryServer(Service):
