@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.routing import PUBLIC_BACKENDS
-from pocgrid.v1 import agent_pb2, registry_pb2, scheduler_pb2
+from pocgrid.v1 import admin_pb2, agent_pb2, registry_pb2, scheduler_pb2
 from services.core.errors import PermissionDenied
 from services.core.mesh_identity import IDENTITIES
 from services.core.mesh_policy import INTERNAL_SERVICES, RULES, authorize
@@ -16,6 +16,7 @@ from services.core.tenant_view import INTERNAL_FIELDS, is_tenant_view, strip_int
 INTERNAL = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     registry_pb2.DESCRIPTOR.services_by_name["NodeLeaseService"],
+    admin_pb2.DESCRIPTOR.services_by_name["TenantDirectoryService"],
 ]
 
 
