@@ -13,6 +13,7 @@ from decimal import Decimal
 import grpc
 import nats
 import pytest
+from sqlalchemy import text
 
 from pocgrid import deadletter
 from pocgrid.price_book import default_price_book
