@@ -120,7 +120,10 @@ def test_table_matches_the_bus_streams() -> None:
     for identity in IDENTITIES.values():
         allow = identity.publish_allow()
         assert not any(p in (">", "$JS.API.>", "$JS.ACK.>", "_INBOX.>") for p in allow), allow
-        assert identity.permissions()["subscribe"]["allow"] == [f"_INBOX.{identity.user}.>"]
+        # Its own reply inbox, and the plain (non-JetStream) subjects it must hear: no wildcard.
+        subscribe = identity.permissions()["subscribe"]["allow"]
+        assert subscribe == [f"_INBOX.{identity.user}.>", *identity.hears], subscribe
+        assert not any(h in (">", "_INBOX.>") or h.startswith("$JS.") for h in identity.hears)
 
 
 def test_config_checks_the_identity() -> None:
