@@ -59,6 +59,7 @@ async def sample_forever(
     NATS away) keeps the previous values and is retried at the next tick: a gauge must never
     take its service down."""
     failing = False
+    this = asyncio.current_task()
     while True:
         try:
             await sample()
@@ -69,4 +70,9 @@ async def sample_forever(
             if not failing:  # once per outage, not once per tick
                 log.warning("gauges.sample_failed", gauges=name, error=repr(exc))
             failing = True
+        # Python 3.11's asyncio.wait_for (inside nats-py's requests) swallows a cancellation
+        # that arrives as its reply does; the request stays cancelling, so honour it here or
+        # the service's stop waits on this loop forever.
+        if this is not None and this.cancelling():
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_s)
