@@ -47,7 +47,9 @@ PROVENANCES: Final = cast("tuple[Provenance, ...]", get_args(Provenance))
 Confidence: TypeAlias = Literal["high", "medium", "low"]
 CONFIDENCES: Final = cast("tuple[Confidence, ...]", get_args(Confidence))
 
-ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp", "diffusion"]
+ModelKind: TypeAlias = Literal["llm", "vision", "speech", "nlp", "diffusion", "onnx"]
+"""``onnx``: a tenant's imported graph, described as a model record for planning; never in the
+catalogue."""
 MODEL_KINDS: Final = cast("tuple[ModelKind, ...]", get_args(ModelKind))
 
 # Scalar numeric chip fields; peak figures are keyed "peak_tflops.<precision>".

@@ -776,26 +776,62 @@ class SampleServing(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     PASSES_FIELD_NUMBER: _builtins.int
+    ONNX_FIELD_NUMBER: _builtins.int
+    SAMPLE_SHAPES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Catalogue model name, e.g. "ResNet-50 (torchvision IMAGENET1K_V1)"."""
     max_batch: _builtins.int
     """Largest batch; 0 means 32."""
     passes: _builtins.int
     """Forward passes per sample (diffusion denoising steps); 0 means 1."""
+    onnx: _builtins.bytes
+    """A tenant's imported ONNX graph to time instead of a catalogue model (`model` is then its
+    label): each batch is priced on the graph cost model (pocgrid.perf.onnx_cost) at the
+    shapes of `sample_shapes` with the batch as the leading dimension.
+    """
+    @_builtins.property
+    def sample_shapes(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputShape]:
+        """One sample's shape per graph input, without the batch dimension (required with onnx)."""
+
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         max_batch: _builtins.int = ...,
         passes: _builtins.int = ...,
+        onnx: _builtins.bytes = ...,
+        sample_shapes: _abc.Iterable[Global___InputShape] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "model", b"model", "passes", b"passes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "model", b"model", "onnx", b"onnx", "passes", b"passes", "sample_shapes", b"sample_shapes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SampleServing: _TypeAlias = SampleServing  # noqa: Y015
+
+@_typing.final
+class InputShape(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def dims(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dims: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dims", b"dims", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputShape: _TypeAlias = InputShape  # noqa: Y015
 
 @_typing.final
 class ServeRequestsRequest(_message.Message):

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pocgrid.v1 import agent_pb2 as _agent_pb2
 from pocgrid.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -248,6 +249,7 @@ class Scenario(_message.Message):
     LABELLED_SAMPLES_FIELD_NUMBER: _builtins.int
     LENGTH_SOURCE_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    SAMPLE_SET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable id, e.g. "llm-chat"."""
     title: _builtins.str
@@ -280,6 +282,11 @@ class Scenario(_message.Message):
     labelled_samples: _builtins.int
     length_source: _builtins.str
     """Where the request-size distributions come from."""
+    sample_set: _builtins.str
+    """User scenarios over an imported ONNX model: the ImportSampleSet id of its labelled
+    samples (with onnx_model_hash, the adapter's model_id); labelled_samples is then their
+    count, set by the evaluator.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Catalogue model names the scenario can run."""
@@ -328,10 +335,11 @@ class Scenario(_message.Message):
         labelled_samples: _builtins.int = ...,
         length_source: _builtins.str = ...,
         training: Global___TrainingSpec | None = ...,
+        sample_set: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_slo", b"default_slo", "input_len", b"input_len", "output_len", b"output_len", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "accuracy_task", b"accuracy_task", "components", b"components", "default_concurrency", b"default_concurrency", "default_mode", b"default_mode", "default_model", b"default_model", "default_precision", b"default_precision", "default_qps", b"default_qps", "default_requests", b"default_requests", "default_slo", b"default_slo", "description", b"description", "field", b"field", "input_len", b"input_len", "kind", b"kind", "labelled_samples", b"labelled_samples", "length_source", b"length_source", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "onnx_model_hash", b"onnx_model_hash", "output_len", b"output_len", "owner", b"owner", "passes_per_sample", b"passes_per_sample", "title", b"title", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_metric", b"accuracy_metric", "accuracy_task", b"accuracy_task", "components", b"components", "default_concurrency", b"default_concurrency", "default_mode", b"default_mode", "default_model", b"default_model", "default_precision", b"default_precision", "default_qps", b"default_qps", "default_requests", b"default_requests", "default_slo", b"default_slo", "description", b"description", "field", b"field", "input_len", b"input_len", "kind", b"kind", "labelled_samples", b"labelled_samples", "length_source", b"length_source", "load_scenarios", b"load_scenarios", "models", b"models", "name", b"name", "onnx_model_hash", b"onnx_model_hash", "output_len", b"output_len", "owner", b"owner", "passes_per_sample", b"passes_per_sample", "sample_set", b"sample_set", "title", b"title", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,6 +506,103 @@ class TrainingResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingResult: _TypeAlias = TrainingResult  # noqa: Y015
+
+@_typing.final
+class ImportSampleSetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    output: _builtins.str
+    """The graph output whose argmax over axis 1 is the predicted class ([N, classes])."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.Tensor]:
+        """One tensor per graph input the model takes, named as the input; row i of each (the
+        leading dimension) is sample i.
+        """
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The class index of each sample."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        inputs: _abc.Iterable[_agent_pb2.Tensor] | None = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
+        output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "labels", b"labels", "name", b"name", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSampleSetRequest: _TypeAlias = ImportSampleSetRequest  # noqa: Y015
+
+@_typing.final
+class SampleSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_SET_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    sample_set_id: _builtins.str
+    """"samples-<sha256 prefix>"."""
+    name: _builtins.str
+    count: _builtins.int
+    output: _builtins.str
+    sha256: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        sample_set_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        count: _builtins.int = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        output: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "inputs", b"inputs", "name", b"name", "output", b"output", "sample_set_id", b"sample_set_id", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleSet: _TypeAlias = SampleSet  # noqa: Y015
+
+@_typing.final
+class ImportSampleSetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_SET_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the tenant had imported the same samples before."""
+    @_builtins.property
+    def sample_set(self) -> Global___SampleSet: ...
+    def __init__(
+        self,
+        *,
+        sample_set: Global___SampleSet | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sample_set", b"sample_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "sample_set", b"sample_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSampleSetResponse: _TypeAlias = ImportSampleSetResponse  # noqa: Y015
 
 @_typing.final
 class ListScenariosRequest(_message.Message):

@@ -50,6 +50,11 @@ class EvaluatorServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.FromString,
                 _registered_method=True)
+        self.ImportSampleSet = channel.unary_unary(
+                '/pocgrid.v1.EvaluatorService/ImportSampleSet',
+                request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetResponse.FromString,
+                _registered_method=True)
         self.StartEvaluation = channel.unary_unary(
                 '/pocgrid.v1.EvaluatorService/StartEvaluation',
                 request_serializer=pocgrid_dot_v1_dot_evaluator__pb2.StartEvaluationRequest.SerializeToString,
@@ -91,6 +96,15 @@ class EvaluatorServiceServicer:
     def CreateScenario(self, request, context):
         """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
         labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSampleSet(self, request, context):
+        """Stores a labelled sample set for the caller's tenant (content-addressed: the same samples
+        give the same id), for a user scenario over an imported ONNX model (`Scenario.sample_set`).
+        Bad tensors, labels or sizes are INVALID_ARGUMENT naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +153,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.CreateScenario,
                     request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.SerializeToString,
+            ),
+            'ImportSampleSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSampleSet,
+                    request_deserializer=pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetResponse.SerializeToString,
             ),
             'StartEvaluation': grpc.unary_unary_rpc_method_handler(
                     servicer.StartEvaluation,
@@ -243,6 +262,33 @@ class EvaluatorService:
             '/pocgrid.v1.EvaluatorService/CreateScenario',
             pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioRequest.SerializeToString,
             pocgrid_dot_v1_dot_evaluator__pb2.CreateScenarioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSampleSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.EvaluatorService/ImportSampleSet',
+            pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetRequest.SerializeToString,
+            pocgrid_dot_v1_dot_evaluator__pb2.ImportSampleSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class EvaluatorServiceStub:
     """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
     labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
     """
+    ImportSampleSet: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ImportSampleSetRequest, _evaluator_pb2.ImportSampleSetResponse]
+    """Stores a labelled sample set for the caller's tenant (content-addressed: the same samples
+    give the same id), for a user scenario over an imported ONNX model (`Scenario.sample_set`).
+    Bad tensors, labels or sizes are INVALID_ARGUMENT naming the field.
+    """
     StartEvaluation: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.StartEvaluationRequest, _evaluator_pb2.StartEvaluationResponse]
     """Starts an evaluation and returns its id at once; the run continues in the evaluator."""
     GetEvaluation: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.GetEvaluationRequest, _evaluator_pb2.GetEvaluationResponse]
@@ -56,6 +61,11 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     CreateScenario: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.CreateScenarioRequest, _evaluator_pb2.CreateScenarioResponse]  # type: ignore[assignment]
     """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
     labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+    """
+    ImportSampleSet: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ImportSampleSetRequest, _evaluator_pb2.ImportSampleSetResponse]  # type: ignore[assignment]
+    """Stores a labelled sample set for the caller's tenant (content-addressed: the same samples
+    give the same id), for a user scenario over an imported ONNX model (`Scenario.sample_set`).
+    Bad tensors, labels or sizes are INVALID_ARGUMENT naming the field.
     """
     StartEvaluation: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.StartEvaluationRequest, _evaluator_pb2.StartEvaluationResponse]  # type: ignore[assignment]
     """Starts an evaluation and returns its id at once; the run continues in the evaluator."""
@@ -89,6 +99,17 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_evaluator_pb2.CreateScenarioResponse, _abc.Awaitable[_evaluator_pb2.CreateScenarioResponse]]:
         """A tenant's own scenario (and, through `onnx_model_hash`, its own imported ONNX model with a
         labelled sample set). A bad definition is INVALID_ARGUMENT naming the field.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSampleSet(
+        self,
+        request: _evaluator_pb2.ImportSampleSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.ImportSampleSetResponse, _abc.Awaitable[_evaluator_pb2.ImportSampleSetResponse]]:
+        """Stores a labelled sample set for the caller's tenant (content-addressed: the same samples
+        give the same id), for a user scenario over an imported ONNX model (`Scenario.sample_set`).
+        Bad tensors, labels or sizes are INVALID_ARGUMENT naming the field.
         """
 
     @_abc_1.abstractmethod

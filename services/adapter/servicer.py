@@ -74,7 +74,9 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
         tenant = caller_tenant()
         v.require_text("model_id", request.model_id)
         row = await self._models.get(tenant, request.model_id)
-        return adapter_pb2.GetImportedModelResponse(model=to_proto(row))
+        return adapter_pb2.GetImportedModelResponse(
+            model=to_proto(row), content=row.content if request.include_content else b""
+        )
 
     async def ListImportedModels(
         self, request: adapter_pb2.ListImportedModelsRequest, context: grpc.aio.ServicerContext

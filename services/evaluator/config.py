@@ -28,6 +28,10 @@ class EvaluatorConfig(EnvConfig):
     """HOST:PORT of metering, whose price book prices the results; empty: results say they
     were not priced."""
 
+    adapter_addr: str = ""
+    """HOST:PORT of the adapter, where tenants' imported ONNX models are read for user
+    scenarios over them; empty: such scenarios are refused with FAILED_PRECONDITION."""
+
     evaluator_serve_timeout_s: float = 120.0
     """Deadline of one agent ServeRequests call (one run of up to 100,000 requests)."""
 
@@ -39,7 +43,7 @@ class EvaluatorConfig(EnvConfig):
     """Runs (scenario x chip) served at once, each on its own agent."""
 
     def __post_init__(self) -> None:
-        for name in ("registry_addr", "scheduler_addr", "metering_addr"):
+        for name in ("registry_addr", "scheduler_addr", "metering_addr", "adapter_addr"):
             value = getattr(self, name)
             if value:
                 parse_hostport(name, value)

@@ -34,11 +34,13 @@ from pocgrid.error_details import error_details
 from pocgrid.perf.fit import check_fit
 from pocgrid.precision import to_proto
 from pocgrid.v1 import agent_pb2, evaluator_pb2
+from services.core.errors import PocgridError
 from services.evaluator import loadgen, training
 from services.evaluator import metrics as m
 from services.evaluator.accuracy import Reference, fp32_reference, measure_accuracy
 from services.evaluator.realmodels import RealModel, RealModelError, load_real_model
 from services.evaluator.scenarios import MODE_BY_VALUE, component_slo
+from services.evaluator.usermodels import UserModel, UserModels
 
 TP_CHOICES = (1, 2, 4, 8)
 #: Find-peak: bisection steps between 0 and the offline capacity (about 1.5 % of it).
@@ -141,6 +143,8 @@ class Plan:
     precision_note: str = ""
     passes: int = 0
     """Forward passes per sample (diffusion steps; 0: the model's default)."""
+    user: UserModel | None = None
+    """A tenant's imported ONNX graph and samples (``model`` then describes the graph)."""
 
 
 @dataclass(slots=True)
@@ -231,11 +235,19 @@ def flops_per_unit(model: Model, passes: int = 0) -> float:
 
 
 class Runner:
-    def __init__(self, catalog: Catalog, pool: Pool, prices: Prices, parallel: int = 6) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        pool: Pool,
+        prices: Prices,
+        parallel: int = 6,
+        users: UserModels | None = None,
+    ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.prices = prices
         self.parallel = parallel
+        self.users = users
         # Real models and their fp32 CPU references, computed once per process.
         self._references: dict[str, tuple[RealModel, Reference]] = {}
 
@@ -305,13 +317,23 @@ class Runner:
         result.slo.CopyFrom(component.slo)
         if node is None:
             return _fail(result, f"no READY node of {chip.name} in the pool")
-        model = self.catalog.find_model(component.model)
+        user: UserModel | None = None
+        if s.onnx_model_hash:
+            if self.users is None:
+                return _fail(result, "this evaluator cannot read imported models")
+            try:
+                user = await self.users.load(s.owner, s)
+            except (PocgridError, grpc.aio.AioRpcError) as exc:
+                why = _rpc_reason(exc) if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                return _fail(result, f"the imported model cannot be evaluated: {why}")
+        model = user.model if user else self.catalog.find_model(component.model)
         llm = s.kind == "llm"
         sizes = (s.input_len.max, s.output_len.max) if llm else (1, 1)
         planned = plan(self.catalog, chip, model, spec.precision, node.devices, sizes)
         if isinstance(planned, str):
             return _fail(result, planned)
         planned.passes = s.passes_per_sample
+        planned.user = user
         result.devices = planned.devices
         result.precision = planned.precision
         result.precision_note = planned.precision_note
@@ -368,6 +390,9 @@ class Runner:
         chip at the run's precision, through the agent's RunTask, against the fp32 CPU
         reference; the SLO's ``min_accuracy_ratio`` bounds accuracy / reference accuracy."""
         s = component.scenario
+        if planned.user is not None:
+            await self._user_accuracy(result, planned, planned.user, node, component)
+            return
         if not s.accuracy_task:
             result.accuracy_note = "not measured: " + (
                 s.accuracy_metric or "the scenario names no accuracy task"
@@ -379,14 +404,9 @@ class Runner:
             result.accuracy_note = f"not measured: {exc}"
             return
 
-        def on_held(r: agent_pb2.RunTaskRequest) -> Awaitable[agent_pb2.RunTaskResponse]:
-            if not r.device_indexes:  # on the device the run holds
-                r.device_indexes.extend(node.device_indexes[:1])
-            return self.pool.run_task(node, r)
-
         try:
             measured = await measure_accuracy(
-                on_held,
+                self._on_held(node),
                 real.model,
                 real.samples,
                 chip=planned.chip.name,
@@ -412,6 +432,61 @@ class Runner:
             result.slo_violations.append(
                 f"accuracy {measured.accuracy:.4f} < {ratio:g} x the fp32 reference's"
                 f" {reference.accuracy:.4f}"
+            )
+
+    def _on_held(
+        self, node: Node
+    ) -> Callable[[agent_pb2.RunTaskRequest], Awaitable[agent_pb2.RunTaskResponse]]:
+        """RunTask on the device the run holds (the scheduler placed the run on it), unless
+        the request names its devices itself."""
+
+        def call(r: agent_pb2.RunTaskRequest) -> Awaitable[agent_pb2.RunTaskResponse]:
+            if not r.device_indexes:
+                r.device_indexes.extend(node.device_indexes[:1])
+            return self.pool.run_task(node, r)
+
+        return call
+
+    async def _user_accuracy(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        user: UserModel,
+        node: Node,
+        component: Component,
+    ) -> None:
+        """The tenant's graph on its own labelled samples, through the chip's agent at the
+        run's precision, against the fp32 CPU reference computed when the scenario was made."""
+        try:
+            measured = await measure_accuracy(
+                self._on_held(node),
+                user.onnx,
+                user.samples,
+                chip=planned.chip.name,
+                precision=planned.precision,
+                reference=user.reference,
+                task_prefix="user",
+            )
+        except grpc.aio.AioRpcError as exc:
+            result.accuracy_note = f"not measured: the agent refused ({_rpc_reason(exc)})"
+            return
+        if measured.accuracy is None:
+            result.accuracy_note = f"not measured: {measured.reason}"
+            return
+        result.accuracy = measured.accuracy
+        result.accuracy_note = (
+            f"top-1 accuracy of your model {user.name} ({user.model_id}) on the"
+            f" {measured.samples} samples of {user.sample_set_id} at {planned.precision}:"
+            f" {measured.correct}/{measured.samples} (fp32 CPU reference"
+            f" {user.reference.accuracy:.4f}, predictions agreeing with it"
+            f" {measured.agreement:.4f}); timing from its graph on the graph cost model"
+        )
+        ratio = component.slo.min_accuracy_ratio
+        ref = user.reference.accuracy
+        if ratio and ref > 0 and measured.accuracy < ratio * ref:
+            result.slo_met = False
+            result.slo_violations.append(
+                f"accuracy {measured.accuracy:.4f} < {ratio:g} x the fp32 reference's {ref:.4f}"
             )
 
     def _real_model(self, name: str) -> tuple[RealModel, Reference]:
@@ -469,6 +544,10 @@ class Runner:
         else:
             request.samples.model = planned.model.name
             request.samples.passes = s.passes_per_sample
+            if planned.user is not None:
+                request.samples.onnx = planned.user.onnx
+                for name, dims in planned.user.sample_shapes.items():
+                    request.samples.sample_shapes.add(name=name, dims=dims)
         return await self.pool.serve(node, request)
 
     def _measure(
@@ -682,7 +761,10 @@ def components_of(
             scenario,
             1.0,
             _override(scenario.default_slo, slo),
-            model or scenario.default_model or scenario.models[0],
+            # A scenario over an imported graph names no catalogue model: the graph is it.
+            model
+            or scenario.default_model
+            or (scenario.models[0] if scenario.models else scenario.onnx_model_hash),
         )
     ]
 

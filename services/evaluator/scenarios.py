@@ -225,6 +225,30 @@ def check_distribution(d: evaluator_pb2.LengthDistribution, field: str) -> None:
         raise ScenarioError(f"{field}.std", "must be > 0 for a lognormal")
 
 
+def check_imported(s: evaluator_pb2.Scenario, field: str = "scenario") -> None:
+    """The rules a scenario over a tenant's imported ONNX model adds (the graph and samples
+    themselves are checked against each other by ``services.evaluator.usermodels``)."""
+    if s.kind != "samples":
+        raise ScenarioError(f"{field}.kind", "a scenario over an imported ONNX model is samples")
+    if s.models or s.default_model:
+        raise ScenarioError(
+            f"{field}.models",
+            "must be empty with onnx_model_hash: the imported graph is the scenario's model",
+        )
+    if not s.onnx_model_hash:
+        raise ScenarioError(f"{field}.onnx_model_hash", "is required with sample_set")
+    if not s.sample_set:
+        raise ScenarioError(
+            f"{field}.sample_set", "is required with onnx_model_hash (ImportSampleSet)"
+        )
+    if s.accuracy_task:
+        raise ScenarioError(
+            f"{field}.accuracy_task", "must be empty: accuracy is measured on the sample set"
+        )
+    if s.passes_per_sample > 1:
+        raise ScenarioError(f"{field}.passes_per_sample", "an imported graph runs one pass")
+
+
 def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "scenario") -> None:
     """Raises ``ScenarioError`` naming the first field that is wrong."""
     _check_name(f"{field}.name", s.name)
@@ -238,7 +262,10 @@ def check_scenario(s: evaluator_pb2.Scenario, catalog: Catalog, field: str = "sc
         return
     if s.HasField("training"):
         raise ScenarioError(f"{field}.training", "only training scenarios have one")
-    if not s.models:
+    imported = bool(s.onnx_model_hash or s.sample_set)
+    if imported:
+        check_imported(s, field)
+    elif not s.models:
         raise ScenarioError(f"{field}.models", "must name at least one catalogue model")
     known = {m.name: m for m in catalog.models}
     for i, name in enumerate(s.models):

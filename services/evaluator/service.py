@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from pocgrid.catalog import Catalog, default_catalog
 from pocgrid.v1 import (
+    adapter_pb2,
+    adapter_pb2_grpc,
     evaluator_pb2,
     evaluator_pb2_grpc,
     metering_pb2,
@@ -31,6 +33,7 @@ from services.evaluator.runner import NoPrices, Pool, Price, Prices, Runner
 from services.evaluator.scenarios import load_catalog
 from services.evaluator.servicer import EvaluatorServicer
 from services.evaluator.store import EvaluationStore
+from services.evaluator.usermodels import GetModel, GetSamples, UserModels
 
 
 class MeteringPrices:
@@ -117,6 +120,7 @@ class EvaluatorServer(Service):
             if self.config.metering_addr
             else NoPrices()
         )
+        users = UserModels(self._adapter_reader(), self._sample_reader(store))
         runner: Runner | None = None
         pool: Pool | None = None
         if self.config.registry_addr:
@@ -136,7 +140,7 @@ class EvaluatorServer(Service):
                 )
             else:
                 pool = RegistryPool(registry, self.agent_channel, timeout)
-            runner = Runner(self.catalog, pool, prices, self.config.evaluator_parallel_runs)
+            runner = Runner(self.catalog, pool, prices, self.config.evaluator_parallel_runs, users)
         self.evaluations = Evaluations(
             store,
             self.catalog,
@@ -148,9 +152,33 @@ class EvaluatorServer(Service):
         )
         await self.evaluations.recover()
         evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-            EvaluatorServicer(scenarios, self.catalog, self.evaluations, store), server
+            EvaluatorServicer(scenarios, self.catalog, self.evaluations, store, users), server
         )
         self.add_service(evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name)
+
+    def _adapter_reader(self) -> GetModel | None:
+        """The tenant's imported models, read from the adapter as the calling tenant."""
+        if not self.config.adapter_addr:
+            return None
+        stub = adapter_pb2_grpc.AdapterServiceStub(self.channel(self.config.adapter_addr))
+
+        async def get(
+            request: adapter_pb2.GetImportedModelRequest,
+        ) -> adapter_pb2.GetImportedModelResponse:
+            response: adapter_pb2.GetImportedModelResponse = await stub.GetImportedModel(request)
+            return response
+
+        return get
+
+    @staticmethod
+    def _sample_reader(store: EvaluationStore) -> GetSamples:
+        async def get(tenant: str, set_id: str) -> evaluator_pb2.ImportSampleSetRequest | None:
+            row = await store.sample_set(tenant, set_id)
+            if row is None:
+                return None
+            return evaluator_pb2.ImportSampleSetRequest.FromString(row.payload)
+
+        return get
 
     async def on_drain(self) -> None:
         if self.evaluations is not None:

@@ -14,6 +14,12 @@ from services.core.errors import AlreadyExists, InvalidArgument, NotFound, Unaut
 from services.evaluator.evaluations import Evaluations
 from services.evaluator.scenarios import TRAINING, ScenarioCatalog, ScenarioError, check_scenario
 from services.evaluator.store import EvaluationStore
+from services.evaluator.usermodels import (
+    UserModels,
+    decode_sample_set,
+    sample_set_id,
+    sample_set_payload,
+)
 
 
 def require_tenant() -> str:
@@ -33,9 +39,11 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         catalog: Catalog,
         evaluations: Evaluations,
         store: EvaluationStore,
+        users: UserModels,
     ) -> None:
         self._scenarios = scenarios
         self._catalog = catalog
+        self._users = users
         self._evaluations = evaluations
         self._store = store
 
@@ -67,15 +75,17 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             raise InvalidArgument(
                 "scenario.kind", f"user scenarios are llm or samples, not {s.kind}"
             )
-        if s.onnx_model_hash or s.labelled_samples:
-            raise InvalidArgument(
-                "scenario.onnx_model_hash",
-                "imported ONNX models are not evaluated yet; name catalogue models in models",
-            )
         try:
             check_scenario(s, self._catalog, "scenario")
         except ScenarioError as exc:
             raise InvalidArgument(exc.field, exc.rule) from None
+        if s.onnx_model_hash:
+            # The graph from the adapter and the samples from here, checked against each other
+            # (a real fp32 run included): what a user can get wrong is refused now, by field.
+            user = await self._users.load(tenant, s)
+            s.labelled_samples = user.samples.count
+        elif s.labelled_samples:
+            raise InvalidArgument("scenario.labelled_samples", "is set from sample_set")
         if self._scenarios.get(s.name) is not None:
             raise InvalidArgument("scenario.name", f"{s.name!r} is a built-in scenario")
         s.owner = tenant
@@ -87,6 +97,32 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                 return evaluator_pb2.CreateScenarioResponse(scenario=existing)
             raise AlreadyExists(f"scenario {s.name!r} already exists with another definition")
         return evaluator_pb2.CreateScenarioResponse(scenario=s)
+
+    async def ImportSampleSet(
+        self, request: evaluator_pb2.ImportSampleSetRequest, context: grpc.aio.ServicerContext
+    ) -> evaluator_pb2.ImportSampleSetResponse:
+        tenant = require_tenant()
+        samples = decode_sample_set(request)
+        payload = sample_set_payload(request)
+        set_id, digest = sample_set_id(payload)
+        name = request.name or set_id
+        created = await self._store.put_sample_set(
+            tenant, set_id, name, samples.count, digest, payload
+        )
+        if not created:
+            row = await self._store.sample_set(tenant, set_id)
+            name = row.name if row is not None else name
+        return evaluator_pb2.ImportSampleSetResponse(
+            sample_set=evaluator_pb2.SampleSet(
+                sample_set_id=set_id,
+                name=name,
+                count=samples.count,
+                inputs=sorted(samples.inputs),
+                output=samples.output,
+                sha256=digest,
+            ),
+            created=created,
+        )
 
     async def StartEvaluation(
         self, request: evaluator_pb2.StartEvaluationRequest, context: grpc.aio.ServicerContext

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from pocgrid.v1 import evaluator_pb2
 from services.core.outbox import Outbox, OutboxEvent
 from services.core.storage import Database, db_operation
-from services.evaluator.tables import OUTBOX, EvaluationRow, ScenarioRow
+from services.evaluator.tables import OUTBOX, EvaluationRow, SampleSetRow, ScenarioRow
 
 TERMINAL = (evaluator_pb2.EVALUATION_STATE_SUCCEEDED, evaluator_pb2.EVALUATION_STATE_FAILED)
 
@@ -150,3 +150,36 @@ class EvaluationStore:
                 select(ScenarioRow).where(ScenarioRow.tenant == tenant).order_by(ScenarioRow.seq)
             )
             return [evaluator_pb2.Scenario.FromString(r.payload) for r in rows]
+
+    # -- tenants' sample sets -------------------------------------------------------------------
+    @db_operation
+    async def put_sample_set(
+        self, tenant: str, set_id: str, name: str, count: int, sha256: str, payload: bytes
+    ) -> bool:
+        """Store the tenant's samples; False when it already has these (the same id)."""
+        try:
+            async with self._db.session() as session, session.begin():
+                session.add(
+                    SampleSetRow(
+                        tenant=tenant,
+                        sample_set_id=set_id,
+                        name=name,
+                        count=count,
+                        sha256=sha256,
+                        payload=payload,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    @db_operation
+    async def sample_set(self, tenant: str, set_id: str) -> SampleSetRow | None:
+        async with self._db.session() as session:
+            row: SampleSetRow | None = await session.scalar(
+                select(SampleSetRow).where(
+                    SampleSetRow.tenant == tenant, SampleSetRow.sample_set_id == set_id
+                )
+            )
+            return row

@@ -1,4 +1,5 @@
-"""Evaluator tables: evaluations and tenants' own scenarios. Only the evaluator uses them.
+"""Evaluator tables: evaluations, tenants' own scenarios and sample sets; only the evaluator
+uses them.
 
 An evaluation is stored whole, as its ``pocgrid.v1.Evaluation`` message (request, progress,
 results, recommendation), beside the columns it is looked up and listed by; every read is by
@@ -45,6 +46,23 @@ class ScenarioRow(Base):
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str] = mapped_column(String(63))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SampleSetRow(Base):
+    """A tenant's labelled samples (``ImportSampleSet``), content-addressed per tenant."""
+
+    __tablename__ = "sample_sets"
+    __table_args__ = (UniqueConstraint("tenant", "sample_set_id", name="uq_sample_sets_tenant_id"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    sample_set_id: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(256))
+    count: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    """The ``ImportSampleSetRequest`` without its name."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from gateway.routing import GATEWAY_SERVICE, PUBLIC_BACKENDS
 from pocgrid.adapt.onnx_import import validate_onnx
 from pocgrid.samples import cnn
+from pocgrid.tensors import from_array
 from pocgrid.v1 import (
     adapter_pb2,
     adapter_pb2_grpc,
@@ -268,6 +270,15 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
             ),
             metadata=AUTH,
         ),
+        "EvaluatorService/ImportSampleSet": lambda: evals.ImportSampleSet(
+            evaluator_pb2.ImportSampleSetRequest(
+                name="walk-samples",
+                inputs=[from_array("x", np.zeros((2, 4), np.float32))],
+                labels=[0, 1],
+                output="y",
+            ),
+            metadata=AUTH,
+        ),
         "EvaluatorService/StartEvaluation": start_evaluation,
         "EvaluatorService/WatchEvaluation": watch_evaluation,
         "EvaluatorService/GetEvaluation": lambda: evals.GetEvaluation(
@@ -297,6 +308,7 @@ async def test_every_public_rpc_through_the_gateway(common, closer):
     assert watched.results[0].runnable and watched.results[0].chip == "mtt-s4000"
     assert results["EvaluatorService/GetEvaluation"].evaluation.tenant == "walker"
     assert results["EvaluatorService/CreateScenario"].scenario.owner == "walker"
+    assert results["EvaluatorService/ImportSampleSet"].sample_set.count == 2
     assert len(results["AdapterService/ListImportedModels"].models) == 2
     assert results["AdapterService/Estimate"].best_by_throughput.output_tokens_per_s > 0
     assert results["GatewayService/WhoAmI"].tenant == "walker"

@@ -11,9 +11,12 @@ Either way the result is one ``SimResult`` and one steady-state window
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
 
 from pocgrid.adapt.adapt import chip_coverage
 from pocgrid.adapt.dense_plan import price_batch
@@ -22,6 +25,7 @@ from pocgrid.perf.batching import simulate_batches
 from pocgrid.perf.efficiency import GIB_BYTES, StackProfile, default_efficiency
 from pocgrid.perf.errors import PerfInputError, UnsupportedInput
 from pocgrid.perf.llm import LlmDeployment
+from pocgrid.perf.onnx_cost import graph_cost
 from pocgrid.perf.predict import resolve_model, serving_config
 from pocgrid.perf.serving import (
     SimResult,
@@ -191,6 +195,92 @@ def serve_samples(
     window, c = _window(result, target, closed)
     weights_gib = model.params_b * 1e9 * PRECISION_BYTES[precision] / GIB_BYTES
     memory = weights_gib + eff.params.runtime_reserve_gib
+    return BulkRun(
+        result, window, c, "batching-server", memory, batch, 0, np.zeros(0, dtype=np.float64)
+    )
+
+
+#: Batch sizes a graph is priced at; sizes in between are interpolated (each pricing is a shape
+#: inference of the whole graph, too slow to repeat for every size up to the largest batch).
+ONNX_PRICED_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def onnx_batch_seconds(
+    graph: onnx.ModelProto,
+    sample_shapes: Mapping[str, Sequence[int]],
+    chip: Chip,
+    precision: str,
+    max_batch: int,
+) -> tuple[list[float], float]:
+    """Seconds of every batch size 1..max_batch on the graph cost model, and the bytes the
+    deployment holds (weights, the largest activation in and out at the largest batch).
+
+    Batch sizes between two priced ones are interpolated linearly: a batch's time is close to
+    linear in its size between powers of two (the graph's FLOPs and activations are)."""
+    priced = [b for b in ONNX_PRICED_BATCHES if b < max_batch] + [max_batch]
+    times: list[float] = []
+    resident = 0.0
+    for b in priced:
+        shapes = {name: [b, *dims] for name, dims in sample_shapes.items()}
+        cost = graph_cost(graph, shapes, chip, precision)
+        times.append(cost.seconds)
+        resident = cost.weight_bytes + 2 * cost.activation_peak_bytes
+    seconds = np.interp(np.arange(1, max_batch + 1), priced, times).tolist()
+    return [float(t) for t in seconds], resident
+
+
+def serve_onnx_samples(
+    chip: Chip,
+    graph_bytes: bytes,
+    sample_shapes: Mapping[str, Sequence[int]],
+    precision: str,
+    max_batch: int,
+    arrival_s: np.ndarray,
+    concurrency: int,
+    unsupported: Callable[[Iterable[str]], Sequence[str]],
+) -> BulkRun:
+    """A tenant's imported ONNX graph on the batching server, each batch priced on the graph.
+
+    Raises ``PerfInputError`` naming the field for a graph that does not parse or shapes that
+    do not match its inputs, ``UnsupportedInput`` for operators the chip's runtime lacks
+    (``unsupported``: the runtime's check, as ``RunTask`` makes it)."""
+    batch = max_batch or DEFAULT_MAX_BATCH
+    if not 1 <= batch <= 4096:
+        raise PerfInputError("samples.max_batch", "must be between 1 and 4096")
+    try:
+        graph = onnx.load_model_from_string(graph_bytes)
+    except (DecodeError, ValueError) as exc:
+        raise PerfInputError("samples.onnx", f"is not an ONNX model: {exc}") from None
+    missing = unsupported(n.op_type for n in graph.graph.node)
+    if missing:
+        raise UnsupportedInput(
+            "samples.onnx",
+            f"operators not supported natively on {chip.name}: {', '.join(missing)}; adapt the"
+            " model (operator supplementation) before serving it here",
+        )
+    inits = {i.name for i in graph.graph.initializer}
+    inputs = {i.name for i in graph.graph.input if i.name not in inits}
+    if set(sample_shapes) != inputs:
+        raise PerfInputError(
+            "samples.sample_shapes",
+            f"must name exactly the graph inputs {sorted(inputs)} (got {sorted(sample_shapes)})",
+        )
+    for name, dims in sample_shapes.items():
+        if any(d < 1 or d > 1 << 24 for d in dims):
+            raise PerfInputError(f"samples.sample_shapes[{name}]", "dims must be 1..2^24")
+    try:
+        seconds, resident = onnx_batch_seconds(graph, sample_shapes, chip, precision, batch)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise PerfInputError("samples.onnx", f"shape inference failed: {exc}") from None
+    eff = default_efficiency()
+    n = arrival_s.shape[0]
+    workload = _workload(arrival_s, np.ones(n), np.ones(n), concurrency)
+    result = simulate_batches(workload, seconds, eff.params.request_overhead_s)
+    closed = concurrency > 0
+    offline = not closed and not bool(np.any(arrival_s > 0))
+    target = min(concurrency, batch) if closed else (batch if offline else None)
+    window, c = _window(result, target, closed)
+    memory = resident / GIB_BYTES + eff.params.runtime_reserve_gib
     return BulkRun(
         result, window, c, "batching-server", memory, batch, 0, np.zeros(0, dtype=np.float64)
     )

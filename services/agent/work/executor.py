@@ -35,7 +35,7 @@ from pocgrid.tensors import TensorError, from_array, to_array
 from pocgrid.v1 import agent_pb2, events_pb2
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
-from services.agent.work.bulk import BulkRun, serve_llm, serve_samples
+from services.agent.work.bulk import BulkRun, serve_llm, serve_onnx_samples, serve_samples
 from services.agent.work.numerics import OnnxRunner, describe
 from services.core import validation as v
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PocgridError
@@ -457,6 +457,25 @@ class TaskExecutor:
                 input_len,
                 output_len,
                 request.concurrency,
+            )
+        elif kind == "samples" and request.samples.onnx:
+            v.require_text("samples.model", request.samples.model, 128)
+            if len(devices) != 1:
+                raise InvalidArgument("device_indexes", "sample serving runs on one device")
+            model = request.samples.model
+            shapes = {s.name: list(s.dims) for s in request.samples.sample_shapes}
+            if len(shapes) != len(request.samples.sample_shapes):
+                raise InvalidArgument("samples.sample_shapes", "must name each input once")
+            job = asyncio.to_thread(
+                serve_onnx_samples,
+                self._chip,
+                request.samples.onnx,
+                shapes,
+                precision,
+                request.samples.max_batch,
+                arrival,
+                request.concurrency,
+                self._runtime.unsupported_operators,
             )
         elif kind == "samples":
             v.require_text("samples.model", request.samples.model, 128)
