@@ -32,6 +32,7 @@ from services.evaluator.realmodels import load_real_model
 from services.evaluator.service import EvaluatorServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
 A = (("authorization", "Bearer key-a"),)
@@ -72,7 +73,7 @@ async def gateway(common, closer, waiter) -> str:
     closer.append(gw)
 
     async def registered() -> bool:
-        async with grpc.aio.insecure_channel(reg.address) as ch:
+        async with service_channel(reg.address) as ch:
             nodes = await registry_pb2_grpc.RegistryServiceStub(ch).ListNodes(
                 registry_pb2.ListNodesRequest(state=registry_pb2.NODE_STATE_READY)
             )
