@@ -74,6 +74,7 @@ SHARED = {
     "RegistryService/GetNode": {"node_id"},  # the pool is shared; its addresses are not shown
     "AdapterService/ImportOnnxModel": {"name"},  # the caller names its new model
     "AdapterService/ImportLlmConfig": {"name"},
+    "EvaluatorService/ImportSampleSet": {"name"},  # the caller names its new sample set
     # AdminService refuses every non-admin key, whatever its fields name (its tenant fields,
     # tried with A's tenant above, are refused the same way).
     "AdminService/CreateKey": {"description"},
@@ -98,6 +99,7 @@ PLAIN = {
     "group_by",
     "window_size",
     "chips",
+    "output",  # a graph output's name (ImportSampleSet)
 }
 #: Enough of a request that B's call is refused for A's id, not for a missing field.
 BASE: dict[str, dict[str, Any]] = {
