@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from pocgrid.adapt.model_ids import imported_model_id
 from pocgrid.catalog import LlmArch, Model
 
 MAX_CONFIG_BYTES: Final = 256 * 1024
@@ -47,7 +48,7 @@ class ImportedLlm:
 
     @property
     def model_id(self) -> str:
-        return f"llm-{self.sha256[:32]}"
+        return imported_model_id("llm", self.sha256)
 
 
 def _int(cfg: Mapping[str, object], key: str, *, required: bool = True) -> int | None:

@@ -21,6 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from pocgrid.adapt.graph import graphs, opset_version
+from pocgrid.adapt.model_ids import imported_model_id
 
 #: Default size limit: under the 4 MiB gRPC message limit, with room for the request's fields.
 DEFAULT_MAX_BYTES: Final = 4 * 1024 * 1024 - 64 * 1024
@@ -59,7 +60,7 @@ class ImportedOnnx:
 
     @property
     def model_id(self) -> str:
-        return f"onnx-{self.sha256[:32]}"
+        return imported_model_id("onnx", self.sha256)
 
 
 def _check_leading_bytes(data: bytes) -> None:

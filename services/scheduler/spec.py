@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from pocgrid import precision as precisions
-from pocgrid.catalog import Catalog, Chip, UnknownNameError
+from pocgrid.adapt.model_ids import is_imported_model_id
+from pocgrid.catalog import Catalog, Chip, Model, UnknownNameError
 from pocgrid.perf.errors import PerfInputError
 from pocgrid.perf.fit import check_fit
 from pocgrid.perf.predict import predict
@@ -62,12 +63,36 @@ class SpecChecker:
 
     def normalise(self, spec: scheduler_pb2.JobSpec) -> scheduler_pb2.JobSpec:
         v.require_text("spec.model", spec.model, 128)
-        try:
-            model = self.catalog.find_model(spec.model)
-        except UnknownNameError as exc:
+        # An evaluation of a tenant's imported model (the adapter's id, not a catalogue name):
+        # the evaluator planned its chip and devices from the graph, so the job is a plain
+        # reservation on a named chip and needs no catalogue figure here.
+        imported = spec.kind == scheduler_pb2.JOB_KIND_EVALUATION and is_imported_model_id(
+            spec.model
+        )
+        model: Model | None = None
+        if not imported:
+            try:
+                model = self.catalog.find_model(spec.model)
+            except UnknownNameError as exc:
+                raise InvalidArgument(
+                    "spec.model", f"unknown model '{spec.model}'{_hint(exc)}"
+                ) from None
+        elif not spec.chip:
             raise InvalidArgument(
-                "spec.model", f"unknown model '{spec.model}'{_hint(exc)}"
-            ) from None
+                "spec.chip",
+                "must be set for an imported model (spec.model is not in the catalogue)",
+            )
+        elif spec.chip_choice == scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS:
+            raise InvalidArgument(
+                "spec.chip_choice",
+                "must not be ADAPTER_FITS for an imported model (the catalogue has no figures"
+                " of it to check a fit with)",
+            )
+        elif spec.device_share and not spec.memory_bytes:
+            raise InvalidArgument(
+                "spec.memory_bytes",
+                "must be set for a fraction of a device running an imported model",
+            )
         if spec.kind not in KIND_NAMES:
             raise InvalidArgument("spec.kind", "is not a JobKind value")
         v.require_range("spec.devices", spec.devices, 1, MAX_DEVICES)
@@ -150,6 +175,7 @@ class SpecChecker:
             ]
         memory_gib = spec.memory_bytes / GIB
         if spec.chip_choice == scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS:
+            assert model is not None  # refused above for an imported model
             pool = candidates
             fitting: list[Chip] = []
             why: list[str] = []
@@ -170,6 +196,7 @@ class SpecChecker:
             candidates = fitting
             field = "spec.allowed_chips"
         if kind == "batch":
+            assert model is not None  # only evaluations may name an imported model
             # Batch work runs where the performance model says one step fits (the agent refuses
             # it elsewhere): "any" and a list keep those chip types, a named chip must fit.
             tp = tensor_parallel(spec)
@@ -187,6 +214,7 @@ class SpecChecker:
                 )
             candidates = [c for c, t in timed if t is not None]
         if spec.device_share and not spec.memory_bytes:
+            assert model is not None  # refused above for an imported model
             # A slice of a device holds what the model needs, as the agent will allocate it.
             needed = [
                 step_memory_gib(c.name, model.name, precision, *_work(batch))
@@ -206,7 +234,7 @@ class SpecChecker:
         names = [c.name for c in candidates]
         out = scheduler_pb2.JobSpec()
         out.CopyFrom(spec)
-        out.model = model.name
+        out.model = model.name if model is not None else spec.model
         out.chip = names[0] if spec.chip else ""
         del out.allowed_chips[:]
         if not spec.chip:

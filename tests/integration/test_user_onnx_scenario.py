@@ -32,6 +32,8 @@ from services.evaluator.realmodels import load_real_model
 from services.evaluator.service import EvaluatorServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.service import SchedulerServer
 from tests.conftest import service_channel
 
 pytestmark = pytest.mark.integration
@@ -55,8 +57,17 @@ async def gateway(common, closer, waiter) -> str:
     adapter = AdapterServer(common, AdapterConfig())
     await adapter.start()
     closer.append(adapter)
+    # The scheduler places every run, as in the mesh `pocgrid up` starts.
+    sched = SchedulerServer(common, SchedulerConfig(registry_addr=reg.address))
+    await sched.start()
+    closer.append(sched)
     ev = EvaluatorServer(
-        common, EvaluatorConfig(registry_addr=reg.address, adapter_addr=adapter.address)
+        common,
+        EvaluatorConfig(
+            registry_addr=reg.address,
+            scheduler_addr=sched.address,
+            adapter_addr=adapter.address,
+        ),
     )
     await ev.start()
     closer.append(ev)
@@ -177,6 +188,8 @@ async def test_imported_onnx_model_is_evaluated_with_real_accuracy_per_chip(gate
         for r in by.values():
             assert r.runnable, r.reason
             assert r.model == imported.model_id and r.precision in ("fp16", "bf16")
+            # Placed through the scheduler: a job held the devices the run was served on.
+            assert r.placement == "scheduler" and r.job_id, r.reason
             assert r.request_throughput > 0 and r.e2el_ms.p99 > 0 and r.mfu > 0
             # Real numerics on the chip's agent: a measured share, near the fp32 reference.
             assert r.HasField("accuracy"), r.accuracy_note

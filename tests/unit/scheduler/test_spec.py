@@ -21,6 +21,8 @@ from services.scheduler.service import live_policy
 from services.scheduler.spec import GIB, SpecChecker, demand, step_seconds
 
 CHECK = SpecChecker(default_catalog())
+#: The adapter's id of an imported ONNX graph (pocgrid.adapt.model_ids).
+IMPORTED = "onnx-" + "0123456789abcdef" * 2
 
 
 def _spec(**overrides: Any) -> scheduler_pb2.JobSpec:
@@ -103,12 +105,43 @@ def test_adapter_fits_keeps_only_the_chip_types_the_model_fits():
         ({"memory_bytes": -1}, "spec.memory_bytes"),
         ({"precision": common_pb2.PRECISION_UNSPECIFIED}, "spec.precision"),
         ({"kind": 9}, "spec.kind"),
+        # An imported model's id is a model only for an evaluation on a named chip.
+        ({"model": IMPORTED, "chip": "ascend-910b2"}, "spec.model"),
+        ({"model": IMPORTED, "kind": scheduler_pb2.JOB_KIND_EVALUATION}, "spec.chip"),
+        (
+            {
+                "model": IMPORTED,
+                "kind": scheduler_pb2.JOB_KIND_EVALUATION,
+                "chip": "ascend-910b2",
+                "chip_choice": scheduler_pb2.CHIP_CHOICE_ADAPTER_FITS,
+            },
+            "spec.chip_choice",
+        ),
+        (
+            {
+                "model": IMPORTED,
+                "kind": scheduler_pb2.JOB_KIND_EVALUATION,
+                "chip": "ascend-910b2",
+                "device_share": 0.5,
+            },
+            "spec.memory_bytes",
+        ),
+        ({"model": "onnx-" + "0" * 31, "kind": scheduler_pb2.JOB_KIND_EVALUATION}, "spec.model"),
     ],
 )
 def test_bad_specs_name_the_field(overrides, field):
     with pytest.raises(InvalidArgument) as err:
         CHECK.normalise(_spec(**overrides))
     assert err.value.field == field
+
+
+def test_an_evaluation_of_an_imported_model_holds_devices_of_its_named_chip():
+    out = CHECK.normalise(
+        _spec(model=IMPORTED, kind=scheduler_pb2.JOB_KIND_EVALUATION, chip="ascend-910b2")
+    )
+    assert out.model == IMPORTED and out.chip == "ascend-910b2" and out.devices == 1
+    d = demand(scheduler_pb2.Job(job_id="j", tenant="t", spec=out))
+    assert d.chips == frozenset({"ascend-910b2"}) and d.devices == 1 and d.work == 0.0
 
 
 def test_serving_replicas_are_one_demand_and_gang_may_span_nodes():
