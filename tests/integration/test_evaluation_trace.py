@@ -2,10 +2,10 @@
 
 Every service exports to an OTLP receiver the test starts (``OTEL_EXPORTER_OTLP_ENDPOINT``, as
 an operator would point them at a collector). The evaluation's trace must be one tree, rooted at
-the gateway, with spans of the gateway, the evaluator, the agents and metering, joined across
-gRPC (each server span's parent is its caller's span) and NATS (metering's processing of the
-agents' usage is a child of the agent's publish), and the services' log lines under it name
-its trace id.
+the gateway, with spans of the gateway, the evaluator, the scheduler (which places each run), the
+agents and metering, joined across gRPC (each server span's parent is its caller's span) and NATS
+(metering's processing of the agents' usage is a child of the agent's publish), and the services'
+log lines under it name its trace id.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from services.metering.config import MeteringConfig
 from services.metering.service import MeteringServer
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.service import SchedulerServer
 from tests.conftest import service_channel, wait_for
 from tests.otlp import Receiver
 
@@ -70,12 +72,23 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
         await agent.start()
         closer.append(agent)
         agents.append(agent)
+    scheduler = SchedulerServer(
+        common,
+        SchedulerConfig(registry_addr=registry.address, placement_interval_ms=100),
+        env=env,
+    )
+    await scheduler.start()
+    closer.append(scheduler)
     metering = MeteringServer(common, MeteringConfig(api_keys=f"{KEY}=acme"), env=env)
     await metering.start()
     closer.append(metering)
     evaluator = EvaluatorServer(
         common,
-        EvaluatorConfig(registry_addr=registry.address, metering_addr=metering.address),
+        EvaluatorConfig(
+            registry_addr=registry.address,
+            metering_addr=metering.address,
+            scheduler_addr=scheduler.address,
+        ),
         env=env,
     )
     await evaluator.start()
@@ -92,7 +105,7 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
     )
     await gateway.start()
     closer.append(gateway)
-    services = [registry, *agents, metering, evaluator, gateway]
+    services = [registry, scheduler, *agents, metering, evaluator, gateway]
 
     async def registered() -> bool:
         async with service_channel(registry.address) as ch:
@@ -151,7 +164,7 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
     def parent(s: dict[str, Any]) -> dict[str, Any]:
         return by_id[s["parent"]]
 
-    assert {service(s) for s in spans} >= {"gateway", "evaluator", "agent", "metering"}
+    assert {service(s) for s in spans} >= {"gateway", "evaluator", "scheduler", "agent", "metering"}
     # One tree: the gateway's span is the only root, and every other span's parent is in it.
     assert [s for s in spans if not s["parent"]] == [root]
     dangling = [(service(s), s["name"]) for s in spans if s["parent"] and s["parent"] not in by_id]
@@ -164,6 +177,12 @@ async def test_one_evaluation_is_one_trace_across_the_mesh(
     [run] = [s for s in spans if s["name"] == "evaluation"]
     assert run["parent"] == ev_start["span_id"]
     assert run["attributes"]["pocgrid.evaluation_id"] == started.evaluation_id
+    # The evaluator places each run through the scheduler, inside the run's span.
+    placed = [s for s in spans if service(s) == "scheduler" and s["kind"] == SERVER]
+    assert {s["name"] for s in placed} >= {"pocgrid.v1.SchedulerService/SubmitJob"}, placed
+    for s in placed:
+        assert parent(s)["kind"] == CLIENT and service(parent(s)) == "evaluator", s["name"]
+        assert parent(s)["parent"] == run["span_id"], s["name"]
     agent_servers = [s for s in spans if service(s) == "agent" and s["kind"] == SERVER]
     assert {s["resource"]["pocgrid.chip"] for s in agent_servers} == set(CHIPS)
     for s in agent_servers:
