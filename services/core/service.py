@@ -339,8 +339,11 @@ class Service:
             await self.on_stop()
             for db in self._databases:
                 await db.dispose()
-            self.tracer_provider.shutdown()
-            self.metrics.shutdown()
+            # In a thread: the last export blocks until the collector answers (or its timeout),
+            # and a collector served by this event loop (a test's receiver, a dev tool in the
+            # same process) could not answer a call that blocked the loop itself.
+            await asyncio.to_thread(self.tracer_provider.shutdown)
+            await asyncio.to_thread(self.metrics.shutdown)
             log.info("service.stopped")
 
     async def __aenter__(self) -> Self:
