@@ -29,7 +29,7 @@ from tests.conftest import service_channel, wait_for
 pytestmark = pytest.mark.integration
 
 LEASE = RegistryConfig(
-    lease_ttl_ms=1000,
+    lease_ttl_ms=3000,  # room for event-loop stalls of a loaded CI machine
     heartbeat_interval_ms=200,
     lease_check_interval_ms=50,
     heartbeat_flush_interval_ms=100,
