@@ -22,15 +22,15 @@ teacher network), because scikit-learn is not a dependency; it is deterministic 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from pocgrid.catalog import Chip, default_catalog
-from pocgrid.comm.communicator import Communicator
+from pocgrid.comm.communicator import CollectiveResult, Communicator, ReduceOp
 from pocgrid.comm.errors import CommError, CommInputError
 from pocgrid.comm.launch import RankSpec, run_ranks
 from pocgrid.comm.plans import choose
@@ -263,12 +263,44 @@ def model_step(
     return StepTiming(compute, grad.seconds, step, ideal, grad.algorithm)
 
 
-def train_rank(comm: Communicator, config: dict[str, Any], split: str) -> dict[str, Any]:
-    """Runs on every rank: the data-parallel training loop through ``comm``."""
-    cfg = MlpConfig(**config)
+class GradientReducer(Protocol):
+    """What a training rank needs of its communicator: who it is, the pool, and an all-reduce.
+
+    A bare :class:`Communicator` is one (``pocgrid comm train``'s rank processes); so is an
+    agent's ``AgentCollectives``, which also charges the buffers to the vendor's device memory
+    and queues the collective on the device streams.
+    """
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def topology(self) -> Topology: ...
+
+    def all_reduce(self, x: F64, op: ReduceOp = "sum") -> CollectiveResult: ...
+
+
+def check_split(split: str) -> Split:
+    if split not in SPLITS:
+        raise CommInputError("split", f"must be one of {', '.join(SPLITS)}, got {split!r}")
+    return "proportional" if split == "proportional" else "equal"
+
+
+def train_loop(
+    comm: GradientReducer,
+    cfg: MlpConfig,
+    split: Split,
+    on_compute: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """The data-parallel training loop of one rank through ``comm``.
+
+    ``on_compute(seconds)`` is told each step's modelled compute time of this rank before its
+    all-reduce (an agent queues it on its device streams, so its virtual clock runs through
+    the step as the chip's would).
+    """
     topo = comm.topology
     models = [compute_model(cfg, info.chip, info.devices) for info in topo.ranks]
-    counts = shares(cfg, models, split)  # type: ignore[arg-type]
+    counts = shares(cfg, models, split)
     lo = sum(counts[: comm.rank])
     hi = lo + counts[comm.rank]
     x, y = dataset(cfg)
@@ -279,6 +311,8 @@ def train_rank(comm: Communicator, config: dict[str, Any], split: str) -> dict[s
     for step in range(cfg.steps):
         idx = batch_indices(cfg, step)[lo:hi]
         loss, grads = loss_and_grad_sums(params, x[idx], y[idx])
+        if on_compute is not None:
+            on_compute(timing.compute_s[comm.rank])
         # float64 gradients: the sum order differs from one process by rounding only.
         res = comm.all_reduce(_flatten(grads, loss), "sum")
         algorithms.add(res.algorithm)
@@ -295,6 +329,16 @@ def train_rank(comm: Communicator, config: dict[str, Any], split: str) -> dict[s
         "speeds": [m.samples_per_s for m in models],
         "precisions": [m.precision for m in models],
     }
+
+
+def train_rank(comm: Communicator, config: dict[str, Any], split: str) -> dict[str, Any]:
+    """Runs on every rank process of ``launch.run_ranks``: JSON in, JSON out."""
+    return train_loop(comm, MlpConfig(**config), check_split(split))
+
+
+def loss_check(losses: Sequence[float], reference: Sequence[float]) -> float:
+    """Largest |loss - reference| over the steps."""
+    return max(abs(a - b) for a, b in zip(losses, reference, strict=True))
 
 
 def train_pool(
@@ -319,9 +363,7 @@ def train_pool(
         if bad:
             raise CommError(f"{split}: rank {bad[0].rank}: {bad[0].error_type}: {bad[0].error}")
         value = outcomes[0].value
-        value["max_loss_diff"] = max(
-            abs(a - b) for a, b in zip(value["losses"], reference, strict=True)
-        )
+        value["max_loss_diff"] = loss_check(value["losses"], reference)
         value["ranks_agree"] = all(o.value["losses"] == value["losses"] for o in outcomes)
         result[split] = value
     return result

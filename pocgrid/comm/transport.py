@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -76,6 +76,10 @@ class UniqueId:
     host: str
     port: int
     token: bytes
+    joined: threading.Event | None = field(default=None, compare=False, repr=False)
+    """Set by the bootstrap root of this process once every rank has its rank table; only on
+    the id ``get_unique_id`` returned (a decoded id has none), so its maker (the evaluator)
+    can tell "all ranks joined" from "still bootstrapping" without asking any rank."""
 
     def encode(self) -> str:
         return f"{_UID_PREFIX}:{self.host}:{self.port}:{self.token.hex()}"
@@ -108,7 +112,7 @@ def get_unique_id(host: str = "127.0.0.1", *, timeout_s: float = 120.0) -> Uniqu
     """
     listener = socket.create_server((host, 0))
     port = listener.getsockname()[1]
-    uid = UniqueId(host, port, secrets.token_bytes(TOKEN_BYTES))
+    uid = UniqueId(host, port, secrets.token_bytes(TOKEN_BYTES), threading.Event())
     thread = threading.Thread(
         target=_bootstrap_root,
         args=(listener, uid, timeout_s),
@@ -179,6 +183,8 @@ def _bootstrap_root(listener: socket.socket, uid: UniqueId, timeout_s: float) ->
             with contextlib.suppress(OSError):
                 send_json(conn, reply)
             conn.close()
+        if error is None and uid.joined is not None:
+            uid.joined.set()
 
 
 def send_json(sock: socket.socket, obj: Mapping[str, object]) -> None:

@@ -1068,3 +1068,256 @@ class ServeRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServeRequestsResponse: _TypeAlias = ServeRequestsResponse  # noqa: Y015
+
+@_typing.final
+class CommNetwork(_message.Message):
+    """The network between agents (pocgrid.comm.NetworkConfig); 0 leaves a figure at its default."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_GBS_FIELD_NUMBER: _builtins.int
+    BRIDGE_GBS_FIELD_NUMBER: _builtins.int
+    network_gbs: _builtins.float
+    """GB/s per direction between nodes of one vendor family (the vendor library over RDMA)."""
+    bridge_gbs: _builtins.float
+    """GB/s per direction across vendor families (the host-path bridge)."""
+    def __init__(
+        self,
+        *,
+        network_gbs: _builtins.float = ...,
+        bridge_gbs: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge_gbs", b"bridge_gbs", "network_gbs", b"network_gbs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommNetwork: _TypeAlias = CommNetwork  # noqa: Y015
+
+@_typing.final
+class TrainingJob(_message.Message):
+    """One rank's part of a data-parallel training job (the hybrid-training scenario): the numpy
+    MLP of pocgrid.comm.training on its synthetic set, the global batch of every step split
+    across the ranks, the gradients summed by one all-reduce per step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    LR_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    inputs: _builtins.int
+    hidden: _builtins.int
+    classes: _builtins.int
+    samples: _builtins.int
+    batch: _builtins.int
+    """Global batch per step (<= samples), split across the ranks."""
+    steps: _builtins.int
+    lr: _builtins.float
+    seed: _builtins.int
+    split: _builtins.str
+    """"proportional" (to each rank's modelled speed) or "equal"."""
+    def __init__(
+        self,
+        *,
+        inputs: _builtins.int = ...,
+        hidden: _builtins.int = ...,
+        classes: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        batch: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        lr: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        split: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "classes", b"classes", "hidden", b"hidden", "inputs", b"inputs", "lr", b"lr", "samples", b"samples", "seed", b"seed", "split", b"split", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingJob: _TypeAlias = TrainingJob  # noqa: Y015
+
+@_typing.final
+class JoinCommunicatorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    NRANKS_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEXES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    unique_id: _builtins.str
+    """pocgrid.comm's unique id, pgcx1:HOST:PORT:TOKEN: the bootstrap root (in the caller's
+    process) and the communicator's secret token, which every peer connection must present.
+    """
+    nranks: _builtins.int
+    """1..64."""
+    rank: _builtins.int
+    """0..nranks-1."""
+    job_id: _builtins.str
+    timeout_s: _builtins.float
+    """Seconds a peer may stay silent (and all ranks take to join) before the call fails;
+    0: 30; at most 600.
+    """
+    @_builtins.property
+    def device_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices this rank runs on; empty: every device not FAILED."""
+
+    @_builtins.property
+    def network(self) -> Global___CommNetwork: ...
+    @_builtins.property
+    def training(self) -> Global___TrainingJob: ...
+    def __init__(
+        self,
+        *,
+        unique_id: _builtins.str = ...,
+        nranks: _builtins.int = ...,
+        rank: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        device_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        timeout_s: _builtins.float = ...,
+        network: Global___CommNetwork | None = ...,
+        training: Global___TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "training", b"training", "work", b"work"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_indexes", b"device_indexes", "job_id", b"job_id", "network", b"network", "nranks", b"nranks", "rank", b"rank", "timeout_s", b"timeout_s", "training", b"training", "unique_id", b"unique_id", "work", b"work"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["training"]  # noqa: Y015
+    _WhichOneofArgType_work: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_work) -> _WhichOneofReturnType_work | None: ...
+
+Global___JoinCommunicatorRequest: _TypeAlias = JoinCommunicatorRequest  # noqa: Y015
+
+@_typing.final
+class TrainingRankResult(_message.Message):
+    """Virtual times are the performance model's (roofline compute at the chip's 16-bit training
+    precision, the all-reduce's alpha-beta time); per-rank lists are in rank order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOSSES_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    COMPUTE_S_FIELD_NUMBER: _builtins.int
+    ALL_REDUCE_S_FIELD_NUMBER: _builtins.int
+    ALL_REDUCE_ALGORITHM_FIELD_NUMBER: _builtins.int
+    STEP_S_FIELD_NUMBER: _builtins.int
+    IDEAL_STEP_S_FIELD_NUMBER: _builtins.int
+    SCALING_EFFICIENCY_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_S_FIELD_NUMBER: _builtins.int
+    PRECISIONS_FIELD_NUMBER: _builtins.int
+    all_reduce_s: _builtins.float
+    all_reduce_algorithm: _builtins.str
+    """The algorithm the library chose for the gradient all-reduce (ring, tree, hierarchical)."""
+    step_s: _builtins.float
+    """Slowest rank's compute plus the all-reduce."""
+    ideal_step_s: _builtins.float
+    """The batch at the pool's summed speed, one fixed cost, no communication."""
+    scaling_efficiency: _builtins.float
+    @_builtins.property
+    def losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Mean loss of each step over the global batch (the all-reduced sum / batch)."""
+
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Samples per step of every rank."""
+
+    @_builtins.property
+    def compute_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def samples_per_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Each rank's modelled speed (marginal samples per second) and training precision."""
+
+    @_builtins.property
+    def precisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        losses: _abc.Iterable[_builtins.float] | None = ...,
+        batch: _abc.Iterable[_builtins.int] | None = ...,
+        compute_s: _abc.Iterable[_builtins.float] | None = ...,
+        all_reduce_s: _builtins.float = ...,
+        all_reduce_algorithm: _builtins.str = ...,
+        step_s: _builtins.float = ...,
+        ideal_step_s: _builtins.float = ...,
+        scaling_efficiency: _builtins.float = ...,
+        samples_per_s: _abc.Iterable[_builtins.float] | None = ...,
+        precisions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_reduce_algorithm", b"all_reduce_algorithm", "all_reduce_s", b"all_reduce_s", "batch", b"batch", "compute_s", b"compute_s", "ideal_step_s", b"ideal_step_s", "losses", b"losses", "precisions", b"precisions", "samples_per_s", b"samples_per_s", "scaling_efficiency", b"scaling_efficiency", "step_s", b"step_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingRankResult: _TypeAlias = TrainingRankResult  # noqa: Y015
+
+@_typing.final
+class JoinCommunicatorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    NRANKS_FIELD_NUMBER: _builtins.int
+    COLLECTIVE_LIBRARY_FIELD_NUMBER: _builtins.int
+    DEVICE_INDEXES_FIELD_NUMBER: _builtins.int
+    TRANSPORTS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_START_S_FIELD_NUMBER: _builtins.int
+    VIRTUAL_END_S_FIELD_NUMBER: _builtins.int
+    WALL_S_FIELD_NUMBER: _builtins.int
+    USAGE_ID_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    nranks: _builtins.int
+    collective_library: _builtins.str
+    """The vendor library that ran inside this agent (HCCL, CNCL, NCCL, ...)."""
+    virtual_start_s: _builtins.float
+    """Device virtual clock (seconds since the agent started) when the job began and ended here."""
+    virtual_end_s: _builtins.float
+    wall_s: _builtins.float
+    """Wall seconds from joining to the answer."""
+    usage_id: _builtins.str
+    @_builtins.property
+    def device_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def transports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How this rank reached each other rank, in rank order: "shm" (same host: shared-memory
+        lanes, headers over TCP) or "tcp"; "" for itself.
+        """
+
+    @_builtins.property
+    def training(self) -> Global___TrainingRankResult: ...
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        nranks: _builtins.int = ...,
+        collective_library: _builtins.str = ...,
+        device_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        transports: _abc.Iterable[_builtins.str] | None = ...,
+        virtual_start_s: _builtins.float = ...,
+        virtual_end_s: _builtins.float = ...,
+        wall_s: _builtins.float = ...,
+        usage_id: _builtins.str = ...,
+        training: Global___TrainingRankResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "training", b"training"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collective_library", b"collective_library", "device_indexes", b"device_indexes", "nranks", b"nranks", "rank", b"rank", "result", b"result", "training", b"training", "transports", b"transports", "usage_id", b"usage_id", "virtual_end_s", b"virtual_end_s", "virtual_start_s", b"virtual_start_s", "wall_s", b"wall_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["training"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___JoinCommunicatorResponse: _TypeAlias = JoinCommunicatorResponse  # noqa: Y015

@@ -86,6 +86,11 @@ class AgentServiceStub:
                 request_serializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.SerializeToString,
                 response_deserializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.FromString,
                 _registered_method=True)
+        self.JoinCommunicator = channel.unary_unary(
+                '/pocgrid.v1.AgentService/JoinCommunicator',
+                request_serializer=pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorRequest.SerializeToString,
+                response_deserializer=pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -168,6 +173,20 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinCommunicator(self, request, context):
+        """Collective communication (the unified communication library, pocgrid.comm, docs/comm.md):
+        this agent joins communicator `unique_id` as `rank` of `nranks` with its devices and runs
+        the job through it together with the other agents' ranks: between agents (of any vendor)
+        the library moves the real data between the agent processes, inside this agent the chip's
+        vendor collective library is emulated (buffers charged to its device memory, virtual time
+        queued on its device streams). Answers with this rank's result when the job is done. A
+        peer that dies fails the call with UNAVAILABLE naming that rank, one that stalls with
+        DEADLINE_EXCEEDED after `timeout_s`. Not retried: a communicator is joined once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +239,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ServeRequests,
                     request_deserializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.FromString,
                     response_serializer=pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.SerializeToString,
+            ),
+            'JoinCommunicator': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinCommunicator,
+                    request_deserializer=pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorRequest.FromString,
+                    response_serializer=pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +518,33 @@ class AgentService:
             '/pocgrid.v1.AgentService/ServeRequests',
             pocgrid_dot_v1_dot_agent__pb2.ServeRequestsRequest.SerializeToString,
             pocgrid_dot_v1_dot_agent__pb2.ServeRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinCommunicator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocgrid.v1.AgentService/JoinCommunicator',
+            pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorRequest.SerializeToString,
+            pocgrid_dot_v1_dot_agent__pb2.JoinCommunicatorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,16 @@ class AgentServiceStub:
     server for other models), per-request timings back in one message. An evaluation of
     1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
     """
+    JoinCommunicator: _grpc.UnaryUnaryMultiCallable[_agent_pb2.JoinCommunicatorRequest, _agent_pb2.JoinCommunicatorResponse]
+    """Collective communication (the unified communication library, pocgrid.comm, docs/comm.md):
+    this agent joins communicator `unique_id` as `rank` of `nranks` with its devices and runs
+    the job through it together with the other agents' ranks: between agents (of any vendor)
+    the library moves the real data between the agent processes, inside this agent the chip's
+    vendor collective library is emulated (buffers charged to its device memory, virtual time
+    queued on its device streams). Answers with this rank's result when the job is done. A
+    peer that dies fails the call with UNAVAILABLE naming that rank, one that stalls with
+    DEADLINE_EXCEEDED after `timeout_s`. Not retried: a communicator is joined once.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -100,6 +110,16 @@ class AgentServiceAsyncStub(AgentServiceStub):
     on the virtual clock (the performance model's serving simulator for LLMs, a batching
     server for other models), per-request timings back in one message. An evaluation of
     1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+    """
+    JoinCommunicator: _aio.UnaryUnaryMultiCallable[_agent_pb2.JoinCommunicatorRequest, _agent_pb2.JoinCommunicatorResponse]  # type: ignore[assignment]
+    """Collective communication (the unified communication library, pocgrid.comm, docs/comm.md):
+    this agent joins communicator `unique_id` as `rank` of `nranks` with its devices and runs
+    the job through it together with the other agents' ranks: between agents (of any vendor)
+    the library moves the real data between the agent processes, inside this agent the chip's
+    vendor collective library is emulated (buffers charged to its device memory, virtual time
+    queued on its device streams). Answers with this rank's result when the job is done. A
+    peer that dies fails the call with UNAVAILABLE naming that rank, one that stalls with
+    DEADLINE_EXCEEDED after `timeout_s`. Not retried: a communicator is joined once.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +214,22 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         on the virtual clock (the performance model's serving simulator for LLMs, a batching
         server for other models), per-request timings back in one message. An evaluation of
         1,000 requests is one call, not a message per token. Usage is recorded once per run_id.
+        """
+
+    @_abc_1.abstractmethod
+    def JoinCommunicator(
+        self,
+        request: _agent_pb2.JoinCommunicatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.JoinCommunicatorResponse, _abc.Awaitable[_agent_pb2.JoinCommunicatorResponse]]:
+        """Collective communication (the unified communication library, pocgrid.comm, docs/comm.md):
+        this agent joins communicator `unique_id` as `rank` of `nranks` with its devices and runs
+        the job through it together with the other agents' ranks: between agents (of any vendor)
+        the library moves the real data between the agent processes, inside this agent the chip's
+        vendor collective library is emulated (buffers charged to its device memory, virtual time
+        queued on its device streams). Answers with this rank's result when the job is done. A
+        peer that dies fails the call with UNAVAILABLE naming that rank, one that stalls with
+        DEADLINE_EXCEEDED after `timeout_s`. Not retried: a communicator is joined once.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,28 +11,49 @@ the buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from pocgrid.comm import CollectiveResult, Communicator, NetworkConfig, ReduceOp
+from pocgrid.comm import CollectiveResult, Communicator, NetworkConfig, ReduceOp, Topology
 from pocgrid.comm.communicator import DEFAULT_TIMEOUT_S
 from pocgrid.comm.errors import CommInputError
 from pocgrid.comm.transport import UniqueId
 from services.agent.runtime import Allocation, VendorRuntime, VendorRuntimeError
 
+T = TypeVar("T")
+
+
+class Owner(Protocol):
+    """Runs a runtime operation where the runtime may be touched, and returns its value."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
+
 
 class AgentCollectives:
-    """Collectives of one agent (all its devices) with every other agent of a communicator."""
+    """Collectives of one agent (its devices ``devices``, all of them by default) with every
+    other agent of a communicator."""
 
-    def __init__(self, runtime: VendorRuntime, comm: Communicator) -> None:
+    def __init__(
+        self,
+        runtime: VendorRuntime,
+        comm: Communicator,
+        devices: Sequence[int] = (),
+        owner: Owner | None = None,
+    ) -> None:
+        self._owner: Owner = owner or _here
+        """Where runtime operations run (``OwnerThread`` in an agent)."""
+        self.devices = tuple(devices) or tuple(range(runtime.device_count))
         info = comm.topology.ranks[comm.rank]
-        if info.chip != runtime.chip.name or info.devices != runtime.device_count:
+        if info.chip != runtime.chip.name or info.devices != len(self.devices):
             raise CommInputError(
                 "comm",
                 f"joined as {info.chip} x{info.devices}, but this agent runs "
-                f"{runtime.chip.name} x{runtime.device_count}",
+                f"{runtime.chip.name} x{len(self.devices)}",
             )
         self.runtime = runtime
         self.comm = comm
@@ -48,18 +69,37 @@ class AgentCollectives:
         node: str = "",
         network: NetworkConfig | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        devices: Sequence[int] = (),
+        host: str = "127.0.0.1",
+        owner: Owner | None = None,
     ) -> AgentCollectives:
+        """Join as ``rank`` with ``devices`` (default all); ``host`` is where this rank listens
+        for its peers (the agent's advertised host when the peers are other machines)."""
+        chosen = tuple(devices) or tuple(range(runtime.device_count))
         comm = Communicator.init_rank(
             uid,
             nranks,
             rank,
             chip=runtime.chip.name,
-            devices=runtime.device_count,
+            devices=len(chosen),
             node=node,
             network=network,
             timeout_s=timeout_s,
+            host=host,
         )
-        return cls(runtime, comm)
+        try:
+            return cls(runtime, comm, chosen, owner)
+        except BaseException:
+            comm.close()
+            raise
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def topology(self) -> Topology:
+        return self.comm.topology
 
     @property
     def library(self) -> str:
@@ -84,6 +124,12 @@ class AgentCollectives:
         arr = np.ascontiguousarray(x)
         return self._run("broadcast", arr.nbytes, lambda: self.comm.broadcast(arr, root))
 
+    def occupy(self, seconds: float, label: str) -> float:
+        """Queue ``seconds`` of this rank's own work (e.g. a training step's compute) on every
+        device's stream; returns when the last device finishes, on the virtual clock."""
+
+        return self._owner(lambda: self._queue(seconds, label))
+
     def close(self) -> None:
         self.comm.close()
 
@@ -96,19 +142,63 @@ class AgentCollectives:
     def _run(
         self, kind: str, nbytes: int, call: Callable[[], CollectiveResult]
     ) -> CollectiveResult:
-        held: list[Allocation] = []
         try:
-            try:
-                for device in range(self.runtime.device_count):
-                    held.append(self.runtime.malloc(device, max(1, nbytes), tag=f"comm {kind}"))
-            except VendorRuntimeError as exc:
-                # Tell the peers why this rank will not take part, so they fail fast.
-                self.comm.abort(f"{self.library} {kind}: {exc}")
-                raise
+            held = self._owner(lambda: self._hold(kind, nbytes))
+        except VendorRuntimeError as exc:
+            # Tell the peers why this rank will not take part, so they fail fast.
+            self.comm.abort(f"{self.library} {kind}: {exc}")
+            raise
+        try:
             result = call()
-            for stream in self.runtime.streams.values():
-                stream.submit(result.virtual_s, f"{self.library} {kind} ({result.algorithm})")
+            label = f"{self.library} {kind} ({result.algorithm})"
+            self._owner(lambda: self._queue(result.virtual_s, label))
             return result
         finally:
-            for allocation in held:
-                self.runtime.free(allocation)
+            self._owner(lambda: self._free(held))
+
+    def _queue(self, seconds: float, label: str) -> float:
+        return max(self.runtime.streams[d].submit(seconds, label) for d in self.devices)
+
+    def _free(self, held: Sequence[Allocation]) -> None:
+        for allocation in held:
+            self.runtime.free(allocation)
+
+    def _hold(self, kind: str, nbytes: int) -> list[Allocation]:
+        """The buffer on every device, or none of them (the vendor's error)."""
+        held: list[Allocation] = []
+        try:
+            for device in self.devices:
+                held.append(self.runtime.malloc(device, max(1, nbytes), tag=f"comm {kind}"))
+        except BaseException:
+            self._free(held)
+            raise
+        return held
+
+
+class OwnerThread:
+    """Runs a runtime operation in the thread that owns the runtime: an agent's runtime is the
+    event loop's (its RPCs change it there, unlocked), while a rank's collectives run in a
+    worker thread of their own, so each memory charge and stream entry is handed to the loop
+    and waited for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 30.0) -> None:
+        self._loop = loop
+        self._timeout = timeout_s
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        # Bounded: a loop that stopped (the agent shutting down) must not hang the rank.
+        return done.result(timeout=self._timeout)
+
+
+def _here(fn: Callable[[], T]) -> T:
+    """The runtime belongs to the calling thread (a rank process's own runtime)."""
+    return fn()

@@ -17,6 +17,7 @@ from services.agent.migrations import MIGRATIONS
 from services.agent.runtime.runtime import VendorRuntime, create_runtime
 from services.agent.servicer import AgentServicer
 from services.agent.tables import OUTBOX
+from services.agent.work.comm import CommRanks
 from services.agent.work.executor import TaskExecutor
 from services.agent.work.tasks import TaskRunner, TaskStore
 from services.core.config import CommonConfig, ConfigError
@@ -66,6 +67,7 @@ class AgentServer(Service):
         self.lease: LeaseKeeper | None = None
         self.executor: TaskExecutor | None = None
         self.tasks: TaskRunner | None = None
+        self.ranks: CommRanks | None = None
 
     async def on_start(self, server: grpc.aio.Server) -> None:
         await self.connect_bus()
@@ -86,8 +88,14 @@ class AgentServer(Service):
             self.node_id, self.chip, self.runtime, emit_usage, self.config.speed_factor
         )
         self.tasks = TaskRunner(TaskStore(db), self.executor)
+        # A communicator rank listens for its peers where this agent is reached.
+        self.ranks = CommRanks(
+            self.node_id, self.runtime, self.executor, lambda: _host_of(self.advertised())
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.node_id, self.chip.name, self.runtime, self.executor, self.tasks),
+            AgentServicer(
+                self.node_id, self.chip.name, self.runtime, self.executor, self.tasks, self.ranks
+            ),
             server,
         )
         self.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
@@ -104,7 +112,7 @@ class AgentServer(Service):
             self.node_id,
             self.chip.name,
             self.runtime,
-            lambda: self.config.advertise_addr or reachable_address(self.address),
+            self.advertised,
             call_timeout_s=self.common.downstream_timeout_cap_s,
         )
 
@@ -114,7 +122,13 @@ class AgentServer(Service):
         await self.tasks.resume_all()
         self.spawn(self.lease.run(), "lease")
 
+    def advertised(self) -> str:
+        """HOST:PORT others reach this agent at."""
+        return self.config.advertise_addr or reachable_address(self.address)
+
     async def on_drain(self) -> None:
+        if self.ranks is not None:
+            self.ranks.stop()
         if self.tasks is not None:
             # Left RUNNING in the table: a restarted agent resumes them where they stopped.
             await self.tasks.stop()
@@ -134,3 +148,8 @@ def reachable_address(bound: str) -> str:
     except OSError:
         return f"127.0.0.1:{port}"
     return f"{ip}:{port}"
+
+
+def _host_of(address: str) -> str:
+    host, _, _port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1"

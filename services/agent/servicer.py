@@ -17,6 +17,7 @@ from pocgrid.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from services.agent.convert import HEALTH_FROM_PROTO, device_to_proto
 from services.agent.runtime.memory import Allocation
 from services.agent.runtime.runtime import VendorRuntime
+from services.agent.work.comm import CommRanks
 from services.agent.work.executor import TaskExecutor
 from services.agent.work.tasks import TaskRunner
 from services.core import rpc_context
@@ -45,12 +46,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         runtime: VendorRuntime,
         executor: TaskExecutor,
         tasks: TaskRunner,
+        ranks: CommRanks,
     ) -> None:
         self._node_id = node_id
         self._chip = chip
         self._runtime = runtime
         self._executor = executor
         self._tasks = tasks
+        self._ranks = ranks
         self._allocations: dict[str, Allocation] = {}
 
     def _check_index(self, field: str, index: int) -> None:
@@ -150,3 +153,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         async with contextlib.aclosing(self._executor.generate(tenant, request)) as tokens:
             async for token in tokens:
                 yield token
+
+    async def JoinCommunicator(
+        self, request: agent_pb2.JoinCommunicatorRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.JoinCommunicatorResponse:
+        return await self._ranks.join(require_tenant(), request)

@@ -51,6 +51,9 @@ RULES: Final[dict[str, Allowed]] = {
     f"{_AGENT}ServeRequests": Allowed(_WORK),
     f"{_AGENT}AllocateMemory": Allowed(_WORK),
     f"{_AGENT}FreeMemory": Allowed(_WORK),
+    # A communicator rank: training billed to a tenant, and the unique id it carries is the
+    # communicator's secret (whoever holds it may join), so it comes only from the work givers.
+    f"{_AGENT}JoinCommunicator": Allowed(_WORK),
     # The gateway's OpenAI-compatible endpoint streams completions from an agent for its tenant.
     f"{_AGENT}Generate": Allowed(_WORK | {"gateway"}),
     f"{_AGENT}SetDeviceHealth": Allowed(frozenset({"scheduler"})),

@@ -36,6 +36,7 @@ def test_every_internal_rpc_names_its_callers() -> None:
         ("RunTask", {"scheduler", "evaluator"}),
         ("StartTask", {"scheduler", "evaluator"}),
         ("ServeRequests", {"scheduler", "evaluator"}),
+        ("JoinCommunicator", {"scheduler", "evaluator"}),
         ("AllocateMemory", {"scheduler", "evaluator"}),
         ("SetDeviceHealth", {"scheduler"}),
         ("Generate", {"scheduler", "evaluator", "gateway"}),

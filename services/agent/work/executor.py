@@ -200,6 +200,24 @@ class TaskExecutor:
         await self._publish("usage.recorded", event, usage_id)
         return usage_id
 
+    async def record_usage(
+        self,
+        tenant: str,
+        kind: str,
+        unit_id: str,
+        job_id: str,
+        model: str,
+        *,
+        usage: events_pb2.UsageRecorded,
+        start_s: float,
+        end_s: float,
+    ) -> str:
+        """Usage of work this executor did not run (a communicator rank's job), published as
+        every unit of work's is; ``start_s``/``end_s`` are its span on the virtual clock."""
+        return await self._record(
+            tenant, kind, unit_id, job_id, model, usage=usage, span=_Span(start_s, end_s)
+        )
+
     # -- RunTask --------------------------------------------------------------------------
     def check(self, request: agent_pb2.RunTaskRequest) -> None:
         """What ``run_task`` would refuse before running anything, checked without running it:
