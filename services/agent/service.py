@@ -20,6 +20,7 @@ from services.agent.tables import OUTBOX
 from services.agent.work.comm import CommRanks
 from services.agent.work.executor import TaskExecutor
 from services.agent.work.tasks import TaskRunner, TaskStore
+from services.core.addresses import host_of, reachable_address
 from services.core.config import CommonConfig, ConfigError
 from services.core.outbox import Outbox, OutboxEvent
 from services.core.service import Service
@@ -90,7 +91,7 @@ class AgentServer(Service):
         self.tasks = TaskRunner(TaskStore(db), self.executor)
         # A communicator rank listens for its peers where this agent is reached.
         self.ranks = CommRanks(
-            self.node_id, self.runtime, self.executor, lambda: _host_of(self.advertised())
+            self.node_id, self.runtime, self.executor, lambda: host_of(self.advertised())
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(
@@ -134,22 +135,3 @@ class AgentServer(Service):
             await self.tasks.stop()
         if self.lease is not None and self.lease.registered.is_set():
             await self.lease.deregister("agent shutting down")
-
-
-def reachable_address(bound: str) -> str:
-    """The address peers dial when none is configured: a wildcard bind (``0.0.0.0`` in a
-    container) is replaced by this host's own address, so ``docker compose --scale`` replicas
-    each advertise their container's IP instead of one shared, unreachable name."""
-    host, _, port = bound.rpartition(":")
-    if host.strip("[]") not in ("0.0.0.0", "::", ""):
-        return bound
-    try:
-        ip = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return f"127.0.0.1:{port}"
-    return f"{ip}:{port}"
-
-
-def _host_of(address: str) -> str:
-    host, _, _port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1"

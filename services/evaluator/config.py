@@ -42,6 +42,11 @@ class EvaluatorConfig(EnvConfig):
     evaluator_parallel_runs: int = 6
     """Runs (scenario x chip) served at once, each on its own agent."""
 
+    evaluator_comm_host: str = ""
+    """Host the bootstrap root of a hybrid-training communicator listens on (this process
+    hosts it; every agent taking part connects to it); empty: the host of this evaluator's
+    own address, a wildcard bind replaced by this host's address."""
+
     def __post_init__(self) -> None:
         for name in ("registry_addr", "scheduler_addr", "metering_addr", "adapter_addr"):
             value = getattr(self, name)

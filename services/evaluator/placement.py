@@ -82,6 +82,14 @@ class _Agents:
         )
         return response
 
+    async def join_communicator(
+        self, node: Node, request: agent_pb2.JoinCommunicatorRequest
+    ) -> agent_pb2.JoinCommunicatorResponse:
+        response: agent_pb2.JoinCommunicatorResponse = await self._stub(
+            node.address
+        ).JoinCommunicator(request, timeout=self._timeout)
+        return response
+
 
 async def _ready_nodes(
     registry: registry_pb2_grpc.RegistryServiceStub,

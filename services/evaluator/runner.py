@@ -100,6 +100,12 @@ class Pool(Protocol):
         self, node: Node, request: agent_pb2.RunTaskRequest
     ) -> agent_pb2.RunTaskResponse: ...
 
+    async def join_communicator(
+        self, node: Node, request: agent_pb2.JoinCommunicatorRequest
+    ) -> agent_pb2.JoinCommunicatorResponse:
+        """One rank of a communicator on ``node``'s agent (returns when its job is done)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -242,12 +248,15 @@ class Runner:
         prices: Prices,
         parallel: int = 6,
         users: UserModels | None = None,
+        comm_host: Callable[[], str] = lambda: "127.0.0.1",
     ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.prices = prices
         self.parallel = parallel
         self.users = users
+        self.comm_host = comm_host
+        """Where this process's communicator bootstrap roots listen (agents must reach it)."""
         # Real models and their fp32 CPU references, computed once per process.
         self._references: dict[str, tuple[RealModel, Reference]] = {}
 
@@ -289,7 +298,13 @@ class Runner:
         nodes = await self.pool.nodes()
         chip_names = list(chips) or sorted(nodes)
         return await training.run(
-            self.catalog, nodes, scenario, chip_names, spec.seed, self.pool.placement, progress
+            self.catalog,
+            self.pool,
+            nodes,
+            scenario,
+            chip_names,
+            training.Job(spec.evaluation_id, spec.seed, self.comm_host()),
+            progress,
         )
 
     # -- one (component, chip) ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from pocgrid.v1 import (
     registry_pb2_grpc,
     scheduler_pb2_grpc,
 )
+from services.core.addresses import host_of, reachable_address
 from services.core.config import CommonConfig
 from services.core.interceptors import open_channel
 from services.core.service import Service
@@ -140,7 +141,14 @@ class EvaluatorServer(Service):
                 )
             else:
                 pool = RegistryPool(registry, self.agent_channel, timeout)
-            runner = Runner(self.catalog, pool, prices, self.config.evaluator_parallel_runs, users)
+            runner = Runner(
+                self.catalog,
+                pool,
+                prices,
+                self.config.evaluator_parallel_runs,
+                users,
+                lambda: self.config.evaluator_comm_host or host_of(reachable_address(self.address)),
+            )
         self.evaluations = Evaluations(
             store,
             self.catalog,

@@ -6,27 +6,37 @@ batch split across one rank per chip type evaluated, gradients all-reduced every
 unified communication library (:mod:`pocgrid.comm`) across the vendors' collective libraries;
 once with the batch in proportion to each chip's modelled speed, once split equally.
 
-Each rank is a process of its own (``pocgrid.comm.launch``) with the chip type and the device
-count of that chip's node in the pool; the agents' own processes do not take part yet (no
-agent RPC joins a communicator). The step time is virtual (roofline compute on each chip at
-its 16-bit training precision plus the all-reduce's alpha-beta time), so it does not depend
-on how loaded this host is; the losses are real, and both splits' must equal a single-process
-run of the same steps.
+The ranks run inside the agents: per split this process makes a communicator's unique id
+(hosting its bootstrap root on ``Job.comm_host``, which every agent must reach) and calls
+``JoinCommunicator`` on one agent per chip type at once (the pool's node of that type, its
+devices not FAILED); each agent joins as its rank and trains through the library, which moves
+the gradients between the agent processes and emulates the vendor's collective library inside
+each. Every rank answers with its result, and they must agree. The step time is virtual
+(roofline compute on each chip at its 16-bit training precision plus the all-reduce's
+alpha-beta time), so it does not depend on how loaded this host is; the losses are real, and
+both splits' must equal a single-process run of the same steps, computed here.
+
+The agents are the pool's nodes as the registry lists them; the run is not held through the
+scheduler (a training job names no catalogue model, which the scheduler's job spec needs).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import grpc
+
 from pocgrid.catalog import Catalog
+from pocgrid.comm import get_unique_id
 from pocgrid.comm.launch import RankSpec
-from pocgrid.comm.training import SPLITS, MlpConfig, train_pool
-from pocgrid.v1 import evaluator_pb2
+from pocgrid.comm.training import SPLITS, MlpConfig, loss_check, train_single
+from pocgrid.v1 import agent_pb2, evaluator_pb2
 
 if TYPE_CHECKING:
-    from services.evaluator.runner import Node, Progress
+    from services.evaluator.runner import Node, Pool, Progress
 
 KIND: Final = "training"
 #: float64 losses: the data-parallel sum differs from one process's in the order only.
@@ -46,6 +56,20 @@ def config_of(spec: evaluator_pb2.TrainingSpec, seed: int) -> MlpConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What one hybrid-training run is: its id (the agents' job id), seed, and where this
+    process's bootstrap roots listen."""
+
+    job_id: str
+    seed: int
+    comm_host: str
+
+
+#: Seconds the agents wait for each other to join (and a peer may stay silent).
+COMM_TIMEOUT_S: Final = 60.0
+
+
 def model_name(spec: evaluator_pb2.TrainingSpec) -> str:
     """What the results call the model: ``mlp-INPUTS-HIDDEN-CLASSES``."""
     return f"mlp-{spec.inputs}-{spec.hidden}-{spec.classes}"
@@ -53,11 +77,11 @@ def model_name(spec: evaluator_pb2.TrainingSpec) -> str:
 
 async def run(
     catalog: Catalog,
+    pool: Pool,
     nodes: Mapping[str, Node],
     scenario: evaluator_pb2.Scenario,
     chips: Sequence[str],
-    seed: int,
-    placement: str,
+    job: Job,
     progress: Progress,
 ) -> tuple[list[evaluator_pb2.ChipResult], evaluator_pb2.TrainingResult]:
     """One row per chip type asked for (a chip with no node: not runnable, with the reason),
@@ -75,7 +99,7 @@ async def run(
             kind=KIND,
             model=model_name(scenario.training),
             mode=KIND,
-            placement=placement,
+            placement=pool.placement,
         )
         node = nodes.get(chip.name)
         if node is None:
@@ -90,21 +114,91 @@ async def run(
         rows.append(row)
     if not taking_part:
         raise RuntimeError("no chip type asked for has a READY node in the pool")
-    cfg = config_of(scenario.training, seed)
-    specs = [RankSpec(row.chip, node.devices) for row, node in taking_part]
-    names = ", ".join(f"{s.chip} x{s.devices}" for s in specs)
-    await progress(f"training on {names}: both splits and the single-process reference", None)
-    # Blocking (rank processes, numpy): off the event loop.
-    value = await asyncio.to_thread(train_pool, specs, cfg)
+    cfg = config_of(scenario.training, job.seed)
+    ranks = [node for _, node in taking_part]
+    names = ", ".join(f"{n.chip} ({n.node_id})" for n in ranks)
+    await progress(f"training on the agents of {names}: both splits", None)
+    # numpy, blocking: off the event loop.
+    reference = await asyncio.to_thread(train_single, cfg)
+    value: dict[str, Any] = {"single_process_losses": reference}
+    devices: list[int] = []
+    for split in SPLITS:
+        answers = await _train_split(pool, ranks, cfg, split, job)
+        value[split] = _split_value(answers, reference)
+        devices = [len(a.device_indexes) for a in answers]
+        await progress(f"{split} split done on {len(answers)} agents", None)
+    specs = [RankSpec(n.chip, d) for n, d in zip(ranks, devices, strict=True)]
     result = training_result(value, specs, scenario.training)
+    for (row, _), d in zip(taking_part, devices, strict=True):
+        row.devices = d
     _fill_rows([row for row, _ in taking_part], result)
     return rows, result
+
+
+async def _train_split(
+    pool: Pool, ranks: Sequence[Node], cfg: MlpConfig, split: str, job: Job
+) -> list[agent_pb2.JoinCommunicatorResponse]:
+    """One communicator across the agents, every rank called at once."""
+    uid = get_unique_id(job.comm_host, timeout_s=COMM_TIMEOUT_S)
+    work = agent_pb2.TrainingJob(**asdict(cfg), split=split)
+    calls = [
+        pool.join_communicator(
+            node,
+            agent_pb2.JoinCommunicatorRequest(
+                unique_id=uid.encode(),
+                nranks=len(ranks),
+                rank=rank,
+                job_id=job.job_id[:128],
+                timeout_s=COMM_TIMEOUT_S,
+                training=work,
+            ),
+        )
+        for rank, node in enumerate(ranks)
+    ]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [(r, a) for r, a in enumerate(answers) if isinstance(a, BaseException)]
+    if failed:
+        said = "; ".join(
+            f"rank {r} ({ranks[r].chip} on {ranks[r].node_id}): {_said(exc)}" for r, exc in failed
+        )
+        raise RuntimeError(f"{split} split: {said}"[:4000])
+    return [a for a in answers if isinstance(a, agent_pb2.JoinCommunicatorResponse)]
+
+
+def _said(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _split_value(
+    answers: Sequence[agent_pb2.JoinCommunicatorResponse], reference: Sequence[float]
+) -> dict[str, Any]:
+    """Rank 0's answer in the shape ``training_result`` reads, checked against the others."""
+    t = answers[0].training
+    losses = list(t.losses)
+    return {
+        "counts": list(t.batch),
+        "losses": losses,
+        "max_loss_diff": loss_check(losses, reference),
+        "ranks_agree": all(list(a.training.losses) == losses for a in answers),
+        "step": {
+            "compute_s": list(t.compute_s),
+            "allreduce_s": t.all_reduce_s,
+            "step_s": t.step_s,
+            "ideal_s": t.ideal_step_s,
+            "algorithm": t.all_reduce_algorithm,
+            "efficiency": t.scaling_efficiency,
+        },
+        "precisions": list(t.precisions),
+        "speeds": list(t.samples_per_s),
+    }
 
 
 def training_result(
     value: Mapping[str, Any], specs: Sequence[RankSpec], spec: evaluator_pb2.TrainingSpec
 ) -> evaluator_pb2.TrainingResult:
-    """``pocgrid.comm.training.train_pool``'s result as the evaluator's message."""
+    """The splits' results (``pocgrid.comm.training.train_pool``'s shape) as the message."""
     prop = value["proportional"]
     out = evaluator_pb2.TrainingResult(
         chips=[s.chip for s in specs],

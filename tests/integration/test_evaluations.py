@@ -419,5 +419,12 @@ async def test_hybrid_training_across_chip_types(mesh):
         assert s.max_loss_deviation < 1e-9
         assert s.step_ms == pytest.approx(max(s.compute_ms) + s.all_reduce_ms)
     assert "proportional" in e.recommendation.summary
+    # The ranks ran inside the agents: each one's device streams carry its vendor library's
+    # gradient all-reduces and the steps' compute.
+    for chip, library in (("a100-80gb-sxm", "NCCL"), ("rtx-4090", "NCCL")):
+        labels = [w.label for w in mesh.agents[chip].runtime.streams[0].history]
+        assert sum(f"{library} all_reduce" in x for x in labels) == 2 * t.spec.steps, labels[-4:]
+        assert any("(compute)" in x for x in labels)
+    assert not [w for w in mesh.agents["ascend-910b2"].runtime.streams[0].history]
     data = evaluation_to_dict(e)
     assert data["training"]["splits"][0]["split"] == "proportional"

@@ -102,7 +102,7 @@ def test_agents_scale_without_colliding(compose):
 
 
 def test_wildcard_bind_advertises_the_host_address():
-    from services.agent.service import reachable_address
+    from services.core.addresses import reachable_address
 
     assert reachable_address("10.1.2.3:50051") == "10.1.2.3:50051"
     host, _, port = reachable_address("0.0.0.0:50051").rpartition(":")
