@@ -30,6 +30,7 @@ from pocgrid.catalog import default_catalog
 from pocgrid.healthcheck import probe as health_ok
 from pocgrid.meshstate import MeshState, ProcessInfo
 from services.core import mesh_identity
+from services.core.apikeys import ADMIN_SUFFIX
 from services.core.mesh_auth import MeshCredentials
 from services.core.mesh_channel import signed_channel
 from services.core.nats_auth import IDENTITIES, new_passwords
@@ -75,6 +76,11 @@ class LocalMesh:
     devices_per_agent: int = 8
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     api_key: str = field(default_factory=lambda: "pg-dev-" + secrets.token_urlsafe(18))
+    admin_key: str = field(default_factory=lambda: "pg-admin-" + secrets.token_urlsafe(24))
+    """An admin key of tenant ``dev`` for this run (``pocgrid admin ...``): a bootstrap key of
+    the gateway, like ``api_key``, so the store never holds it and a new run makes a new one."""
+    admin_key_file: Path | None = None
+    """Where the supervisor wrote ``admin_key`` (0600) for the CLI; None: not written."""
     log: Callable[[str], None] = lambda _msg: None
     waiting: Callable[[str], None] = lambda _msg: None
     """Called while start-up waits, with what it waits for."""
@@ -222,8 +228,18 @@ class LocalMesh:
         """The development key (tenant ``dev``, for the CLI and the demo) and, as in a
         container, the tenants of ``POCGRID_API_KEYS`` / ``POCGRID_API_KEYS_FILE``."""
         inline = self.base_env.get("POCGRID_API_KEYS", "").strip().strip(",")
-        keys = f"{inline},{self.api_key}=dev" if inline else f"{self.api_key}=dev"
-        return {"POCGRID_API_KEYS": keys}
+        ours = f"{self.api_key}=dev,{self.admin_key}=dev{ADMIN_SUFFIX}"
+        return {"POCGRID_API_KEYS": f"{inline},{ours}" if inline else ours}
+
+    def write_admin_key(self, path: Path) -> None:
+        """``admin_key`` into ``path``, readable by its owner only (made so, never chmod-ed
+        after the key is in it), for ``pocgrid admin ...`` against this mesh."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.admin_key + "\n")
+        self.admin_key_file = path
 
     def fleet(self) -> list[str]:
         if self.chips:
@@ -395,6 +411,7 @@ class LocalMesh:
             gateway=self.gateway,
             openai=self.openai,
             api_key=self.api_key,
+            admin_key_file="" if self.admin_key_file is None else str(self.admin_key_file),
             ca_file="" if self.tls_files is None else str(self.tls_files.ca_file),
             nats_url=self.nats.url if self.nats else "",
             nats_user="operator",

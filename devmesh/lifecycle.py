@@ -21,7 +21,7 @@ from devmesh.stop_signal import StopSignals
 from pocgrid.cli.output import emit_json, fail, say, table
 from pocgrid.cli.target import local_mesh
 from pocgrid.client import Client
-from pocgrid.meshstate import MeshState, pid_alive, pocgrid_home, state_path
+from pocgrid.meshstate import MeshState, admin_key_path, pid_alive, pocgrid_home, state_path
 
 _START_TIMEOUT_S = 180.0
 _SUPERVISE_EVERY_S = 0.5
@@ -60,6 +60,11 @@ def _announce(state: MeshState) -> None:
     """Where the mesh answers and with which key (and CA), as `up` prints it."""
     scheme = "https" if state.ca_file else "http"
     say(f"  gateway  {state.gateway}\n  api key  {state.api_key}")
+    if state.admin_key_file:
+        say(
+            f"  admin    {Path(state.admin_key_file).read_text().strip()} "
+            f"(in {state.admin_key_file}, 0600; `pocgrid admin ...` uses it)"
+        )
     say(f"  openai   {scheme}://{state.openai}/v1 (OpenAI-compatible, same key)")
     if state.ca_file:
         say(f"  ca       {state.ca_file} (TLS: clients verify the gateway with it)")
@@ -69,6 +74,8 @@ def _announce(state: MeshState) -> None:
 
 def _summary(state: MeshState) -> dict[str, str]:
     summary = {"gateway": state.gateway, "api_key": state.api_key, "openai": state.openai}
+    if state.admin_key_file:  # the file, not the key: a log of this output holds no admin key
+        summary["admin_key_file"] = state.admin_key_file
     if state.ca_file:  # --tls: what clients verify the gateway with
         summary["ca_file"] = state.ca_file
     return summary
@@ -92,6 +99,7 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
     mesh = _new_mesh(args, home, chips)
+    mesh.write_admin_key(admin_key_path(home))
     pid = os.getpid()
     progress = Progress()
     if foreground and not args.json:
@@ -143,6 +151,7 @@ def supervise(args: argparse.Namespace, foreground: bool) -> int:
         state.save(path)
         mesh.stop()
         path.unlink(missing_ok=True)
+        admin_key_path(home).unlink(missing_ok=True)  # the key died with the mesh's gateway
         if foreground and not args.json:
             say("pocgrid mesh stopped")
     return 0

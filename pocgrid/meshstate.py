@@ -38,6 +38,9 @@ class MeshState:
     openai: str = ""
     """HOST:PORT of the gateway's OpenAI-compatible HTTP endpoint (``http://HOST:PORT/v1``)."""
     api_key: str = ""
+    admin_key_file: str = ""
+    """The file (0600) holding this mesh's admin key, which ``pocgrid admin ...`` uses; the key
+    itself is not in this file, so nothing that shows the state shows the key."""
     ca_file: str = ""
     """PEM CA the gateway's certificate is signed by (``pocgrid up --tls``); empty: plaintext."""
     nats_url: str = ""
@@ -75,6 +78,11 @@ class MeshState:
 
 def state_path(home: Path) -> Path:
     return home / "mesh.json"
+
+
+def admin_key_path(home: Path) -> Path:
+    """Where ``pocgrid up`` writes the local mesh's admin key (0600)."""
+    return home / "admin-key"
 
 
 def pid_alive(pid: int) -> bool:

@@ -82,8 +82,8 @@ def register(admin_sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    target = resolve(args)
-    return Client(target.gateway, target.api_key, timeout_s=args.timeout)
+    target = resolve(args, admin=True)
+    return Client(target.gateway, target.api_key, timeout_s=args.timeout, ca_file=target.ca_file)
 
 
 def _dict(message: Message) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from pocgrid.meshstate import MeshState, running_mesh
 
@@ -26,13 +27,18 @@ def local_mesh() -> MeshState | None:
     return running_mesh()
 
 
-def resolve(args: argparse.Namespace) -> Target:
+def resolve(args: argparse.Namespace, *, admin: bool = False) -> Target:
+    """``admin``: the command needs an admin key (``pocgrid admin ...``), so against the local
+    mesh, with no key given, it takes the admin key ``pocgrid up`` wrote rather than the
+    tenant key."""
     gateway = args.gateway or os.environ.get("POCGRID_GATEWAY", "")
     api_key = args.api_key or os.environ.get("POCGRID_API_KEY", "")
     ca_file = getattr(args, "ca_file", None) or os.environ.get("POCGRID_CA_FILE", "")
     state = local_mesh()
     if state is not None and state.status == "ready" and gateway in ("", state.gateway):
         gateway = gateway or state.gateway
+        if not api_key and admin and state.admin_key_file:
+            api_key = _read_key(state.admin_key_file)
         api_key = api_key or state.api_key
         # The local mesh's CA only for the local mesh's gateway: another gateway's certificate
         # is not signed by it.
@@ -44,3 +50,10 @@ def resolve(args: argparse.Namespace) -> Target:
     if not api_key:
         raise NoMeshError("no API key: pass --api-key or set POCGRID_API_KEY")
     return Target(gateway, api_key, ca_file)
+
+
+def _read_key(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise NoMeshError(f"the local mesh's admin key: {exc}") from None

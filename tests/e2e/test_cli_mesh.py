@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
     up = _cli(env, "up", "--detach", "--json", "--devices", "2")
     assert up.returncode == 0, up.stderr + (tmp_path / "home" / "supervisor.log").read_text()
     info = json.loads(up.stdout)
-    assert set(info) == {"gateway", "api_key", "openai"}
+    assert set(info) == {"gateway", "api_key", "openai", "admin_key_file"}
     state = MeshState.load(tmp_path / "home" / "mesh.json")
     assert state is not None and state.status == "ready"
     pids = [state.supervisor_pid] + [p.pid for p in state.processes]
@@ -92,6 +93,23 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
         assert models.returncode == 0, models.stderr
         assert len(json.loads(models.stdout)) >= 24
 
+        # The admin key `up` made: in a file of the state dir that only its owner can read, and
+        # what `pocgrid admin` takes against the local mesh; the tenant key is no admin key.
+        key_file = Path(info["admin_key_file"])
+        assert key_file.parent == tmp_path / "home"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert key_file.read_text().strip() not in up.stdout + json.dumps(data)
+        made = _cli(env, "admin", "tenants", "create", "acme", "--json")
+        assert made.returncode == 0, made.stderr
+        key = _cli(env, "admin", "keys", "create", "--tenant", "acme", "--json")
+        assert key.returncode == 0, key.stderr
+        key_id = json.loads(key.stdout)["key"]["key_id"]
+        listed = _cli(env, "admin", "keys", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert key_id in [k["key_id"] for k in json.loads(listed.stdout)]
+        plain = _cli(env, "--api-key", info["api_key"], "admin", "keys", "list")
+        assert plain.returncode != 0 and "PERMISSION_DENIED" in plain.stderr, plain.stderr
+
         # Explicit flags point the CLI elsewhere: a wrong key is refused by the gateway.
         bad = _cli(env, "--api-key", "nope", "chips")
         assert bad.returncode != 0 and "UNAUTHENTICATED" in bad.stderr
@@ -108,6 +126,7 @@ def test_up_detach_status_chips_models_down(tmp_path: Path):
     assert down.returncode == 0, down.stderr
     assert _wait_dead(pids) == []
     assert not (tmp_path / "home" / "mesh.json").exists()
+    assert not (tmp_path / "home" / "admin-key").exists()
 
 
 def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path: Path):
