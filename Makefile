@@ -12,9 +12,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin
 # test runner, the openai client, schema validators) on top. On this machine the dev extras
 # took as long to install as the runtime itself, so `make demo` from a fresh clone skips them.
 # uv (pinned in constraints.txt, fetched once into .cache/uv by the system's pip) makes the
-# virtual environment and installs the same pinned packages: measured here, the runtime in 4-16
-# s of CPU where venv + pip spent about 30 s (ensurepip 5-7 s, pip's upgrade 2-3 s, the install
-# 20-24 s), and in a fraction of the wall time (parallel downloads). --compile-bytecode keeps
+# virtual environment and installs the same pinned packages: measured here, the runtime with
+# its bytecode compiled in 16 s of CPU where venv + pip spent about 30 s (ensurepip 5-7 s, pip's
+# upgrade 2-3 s, the install 20-24 s), and in a fraction of the wall time (README). --compile-bytecode keeps
 # what pip did: without it the demo's 33 processes, started together, each compiled the same
 # modules on first import (the demo took 232 s of CPU instead of about 100). --seed puts pip in
 # .venv, so `.venv/bin/pip install -e '.[plots]'` and the like still work.
