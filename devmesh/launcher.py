@@ -130,7 +130,11 @@ class LocalMesh:
     def _start(self, deadline: float) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "addr").mkdir(parents=True, exist_ok=True)
-        mesh_identity.generate(self.keys_dir)
+        # Each agent gets an identity of its own (agent-<chip>, its child's name), so one
+        # agent's key cannot act for another's node.
+        mesh_identity.generate(
+            self.keys_dir, [*mesh_identity.IDENTITIES, *(f"agent-{c}" for c in self.fleet())]
+        )
         self.waiting("starting nats-server")
         self._write_nats_credentials()
         self.nats = NatsServer(self.nats_dir, passwords=self.nats_passwords)
@@ -253,7 +257,7 @@ class LocalMesh:
         # Each process gets the mesh's public keys and its own identity's private key, and its
         # own NATS identity's password.
         extra = {
-            **mesh_identity.mesh_env(self.keys_dir, kind if kind == "agent" else name),
+            **mesh_identity.mesh_env(self.keys_dir, name),
             **self._nats_env(name, kind),
             **extra,
         }

@@ -66,7 +66,8 @@ _mesh_keys: list[Path] = []
 def mesh_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test session's mesh key directory: every identity's key pair."""
     directory = tmp_path_factory.mktemp("mesh-keys")
-    mesh_identity.generate(directory)
+    # And two agents with identities of their own (test_mesh_security's agent-key theft).
+    mesh_identity.generate(directory, [*mesh_identity.IDENTITIES, "agent-a", "agent-b"])
     _mesh_keys[:] = [directory]
     return directory
 

@@ -39,9 +39,20 @@ IDENTITIES: Final = (
     # `pocgrid demo`'s showcase, benchmarks, an operator's tools. No container is given its key.
     "operator",
 )
-"""Every identity a verifier accepts tokens from."""
+"""The mesh's fixed identities. A verifier accepts tokens from every identity whose public key
+it holds: these and the agents' own (``agent-<name>``)."""
+
+AGENT: Final = "agent"
+"""The agents' identity where they share one (compose and Kubernetes replicas of one chip type
+still do); an agent with an identity of its own is ``agent-<name>`` (the local mesh gives each
+agent ``agent-<chip>``), so its key cannot act for another agent's node."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+def is_agent(identity: str) -> bool:
+    """An agent's identity: the shared ``agent`` or one of its own, ``agent-<name>``."""
+    return identity == AGENT or identity.startswith(AGENT + "-")
 
 
 def generate(directory: Path, identities: Iterable[str] = IDENTITIES) -> None:

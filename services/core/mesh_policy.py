@@ -14,18 +14,21 @@ from dataclasses import dataclass
 from typing import Final
 
 from services.core.errors import PermissionDenied
-from services.core.mesh_identity import IDENTITIES
+from services.core.mesh_identity import AGENT, IDENTITIES, is_agent
 from services.core.service_tokens import Caller
 
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
     services: frozenset[str]
+    """Identities that may call it; ``agent`` stands for every agent identity."""
     admin: bool = True
     """The admin role may call it whichever identity carries the role."""
 
     def check(self, method: str, caller: Caller) -> None:
         if caller.service in self.services or (self.admin and caller.admin):
+            return
+        if AGENT in self.services and is_agent(caller.service):
             return
         who = ", ".join(sorted(self.services)) + (" or an admin" if self.admin else "")
         raise PermissionDenied(
@@ -57,6 +60,8 @@ RULES: Final[dict[str, Allowed]] = {
     # The gateway's OpenAI-compatible endpoint streams completions from an agent for its tenant.
     f"{_AGENT}Generate": Allowed(_WORK | {"gateway"}),
     f"{_AGENT}SetDeviceHealth": Allowed(frozenset({"scheduler"})),
+    # Which node an agent identity may hold is the registry's to check (the first identity to
+    # register a node id holds it): services/registry/pool.py.
     f"{_LEASE}RegisterNode": Allowed(frozenset({"agent"})),
     f"{_LEASE}Heartbeat": Allowed(frozenset({"agent"}), admin=False),
     f"{_LEASE}DeregisterNode": Allowed(frozenset({"agent"})),

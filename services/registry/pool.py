@@ -22,8 +22,9 @@ from google.protobuf.message import Message
 
 from pocgrid.v1 import common_pb2, events_pb2, registry_pb2
 from services.core.audit import audit_record
-from services.core.errors import FailedPrecondition, NotFound
+from services.core.errors import FailedPrecondition, NotFound, PermissionDenied
 from services.core.logging import get_logger
+from services.core.mesh_identity import is_agent
 from services.core.outbox import OutboxEvent
 from services.registry.config import RegistryConfig
 from services.registry.store import HeartbeatWrite, NodeStore
@@ -40,6 +41,8 @@ class NodeEntry:
     node: registry_pb2.Node
     generation: int
     lease_deadline: float  # time.monotonic()
+    owner: str = ""
+    """The agent identity that holds the node id; "" while none does."""
     last_sequence: int = 0
     dirty_memory: dict[int, int] = field(default_factory=dict)
     dirty: bool = False
@@ -64,8 +67,8 @@ class NodePool:
 
     async def load(self) -> None:
         deadline = time.monotonic() + self._ttl_s
-        for node, generation in await self._store.load():
-            self._entries[node.node_id] = NodeEntry(node, generation, deadline)
+        for node, generation, owner in await self._store.load():
+            self._entries[node.node_id] = NodeEntry(node, generation, deadline, owner=owner)
         log.info("registry.loaded", nodes=len(self._entries), epoch=self.epoch)
 
     # -- queries ------------------------------------------------------------------------
@@ -79,8 +82,28 @@ class NodePool:
         return [e.node for e in sorted(self._entries.values(), key=lambda e: e.node.node_id)]
 
     # -- agent lifecycle ----------------------------------------------------------------
-    async def register(self, node: registry_pb2.Node) -> registry_pb2.Node:
+    def check_holder(self, node_id: str, caller: str, admin: bool) -> None:
+        """PermissionDenied when an agent identity other than the one holding ``node_id`` acts
+        for it (a stolen agent key must not renew, take over or deregister another agent's
+        node); the admin role may."""
+        entry = self._entries.get(node_id)
+        if admin or entry is None or not entry.owner or entry.owner == caller:
+            return
+        raise PermissionDenied(
+            f"node '{node_id}' is held by another agent identity, not by {caller!r}",
+            reason="NODE_HELD_BY_ANOTHER_AGENT",
+            metadata={"node_id": node_id, "caller": caller},
+        )
+
+    async def register(
+        self, node: registry_pb2.Node, caller: str = "", admin: bool = False
+    ) -> registry_pb2.Node:
+        """``caller``: the registering identity; an agent's becomes the node's holder. The
+        admin role registering by hand releases the node id (no holder until an agent's
+        registration claims it)."""
         async with self._lock:
+            self.check_holder(node.node_id, caller, admin)
+            owner = caller if is_agent(caller) and not admin else ""
             now = _now()
             previous = self._entries.get(node.node_id)
             generation = previous.generation + 1 if previous else 1
@@ -96,9 +119,9 @@ class NodePool:
                     node=node,
                 ),
             )
-            await self._store.upsert(node, generation, event)
+            await self._store.upsert(node, generation, owner, event)
             self._entries[node.node_id] = NodeEntry(
-                node, generation, time.monotonic() + self._ttl_s
+                node, generation, time.monotonic() + self._ttl_s, owner=owner
             )
         self._notify()
         log.info(

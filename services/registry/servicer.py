@@ -6,6 +6,7 @@ import grpc
 
 from pocgrid.catalog import Catalog, UnknownNameError
 from pocgrid.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.core import rpc_context
 from services.core import validation as v
 from services.core.config import ConfigError, parse_hostport
 from services.core.errors import InvalidArgument, NotFound
@@ -171,7 +172,9 @@ class NodeLeaseServicer(registry_pb2_grpc.NodeLeaseServiceServicer):
             added.chip = chip.name
             if not added.health:
                 added.health = common_pb2.DEVICE_HEALTH_HEALTHY
-        node = await self._pool.register(node)
+        node = await self._pool.register(
+            node, rpc_context.current_caller(), rpc_context.current_is_admin()
+        )
         return registry_pb2.RegisterNodeResponse(
             node=node,
             heartbeat_interval_ms=self._config.heartbeat_interval_ms,
@@ -197,6 +200,8 @@ class NodeLeaseServicer(registry_pb2_grpc.NodeLeaseServiceServicer):
             if status.memory_used_bytes < 0:
                 raise InvalidArgument(f"devices[{i}].memory_used_bytes", "must be >= 0")
             v.optional_text(f"devices[{i}].health_reason", status.health_reason, 512)
+        # Heartbeats are the agents' alone (no admin role): only the node's holder renews it.
+        self._pool.check_holder(request.node_id, rpc_context.current_caller(), admin=False)
         node = await self._pool.heartbeat(request.node_id, request.sequence, list(request.devices))
         return registry_pb2.HeartbeatResponse(
             lease_expires_at=node.lease_expires_at, registry_epoch=self._pool.epoch
@@ -207,5 +212,8 @@ class NodeLeaseServicer(registry_pb2_grpc.NodeLeaseServiceServicer):
     ) -> registry_pb2.DeregisterNodeResponse:
         v.require_id("node_id", request.node_id)
         v.optional_text("reason", request.reason, 512)
+        self._pool.check_holder(
+            request.node_id, rpc_context.current_caller(), rpc_context.current_is_admin()
+        )
         await self._pool.deregister(request.node_id, request.reason)
         return registry_pb2.DeregisterNodeResponse()

@@ -53,19 +53,22 @@ class NodeStore:
         self.outbox = Outbox(db, OUTBOX)
 
     @db_operation
-    async def load(self) -> list[tuple[registry_pb2.Node, int]]:
+    async def load(self) -> list[tuple[registry_pb2.Node, int, str]]:
+        """Every node with its generation and holder."""
         async with self._db.session() as session:
             rows = (await session.scalars(select(NodeRow))).all()
-            return [(_row_to_node(row), row.generation) for row in rows]
+            return [(_row_to_node(row), row.generation, row.owner) for row in rows]
 
     @db_operation
-    async def upsert(self, node: registry_pb2.Node, generation: int, event: OutboxEvent) -> None:
+    async def upsert(
+        self, node: registry_pb2.Node, generation: int, owner: str, event: OutboxEvent
+    ) -> None:
         async with self._db.session() as session, session.begin():
             existing = await session.get(NodeRow, node.node_id)
             if existing is not None:
                 await session.delete(existing)
                 await session.flush()
-            session.add(_node_to_row(node, generation))
+            session.add(_node_to_row(node, generation, owner))
             await self.outbox.add(session, event)
 
     @db_operation
@@ -123,7 +126,7 @@ class NodeStore:
                 await session.execute(_UPDATE_DEVICE_MEMORY, devices)
 
 
-def _node_to_row(node: registry_pb2.Node, generation: int) -> NodeRow:
+def _node_to_row(node: registry_pb2.Node, generation: int, owner: str) -> NodeRow:
     return NodeRow(
         node_id=node.node_id,
         chip=node.chip,
@@ -136,6 +139,7 @@ def _node_to_row(node: registry_pb2.Node, generation: int) -> NodeRow:
         collective_library=node.collective_library,
         hostname=node.hostname,
         generation=generation,
+        owner=owner,
         registered_at=to_datetime(node.registered_at),
         last_heartbeat_at=to_datetime(node.last_heartbeat_at),
         lease_expires_at=to_datetime(node.lease_expires_at),

@@ -32,6 +32,9 @@ class NodeRow(Base):
     runtime_version: Mapped[str] = mapped_column(String(128), default="")
     collective_library: Mapped[str] = mapped_column(String(128), default="")
     hostname: Mapped[str] = mapped_column(String(256), default="")
+    # The agent identity that registered the node id (services/core/mesh_identity.py): only it
+    # may renew, re-register or deregister the node; "" while no agent holds it.
+    owner: Mapped[str] = mapped_column(String(32), default="")
     # Bumped on every registration: names one lease incarnation (event ids derive from it).
     generation: Mapped[int] = mapped_column(Integer, default=1)
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

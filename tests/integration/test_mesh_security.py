@@ -189,6 +189,39 @@ async def test_no_rogue_node_registers_and_no_real_one_is_deregistered(mesh):
     assert await _node_ids(mesh) == {"walk-node", "second-node"}
 
 
+async def test_a_stolen_agent_key_cannot_act_for_another_agents_node(mesh):
+    """Agents with identities of their own (the local mesh's ``agent-<chip>``): the identity
+    that registered a node holds it, and another agent's key can neither renew its lease, nor
+    take it over by registering it again, nor deregister it."""
+    node = _rogue("a-node", "127.0.0.1:3")
+    beat = registry_pb2.HeartbeatRequest(node_id="a-node", sequence=1)
+    bye = registry_pb2.DeregisterNodeRequest(node_id="a-node", reason="stolen key")
+    async with service_channel(mesh.registry.address, identity="agent-a") as ch:
+        await registry_pb2_grpc.NodeLeaseServiceStub(ch).RegisterNode(node)
+    async with service_channel(mesh.registry.address, identity="agent-b") as ch:
+        lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
+        held = "held by another agent identity"
+        await _refused(lease.Heartbeat(beat), grpc.StatusCode.PERMISSION_DENIED, held)
+        await _refused(lease.RegisterNode(node), grpc.StatusCode.PERMISSION_DENIED, held)
+        await _refused(lease.DeregisterNode(bye), grpc.StatusCode.PERMISSION_DENIED, held)
+        # Its own node, it may register and renew.
+        await lease.RegisterNode(_rogue("b-node", "127.0.0.1:4"))
+        await lease.Heartbeat(registry_pb2.HeartbeatRequest(node_id="b-node", sequence=1))
+    # The shared identity of compose and Kubernetes agents is another identity too.
+    async with service_channel(mesh.registry.address, identity="agent") as ch:
+        await _refused(
+            registry_pb2_grpc.NodeLeaseServiceStub(ch).Heartbeat(beat),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    # The holder renews and deregisters its node; the node stayed READY meanwhile.
+    assert {"a-node", "b-node"} <= await _node_ids(mesh)
+    async with service_channel(mesh.registry.address, identity="agent-a") as ch:
+        lease = registry_pb2_grpc.NodeLeaseServiceStub(ch)
+        await lease.Heartbeat(beat)
+        await lease.DeregisterNode(bye)
+    assert "a-node" not in await _node_ids(mesh)
+
+
 async def test_agents_run_no_work_billed_to_a_tenant_for_an_unauthenticated_caller(mesh):
     task = agent_pb2.RunTaskRequest(
         task_id="attack-1",

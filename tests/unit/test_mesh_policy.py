@@ -46,7 +46,7 @@ def test_agents_take_work_from_the_scheduler_and_the_evaluator(
     method: str, allowed: set[str]
 ) -> None:
     path = f"/pocgrid.v1.AgentService/{method}"
-    for identity in IDENTITIES:
+    for identity in (*IDENTITIES, "agent-a"):
         caller = Caller(identity, "acme" if identity != "agent" else "", False)
         if identity in allowed:
             authorize(path, caller)
@@ -60,8 +60,10 @@ def test_node_leases_come_from_agents_or_an_admin() -> None:
     for method in ("RegisterNode", "DeregisterNode"):
         path = f"/pocgrid.v1.NodeLeaseService/{method}"
         authorize(path, Caller("agent", "", False))
+        # An agent with an identity of its own (which node it may hold is the registry's check).
+        authorize(path, Caller("agent-ascend-910b2", "", False))
         authorize(path, Caller("gateway", "ops", True))
-        for identity in set(IDENTITIES) - {"agent"}:
+        for identity in {*IDENTITIES, "agents", "agentx"} - {"agent"}:
             with pytest.raises(PermissionDenied):
                 authorize(path, Caller(identity, "acme", False))
 

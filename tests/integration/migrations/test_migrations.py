@@ -159,8 +159,9 @@ async def test_registry_0_1_0_database_is_upgraded_in_place(db_url):
         await migrate(db, REGISTRY)
 
         await _assert_matches_head(db, REGISTRY)
-        [(node, generation)] = await NodeStore(db).load()
+        [(node, generation, owner)] = await NodeStore(db).load()
         assert generation == 3 and node.labels == {"rack": "a"}
+        assert owner == ""  # no agent holds a 0.1.0 node until its next registration
         assert node.devices[0].memory_used_bytes == 1 << 30
         assert node.lease_expires_at.ToDatetime(tzinfo=UTC) == T0
         assert await NodeStore(db).outbox.count_pending() == 0
