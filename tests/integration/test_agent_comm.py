@@ -254,7 +254,15 @@ async def test_a_sigkilled_agent_fails_the_other_ranks_within_seconds(agents: Ag
     ]
     assert uid.joined is not None
     assert await asyncio.to_thread(uid.joined.wait, 90), "the three ranks never joined"
-    await asyncio.sleep(0.5)
+    # Killed once training runs (every peer connection made): the in-process rank has finished
+    # an all-reduce, which every rank took part in.
+    stream = agents.local.runtime.streams[0]
+    await wait_for(
+        lambda: any("all_reduce" in w.label for w in stream.history[-4:]),
+        within=90,
+        every=0.05,
+        what="the first all-reduce",
+    )
     victim = agents.procs[1]
     assert victim is not None
     victim.send_signal(signal.SIGKILL)
