@@ -95,7 +95,10 @@ def _lines(inv: metering_pb2.Invoice) -> tuple[list[str], list[list[Any]]]:
             line.quantity,
             line.unit,
             line.amount,
-            line.price_version,
+            # Usage older than every price book, priced by the earliest (invoicing.py).
+            f"{line.price_version} (before its start)"
+            if line.before_first_book
+            else line.price_version,
             line.adjustment_for,
             line.records,
         ]

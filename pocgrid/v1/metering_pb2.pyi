@@ -717,6 +717,7 @@ class InvoiceLine(_message.Message):
     PRICE_VERSION_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_FOR_FIELD_NUMBER: _builtins.int
     RECORDS_FIELD_NUMBER: _builtins.int
+    BEFORE_FIRST_BOOK_FIELD_NUMBER: _builtins.int
     chip: _builtins.str
     meter: _builtins.str
     unit: _builtins.str
@@ -730,6 +731,12 @@ class InvoiceLine(_message.Message):
     """
     records: _builtins.int
     """Usage records behind the line."""
+    before_first_book: _builtins.bool
+    """True: the line's usage ended before the first price book came into force (price_version
+    is that earliest book). No price was in force then, so it is priced by the earliest one
+    rather than left off; its records are the line's chip's ones that ended before that
+    book's effective_from.
+    """
     def __init__(
         self,
         *,
@@ -741,10 +748,11 @@ class InvoiceLine(_message.Message):
         price_version: _builtins.str = ...,
         adjustment_for: _builtins.str = ...,
         records: _builtins.int = ...,
+        before_first_book: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_for", b"adjustment_for", "amount", b"amount", "chip", b"chip", "meter", b"meter", "price_version", b"price_version", "quantity", b"quantity", "records", b"records", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_for", b"adjustment_for", "amount", b"amount", "before_first_book", b"before_first_book", "chip", b"chip", "meter", b"meter", "price_version", b"price_version", "quantity", b"quantity", "records", b"records", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,6 +65,7 @@ def invoice_message(
             price_version=line.price_version,
             adjustment_for=line.adjustment_for,
             records=line.records,
+            before_first_book=line.before_first_book,
         )
         for line in composed.lines
     )
@@ -141,35 +142,47 @@ class Invoicer:
         now = self._clock()
         closed: list[str] = []
         for tenant, _ in await self._store.oldest_unbilled():
-            while True:
-                oldest = await self._store.oldest_unbilled()
-                ended = dict(oldest).get(tenant)
-                if ended is None:
-                    break
-                last = await self._store.last_final(tenant)
-                month = Month.of(ended)
-                if last is not None and month <= last:
-                    month = last.next()  # late usage: an adjustment on the next invoice
-                if self.final_at(month) > now:
-                    break
-                final_at = self.final_at(month)
+            try:
+                closed.extend(await self._finalize_tenant(tenant, now))
+            except Exception:
+                # One tenant's invoice that cannot be built (a database hiccup, a book without
+                # a price it needs) must not hold back every other tenant's; the next turn
+                # retries it.
+                log.exception("invoice.finalize_failed", tenant=tenant)
+        return closed
 
-                def build(
-                    rows: list[Any],
-                    billed: list[Any],
-                    month: Month = month,
-                    at: datetime = final_at,
-                    tenant: str = tenant,
-                ) -> bytes:
-                    composed = compose(month, rows, self._books, billed)
-                    msg = invoice_message(
-                        tenant, month, composed, metering_pb2.INVOICE_STATUS_FINAL, at
-                    )
-                    return msg.SerializeToString(deterministic=True)
+    async def _finalize_tenant(self, tenant: str, now: datetime) -> list[str]:
+        """Close the tenant's due invoices, oldest month first; the ids closed."""
+        closed: list[str] = []
+        while True:
+            oldest = await self._store.oldest_unbilled()
+            ended = dict(oldest).get(tenant)
+            if ended is None:
+                break
+            last = await self._store.last_final(tenant)
+            month = Month.of(ended)
+            if last is not None and month <= last:
+                month = last.next()  # late usage: an adjustment on the next invoice
+            if self.final_at(month) > now:
+                break
+            final_at = self.final_at(month)
 
-                if await self._store.finalize(tenant, month, build) is not None:
-                    closed.append(f"{tenant}/{month}")
-                    log.info("invoice.final", tenant=tenant, period=str(month))
+            def build(
+                rows: list[Any],
+                billed: list[Any],
+                month: Month = month,
+                at: datetime = final_at,
+                tenant: str = tenant,
+            ) -> bytes:
+                composed = compose(month, rows, self._books, billed)
+                msg = invoice_message(
+                    tenant, month, composed, metering_pb2.INVOICE_STATUS_FINAL, at
+                )
+                return msg.SerializeToString(deterministic=True)
+
+            if await self._store.finalize(tenant, month, build) is not None:
+                closed.append(f"{tenant}/{month}")
+                log.info("invoice.final", tenant=tenant, period=str(month))
         return closed
 
     async def run(self, interval_s: float) -> None:

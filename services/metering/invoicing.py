@@ -14,6 +14,15 @@ Lines: per (adjustment month or none, chip, meter, price-book version), rated by
 version; the records behind it are the ones stored with the invoice's id (final) or matching
 the line (draft), so ``ListUsage(invoice_id=..., chip=...)`` lists them.
 
+Usage that ended before the first price book came into force (a producer's clock far off, an
+old replay, a book packaged later than the usage) had no price in force. It is still billed,
+never dropped and never a reason to stop: it is priced by the *earliest* book, on lines of its
+own marked ``before_first_book``, so the invoice says which usage was priced by a book not yet
+in force when it happened. (Refusing it at ingest instead would leave real usage in the
+dead-letter stream, which expires, and nothing to price it with on replay; and a finalizer
+that cannot price a record would hold back that tenant's every later invoice.) Its records are
+the line's chip's ones that ended before that book's ``effective_from``.
+
 An adjustment for month ``A`` is charged what it changes of ``A``'s charge: ``rate(billed +
 adjustment) - rate(billed)`` per chip and meter under the same book, where ``billed`` is the
 usage of ``A`` already on final invoices (``A``'s own and earlier adjustments). Under tiered
@@ -105,6 +114,8 @@ class Line:
     adjustment_for: str
     """The earlier month this line adjusts; empty for the invoice's own month."""
     records: int
+    before_first_book: bool = False
+    """Its usage ended before the first book's start: priced by that earliest book."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,17 @@ def book_at(books: Sequence[SourcedBook], when: datetime) -> SourcedBook:
     return max(current, key=lambda b: b.book.effective_from)
 
 
+def book_for(books: Sequence[SourcedBook], when: datetime) -> tuple[SourcedBook, bool]:
+    """The book that prices usage that ended at ``when``, and whether ``when`` is before the
+    first book's start (then it is the earliest book: see the module's docstring)."""
+    if not books:
+        raise LookupError("no price book at all")
+    earliest = min(books, key=lambda b: b.book.effective_from)
+    if when < earliest.book.effective_from:
+        return earliest, True
+    return book_at(books, when), False
+
+
 def _us(seconds_delta: Fraction) -> int:
     return int(seconds_delta * 1_000_000)
 
@@ -150,27 +172,29 @@ def compose(
     before the month's end); ``billed``: the tenant's records already on final invoices that
     ended in the months ``records`` adjust (what an adjustment is rated against)."""
     rows = sorted(records, key=lambda r: (r.ended_at, r.usage_id))
-    groups: dict[tuple[str, str], list[RecordLike]] = {}
+    # (adjusted month, price-book version, before the first book) -> its records.
+    groups: dict[tuple[str, str, bool], list[RecordLike]] = {}
     for r in rows:
         if r.ended_at >= month.end:
             raise ValueError(f"record {r.usage_id} ended after {month}")
         adjusts = "" if r.ended_at >= month.start else str(Month.of(r.ended_at))
-        groups.setdefault((adjusts, book_at(books, r.ended_at).book.version), []).append(r)
-    before: dict[tuple[str, str], list[RecordLike]] = {}
+        sourced, early = book_for(books, r.ended_at)
+        groups.setdefault((adjusts, sourced.book.version, early), []).append(r)
+    before: dict[tuple[str, str, bool], list[RecordLike]] = {}
     for r in billed:
         if r.ended_at >= month.start:
             raise ValueError(f"billed record {r.usage_id} ended in {month}, not before it")
-        key = (str(Month.of(r.ended_at)), book_at(books, r.ended_at).book.version)
-        before.setdefault(key, []).append(r)
+        sourced, early = book_for(books, r.ended_at)
+        before.setdefault((str(Month.of(r.ended_at)), sourced.book.version, early), []).append(r)
     lines: list[Line] = []
     currencies: set[str] = set()
-    for (adjusts, version), members in sorted(groups.items()):
-        book = book_at(books, members[0].ended_at).book
+    for (adjusts, version, early), members in sorted(groups.items()):
+        book = book_for(books, members[0].ended_at)[0].book
         currencies.add(book.currency)
         counts: dict[str, int] = {}
         for r in members:
             counts[r.chip] = counts.get(r.chip, 0) + 1
-        base = before.get((adjusts, version), []) if adjusts else []
+        base = before.get((adjusts, version, early), []) if adjusts else []
         after = _charges(book, [*base, *members])
         already = _charges(book, base)
         for chip, meter in sorted(_charges(book, members)):
@@ -186,6 +210,7 @@ def compose(
                     price_version=version,
                     adjustment_for=adjusts,
                     records=counts[chip],
+                    before_first_book=early,
                 )
             )
     rentals = _rentals(rows, books)
@@ -238,8 +263,7 @@ def _rentals(rows: Sequence[RecordLike], books: Sequence[SourcedBook]) -> list[R
         spans[key] = (min(start, r.started_at), max(end, r.ended_at), max(cards, r.devices, 1))
     out: list[Rental] = []
     for (job, chip), (start, end, cards) in sorted(spans.items()):
-        book = book_at(books, end)
-        card_hour = book.card(chip).card_hour
+        card_hour = book_for(books, end)[0].card(chip).card_hour
         held = Fraction((end - start) // _MICRO, 1_000_000)
         out.append(
             Rental(job, chip, cards, _us(held), card_hour, rental_cost(card_hour, cards, held))

@@ -160,9 +160,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         try:
             invoice = await self._invoicer.invoice(tenant, month)
         except LookupError as exc:
-            # Usage from before the first price book (a clock far off, an old replay): it
-            # cannot be priced until a book covering its time is added.
-            raise FailedPrecondition(f"period: {exc}; add a price book in force then") from exc
+            # A book with no price for a chip and meter the usage has (usage from before the
+            # first book is priced by the earliest one: invoicing's docstring).
+            raise FailedPrecondition(f"period: {exc}; add that price to a new book") from exc
         if invoice is None:
             raise NotFound("invoice", f"{tenant}/{month}", "that month had no usage when it closed")
         return metering_pb2.GetInvoiceResponse(invoice=invoice)

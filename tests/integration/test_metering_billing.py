@@ -172,6 +172,49 @@ async def test_late_usage_moves_a_draft_never_a_final_invoice(db_url: str) -> No
         await db.dispose()
 
 
+async def test_usage_before_the_first_price_book_is_finalized_priced_and_traceable(
+    db_url: str,
+) -> None:
+    """Usage older than every price book (the default is in force from 2026-01-01) is stored
+    at ingest, closed on its own month's final invoice priced by the earliest book on a line
+    that says so, and listed by that invoice's id: nothing lost, and the finalizer goes on
+    to the months after it (before, it raised on such usage at every turn, forever)."""
+    db, store = await _store(db_url)
+    try:
+        now = [datetime(2026, 12, 3, tzinfo=UTC)]
+        invoicer = Invoicer(store, [default_price_book()], timedelta(days=1), clock=lambda: now[0])
+        await _put(store, "y2025", datetime(2025, 11, 15, tzinfo=UTC), busy_device_us=HOUR_US)
+        await _put(store, "n1", datetime(2026, 11, 20, tzinfo=UTC), busy_device_us=HOUR_US)
+        assert await invoicer.finalize_due() == ["acme/2025-11", "acme/2026-11"]
+        old = await invoicer.invoice("acme", Month(2025, 11))
+        assert old is not None and old.status == metering_pb2.INVOICE_STATUS_FINAL
+        [busy] = [line for line in old.lines if line.meter == "busy_device_us"]
+        # ascend-910b2 (ESTIMATE 1.80/h), an hour busy: 1.44, by the earliest book.
+        assert (busy.quantity, busy.amount, busy.before_first_book) == (HOUR_US, "1.440000", True)
+        assert busy.price_version == "default-2026-12-01" and old.total == "1.440000"
+        on_it, _ = await store.query(UsageFilter("acme", invoice_id="acme/2025-11"), 0, 10)
+        assert [r.usage_id for r in on_it] == ["y2025"]
+        nov = await invoicer.invoice("acme", NOV)
+        assert nov is not None and nov.total == "1.440000"
+        assert not any(line.before_first_book for line in nov.lines)
+        # Older usage arriving after both are final: an adjustment on the next draft, marked.
+        await _put(store, "y2025-late", datetime(2025, 10, 1, tzinfo=UTC), busy_device_us=HOUR_US)
+        dec = await invoicer.invoice("acme", Month(2026, 12))
+        assert dec is not None
+        [adj] = [line for line in dec.lines if line.meter == "busy_device_us"]
+        assert (adj.adjustment_for, adj.amount, adj.before_first_book) == (
+            "2025-10",
+            "1.440000",
+            True,
+        )
+        # Every stored record is on exactly one invoice or the open draft.
+        _, total = await store.query(UsageFilter("acme"), 0, 10)
+        assert total == 3
+        assert sum(x.records for x in (old, nov, dec)) == 3
+    finally:
+        await db.dispose()
+
+
 async def test_correct_usage_rpc(common, closer, nats_server) -> None:
     meter = MeteringServer(common, MeteringConfig(api_keys=TENANTS))
     await meter.start()

@@ -178,3 +178,35 @@ def test_an_adjustment_across_a_tier_boundary_is_rated_against_what_was_billed(
     # Without what was billed, it is rated on its own: the old, wrong credit.
     alone = compose(dec, [late], books)
     assert _adjustment(alone) != expected
+
+
+def test_usage_before_the_first_price_book_is_priced_by_the_earliest_and_says_so() -> None:
+    """The default book is in force from 2026-01-01; usage that ended in December 2025 had no
+    price in force. It is billed by that earliest book (an hour of ascend-910b busy time:
+    1.63 x 0.8 = 1.304), on a line of its own marked before_first_book; the in-force usage
+    of the same chip and meter is a separate, unmarked line."""
+    dec25 = datetime(2025, 12, 31, 22, tzinfo=UTC)
+    early = Rec("early", busy_device_us=3_600_000_000, started_at=dec25, ended_at=dec25)
+    own = Rec(
+        "own",
+        busy_device_us=1_800_000_000,
+        started_at=datetime(2026, 1, 5, 9, tzinfo=UTC),
+        ended_at=datetime(2026, 1, 5, 9, 30, tzinfo=UTC),
+    )
+    books = [default_price_book()]
+    assert books[0].book.effective_from == datetime(2026, 1, 1, tzinfo=UTC)
+    inv = compose(Month(2025, 12), [early], books)
+    [line] = [line for line in inv.lines if line.meter == "busy_device_us"]
+    assert (line.amount, line.before_first_book, line.records) == (Decimal("1.304000"), True, 1)
+    assert line.price_version == "default-2026-12-01" and inv.records == 1
+    # The rental comparison takes its card-hour from the earliest book too.
+    assert [r.card_hour for r in inv.rentals] == [Decimal("1.63")]
+    # As a late record on January's invoice: an adjustment for 2025-12, still marked; January's
+    # own half hour (0.652) is not.
+    jan = compose(Month(2026, 1), [own, early], books)
+    lines = {(x.adjustment_for, x.meter): x for x in jan.lines}
+    assert lines[("2025-12", "busy_device_us")].before_first_book
+    assert lines[("2025-12", "busy_device_us")].amount == Decimal("1.304000")
+    assert not lines[("", "busy_device_us")].before_first_book
+    assert lines[("", "busy_device_us")].amount == Decimal("0.652000")
+    assert jan.total == Decimal("1.956000") and jan.records == 2
