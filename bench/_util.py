@@ -84,19 +84,27 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def spawn(name: str, args: Sequence[str], extra_env: Mapping[str, str], run_dir: Path) -> Child:
-    """Start ``python <args>`` as a child in its own session; its output goes to a log file."""
+def spawn(
+    name: str,
+    args: Sequence[str],
+    extra_env: Mapping[str, str],
+    run_dir: Path,
+    tree: Path = REPO_ROOT,
+) -> Child:
+    """Start ``python <args>`` as a child in its own session; its output goes to a log file.
+    ``tree``: the source tree it runs (another checkout: an old release against this one)."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "addr").mkdir(parents=True, exist_ok=True)
     address_file = run_dir / "addr" / name
     address_file.unlink(missing_ok=True)
     env = child_env({"POCGRID_ADDRESS_FILE": str(address_file), **extra_env})
+    env["PYTHONPATH"] = str(tree)
     log_path = run_dir / "logs" / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, *args],
             env=env,
-            cwd=REPO_ROOT,
+            cwd=tree,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -23,7 +23,20 @@ metering run must end with exactly ``--events`` rows. Figures: median and spread
 repeats, each median as a share of both bare medians, the consumer's CPU per event over the
 run, and the load average before and after.
 
+Then, once per backend, the **CPU per event of each step** metering takes, measured apart: the
+same functions the service runs (the bus's fetch, decode, the recorder's checks and rows, the
+store's one-transaction insert, the acks), called in turn in this process on one more pass over
+the stream, each step timed with ``time.process_time`` (every thread of the process: SQLite's
+driver thread included, the PostgreSQL server's own CPU not). What the service spends beyond
+their sum is its own overhead (the supervisor, the batch span and its links, logging).
+
+``--baseline TREE`` adds the metering service of another source tree (an older commit, e.g.
+``git archive COMMIT | tar -x -C TREE``) as ``sqlite @base`` and ``postgresql @base``, run in
+the same repeats, interleaved with this tree's, so a change is measured before and after under
+the same load.
+
     .venv/bin/python -m bench.metering_ingest [--events 100000] [--repeats 3] [--batch 1000]
+        [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -48,10 +61,26 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench._util import BenchError, Child, cpu_seconds, median, spawn, stop, table, wait_ready
+from bench._util import (
+    REPO_ROOT,
+    BenchError,
+    Child,
+    cpu_seconds,
+    median,
+    spawn,
+    stop,
+    table,
+    wait_ready,
+)
 from devmesh.nats_server import NatsServer
+from pocgrid import deadletter
 from pocgrid.v1 import events_pb2
-from services.core.bus import STREAMS, PullBatcher
+from services.core.bus import STREAMS, PullBatcher, delivery_count
+from services.core.migrations import migrate
+from services.core.storage import Database
+from services.metering.migrations import MIGRATIONS
+from services.metering.recorder import problem, to_row
+from services.metering.store import UsageStore
 
 STREAM = "POCGRID_USAGE"
 
@@ -207,6 +236,74 @@ async def _measure(url: str, db_url: str, events: int, child: Child) -> Run:
     return Run((n - first_n) / (now - first_t), cpu / (n - first_n))
 
 
+STEPS = ("fetch", "decode", "check", "row", "store", "ack")
+
+
+async def breakdown(
+    url: str, db_url: str, events: int, batch: int, durable: str
+) -> dict[str, float]:
+    """CPU seconds per event of each of metering's steps (see the module's docstring)."""
+    db = Database(db_url)
+    await migrate(db, MIGRATIONS)
+    store = UsageStore(db)
+    tenants = await store.add_tenants(["acme"])
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_consumer(
+        STREAM,
+        ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=-1,
+            filter_subject="usage.>",
+        ),
+    )
+    puller = PullBatcher(nc, STREAM, durable)
+    await puller.start()
+    cpu = dict.fromkeys(STEPS, 0.0)
+    last = time.process_time()
+
+    def lap(step: str) -> None:
+        """Charge the CPU time since the last lap to ``step``."""
+        nonlocal last
+        now = time.process_time()
+        cpu[step] += now - last
+        last = now
+
+    done = 0
+    try:
+        while done < events:
+            lap("ack")  # the loop's own turn: next to nothing
+            msgs = await puller.fetch(batch, 1.0)
+            lap("fetch")
+            decoded = [
+                (
+                    events_pb2.UsageRecorded.FromString(m.data),
+                    deadletter.event_id(m.headers or {}),
+                    delivery_count(m),
+                )
+                for m in msgs
+            ]
+            lap("decode")
+            ok = [(e, i) for e, i, _ in decoded if not problem(e, i, tenants)]
+            lap("check")
+            rows = [to_row(e, i) for e, i in ok]
+            lap("row")
+            if rows:
+                await store.record_batch(rows)
+            lap("store")
+            for m in msgs:
+                await m.ack()
+            await nc.flush()
+            lap("ack")
+            done += len(msgs)
+    finally:
+        await nc.close()
+        await db.dispose()
+    return {k: v / events for k, v in cpu.items()}
+
+
 async def _delete_durable(url: str) -> None:
     nc = await nats.connect(url)
     with contextlib.suppress(Exception):
@@ -214,7 +311,15 @@ async def _delete_durable(url: str) -> None:
     await nc.close()
 
 
-async def metering(url: str, db_url: str, events: int, batch: int, run_dir: Path, name: str) -> Run:
+async def metering(
+    url: str,
+    db_url: str,
+    events: int,
+    batch: int,
+    run_dir: Path,
+    name: str,
+    tree: Path | None = None,
+) -> Run:
     await _delete_durable(url)
     child = spawn(
         name,
@@ -228,6 +333,7 @@ async def metering(url: str, db_url: str, events: int, batch: int, run_dir: Path
             "POCGRID_LOG_LEVEL": "warning",
         },
         run_dir,
+        tree if tree is not None else REPO_ROOT,
     )
     try:
         await asyncio.to_thread(wait_ready, [child], run_dir)
@@ -268,12 +374,13 @@ async def main_async(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         await fill(server.url, args.events)
         print(f"stream filled: {args.events:,} events in {time.perf_counter() - t:.1f} s")
-        runs: dict[str, list[Run]] = {
-            "bare nats-py": [],
-            "bare bus fetch": [],
-            "sqlite": [],
-            "postgresql": [],
-        }
+        trees: dict[str, Path | None] = {"": None}
+        if args.baseline is not None:
+            trees[" @base"] = args.baseline.resolve()
+        runs: dict[str, list[Run]] = {"bare nats-py": [], "bare bus fetch": []}
+        for suffix in trees:
+            runs[f"sqlite{suffix}"] = []
+            runs[f"postgresql{suffix}"] = []
         with _postgres() as pg_server:
             for r in range(args.repeats):
                 runs["bare nats-py"].append(
@@ -282,20 +389,45 @@ async def main_async(args: argparse.Namespace) -> None:
                 runs["bare bus fetch"].append(
                     await bare(server.url, args.events, args.batch, f"barebus{r}", True)
                 )
-                sqlite_url = f"sqlite+aiosqlite:///{run_dir / f'metering-{r}.db'}"
-                runs["sqlite"].append(
-                    await metering(
-                        server.url, sqlite_url, args.events, args.batch, run_dir, f"sqlite{r}"
+                for t, (suffix, tree) in enumerate(trees.items()):
+                    sqlite_url = f"sqlite+aiosqlite:///{run_dir / f'metering-{r}-{t}.db'}"
+                    runs[f"sqlite{suffix}"].append(
+                        await metering(
+                            server.url,
+                            sqlite_url,
+                            args.events,
+                            args.batch,
+                            run_dir,
+                            f"sqlite{r}-{t}",
+                            tree,
+                        )
                     )
-                )
-                pg_url = await _fresh_pg(pg_server, f"bench_metering_{r}")
-                runs["postgresql"].append(
-                    await metering(server.url, pg_url, args.events, args.batch, run_dir, f"pg{r}")
-                )
+                    pg_url = await _fresh_pg(pg_server, f"bench_metering_{r}_{t}")
+                    runs[f"postgresql{suffix}"].append(
+                        await metering(
+                            server.url, pg_url, args.events, args.batch, run_dir, f"pg{r}-{t}", tree
+                        )
+                    )
                 print(
                     f"repeat {r + 1}: "
                     + ", ".join(f"{k} {v[-1].rate:,.0f}/s" for k, v in runs.items())
                 )
+            steps = {
+                "sqlite": await breakdown(
+                    server.url,
+                    f"sqlite+aiosqlite:///{run_dir / 'breakdown.db'}",
+                    args.events,
+                    args.batch,
+                    "breakdown-sqlite",
+                ),
+                "postgresql": await breakdown(
+                    server.url,
+                    await _fresh_pg(pg_server, "bench_metering_breakdown"),
+                    args.events,
+                    args.batch,
+                    "breakdown-pg",
+                ),
+            }
         nats_py = median([x.rate for x in runs["bare nats-py"]])
         bus = median([x.rate for x in runs["bare bus fetch"]])
         rows = []
@@ -319,6 +451,17 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         headers = ["consumer", "median/s", "range/s", "vs nats-py", "vs bus fetch", "CPU us/event"]
         print(table(headers, rows))
+        print()
+        print("CPU us per event of each step, measured apart in one process (see the docstring):")
+        step_rows = [[step, *(f"{steps[b][step] * 1e6:.1f}" for b in steps)] for step in STEPS]
+        step_rows.append(["sum", *(f"{sum(steps[b].values()) * 1e6:.1f}" for b in steps)])
+        step_rows.append(
+            [
+                "the service, measured above",
+                *(f"{median([x.cpu_s for x in runs[b]]) * 1e6:.1f}" for b in steps),
+            ]
+        )
+        print(table(["step", *steps], step_rows))
     finally:
         server.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -329,6 +472,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another source tree's metering, interleaved"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -350,7 +350,11 @@ class EventBus:
 
         Commit, then ack: the handler stores the fetch's decodable events (one transaction)
         and returns why it refused any; the refused are dead-lettered with that reason and the
-        rest acked. If the handler raises, nothing was stored: each event is then handled
+        rest acked. Pipelined: the next fetch is made while the handler commits, and its events
+        go to the handler (and are acked) only after this batch is done; the durable allows
+        ``2 * batch`` unacknowledged messages for that. A fetch made ahead that will not be
+        handled (the bus closes, the consumer starts over) is nakked, so it is redelivered at
+        once, never acked. If the handler raises, nothing was stored: each event is then handled
         alone, so one event that breaks the transaction costs only itself (it is retried, and
         dead-lettered after ``consumer_max_deliver`` deliveries) and the others are stored.
         """
@@ -390,6 +394,10 @@ class EventBus:
         state = self._states[spec.durable]
         sub: Any = None
         checked = 0.0
+        # A batch consumer's next fetch, started as the batch in hand goes to its handler, so
+        # the round trips to nats-server overlap the handler's commit (ingest pipelining). Its
+        # messages are only handled, and acked, after the batch before them is done.
+        ahead: asyncio.Task[list[Any]] | None = None
         await self._notify()  # its health name exists from now on
         try:
             while not self._closing.is_set():
@@ -399,7 +407,10 @@ class EventBus:
                     if sub is None:
                         sub = await self._subscribe(spec)
                         checked = time.monotonic()
-                    msgs = await self._pull(sub, spec)
+                    if ahead is not None:
+                        msgs, ahead = await ahead, None
+                    else:
+                        msgs = await self._pull(sub, spec)
                     idle_for = time.monotonic() - checked
                     if not msgs and idle_for > self._config.consumer_check_interval_s:
                         # Raises NotFoundError for a deleted durable: re-subscribe re-creates it.
@@ -407,10 +418,14 @@ class EventBus:
                         checked = time.monotonic()
                     await self._succeeded(state)
                     if spec.batched and msgs:
+                        if not self._closing.is_set():
+                            ahead = asyncio.create_task(self._pull(sub, spec))
                         await self._deliver_batch(msgs, spec)
                     for msg in msgs if not spec.batched else ():
                         await self._deliver(msg, spec)
                 except Exception as exc:  # supervision: only close() ends the loop
+                    await _give_back(ahead)
+                    ahead = None
                     if self._closing.is_set():
                         break
                     await self._unsubscribe(sub)
@@ -418,6 +433,7 @@ class EventBus:
                     await self._failed(state, exc)
                     await self._pause(self._config.consumer_backoff_s(state.failures))
         finally:
+            await _give_back(ahead)
             await self._unsubscribe(sub)
 
     async def _pause(self, delay_s: float) -> None:
@@ -443,6 +459,10 @@ class EventBus:
             # which the server's own limit would not (it just stops delivering).
             max_deliver=-1,
             filter_subject=spec.subject,
+            # A batch consumer holds its batch unacked while it commits and fetches the next
+            # meanwhile: room for both, or the server (default 1000) would hold the next back
+            # until the first is acked. Shared by every replica of the durable.
+            max_ack_pending=2 * spec.batch if spec.batched else None,
         )
         try:
             await self._js.add_consumer(spec.stream, config)
@@ -698,6 +718,24 @@ class EventBus:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
+
+
+async def _give_back(ahead: asyncio.Task[list[Any]] | None) -> None:
+    """End a fetch made ahead that will not be handled (the consumer stops or starts over):
+    messages it took are nakked, so they are redelivered now rather than after the ack wait,
+    to this consumer or another replica. Never acked: they were not committed."""
+    if ahead is None:
+        return
+    if not ahead.done():
+        ahead.cancel()
+    # wait(), not await: the fetch's own cancellation or failure is no error here, while this
+    # task's cancellation still propagates.
+    await asyncio.wait({ahead})
+    if ahead.cancelled() or ahead.exception() is not None:
+        return
+    for msg in ahead.result():
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
 
 class PullBatcher:

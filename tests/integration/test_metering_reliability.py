@@ -1,13 +1,13 @@
 """Nothing lost, nothing counted twice: N usage events published while the metering service is
 SIGKILLed and restarted (twice) and while nats-server is restarted once; afterwards the metered
-totals equal the published totals exactly. The test prints N and both totals."""
+totals equal the published totals exactly, on SQLite and on PostgreSQL. The test prints N and
+both totals."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,6 +15,9 @@ from pathlib import Path
 
 import nats
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from devmesh.nats_server import NatsServer
 from pocgrid.healthcheck import probe
@@ -51,8 +54,8 @@ def _event(i: int) -> events_pb2.UsageRecorded:
 class Metering:
     """``python -m services.metering`` as its own process, started and SIGKILLed at will."""
 
-    def __init__(self, tmp: Path, nats_url: str, mesh_keys_dir: Path) -> None:
-        self.db = tmp / "metering.db"
+    def __init__(self, tmp: Path, nats_url: str, mesh_keys_dir: Path, db_url: str) -> None:
+        self.db_url = db_url
         self.address_file = tmp / "metering.addr"
         self.log = tmp / "metering.log"
         self.env = {
@@ -60,7 +63,7 @@ class Metering:
             "POCGRID_NATS_URL": nats_url,
             "POCGRID_DATA_DIR": str(tmp),
             "POCGRID_MESH_KEYS_DIR": str(mesh_keys_dir),
-            "POCGRID_METERING_DATABASE_URL": f"sqlite+aiosqlite:///{self.db}",
+            "POCGRID_METERING_DATABASE_URL": db_url,
             "POCGRID_API_KEYS": "ka=acme,kg=globex",
             "POCGRID_LISTEN": "127.0.0.1:0",
             "POCGRID_ADDRESS_FILE": str(self.address_file),
@@ -114,18 +117,20 @@ class Metering:
                 self.proc.kill()
                 self.proc.wait()
 
-    def totals(self) -> tuple[int, dict[str, int]]:
-        if not self.db.exists():
+    async def totals(self) -> tuple[int, dict[str, int]]:
+        query = (
+            "SELECT count(*), "
+            + ", ".join(f"coalesce(sum({f}), 0)" for f in FIELDS)
+            + " FROM usage_records"
+        )
+        engine = create_async_engine(self.db_url)
+        try:
+            async with engine.connect() as conn:
+                row = (await conn.execute(text(query))).one()
+        except DBAPIError:  # not migrated yet
             return 0, dict.fromkeys(FIELDS, 0)
-        with sqlite3.connect(self.db) as conn:
-            try:
-                row = conn.execute(
-                    "SELECT count(*), "
-                    + ", ".join(f"coalesce(sum({f}), 0)" for f in FIELDS)
-                    + " FROM usage_records"
-                ).fetchone()
-            except sqlite3.OperationalError:  # not migrated yet
-                return 0, dict.fromkeys(FIELDS, 0)
+        finally:
+            await engine.dispose()
         return int(row[0]), dict(zip(FIELDS, map(int, row[1:]), strict=True))
 
 
@@ -156,9 +161,12 @@ async def _publish_all(url: str, on_progress: Callable[[int], Awaitable[None]]) 
 
 
 async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_restart(
-    tmp_path: Path, nats_server: NatsServer, mesh_keys: Path
+    tmp_path: Path,
+    nats_server: NatsServer,
+    mesh_keys: Path,
+    fresh_database: Callable[[str], str],
 ) -> None:
-    metering = Metering(tmp_path, nats_server.url, mesh_keys)
+    metering = Metering(tmp_path, nats_server.url, mesh_keys, fresh_database("reliability"))
     await metering.start()
     done_outages: list[str] = []
     thresholds = (N // 4, N // 2, 3 * N // 4)
@@ -195,11 +203,11 @@ async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_res
         published, _ = await asyncio.gather(_publish_all(nats_server.url, on_progress), outages())
 
         async def all_metered() -> bool:
-            return metering.totals()[0] >= N
+            return (await metering.totals())[0] >= N
 
         await wait_for(all_metered, within=120, every=0.2, what=f"metering to store all {N} events")
-        count, metered = metering.totals()
-        print(f"\nN = {N} events published; outages: {'; '.join(done_outages)}")
+        count, metered = await metering.totals()
+        print(f"\n{metering.db_url.split(':')[0]}: N = {N} events published; outages: {'; '.join(done_outages)}")
         print(f"published totals: {published}")
         print(f"metered totals:   {metered} ({count} records)")
         assert len(done_outages) == 3
