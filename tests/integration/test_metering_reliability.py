@@ -207,7 +207,8 @@ async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_res
 
         await wait_for(all_metered, within=120, every=0.2, what=f"metering to store all {N} events")
         count, metered = await metering.totals()
-        print(f"\n{metering.db_url.split(':')[0]}: N = {N} events published; outages: {'; '.join(done_outages)}")
+        backend = metering.db_url.split(":")[0]
+        print(f"\n{backend}: N = {N} events published; outages: {'; '.join(done_outages)}")
         print(f"published totals: {published}")
         print(f"metered totals:   {metered} ({count} records)")
         assert len(done_outages) == 3
