@@ -216,14 +216,16 @@ async def test_invoices_and_usage_are_each_tenants_own_and_an_admin_key_sees_all
             await stub.GetInvoice(metering_pb2.GetInvoiceRequest(period="2026-13"), metadata=admin)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (err.value.details() or "").startswith("period")
-        # a-old ended in March 2025, before the first price book: it cannot be priced, which
-        # is a precondition to meet, not an internal error.
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        # a-old ended in March 2025, before the first price book (in force from 2026-01-01):
+        # it is on March 2025's invoice (a draft or, once the finalizer ran, final), priced by
+        # that earliest book on a line that says so.
+        march = (
             await stub.GetInvoice(
                 metering_pb2.GetInvoiceRequest(period="2025-03"), metadata=_auth(KEY_A)
             )
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no price book is in force" in (err.value.details() or "")
+        ).invoice
+        assert march.records == 1 and list(march.price_versions) == ["default-2026-12-01"]
+        assert march.lines and all(line.before_first_book for line in march.lines)
     html_file = tmp_path / "invoice.html"
     argv = [
         "--gateway",
