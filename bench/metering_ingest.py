@@ -15,7 +15,9 @@ each, in turn:
   then ack), on a fresh SQLite file / a fresh database on a throwaway PostgreSQL server. Its
   durable consumer is deleted between runs, so every run reads the whole stream from the start.
 
-Every consumer has the server's default ack-pending limit (1000) and the same fetch size. A
+Every consumer has the same fetch size; the bare ones ack a fetch before the next, under the
+server's default ack-pending limit (1000), while metering (pipelined: the next fetch while a
+batch commits) has its durable's own, two batches. A
 run's rate is events / time between the first and the last ack seen (metering acks a batch
 only after it committed; its durable's ack floor is polled every 20 ms over NATS, which costs
 the machine next to nothing, unlike counting rows), so process start-up is not in it; every
@@ -451,6 +453,22 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         headers = ["consumer", "median/s", "range/s", "vs nats-py", "vs bus fetch", "CPU us/event"]
         print(table(headers, rows))
+        if args.baseline is not None:
+            # Each repeat ran this tree and the baseline back to back: the ratio within a
+            # repeat cancels most of the machine's drift in load between repeats.
+            paired = {
+                b: median(
+                    [
+                        new.rate / old.rate
+                        for new, old in zip(runs[b], runs[f"{b} @base"], strict=True)
+                    ]
+                )
+                for b in ("sqlite", "postgresql")
+            }
+            print(
+                "this tree / @base, median of the per-repeat ratios: "
+                + ", ".join(f"{b} {r:.2f}x" for b, r in paired.items())
+            )
         print()
         print("CPU us per event of each step, measured apart in one process (see the docstring):")
         step_rows = [[step, *(f"{steps[b][step] * 1e6:.1f}" for b in steps)] for step in STEPS]
