@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 tenant=${1:-default}
 umask 077
 mkdir -p deploy/secrets deploy/k8s/base/secrets
-random() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+# Led by a letter: nats-server parses a $NATS_PASSWORD_* value that starts like a number.
+random() { python3 -c 'import secrets; print("p" + secrets.token_urlsafe(32))'; }
 if [ ! -f deploy/secrets/api-key ]; then
   key=$(random)
   printf '%s\n' "$key" > deploy/secrets/api-key

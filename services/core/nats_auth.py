@@ -171,7 +171,14 @@ IDENTITIES: Final[Mapping[str, NatsIdentity]] = {
 
 def new_passwords(users: Iterable[str] = IDENTITIES) -> dict[str, str]:
     """A fresh random password per identity (256 bits, URL-safe: no quoting in configs)."""
-    return {u: secrets.token_urlsafe(32) for u in users}
+    return {u: new_password() for u in users}
+
+
+def new_password() -> str:
+    """256 random bits, URL-safe, led by a letter: nats-server parses a ``$VARIABLE`` password
+    as a config value, so one that starts like a number ("0-a..." is taken for a date, "1e..."
+    for a float, "-..." for a negative number) stops it from starting."""
+    return "p" + secrets.token_urlsafe(32)
 
 
 def server_authorization(passwords: Mapping[str, str]) -> dict[str, Any]:
