@@ -329,9 +329,7 @@ class Service:
         finally:
             if self.server is not None:
                 await self.server.stop(self.common.shutdown_grace_s)
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_reap(self._tasks)
             for ch in self._channels:
                 await ch.close()
             if self.bus is not None:
@@ -364,6 +362,30 @@ class Service:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+# How long stop() waits for a cancelled task before cancelling it again.
+REAP_PATIENCE_S: Final = 2.0
+
+
+async def cancel_and_reap(
+    tasks: Iterable[asyncio.Task[Any]], patience_s: float = REAP_PATIENCE_S
+) -> None:
+    """Cancel ``tasks`` and wait for them to end. A task still running after ``patience_s`` has
+    lost its cancellation (Python 3.11's ``asyncio.wait_for``, inside grpc.aio and nats-py
+    calls, drops one that races a reply): it is logged and cancelled again, so a stop never
+    waits forever on one loop that swallowed it."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=patience_s)
+        for task in pending:
+            log.warning("service.task_ignored_cancel", task=task.get_name())
+            task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, as gather did; reporting it is the spawner's job
 
 
 def _write_address_file(path: str, address: str) -> None:

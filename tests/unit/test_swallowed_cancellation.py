@@ -1,4 +1,4 @@
-"""The gauge sampler's loop ends when its service stops, even when a sample swallows the
+"""A service's background loops end when it stops, even when one swallows its
 cancellation (as Python 3.11's asyncio.wait_for does when a reply and the cancel race)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from services.core.gauges import sample_forever
+from services.core.service import cancel_and_reap
 
 
 async def test_a_swallowed_cancellation_still_ends_the_loop() -> None:
@@ -46,3 +47,23 @@ async def test_a_failing_sample_is_retried_at_the_next_tick() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
+
+
+async def test_a_stop_reaps_a_task_that_swallowed_its_cancellation() -> None:
+    stubborn = asyncio.Event()
+
+    async def swallow_once() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            stubborn.set()  # lost, as a racing wait_for loses it; the loop goes on
+        await asyncio.sleep(10)
+
+    async def well_behaved() -> None:
+        await asyncio.sleep(10)
+
+    tasks = [asyncio.create_task(swallow_once()), asyncio.create_task(well_behaved())]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_reap(tasks, patience_s=0.05), timeout=2)
+    assert stubborn.is_set()
+    assert all(t.cancelled() for t in tasks)
