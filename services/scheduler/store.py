@@ -25,6 +25,7 @@ from services.scheduler.tables import OUTBOX, AssignmentRow, JobRow
 QUEUED = scheduler_pb2.JOB_STATE_QUEUED
 RUNNING = scheduler_pb2.JOB_STATE_RUNNING
 PREEMPTED = scheduler_pb2.JOB_STATE_PREEMPTED
+TRANSITION_TRIES = 3  # a move that lost a race is tried again this often
 
 #: ``assignments.started``: StartTask not answered yet; answered (the agent runs the task);
 #: the agent confirmed it runs no more.
@@ -158,32 +159,36 @@ class JobStore:
         Leaving RUNNING releases the job's assignments and keeps the steps they finished.
 
         Returns the updated job, or None when the job is not in a state it may leave (the
-        conditional UPDATE makes two concurrent transitions race safely: one wins).
+        conditional UPDATE makes two concurrent transitions race safely: one wins). A move that
+        lost the race to another one is tried again on the state that move left, so a job placed
+        (QUEUED to RUNNING) while it was being cancelled is still cancelled.
         """
-        async with self._db.session() as session, session.begin():
-            row = await session.scalar(
-                select(JobRow).where(JobRow.tenant == tenant, JobRow.job_id == job_id)
-            )
-            if row is None or row.state not in from_states:
-                return None
-            kept = await _release(session, job_id, at) if row.state == RUNNING else 0
-            result = await session.execute(
-                update(JobRow)
-                .where(JobRow.job_id == job_id, JobRow.state == row.state)
-                .values(
-                    state=to_state,
-                    state_reason=reason,
-                    updated_at=at,
-                    pending_reason="",
-                    steps_done=JobRow.steps_done + kept,
+        for _ in range(TRANSITION_TRIES):
+            async with self._db.session() as session, session.begin():
+                row = await session.scalar(
+                    select(JobRow).where(JobRow.tenant == tenant, JobRow.job_id == job_id)
                 )
-            )
-            if getattr(result, "rowcount", 0) != 1:
-                await session.rollback()
-                return None
-            await session.refresh(row)
-            await self.outbox.add(session, event(row.attempt), *also)
-            return _row_to_job(row, [])
+                if row is None or row.state not in from_states:
+                    return None
+                kept = await _release(session, job_id, at) if row.state == RUNNING else 0
+                result = await session.execute(
+                    update(JobRow)
+                    .where(JobRow.job_id == job_id, JobRow.state == row.state)
+                    .values(
+                        state=to_state,
+                        state_reason=reason,
+                        updated_at=at,
+                        pending_reason="",
+                        steps_done=JobRow.steps_done + kept,
+                    )
+                )
+                if getattr(result, "rowcount", 0) != 1:
+                    await session.rollback()
+                    continue
+                await session.refresh(row)
+                await self.outbox.add(session, event(row.attempt), *also)
+                return _row_to_job(row, [])
+        return None
 
     @db_operation
     async def place(
