@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import onnx
@@ -203,9 +202,8 @@ def test_coverage_comes_from_the_catalogue_operator_sets() -> None:
 
 
 def test_matrix_every_model_on_every_emulatable_chip() -> None:
-    start = time.perf_counter()
+    # How long the whole matrix takes is bench.adapt_matrix's figure, not a test's.
     cells = [a.cell() for a in matrix(CAT)]
-    seconds = time.perf_counter() - start
     chips = {c["chip"] for c in cells}
     models = {c["model"] for c in cells}
     assert len(chips) >= 16 and len(models) >= 24
@@ -217,7 +215,6 @@ def test_matrix_every_model_on_every_emulatable_chip() -> None:
             assert (c["output_tokens_per_s"] is not None) == runs, c
         if not runs:
             assert c["reason"], c
-    assert seconds < 60  # the benchmark holds the <= 10 s figure; CI machines are shared
 
 
 def test_request_validation_names_the_field() -> None:
