@@ -37,7 +37,13 @@ from pocgrid.v1 import agent_pb2, evaluator_pb2
 from services.core.errors import PocgridError
 from services.evaluator import loadgen, training
 from services.evaluator import metrics as m
-from services.evaluator.accuracy import Reference, fp32_reference, measure_accuracy
+from services.evaluator.accuracy import (
+    LabelledSamples,
+    PrecisionAccuracy,
+    Reference,
+    fp32_reference,
+    measure_accuracy,
+)
 from services.evaluator.realmodels import RealModel, RealModelError, load_real_model
 from services.evaluator.scenarios import MODE_BY_VALUE, component_slo
 from services.evaluator.usermodels import UserModel, UserModels
@@ -419,35 +425,22 @@ class Runner:
             result.accuracy_note = f"not measured: {exc}"
             return
 
-        try:
-            measured = await measure_accuracy(
-                self._on_held(node),
-                real.model,
-                real.samples,
-                chip=planned.chip.name,
-                precision=planned.precision,
-                reference=reference,
-            )
-        except grpc.aio.AioRpcError as exc:
-            result.accuracy_note = f"not measured: the agent refused ({_rpc_reason(exc)})"
-            return
-        if measured.accuracy is None:
-            result.accuracy_note = f"not measured: {measured.reason}"
-            return
-        result.accuracy = measured.accuracy
-        result.accuracy_note = (
-            f"{real.card.metric} of the project's {real.card.name} on {measured.samples}"
-            f" held-out samples at {planned.precision}: {measured.correct}/{measured.samples}"
-            f" (fp32 CPU reference {reference.accuracy:.4f}, predictions agreeing with it"
-            f" {measured.agreement:.4f}); timing is {planned.model.name}'s"
+        await self._record_accuracy(
+            result,
+            planned,
+            node,
+            component,
+            real.model,
+            real.samples,
+            reference,
+            "acc",
+            lambda measured: (
+                f"{real.card.metric} of the project's {real.card.name} on {measured.samples}"
+                f" held-out samples at {planned.precision}: {measured.correct}/{measured.samples}"
+                f" (fp32 CPU reference {reference.accuracy:.4f}, predictions agreeing with it"
+                f" {measured.agreement:.4f}); timing is {planned.model.name}'s"
+            ),
         )
-        ratio = component.slo.min_accuracy_ratio
-        if ratio and reference.accuracy > 0 and measured.accuracy < ratio * reference.accuracy:
-            result.slo_met = False
-            result.slo_violations.append(
-                f"accuracy {measured.accuracy:.4f} < {ratio:g} x the fp32 reference's"
-                f" {reference.accuracy:.4f}"
-            )
 
     def _on_held(
         self, node: Node
@@ -472,15 +465,48 @@ class Runner:
     ) -> None:
         """The tenant's graph on its own labelled samples, through the chip's agent at the
         run's precision, against the fp32 CPU reference computed when the scenario was made."""
+        await self._record_accuracy(
+            result,
+            planned,
+            node,
+            component,
+            user.onnx,
+            user.samples,
+            user.reference,
+            "user",
+            lambda measured: (
+                f"top-1 accuracy of your model {user.name} ({user.model_id}) on the"
+                f" {measured.samples} samples of {user.sample_set_id} at {planned.precision}:"
+                f" {measured.correct}/{measured.samples} (fp32 CPU reference"
+                f" {user.reference.accuracy:.4f}, predictions agreeing with it"
+                f" {measured.agreement:.4f}); timing from its graph on the graph cost model"
+            ),
+        )
+
+    async def _record_accuracy(
+        self,
+        result: evaluator_pb2.ChipResult,
+        planned: Plan,
+        node: Node,
+        component: Component,
+        model: bytes,
+        samples: LabelledSamples,
+        reference: Reference,
+        task_prefix: str,
+        describe: Callable[[PrecisionAccuracy], str],
+    ) -> None:
+        """Measure ``model`` on ``samples`` on the device the run holds and record it: the
+        accuracy, its note (``describe``), or why it was not measured; the SLO's
+        ``min_accuracy_ratio`` bounds accuracy / the fp32 reference's."""
         try:
             measured = await measure_accuracy(
                 self._on_held(node),
-                user.onnx,
-                user.samples,
+                model,
+                samples,
                 chip=planned.chip.name,
                 precision=planned.precision,
-                reference=user.reference,
-                task_prefix="user",
+                reference=reference,
+                task_prefix=task_prefix,
             )
         except grpc.aio.AioRpcError as exc:
             result.accuracy_note = f"not measured: the agent refused ({_rpc_reason(exc)})"
@@ -489,15 +515,9 @@ class Runner:
             result.accuracy_note = f"not measured: {measured.reason}"
             return
         result.accuracy = measured.accuracy
-        result.accuracy_note = (
-            f"top-1 accuracy of your model {user.name} ({user.model_id}) on the"
-            f" {measured.samples} samples of {user.sample_set_id} at {planned.precision}:"
-            f" {measured.correct}/{measured.samples} (fp32 CPU reference"
-            f" {user.reference.accuracy:.4f}, predictions agreeing with it"
-            f" {measured.agreement:.4f}); timing from its graph on the graph cost model"
-        )
+        result.accuracy_note = describe(measured)
         ratio = component.slo.min_accuracy_ratio
-        ref = user.reference.accuracy
+        ref = reference.accuracy
         if ratio and ref > 0 and measured.accuracy < ratio * ref:
             result.slo_met = False
             result.slo_violations.append(
