@@ -369,3 +369,60 @@ def _truncate(when: datetime, size: str) -> datetime:
     if size == "day":
         return when.replace(hour=0, minute=0, second=0, microsecond=0)
     return when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class _FailingFor(UsageStore):
+    """A store whose finalization of one tenant's invoices fails (a database hiccup on that
+    tenant's transaction, or a book that cannot price its usage), until told otherwise."""
+
+    def __init__(self, db: Database, tenant: str) -> None:
+        super().__init__(db)
+        self.failing: str | None = tenant
+
+    async def finalize(self, tenant: str, month: Month, build) -> bytes | None:
+        if tenant == self.failing:
+            raise RuntimeError(f"finalizing {tenant}/{month} failed")
+        return await super().finalize(tenant, month, build)
+
+
+async def test_one_tenants_failing_finalization_does_not_hold_back_the_others(
+    db_url: str,
+) -> None:
+    """The finalizer skips a tenant whose invoice cannot be closed: every other tenant's due
+    invoices become final in the same turn (whichever order the tenants come in), the failing
+    tenant's stay drafts, and a later turn closes them once the cause is gone."""
+    db = Database(db_url)
+    await migrate(db, MIGRATIONS)
+    store = _FailingFor(db, "acme")
+    try:
+        invoicer = Invoicer(
+            store,
+            [default_price_book()],
+            timedelta(days=1),
+            clock=lambda: datetime(2026, 12, 3, tzinfo=UTC),
+        )
+        # acme's usage is the older, so a finalizer walking tenants oldest first meets it first.
+        await _put(store, "a1", datetime(2026, 10, 20, tzinfo=UTC), busy_device_us=HOUR_US)
+        await _put(store, "a2", datetime(2026, 11, 20, tzinfo=UTC), busy_device_us=HOUR_US)
+        await _put(
+            store,
+            "g1",
+            datetime(2026, 11, 21, tzinfo=UTC),
+            tenant="globex",
+            busy_device_us=HOUR_US,
+        )
+        assert await invoicer.finalize_due() == ["globex/2026-11"]
+        globex = await invoicer.invoice("globex", NOV)
+        assert globex is not None and globex.status == metering_pb2.INVOICE_STATUS_FINAL
+        assert globex.total == "1.440000"
+        acme = await invoicer.invoice("acme", Month(2026, 10))
+        assert acme is not None and acme.status == metering_pb2.INVOICE_STATUS_DRAFT
+        assert await store.final_invoices("acme") == []
+
+        store.failing = None  # the cause is gone: the next turn closes acme's, oldest first
+        assert await invoicer.finalize_due() == ["acme/2026-10", "acme/2026-11"]
+        assert await invoicer.finalize_due() == []
+        on_it, _ = await store.query(UsageFilter("*", invoice_id="globex/2026-11"), 0, 10)
+        assert [r.usage_id for r in on_it] == ["g1"]
+    finally:
+        await db.dispose()
