@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from operator import attrgetter
+from operator import attrgetter, gt
 from typing import Any
 
 from google.protobuf import unknown_fields
@@ -34,10 +34,12 @@ _TEXT_LIMITS = {"tenant": 128, "node_id": 63, "chip": 64, "job_id": 128, "model"
 
 
 def problem(event: events_pb2.UsageRecorded, usage_id: str, tenants: frozenset[str]) -> str:
-    """Why the event cannot be stored; empty when it can."""
+    """Why the event cannot be stored; empty when it can. Ingest is hot: each group of
+    fields is read in one C call (``attrgetter``) and tested at once (``map``, ``min``), and
+    only an event that fails a test is looked at field by field, for the reason."""
     fields = unknown_fields.UnknownFieldSet(event)
-    unknown = sorted({fields[i].field_number for i in range(len(fields))})
-    if unknown:
+    if len(fields):
+        unknown = sorted({fields[i].field_number for i in range(len(fields))})
         numbers = ", ".join(f"#{n}" for n in unknown)
         return (
             f"unknown field {numbers} (a meter or field this metering does not know: its "
@@ -47,30 +49,33 @@ def problem(event: events_pb2.UsageRecorded, usage_id: str, tenants: frozenset[s
         return "event_id: missing; the record could not be deduplicated"
     if len(usage_id) > MAX_ID:
         return f"event_id: longer than {MAX_ID} characters"
-    if not event.tenant:
+    texts = _texts(event)
+    tenant, chip = texts[0], texts[2]
+    if not tenant:
         return "tenant: missing"
-    if event.tenant not in tenants:
+    if tenant not in tenants:
         return (
-            f"tenant: {event.tenant!r} is unknown to metering (not a tenant of "
+            f"tenant: {tenant!r} is unknown to metering (not a tenant of "
             "POCGRID_API_KEYS / POCGRID_API_KEYS_FILE)"
         )
-    if not event.chip:
+    if not chip:
         return "chip: missing"
-    for name, limit in _TEXT_LIMITS.items():
-        if len(getattr(event, name)) > limit:
-            return f"{name}: longer than {limit} characters"
+    if any(map(gt, map(len, texts), _LIMITS)):
+        for (name, limit), value in zip(_TEXT_LIMITS.items(), texts, strict=True):
+            if len(value) > limit:
+                return f"{name}: longer than {limit} characters"
     if len(event.reason) > MAX_REASON:
         return f"reason: longer than {MAX_REASON} characters"
     if event.devices < 0:
         return f"devices: {event.devices} < 0"
+    amounts = _amounts(event)
     if event.corrects:
         if event.corrects == usage_id:
             return "corrects: a correction cannot correct itself"
-        if not any(getattr(event, n) for n in AMOUNT_FIELDS):
+        if not any(amounts):
             return "a correction changes no quantity"
-    else:
-        for name in AMOUNT_FIELDS:
-            value = getattr(event, name)
+    elif min(amounts) < 0:
+        for name, value in zip(AMOUNT_FIELDS, amounts, strict=True):
             if value < 0:
                 return (
                     f"{name}: {value} < 0 (quantities are >= 0; to take usage back, send a "
@@ -82,6 +87,11 @@ def problem(event: events_pb2.UsageRecorded, usage_id: str, tenants: frozenset[s
         if (ended.seconds, ended.nanos) < (started.seconds, started.nanos):
             return "ended_at: before started_at"
     return ""
+
+
+_texts = attrgetter(*_TEXT_LIMITS)
+_LIMITS = tuple(_TEXT_LIMITS.values())
+_amounts = attrgetter(*AMOUNT_FIELDS)
 
 
 def to_row(event: events_pb2.UsageRecorded, usage_id: str) -> dict[str, Any]:
