@@ -109,26 +109,14 @@ class UsageStore:
             sqlite_datetime if dialect.name == "sqlite" else from_epoch_us
         )
         columns = (*plain, *times)
-        # PostgreSQL takes the batch as one array per column in one INSERT ... SELECT FROM
-        # unnest(...): asyncpg's executemany binds and executes the statement once per row (a
-        # Bind/Execute each, answered each), which cost this process and the server more CPU
-        # per event than all of the recorder's checks; the arrays are encoded in C and the
-        # server plans and runs one statement. recorded_at, one value per batch, goes once.
-        self._columnar = dialect.name == "postgresql"
         if dialect.paramstyle == "qmark":
             marks = ", ".join("?" for _ in columns)
-            values_sql = f"VALUES ({marks})"
-        elif dialect.paramstyle == "numeric_dollar" and self._columnar:
-            arrays = ", ".join(
-                f"${i}::{table.columns[name].type.compile(dialect=dialect)}[]"
-                for i, name in enumerate(columns[:-1], start=1)
-            )
-            recorded = table.columns["recorded_at"].type.compile(dialect=dialect)
-            values_sql = f"SELECT u.*, ${len(columns)}::{recorded} FROM unnest({arrays}) AS u"
+        elif dialect.paramstyle == "numeric_dollar":
+            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         else:
             raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
         self._insert_sql = (
-            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) {values_sql} "
+            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "
             "ON CONFLICT (usage_id) DO NOTHING"
         )
 
@@ -172,17 +160,10 @@ class UsageStore:
                 await conn.exec_driver_sql(self._insert_sql, self._params(keep, now))
         return refused
 
-    def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> Any:
-        """The insert's parameters: a tuple per row (executemany), or on PostgreSQL one
-        parameter tuple of a column array each, then recorded_at (see ``__init__``)."""
+    def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
         values = self._row_values
         time_param = self._time_param
         recorded = time_param(epoch_us(now))
-        if self._columnar:
-            params = [
-                (*values(r), time_param(r["started_at"]), time_param(r["ended_at"])) for r in rows
-            ]
-            return (*map(list, zip(*params, strict=True)), recorded)
         return [
             (*values(r), time_param(r["started_at"]), time_param(r["ended_at"]), recorded)
             for r in rows
