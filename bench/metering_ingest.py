@@ -81,7 +81,7 @@ from services.core.bus import STREAMS, PullBatcher, delivery_count
 from services.core.migrations import migrate
 from services.core.storage import Database
 from services.metering.migrations import MIGRATIONS
-from services.metering.recorder import problem, to_row
+from services.metering.recorder import problem, to_values
 from services.metering.store import UsageStore
 
 STREAM = "POCGRID_USAGE"
@@ -290,10 +290,10 @@ async def breakdown(
             lap("decode")
             ok = [(e, i) for e, i, _ in decoded if not problem(e, i, tenants)]
             lap("check")
-            rows = [to_row(e, i) for e, i in ok]
+            values = [to_values(e, i) for e, i in ok]
             lap("row")
-            if rows:
-                await store.record_batch(rows)
+            if values:
+                await store.record_batch((), values)
             lap("store")
             for m in msgs:
                 await m.ack()

@@ -20,7 +20,13 @@ from pocgrid.price_book import SourcedBook, sourced_from_proto, to_proto
 from pocgrid.v1 import metering_pb2
 from services.core.config import ConfigError
 from services.core.storage import Database, db_operation, utc
-from services.core.usage import AMOUNT_FIELDS, RECORD_SCALARS, RECORD_TIMES, copy_fields
+from services.core.usage import (
+    AMOUNT_FIELDS,
+    EVENT_TO_RECORD,
+    RECORD_SCALARS,
+    RECORD_TIMES,
+    copy_fields,
+)
 from services.metering.invoicing import Month
 from services.metering.tables import (
     IS_CORRECTION,
@@ -84,6 +90,12 @@ def _window_start(value: Any, size: str) -> datetime:
     return datetime.strptime(str(value), _SQLITE_WINDOWS[size][0]).replace(tzinfo=UTC)
 
 
+USAGE_VALUES: Final = ("usage_id", *EVENT_TO_RECORD, "started_at", "ended_at")
+"""A usage record as ``UsageStore.record_batch`` takes it in ``values``: a tuple in this order
+(the table's), times as integer microseconds since the epoch. Ingest builds these straight
+from events: a dict per event, then a tuple from it, cost more than the checks."""
+
+
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -104,7 +116,9 @@ class UsageStore:
         ]
         if unbound:
             raise RuntimeError(f"no fast ingest for columns that need binding: {unbound}")
-        self._row_values = itemgetter(*plain)
+        if plain != USAGE_VALUES[:-2]:
+            raise RuntimeError(f"usage columns {plain} are not USAGE_VALUES {USAGE_VALUES}")
+        self._as_values = itemgetter(*USAGE_VALUES)
         self._time_param: Callable[[int], Any] = (
             sqlite_datetime if dialect.name == "sqlite" else from_epoch_us
         )
@@ -134,20 +148,28 @@ class UsageStore:
         return bool(getattr(result, "rowcount", 0))
 
     @db_operation
-    async def record_batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    async def record_batch(
+        self, rows: Sequence[dict[str, Any]], values: Sequence[tuple[Any, ...]] = ()
+    ) -> dict[str, str]:
         """Store ``rows`` (column -> value, started_at and ended_at as integer microseconds
-        since the epoch; one per usage event) in one transaction, each at most once (INSERT
+        since the epoch; one per usage event or correction) and ``values`` (usage that is no
+        correction, as ``USAGE_VALUES`` tuples) in one transaction, each at most once (INSERT
         ... ON CONFLICT DO NOTHING on the usage id). Returns the corrections refused,
         usage_id -> why; everything else is committed when this returns."""
         async with self._db.session() as session, session.begin():
-            return await self.record_in(session, rows)
+            return await self.record_in(session, rows, values)
 
-    async def record_in(self, session: Any, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    async def record_in(
+        self,
+        session: Any,
+        rows: Sequence[dict[str, Any]],
+        values: Sequence[tuple[Any, ...]] = (),
+    ) -> dict[str, str]:
         """``record_batch`` inside the caller's transaction on ``session`` (committed by it)."""
         refused: dict[str, str] = {}
         now = datetime.now(UTC)
         conn = await session.connection()
-        usage = [r for r in rows if not r["corrects"]]
+        usage = [*values, *(self._as_values(r) for r in rows if not r["corrects"])]
         if usage:
             await conn.exec_driver_sql(self._insert_sql, self._params(usage, now))
         corrections = [r for r in rows if r["corrects"]]
@@ -157,17 +179,14 @@ class UsageStore:
             refused = await _check_corrections(session, corrections, self._db.is_sqlite)
             keep = [r for r in corrections if r["usage_id"] not in refused]
             if keep:
-                await conn.exec_driver_sql(self._insert_sql, self._params(keep, now))
+                params = self._params([self._as_values(r) for r in keep], now)
+                await conn.exec_driver_sql(self._insert_sql, params)
         return refused
 
-    def _params(self, rows: Sequence[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
-        values = self._row_values
+    def _params(self, values: Sequence[tuple[Any, ...]], now: datetime) -> list[tuple[Any, ...]]:
         time_param = self._time_param
         recorded = time_param(epoch_us(now))
-        return [
-            (*values(r), time_param(r["started_at"]), time_param(r["ended_at"]), recorded)
-            for r in rows
-        ]
+        return [(*v[:-2], time_param(v[-2]), time_param(v[-1]), recorded) for v in values]
 
     # -- price books ----------------------------------------------------------------------
     @db_operation
