@@ -1157,6 +1157,7 @@ class JoinCommunicatorRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    COLLECTIVES_FIELD_NUMBER: _builtins.int
     unique_id: _builtins.str
     """pocgrid.comm's unique id, pgcx1:HOST:PORT:TOKEN: the bootstrap root (in the caller's
     process) and the communicator's secret token, which every peer connection must present.
@@ -1178,6 +1179,8 @@ class JoinCommunicatorRequest(_message.Message):
     def network(self) -> Global___CommNetwork: ...
     @_builtins.property
     def training(self) -> Global___TrainingJob: ...
+    @_builtins.property
+    def collectives(self) -> Global___CollectivesCheck: ...
     def __init__(
         self,
         *,
@@ -1189,16 +1192,128 @@ class JoinCommunicatorRequest(_message.Message):
         timeout_s: _builtins.float = ...,
         network: Global___CommNetwork | None = ...,
         training: Global___TrainingJob | None = ...,
+        collectives: Global___CollectivesCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "training", b"training", "work", b"work"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collectives", b"collectives", "network", b"network", "training", b"training", "work", b"work"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_indexes", b"device_indexes", "job_id", b"job_id", "network", b"network", "nranks", b"nranks", "rank", b"rank", "timeout_s", b"timeout_s", "training", b"training", "unique_id", b"unique_id", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collectives", b"collectives", "device_indexes", b"device_indexes", "job_id", b"job_id", "network", b"network", "nranks", b"nranks", "rank", b"rank", "timeout_s", b"timeout_s", "training", b"training", "unique_id", b"unique_id", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["training"]  # noqa: Y015
+    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["training", "collectives"]  # noqa: Y015
     _WhichOneofArgType_work: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_work) -> _WhichOneofReturnType_work | None: ...
 
 Global___JoinCommunicatorRequest: _TypeAlias = JoinCommunicatorRequest  # noqa: Y015
+
+@_typing.final
+class CollectivesCheck(_message.Message):
+    """Runs every collective of the library on inputs each rank makes itself, so that a caller can
+    check the results against numpy without shipping the data: rank r's input of n elements is
+    pocgrid.comm.patterns.pattern(r, n, dtype, seed) (small integers, exact in any order).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZES_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    OPS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    dtype: _builtins.str
+    """"float32", "float64", "int32" or "int64"; empty: float32."""
+    seed: _builtins.int
+    """>= 0: salts every rank's input (two communicators with different seeds move different data)."""
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Message sizes in elements (the largest buffer of the call, NCCL-tests' convention):
+        all-reduce and broadcast move n; reduce-scatter reduces n (rounded down to a multiple of
+        the rank count, at least one per rank) and all-gather gathers it. 1..16 sizes, each
+        1..16,777,216 (64 MiB of float32).
+        """
+
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Reduction ops of the all-reduce: sum, max, min, avg (avg on float dtypes only); empty:
+        every op the dtype takes. Reduce-scatter sums.
+        """
+
+    def __init__(
+        self,
+        *,
+        sizes: _abc.Iterable[_builtins.int] | None = ...,
+        dtype: _builtins.str = ...,
+        ops: _abc.Iterable[_builtins.str] | None = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "ops", b"ops", "seed", b"seed", "sizes", b"sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectivesCheck: _TypeAlias = CollectivesCheck  # noqa: Y015
+
+@_typing.final
+class CollectiveDigest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTIVE_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    VIRTUAL_S_FIELD_NUMBER: _builtins.int
+    collective: _builtins.str
+    """all_reduce, reduce_scatter, all_gather, broadcast, send_recv, barrier."""
+    op: _builtins.str
+    """The reduction op; the root rank of a broadcast as "root=R"; "" otherwise."""
+    size: _builtins.int
+    """The size asked for (CollectivesCheck.sizes)."""
+    algorithm: _builtins.str
+    """The algorithm the library chose (ring, tree, hierarchical, pipeline, direct)."""
+    sha256: _builtins.str
+    """SHA-256 (hex) of this rank's output: its bytes, little-endian, row-major; "" for barrier."""
+    count: _builtins.int
+    """Elements of this rank's output."""
+    virtual_s: _builtins.float
+    """The modelled (alpha-beta) time of the collective, in seconds."""
+    def __init__(
+        self,
+        *,
+        collective: _builtins.str = ...,
+        op: _builtins.str = ...,
+        size: _builtins.int = ...,
+        algorithm: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        count: _builtins.int = ...,
+        virtual_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "collective", b"collective", "count", b"count", "op", b"op", "sha256", b"sha256", "size", b"size", "virtual_s", b"virtual_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectiveDigest: _TypeAlias = CollectiveDigest  # noqa: Y015
+
+@_typing.final
+class CollectivesRankResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectiveDigest]: ...
+    def __init__(
+        self,
+        *,
+        digests: _abc.Iterable[Global___CollectiveDigest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectivesRankResult: _TypeAlias = CollectivesRankResult  # noqa: Y015
 
 @_typing.final
 class TrainingRankResult(_message.Message):
@@ -1278,6 +1393,7 @@ class JoinCommunicatorResponse(_message.Message):
     WALL_S_FIELD_NUMBER: _builtins.int
     USAGE_ID_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    COLLECTIVES_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     nranks: _builtins.int
     collective_library: _builtins.str
@@ -1298,6 +1414,8 @@ class JoinCommunicatorResponse(_message.Message):
 
     @_builtins.property
     def training(self) -> Global___TrainingRankResult: ...
+    @_builtins.property
+    def collectives(self) -> Global___CollectivesRankResult: ...
     def __init__(
         self,
         *,
@@ -1311,12 +1429,13 @@ class JoinCommunicatorResponse(_message.Message):
         wall_s: _builtins.float = ...,
         usage_id: _builtins.str = ...,
         training: Global___TrainingRankResult | None = ...,
+        collectives: Global___CollectivesRankResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collectives", b"collectives", "result", b"result", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collective_library", b"collective_library", "device_indexes", b"device_indexes", "nranks", b"nranks", "rank", b"rank", "result", b"result", "training", b"training", "transports", b"transports", "usage_id", b"usage_id", "virtual_end_s", b"virtual_end_s", "virtual_start_s", b"virtual_start_s", "wall_s", b"wall_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collective_library", b"collective_library", "collectives", b"collectives", "device_indexes", b"device_indexes", "nranks", b"nranks", "rank", b"rank", "result", b"result", "training", b"training", "transports", b"transports", "usage_id", b"usage_id", "virtual_end_s", b"virtual_end_s", "virtual_start_s", b"virtual_start_s", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["training"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["training", "collectives"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -12,10 +12,7 @@ its bootstrap root, as the evaluator's does.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,13 +24,14 @@ import pytest
 
 from pocgrid.comm import get_unique_id
 from pocgrid.comm.training import MlpConfig, train_single
-from pocgrid.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
+from pocgrid.v1 import agent_pb2, agent_pb2_grpc
 from services.agent.config import AgentConfig
 from services.agent.service import AgentServer
 from services.core.config import CommonConfig
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from tests.conftest import service_channel, wait_for
+from tests.integration.agent_processes import agent_processes
 
 pytestmark = pytest.mark.integration
 
@@ -74,52 +72,13 @@ def plain_common(tmp_path: Path, nats_server, mesh_keys: Path) -> CommonConfig:
     )
 
 
-async def _node_address(registry: str, node_id: str) -> str:
-    async with service_channel(registry) as ch:
-        try:
-            node = (
-                await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
-                    registry_pb2.GetNodeRequest(node_id=node_id)
-                )
-            ).node
-        except grpc.aio.AioRpcError:
-            return ""
-    return node.agent_address if node.state == registry_pb2.NODE_STATE_READY else ""
-
-
 @pytest.fixture
 async def agents(plain_common: CommonConfig, closer) -> AsyncIterator[Agents]:
     reg = RegistryServer(plain_common, LEASE)
     await reg.start()
     closer.append(reg)
-    env = {
-        **os.environ,
-        "POCGRID_NATS_URL": plain_common.nats_url,
-        "POCGRID_LOG_FORMAT": "json",
-        "POCGRID_DATA_DIR": str(plain_common.data_dir),
-        "POCGRID_MESH_KEYS_DIR": plain_common.mesh_keys_dir,
-    }
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for chip, devices in PROCESSES:
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "services.agent",
-                    "--chip",
-                    chip,
-                    "--devices",
-                    str(devices),
-                    "--node-id",
-                    f"{chip}-p",
-                    "--registry",
-                    reg.address,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+    specs = [(chip, devices, f"{chip}-p") for chip, devices in PROCESSES]
+    async with agent_processes(plain_common, reg.address, specs) as (addresses, procs):
         chip, devices = IN_PROCESS
         local = AgentServer(
             plain_common,
@@ -127,27 +86,7 @@ async def agents(plain_common: CommonConfig, closer) -> AsyncIterator[Agents]:
         )
         await local.start()
         closer.append(local)
-        addresses = []
-        for chip, _ in PROCESSES:
-            found: list[str] = []
-
-            async def ready(node_id: str = f"{chip}-p", found: list[str] = found) -> bool:
-                found[:] = [await _node_address(reg.address, node_id)]
-                return bool(found[0])
-
-            await wait_for(ready, within=90, what=f"agent process {chip} READY")
-            addresses.append(found[0])
-        addresses.append(local.address)
-        yield Agents(addresses, [*procs, None], local)
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-                try:
-                    await asyncio.wait_for(p.wait(), 10)
-                except TimeoutError:
-                    p.kill()
-                    await p.wait()
+        yield Agents([*addresses, local.address], [*procs, None], local)
 
 
 def _job(cfg: MlpConfig, split: str = "proportional") -> agent_pb2.TrainingJob:

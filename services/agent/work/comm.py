@@ -35,6 +35,7 @@ from pocgrid.v1 import agent_pb2, events_pb2
 from services.agent.collectives import AgentCollectives, OwnerThread
 from services.agent.runtime.devices import DeviceHealth
 from services.agent.runtime.runtime import VendorRuntime
+from services.agent.work.comm_checks import CollectivesSpec, check_spec, run_checks
 from services.agent.work.executor import TaskExecutor
 from services.core import validation as v
 from services.core.errors import (
@@ -90,17 +91,25 @@ class _Job:
     devices: tuple[int, ...]
     timeout_s: float
     network: NetworkConfig
-    cfg: MlpConfig
-    split: str
+    work: _Training | CollectivesSpec
 
     @property
     def model(self) -> str:
-        return f"mlp-{self.cfg.inputs}-{self.cfg.hidden}-{self.cfg.classes}"
+        if isinstance(self.work, CollectivesSpec):
+            return "collectives-check"
+        cfg = self.work.cfg
+        return f"mlp-{cfg.inputs}-{cfg.hidden}-{cfg.classes}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Training:
+    cfg: MlpConfig
+    split: str
 
 
 @dataclass(slots=True)
 class _Outcome:
-    value: dict[str, Any]
+    value: dict[str, Any] | list[agent_pb2.CollectiveDigest]
     library: str
     transports: list[str]
     start_s: float
@@ -178,9 +187,26 @@ class CommRanks:
             network_gbs=net.network_gbs or defaults.network_gbs,
             bridge_gbs=net.bridge_gbs or defaults.bridge_gbs,
         )
-        if request.WhichOneof("work") != "training":
-            raise InvalidArgument("work", "must be training")
-        t = request.training
+        kind = request.WhichOneof("work")
+        if kind == "collectives":
+            work: _Training | CollectivesSpec = check_spec(request.collectives)
+        elif kind == "training":
+            work = self._training(request.training)
+        else:
+            raise InvalidArgument("work", "must be training or collectives")
+        return _Job(
+            uid,
+            request.nranks,
+            request.rank,
+            request.job_id,
+            devices,
+            timeout,
+            network,
+            work,
+        )
+
+    @staticmethod
+    def _training(t: agent_pb2.TrainingJob) -> _Training:
         for name in ("inputs", "hidden", "classes"):
             v.require_range(f"training.{name}", getattr(t, name), 1, MAX_WIDTH)
         v.require_range("training.samples", t.samples, 1, MAX_SAMPLES)
@@ -208,17 +234,7 @@ class CommRanks:
             )
         except CommInputError as exc:
             raise InvalidArgument(f"training.{exc.field}", exc.rule) from None
-        return _Job(
-            uid,
-            request.nranks,
-            request.rank,
-            request.job_id,
-            devices,
-            timeout,
-            network,
-            cfg,
-            split,
-        )
+        return _Training(cfg, split)
 
     # -- the RPC -------------------------------------------------------------------------
     async def join(
@@ -290,7 +306,12 @@ class CommRanks:
                 if not first:
                     first.append(end - seconds)
 
-            value = train_loop(coll, job.cfg, check_split(job.split), on_compute=compute)
+            work = job.work
+            value: dict[str, Any] | list[agent_pb2.CollectiveDigest]
+            if isinstance(work, CollectivesSpec):
+                value = run_checks(coll, work)
+            else:
+                value = train_loop(coll, work.cfg, check_split(work.split), on_compute=compute)
             end = owner(lambda: max(self._runtime.streams[d].busy_until for d in job.devices))
             peers = coll.comm.transports
             transports = [peers.get(r, "") for r in range(job.nranks)]
@@ -307,16 +328,23 @@ class CommRanks:
     async def _answer(
         self, tenant: str, job: _Job, outcome: _Outcome
     ) -> agent_pb2.JoinCommunicatorResponse:
-        value = outcome.value
-        step = value["step"]
+        value, work = outcome.value, job.work
         span = outcome.end_s - outcome.start_s
         devices = len(job.devices)
-        # The gradient buffer (float64 parameters and the loss) on each device for the span.
-        grad_bytes = (job.cfg.params + 1) * 8
+        if isinstance(work, CollectivesSpec):
+            assert isinstance(value, list)
+            samples = 0
+            # The largest message's buffer on each device for the span.
+            held = work.largest_bytes
+        else:
+            assert isinstance(value, dict)
+            samples = value["counts"][job.rank] * work.cfg.steps
+            # The gradient buffer (float64 parameters and the loss) on each device.
+            held = (work.cfg.params + 1) * 8
         usage = events_pb2.UsageRecorded(
-            samples=value["counts"][job.rank] * job.cfg.steps,
+            samples=samples,
             busy_device_us=device_us(span * devices),
-            memory_byte_seconds=byte_seconds(grad_bytes * devices * span / float(1 << 30)),
+            memory_byte_seconds=byte_seconds(held * devices * span / float(1 << 30)),
             devices=devices,
         )
         usage_id = await self._executor.record_usage(
@@ -329,7 +357,7 @@ class CommRanks:
             start_s=outcome.start_s,
             end_s=outcome.end_s,
         )
-        return agent_pb2.JoinCommunicatorResponse(
+        response = agent_pb2.JoinCommunicatorResponse(
             rank=job.rank,
             nranks=job.nranks,
             collective_library=outcome.library,
@@ -339,7 +367,13 @@ class CommRanks:
             virtual_end_s=outcome.end_s,
             wall_s=outcome.wall_s,
             usage_id=usage_id,
-            training=agent_pb2.TrainingRankResult(
+        )
+        if isinstance(value, list):
+            response.collectives.digests.extend(value)
+            return response
+        step = value["step"]
+        response.training.CopyFrom(
+            agent_pb2.TrainingRankResult(
                 losses=value["losses"],
                 batch=value["counts"],
                 compute_s=step["compute_s"],
@@ -350,8 +384,9 @@ class CommRanks:
                 scaling_efficiency=step["efficiency"],
                 samples_per_s=value["speeds"],
                 precisions=value["precisions"],
-            ),
+            )
         )
+        return response
 
     def stop(self) -> None:
         """The agent drains: every rank still running is aborted (its peers hear why)."""

@@ -16,14 +16,9 @@ import numpy.typing as npt
 
 from pocgrid.comm import Communicator, get_unique_id
 from pocgrid.comm.communicator import REDUCE_OPS
+from pocgrid.comm.patterns import pattern
 
 DTYPES = ("float32", "int32", "float64", "int64")
-
-
-def pattern(rank: int, n: int, dtype: str, salt: int = 0) -> npt.NDArray[Any]:
-    """Rank ``rank``'s input: small integers, so float sums are exact in any order."""
-    x = (np.arange(n, dtype=np.int64) * (rank + 3 + salt) + 7 * rank + salt) % 101 - 50
-    return x.astype(dtype)
 
 
 def expected_reduce(p: int, n: int, dtype: str, op: str, salt: int = 0) -> npt.NDArray[Any]:
