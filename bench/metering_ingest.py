@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import text
@@ -143,9 +144,8 @@ async def fill(url: str, events: int) -> None:
         raise BenchError(f"stream holds {info.state.messages} events, expected {events}")
 
 
-async def bare(url: str, events: int, batch: int, durable: str, bus_fetch: bool) -> Run:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
+async def _add_consumer(js: JetStreamContext, durable: str) -> None:
+    """The durable pull consumer each measured consumer reads the stream through."""
     await js.add_consumer(
         STREAM,
         ConsumerConfig(
@@ -156,6 +156,12 @@ async def bare(url: str, events: int, batch: int, durable: str, bus_fetch: bool)
             filter_subject="usage.>",
         ),
     )
+
+
+async def bare(url: str, events: int, batch: int, durable: str, bus_fetch: bool) -> Run:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await _add_consumer(js, durable)
     fetch: Callable[[], Awaitable[list[Any]]]
     if bus_fetch:
         puller = PullBatcher(nc, STREAM, durable)
@@ -251,16 +257,7 @@ async def breakdown(
     tenants = await store.add_tenants(["acme"])
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_consumer(
-        STREAM,
-        ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,
-            filter_subject="usage.>",
-        ),
-    )
+    await _add_consumer(js, durable)
     puller = PullBatcher(nc, STREAM, durable)
     await puller.start()
     cpu = dict.fromkeys(STEPS, 0.0)
