@@ -9,12 +9,26 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 
 from pocgrid.v1 import registry_pb2, registry_pb2_grpc
 from services.core.config import CommonConfig
 from tests.conftest import service_channel, wait_for
+
+
+def sqlite_common(data_dir: Path, nats_url: str, mesh_keys: Path) -> CommonConfig:
+    """The communicator tests' config: SQLite only, since nothing there depends on the database
+    backend (the agents keep just their usage outbox), so they do not run once per backend."""
+    return CommonConfig(
+        listen="127.0.0.1:0",
+        nats_url=nats_url,
+        data_dir=data_dir,
+        log_format="console",
+        shutdown_grace_s=0.5,
+        mesh_keys_dir=str(mesh_keys),
+    )
 
 
 async def node_address(registry: str, node_id: str) -> str:

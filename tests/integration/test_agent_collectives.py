@@ -23,11 +23,10 @@ import pytest
 from pocgrid.comm import get_unique_id
 from pocgrid.comm.patterns import pattern
 from pocgrid.v1 import agent_pb2, agent_pb2_grpc
-from services.core.config import CommonConfig
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from tests.conftest import service_channel
-from tests.integration.agent_processes import agent_processes
+from tests.integration.agent_processes import agent_processes, sqlite_common
 from tests.unit.comm.rank_jobs import expected_reduce
 
 pytestmark = pytest.mark.integration
@@ -44,14 +43,7 @@ LEASE = RegistryConfig(lease_ttl_ms=3000, heartbeat_interval_ms=300, lease_check
 async def addresses(
     tmp_path: Path, nats_server, mesh_keys: Path, closer
 ) -> AsyncIterator[list[str]]:
-    common = CommonConfig(
-        listen="127.0.0.1:0",
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        log_format="console",
-        shutdown_grace_s=0.5,
-        mesh_keys_dir=str(mesh_keys),
-    )
+    common = sqlite_common(tmp_path / "data", nats_server.url, mesh_keys)
     reg = RegistryServer(common, LEASE)
     await reg.start()
     closer.append(reg)

@@ -31,7 +31,7 @@ from services.core.config import CommonConfig
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryServer
 from tests.conftest import service_channel, wait_for
-from tests.integration.agent_processes import agent_processes
+from tests.integration.agent_processes import agent_processes, sqlite_common
 
 pytestmark = pytest.mark.integration
 
@@ -60,16 +60,7 @@ class Agents:
 
 @pytest.fixture
 def plain_common(tmp_path: Path, nats_server, mesh_keys: Path) -> CommonConfig:
-    """SQLite only: nothing here depends on the database backend (the agents keep just their
-    usage outbox), so the test does not run once per backend."""
-    return CommonConfig(
-        listen="127.0.0.1:0",
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        log_format="console",
-        shutdown_grace_s=0.5,
-        mesh_keys_dir=str(mesh_keys),
-    )
+    return sqlite_common(tmp_path / "data", nats_server.url, mesh_keys)
 
 
 @pytest.fixture

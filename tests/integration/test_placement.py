@@ -27,8 +27,6 @@ from pocgrid.v1 import (
     agent_pb2_grpc,
     common_pb2,
     events_pb2,
-    registry_pb2,
-    registry_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
@@ -39,6 +37,7 @@ from services.registry.service import RegistryServer
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service import SchedulerServer
 from tests.conftest import service_channel, wait_for
+from tests.integration.agent_processes import node_address
 from tests.integration.test_agent_tasks import _usage_events
 
 pytestmark = pytest.mark.integration
@@ -109,16 +108,7 @@ class Mesh:
 
     async def ready(self, node_id: str) -> bool:
         assert self.registry is not None
-        async with service_channel(self.registry.address) as ch:
-            try:
-                node = (
-                    await registry_pb2_grpc.RegistryServiceStub(ch).GetNode(
-                        registry_pb2.GetNodeRequest(node_id=node_id)
-                    )
-                ).node
-            except grpc.aio.AioRpcError:
-                return False
-        return node.state == registry_pb2.NODE_STATE_READY
+        return bool(await node_address(self.registry.address, node_id))
 
     async def start_scheduler(self, **config: Any) -> scheduler_pb2_grpc.SchedulerServiceStub:
         assert self.registry is not None
