@@ -215,7 +215,7 @@ async def _rows(db_url: str) -> int:
         await engine.dispose()
 
 
-async def _measure(url: str, db_url: str, events: int, child: Child) -> Run:
+async def _measure(url: str, db_url: str, events: int, children: list[Child]) -> Run:
     """Acked events per second between the first and the last ack the poll sees."""
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -224,16 +224,16 @@ async def _measure(url: str, db_url: str, events: int, child: Child) -> Run:
     first_cpu = 0.0
     try:
         while True:
-            if child.proc.poll() is not None:
+            if any(c.proc.poll() is not None for c in children):
                 raise BenchError("metering exited during the run")
             n = await _acked(js, "metering")
             now = time.perf_counter()
             if n and not first_t:
-                first_t, first_n, first_cpu = now, n, cpu_seconds(child.pid)
+                first_t, first_n, first_cpu = now, n, _cpu(children)
             if n >= events:
                 if now == first_t:
                     raise BenchError("the whole run fitted in one poll: use more --events")
-                cpu = cpu_seconds(child.pid) - first_cpu
+                cpu = _cpu(children) - first_cpu
                 break
             await asyncio.sleep(0.02)
     finally:
@@ -242,6 +242,10 @@ async def _measure(url: str, db_url: str, events: int, child: Child) -> Run:
     if rows != events:
         raise BenchError(f"{rows} rows for {events} events")
     return Run((n - first_n) / (now - first_t), cpu / (n - first_n))
+
+
+def _cpu(children: list[Child]) -> float:
+    return sum(cpu_seconds(c.pid) for c in children)
 
 
 STEPS = ("fetch", "decode", "check", "row", "store", "ack")
@@ -318,27 +322,31 @@ async def metering(
     run_dir: Path,
     name: str,
     tree: Path | None = None,
+    replicas: int = 1,
 ) -> Run:
     await _delete_durable(url)
-    child = spawn(
-        name,
-        ["-m", "services.metering"],
-        {
-            "POCGRID_NATS_URL": url,
-            "POCGRID_DATA_DIR": str(run_dir / name),
-            "POCGRID_METERING_DATABASE_URL": db_url,
-            "POCGRID_API_KEYS": "bench-key=acme",
-            "POCGRID_METERING_INGEST_BATCH": str(batch),
-            "POCGRID_LOG_LEVEL": "warning",
-        },
-        run_dir,
-        tree if tree is not None else REPO_ROOT,
-    )
+    children = [
+        spawn(
+            f"{name}.{k}",
+            ["-m", "services.metering"],
+            {
+                "POCGRID_NATS_URL": url,
+                "POCGRID_DATA_DIR": str(run_dir / f"{name}.{k}"),
+                "POCGRID_METERING_DATABASE_URL": db_url,
+                "POCGRID_API_KEYS": "bench-key=acme",
+                "POCGRID_METERING_INGEST_BATCH": str(batch),
+                "POCGRID_LOG_LEVEL": "warning",
+            },
+            run_dir,
+            tree if tree is not None else REPO_ROOT,
+        )
+        for k in range(replicas)
+    ]
     try:
-        await asyncio.to_thread(wait_ready, [child], run_dir)
-        return await _measure(url, db_url, events, child)
+        await asyncio.to_thread(wait_ready, children, run_dir)
+        return await _measure(url, db_url, events, children)
     finally:
-        stop([child])
+        stop(children)
 
 
 @contextlib.contextmanager
@@ -373,11 +381,14 @@ async def main_async(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         await fill(server.url, args.events)
         print(f"stream filled: {args.events:,} events in {time.perf_counter() - t:.1f} s")
-        trees: dict[str, Path | None] = {"": None}
+        # Each measured metering: a suffix naming it, its source tree, how many replicas.
+        variants: list[tuple[str, Path | None, int]] = [
+            ("" if k == 1 else f" x{k}", None, k) for k in args.replicas
+        ]
         if args.baseline is not None:
-            trees[" @base"] = args.baseline.resolve()
+            variants.append((" @base", args.baseline.resolve(), 1))
         runs: dict[str, list[Run]] = {"bare nats-py": [], "bare bus fetch": []}
-        for suffix in trees:
+        for suffix, _, _ in variants:
             runs[f"sqlite{suffix}"] = []
             runs[f"postgresql{suffix}"] = []
         with _postgres() as pg_server:
@@ -388,7 +399,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 runs["bare bus fetch"].append(
                     await bare(server.url, args.events, args.batch, f"barebus{r}", True)
                 )
-                for t, (suffix, tree) in enumerate(trees.items()):
+                for t, (suffix, tree, replicas) in enumerate(variants):
                     sqlite_url = f"sqlite+aiosqlite:///{run_dir / f'metering-{r}-{t}.db'}"
                     runs[f"sqlite{suffix}"].append(
                         await metering(
@@ -399,12 +410,20 @@ async def main_async(args: argparse.Namespace) -> None:
                             run_dir,
                             f"sqlite{r}-{t}",
                             tree,
+                            replicas,
                         )
                     )
                     pg_url = await _fresh_pg(pg_server, f"bench_metering_{r}_{t}")
                     runs[f"postgresql{suffix}"].append(
                         await metering(
-                            server.url, pg_url, args.events, args.batch, run_dir, f"pg{r}-{t}", tree
+                            server.url,
+                            pg_url,
+                            args.events,
+                            args.batch,
+                            run_dir,
+                            f"pg{r}-{t}",
+                            tree,
+                            replicas,
                         )
                     )
                 print(
@@ -487,6 +506,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--replicas",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=[1, 2],
+        help="metering replicas sharing the durable, one set of runs per count (default 1,2)",
+    )
     parser.add_argument(
         "--baseline", type=Path, default=None, help="another source tree's metering, interleaved"
     )

@@ -13,7 +13,13 @@ is written down in ``docs/migrations.md``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import importlib
+import os
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Connection, MetaData, inspect, text
 
 from services.core.logging import get_logger
 from services.core.storage import Database
@@ -75,9 +81,38 @@ class Migrations:
 
 
 async def migrate(db: Database, migrations: Migrations, target: str = "heads") -> str:
-    """Bring ``db`` to ``target`` (default: the newest revision); returns the revision it is at."""
-    async with db.engine.begin() as conn:
+    """Bring ``db`` to ``target`` (default: the newest revision); returns the revision it is at.
+
+    Replicas of a service started together on one new database would each see no version
+    table and each create the schema (the second fails: "duplicate key ... pg_type"), so the
+    upgrade runs under a lock per service: one replica migrates, the others then find the
+    head and do nothing."""
+    async with _migration_lock(db, migrations), db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Held to the end of this transaction, which is the whole upgrade's.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": zlib.crc32(migrations.version_table.encode())},
+            )
         return await conn.run_sync(_upgrade, migrations, target)
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(db: Database, migrations: Migrations) -> AsyncIterator[None]:
+    """On a SQLite file, an exclusive lock on a file beside it: pysqlite runs DDL outside any
+    transaction, so the database's own locks cannot serialize two replicas' upgrades."""
+    path = db.engine.url.database if db.is_sqlite else None
+    if not path or path == ":memory:":
+        yield
+        return
+    lock = await asyncio.to_thread(
+        os.open, f"{path}.{migrations.version_table}.lock", os.O_CREAT | os.O_RDWR, 0o600
+    )
+    try:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
 
 
 async def current_revision(db: Database, migrations: Migrations) -> str | None:

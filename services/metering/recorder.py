@@ -182,6 +182,9 @@ class UsageRecorder:
             for usage_id, why in refused.items():
                 reasons[index[usage_id]] = f"usage event {usage_id!r} cannot be stored: {why}"
         log.debug(
-            "usage.batch", events=len(batch), stored=len(rows), refused=sum(map(bool, reasons))
+            "usage.batch",
+            events=len(batch),
+            stored=len(rows) + len(values),
+            refused=sum(map(bool, reasons)),
         )
         return reasons

@@ -197,17 +197,24 @@ class UsageStore:
         async with self._db.session() as session, session.begin():
             for sourced in books:
                 document = to_proto(sourced).SerializeToString(deterministic=True)
-                row = await session.get(PriceBookRow, sourced.book.version)
-                if row is None:
-                    session.add(
-                        PriceBookRow(
-                            version=sourced.book.version,
-                            effective_from=sourced.book.effective_from,
-                            stored_at=now,
-                            document=document,
-                        )
+                # Insert-if-absent, then compare: replicas started together each store the
+                # same book, and a read-then-insert let the slower one fail on the key.
+                await session.execute(
+                    self._insert(PriceBookRow)
+                    .values(
+                        version=sourced.book.version,
+                        effective_from=sourced.book.effective_from,
+                        stored_at=now,
+                        document=document,
                     )
-                elif row.document != document:
+                    .on_conflict_do_nothing(index_elements=["version"])
+                )
+                stored_document = await session.scalar(
+                    select(PriceBookRow.document).where(
+                        PriceBookRow.version == sourced.book.version
+                    )
+                )
+                if stored_document != document:
                     raise ConfigError(
                         f"price book {sourced.book.version!r} differs from the version stored "
                         "in metering's database: a changed book needs a new version"

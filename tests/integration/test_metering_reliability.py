@@ -6,6 +6,7 @@ both totals."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -54,10 +55,12 @@ def _event(i: int) -> events_pb2.UsageRecorded:
 class Metering:
     """``python -m services.metering`` as its own process, started and SIGKILLed at will."""
 
-    def __init__(self, tmp: Path, nats_url: str, mesh_keys_dir: Path, db_url: str) -> None:
+    def __init__(
+        self, tmp: Path, nats_url: str, mesh_keys_dir: Path, db_url: str, name: str = "metering"
+    ) -> None:
         self.db_url = db_url
-        self.address_file = tmp / "metering.addr"
-        self.log = tmp / "metering.log"
+        self.address_file = tmp / f"{name}.addr"
+        self.log = tmp / f"{name}.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("POCGRID_")},
             "POCGRID_NATS_URL": nats_url,
@@ -216,3 +219,58 @@ async def test_metered_totals_equal_published_totals_across_kills_and_a_nats_res
         assert metered == published
     finally:
         metering.stop()
+
+
+async def test_two_replicas_started_together_share_the_stream_and_count_each_event_once(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    mesh_keys: Path,
+    fresh_database: Callable[[str], str],
+) -> None:
+    # How metering scales (docs/metering.md): replicas on one database share the durable
+    # consumer. Started at once on a new database, both used to race its migration and its
+    # price book, and one failed at start-up.
+    db_url = fresh_database("replicas")
+    replicas = [
+        Metering(tmp_path, nats_server.url, mesh_keys, db_url, name=f"metering-{k}")
+        for k in range(2)
+    ]
+    for replica in replicas:
+        replica.env["POCGRID_LOG_LEVEL"] = "debug"  # each batch it stores is logged
+    await asyncio.gather(*(r.start() for r in replicas))
+
+    async def on_progress(published: int) -> None:
+        if published == 3 * N // 4:
+            replicas[0].kill()  # what it had fetched goes to the other replica
+        elif published % 25 == 0:
+            await asyncio.sleep(0.02)
+
+    try:
+        published = await _publish_all(nats_server.url, on_progress)
+
+        async def all_metered() -> bool:
+            return (await replicas[1].totals())[0] >= N
+
+        await wait_for(all_metered, within=120, every=0.2, what=f"the replicas to store {N}")
+        count, metered = await replicas[1].totals()
+        stored = [_stored(r.log) for r in replicas]
+        print(f"\nN = {N}; stored by each replica (one SIGKILLed at 3/4): {stored}")
+        print(f"published totals: {published}")
+        print(f"metered totals:   {metered} ({count} records)")
+        assert count == N and metered == published
+        assert all(stored), "both replicas took part"
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def _stored(log: Path) -> int:
+    """Usage rows a replica committed, from its ``usage.batch`` log lines (JSON, one per line;
+    a redelivered batch the other replica had stored counts again: an upper bound, > 0 when it
+    took part)."""
+    lines = (
+        json.loads(line)
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith("{") and line.endswith("}")  # not a line cut short by SIGKILL
+    )
+    return sum(e.get("stored", 0) for e in lines if e.get("event") == "usage.batch")

@@ -4,6 +4,7 @@ by the revisions alone; either way the result is exactly what the current tables
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
@@ -210,6 +211,18 @@ async def test_a_new_database_is_built_by_the_revisions(db_url, migrations):
         await _assert_matches_head(db, migrations)
     finally:
         await db.dispose()
+
+
+async def test_replicas_started_together_on_a_new_database_migrate_it_once(db_url):
+    # Three metering replicas scaled at once: without the migration lock each saw no version
+    # table and created the schema, and all but one failed (duplicate table or type).
+    replicas = [Database(db_url) for _ in range(3)]
+    try:
+        revisions = await asyncio.gather(*(migrate(db, METERING) for db in replicas))
+        assert revisions == [METERING.head()] * 3
+        await _assert_matches_head(replicas[0], METERING)
+    finally:
+        await asyncio.gather(*(db.dispose() for db in replicas))
 
 
 async def test_services_can_share_one_database(db_url):
