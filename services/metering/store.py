@@ -129,8 +129,24 @@ class UsageStore:
             marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         else:
             raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
+        self._columns = columns
         self._insert_sql = (
             f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "
+            "ON CONFLICT (usage_id) DO NOTHING"
+        )
+        # PostgreSQL: a batch is COPYed into a temporary table of the connection (emptied at
+        # each commit) and moved with one INSERT ... SELECT. Measured here, 1,000-row
+        # batches cost the server 16-19 us of CPU per row this way against 26-30 through
+        # executemany (an execution per row), and the driver 10-11 against 11-15.
+        self._copy = dialect.name == "postgresql"
+        self._staging = "usage_records_in"
+        self._stage_sql = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self._staging} "
+            f"(LIKE {UsageRow.__tablename__} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        self._move_sql = (
+            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) "
+            f"SELECT {', '.join(columns)} FROM {self._staging} "
             "ON CONFLICT (usage_id) DO NOTHING"
         )
 
@@ -171,7 +187,7 @@ class UsageStore:
         conn = await session.connection()
         usage = [*values, *(self._as_values(r) for r in rows if not r["corrects"])]
         if usage:
-            await conn.exec_driver_sql(self._insert_sql, self._params(usage, now))
+            await self._insert_usage(conn, self._params(usage, now))
         corrections = [r for r in rows if r["corrects"]]
         if corrections:
             # After the usage above: a correction may follow its usage in one batch, and this
@@ -180,8 +196,22 @@ class UsageStore:
             keep = [r for r in corrections if r["usage_id"] not in refused]
             if keep:
                 params = self._params([self._as_values(r) for r in keep], now)
-                await conn.exec_driver_sql(self._insert_sql, params)
+                await self._insert_usage(conn, params)
         return refused
+
+    async def _insert_usage(self, conn: Any, params: list[tuple[Any, ...]]) -> None:
+        """Insert rows of ``self._columns`` values, each at most once, in ``conn``'s
+        transaction."""
+        if not self._copy:
+            await conn.exec_driver_sql(self._insert_sql, params)
+            return
+        # Through SQLAlchemy first: it begins the transaction on the driver's connection, so
+        # the COPY below is inside it (alone, asyncpg would commit it at once, and the commit
+        # would empty the staging table before the move).
+        await conn.exec_driver_sql(self._stage_sql)
+        raw = (await conn.get_raw_connection()).driver_connection
+        await raw.copy_records_to_table(self._staging, records=params, columns=self._columns)
+        await conn.exec_driver_sql(self._move_sql)
 
     def _params(self, values: Sequence[tuple[Any, ...]], now: datetime) -> list[tuple[Any, ...]]:
         time_param = self._time_param
