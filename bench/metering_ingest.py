@@ -17,7 +17,7 @@ each, in turn:
 
 Every consumer has the same fetch size; the bare ones ack a fetch before the next, under the
 server's default ack-pending limit (1000), while metering (pipelined: the next fetch while a
-batch commits) has its durable's own, two batches. A
+batch commits) has its durable's own: two batches for each of up to four replicas. A
 run's rate is events / time between the first and the last ack seen (metering acks a batch
 only after it committed; its durable's ack floor is polled every 20 ms over NATS, which costs
 the machine next to nothing, unlike counting rows), so process start-up is not in it; every
@@ -32,13 +32,17 @@ the stream, each step timed with ``time.process_time`` (every thread of the proc
 driver thread included, the PostgreSQL server's own CPU not). What the service spends beyond
 their sum is its own overhead (the supervisor, the batch span and its links, logging).
 
+``--replicas 1,2`` (the default) runs metering as one process, then as two replicas sharing
+the durable on one database (how metering scales, ``docs/metering.md``), named ``sqlite x2``
+and ``postgresql x2``; a replicas run's CPU is that of all its processes.
+
 ``--baseline TREE`` adds the metering service of another source tree (an older commit, e.g.
 ``git archive COMMIT | tar -x -C TREE``) as ``sqlite @base`` and ``postgresql @base``, run in
 the same repeats, interleaved with this tree's, so a change is measured before and after under
-the same load.
+the same load, at each replica count.
 
     .venv/bin/python -m bench.metering_ingest [--events 100000] [--repeats 3] [--batch 1000]
-        [--baseline TREE]
+        [--replicas 1,2] [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -382,11 +386,14 @@ async def main_async(args: argparse.Namespace) -> None:
         await fill(server.url, args.events)
         print(f"stream filled: {args.events:,} events in {time.perf_counter() - t:.1f} s")
         # Each measured metering: a suffix naming it, its source tree, how many replicas.
-        variants: list[tuple[str, Path | None, int]] = [
-            ("" if k == 1 else f" x{k}", None, k) for k in args.replicas
-        ]
+        trees: dict[str, Path | None] = {"": None}
         if args.baseline is not None:
-            variants.append((" @base", args.baseline.resolve(), 1))
+            trees[" @base"] = args.baseline.resolve()
+        variants: list[tuple[str, Path | None, int]] = [
+            (("" if k == 1 else f" x{k}") + suffix, tree, k)
+            for suffix, tree in trees.items()
+            for k in args.replicas
+        ]
         runs: dict[str, list[Run]] = {"bare nats-py": [], "bare bus fetch": []}
         for suffix, _, _ in variants:
             runs[f"sqlite{suffix}"] = []
@@ -479,7 +486,11 @@ async def main_async(args: argparse.Namespace) -> None:
                         for new, old in zip(runs[b], runs[f"{b} @base"], strict=True)
                     ]
                 )
-                for b in ("sqlite", "postgresql")
+                for b in (
+                    f"{backend}{'' if k == 1 else f' x{k}'}"
+                    for k in args.replicas
+                    for backend in ("sqlite", "postgresql")
+                )
             }
             print(
                 "this tree / @base, median of the per-repeat ratios: "
@@ -487,12 +498,13 @@ async def main_async(args: argparse.Namespace) -> None:
             )
         print()
         print("CPU us per event of each step, measured apart in one process (see the docstring):")
+        first = "" if args.replicas[0] == 1 else f" x{args.replicas[0]}"
         step_rows = [[step, *(f"{steps[b][step] * 1e6:.1f}" for b in steps)] for step in STEPS]
         step_rows.append(["sum", *(f"{sum(steps[b].values()) * 1e6:.1f}" for b in steps)])
         step_rows.append(
             [
-                "the service, measured above",
-                *(f"{median([x.cpu_s for x in runs[b]]) * 1e6:.1f}" for b in steps),
+                f"the service{first}, measured above",
+                *(f"{median([x.cpu_s for x in runs[b + first]]) * 1e6:.1f}" for b in steps),
             ]
         )
         print(table(["step", *steps], step_rows))

@@ -70,6 +70,9 @@ DUPLICATE_WINDOW_S = 120.0
 #: Bound on ``close()``: the consumers' last fetch, then the connection's drain.
 CLOSE_TIMEOUT_S = 5.0
 
+#: Replicas of one batch consumer's durable whose pipelines fit in its ack-pending room.
+PIPELINED_REPLICAS = 4
+
 #: Links from a batch's span to its publishers' spans: the SDK keeps 128 by default anyway.
 MAX_BATCH_LINKS = 128
 
@@ -461,8 +464,11 @@ class EventBus:
             filter_subject=spec.subject,
             # A batch consumer holds its batch unacked while it commits and fetches the next
             # meanwhile: room for both, or the server (default 1000) would hold the next back
-            # until the first is acked. Shared by every replica of the durable.
-            max_ack_pending=2 * spec.batch if spec.batched else None,
+            # until the first is acked. The room is shared by every replica of the durable,
+            # so it is made for PIPELINED_REPLICAS of them (with room for one only, two
+            # metering replicas each waited for the other's ack); what a replica holds is
+            # bounded by its own fetches (two batches), not by this.
+            max_ack_pending=PIPELINED_REPLICAS * 2 * spec.batch if spec.batched else None,
         )
         try:
             await self._js.add_consumer(spec.stream, config)

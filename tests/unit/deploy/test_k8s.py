@@ -187,6 +187,9 @@ def test_production_overlay_sets_namespace_and_image(production):
         for c in w["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"registry.example.com/pocgrid:0.1.0"}
+    replicas = {w["metadata"]["name"]: w["spec"].get("replicas") for w in _workloads(production)}
+    # Metering's replicas share its durable consumer (docs/metering.md, "Scaling").
+    assert (replicas["gateway"], replicas["adapter"], replicas["metering"]) == (2, 2, 2)
 
 
 def test_each_pod_holds_every_public_key_and_only_its_own_private_key(base):
