@@ -122,33 +122,33 @@ class UsageStore:
         self._time_param: Callable[[int], Any] = (
             sqlite_datetime if dialect.name == "sqlite" else from_epoch_us
         )
-        columns = (*plain, *times)
-        if dialect.paramstyle == "qmark":
-            marks = ", ".join("?" for _ in columns)
-        elif dialect.paramstyle == "numeric_dollar":
-            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-        else:
-            raise RuntimeError(f"no fast ingest for paramstyle {dialect.paramstyle}")
-        self._columns = columns
-        self._insert_sql = (
-            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "
-            "ON CONFLICT (usage_id) DO NOTHING"
-        )
-        # PostgreSQL: a batch is COPYed into a temporary table of the connection (emptied at
-        # each commit) and moved with one INSERT ... SELECT. Measured here, 1,000-row
-        # batches cost the server 16-19 us of CPU per row this way against 26-30 through
-        # executemany (an execution per row), and the driver 10-11 against 11-15.
+        columns = self._columns = (*plain, *times)
+        names = ", ".join(columns)
+        # SQLite: the driver's executemany. PostgreSQL: a batch is COPYed into a temporary
+        # table of the connection (emptied at each commit) and moved with one INSERT ...
+        # SELECT. Measured here, 1,000-row batches cost the server 16-19 us of CPU per row
+        # this way against 26-30 through executemany (an execution per row), and the driver
+        # 10-11 against 11-15.
         self._copy = dialect.name == "postgresql"
-        self._staging = "usage_records_in"
-        self._stage_sql = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self._staging} "
-            f"(LIKE {UsageRow.__tablename__} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        self._move_sql = (
-            f"INSERT INTO {UsageRow.__tablename__} ({', '.join(columns)}) "
-            f"SELECT {', '.join(columns)} FROM {self._staging} "
-            "ON CONFLICT (usage_id) DO NOTHING"
-        )
+        if self._copy:
+            staging = "usage_records_in"
+            self._staging = staging
+            self._stage_sql = (
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+                f"(LIKE {UsageRow.__tablename__} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            self._insert_sql = (
+                f"INSERT INTO {UsageRow.__tablename__} ({names}) SELECT {names} FROM {staging} "
+                "ON CONFLICT (usage_id) DO NOTHING"
+            )
+        elif dialect.paramstyle == "qmark":
+            marks = ", ".join("?" for _ in columns)
+            self._insert_sql = (
+                f"INSERT INTO {UsageRow.__tablename__} ({names}) VALUES ({marks}) "
+                "ON CONFLICT (usage_id) DO NOTHING"
+            )
+        else:
+            raise RuntimeError(f"no fast ingest for {dialect.name} ({dialect.paramstyle})")
 
     # -- ingest ---------------------------------------------------------------------------
     @db_operation
@@ -211,7 +211,7 @@ class UsageStore:
         await conn.exec_driver_sql(self._stage_sql)
         raw = (await conn.get_raw_connection()).driver_connection
         await raw.copy_records_to_table(self._staging, records=params, columns=self._columns)
-        await conn.exec_driver_sql(self._move_sql)
+        await conn.exec_driver_sql(self._insert_sql)
 
     def _params(self, values: Sequence[tuple[Any, ...]], now: datetime) -> list[tuple[Any, ...]]:
         time_param = self._time_param
