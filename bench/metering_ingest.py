@@ -248,6 +248,11 @@ async def _measure(url: str, db_url: str, events: int, children: list[Child]) ->
     return Run((n - first_n) / (now - first_t), cpu / (n - first_n))
 
 
+def _replicas(k: int) -> str:
+    """How a run's name says its replica count: nothing for one process, " x2" for two."""
+    return "" if k == 1 else f" x{k}"
+
+
 def _cpu(children: list[Child]) -> float:
     return sum(cpu_seconds(c.pid) for c in children)
 
@@ -390,7 +395,7 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.baseline is not None:
             trees[" @base"] = args.baseline.resolve()
         variants: list[tuple[str, Path | None, int]] = [
-            (("" if k == 1 else f" x{k}") + suffix, tree, k)
+            (_replicas(k) + suffix, tree, k)
             for suffix, tree in trees.items()
             for k in args.replicas
         ]
@@ -487,7 +492,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     ]
                 )
                 for b in (
-                    f"{backend}{'' if k == 1 else f' x{k}'}"
+                    backend + _replicas(k)
                     for k in args.replicas
                     for backend in ("sqlite", "postgresql")
                 )
@@ -498,7 +503,7 @@ async def main_async(args: argparse.Namespace) -> None:
             )
         print()
         print("CPU us per event of each step, measured apart in one process (see the docstring):")
-        first = "" if args.replicas[0] == 1 else f" x{args.replicas[0]}"
+        first = _replicas(args.replicas[0])
         step_rows = [[step, *(f"{steps[b][step] * 1e6:.1f}" for b in steps)] for step in STEPS]
         step_rows.append(["sum", *(f"{sum(steps[b].values()) * 1e6:.1f}" for b in steps)])
         step_rows.append(
