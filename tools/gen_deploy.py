@@ -92,7 +92,8 @@ class ServiceSpec:
     name: str
     module: str
     # Stateless replicas behind one Service: a HorizontalPodAutoscaler may scale them. The
-    # registry (lease expiry) and scheduler (placement loop) each run one writer.
+    # registry (lease expiry) and scheduler (placement loop) each run one writer; metering's
+    # replicas share one durable consumer and database (docs/metering.md, "Scaling").
     scalable: bool
     cpu_request: str = "100m"
     memory_limit: str = "1Gi"
@@ -101,7 +102,7 @@ class ServiceSpec:
 SERVICES: Final = (
     ServiceSpec("registry", "services.registry", scalable=False),
     ServiceSpec("scheduler", "services.scheduler", scalable=False),
-    ServiceSpec("metering", "services.metering", scalable=False),
+    ServiceSpec("metering", "services.metering", scalable=True),
     ServiceSpec("adapter", "services.adapter", scalable=True, memory_limit="2Gi"),
     # One replica: a running evaluation and its watchers live in the process that runs it.
     ServiceSpec("evaluator", "services.evaluator", scalable=False, memory_limit="2Gi"),
